@@ -1,0 +1,67 @@
+"""A signal-free command and event bus for Django.
+
+@dataclass(frozen=True)
+class Allocate(messagebus.Command):
+    orderid: str
+
+@messagebus.handler
+def allocate(cmd: Allocate, uow: messagebus.UnitOfWork) -> str: ...
+
+messagebus.bus.handle(Allocate("o1"))
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .dependencies import dependencies
+from .exceptions import (
+    CommandRejected,
+    HandlerAlreadyRegistered,
+    HandlerNotFound,
+    MessageBusError,
+    MessageDecodeError,
+    RegistrationError,
+    UnitOfWorkError,
+)
+from .messages import Command, Event, Message
+from .registry import Registry, handler, registry
+
+if TYPE_CHECKING:
+    from .message_bus import MessageBus, bus
+    from .unit_of_work import Aggregate, UnitOfWork
+
+# These import the outbox models, so they load on first use, once apps are ready.
+_LAZY = {
+    "Aggregate": ".unit_of_work",
+    "UnitOfWork": ".unit_of_work",
+    "MessageBus": ".message_bus",
+    "bus": ".message_bus",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'messagebus' has no attribute {name!r}")
+
+
+__all__ = [
+    "Aggregate",
+    "Command",
+    "CommandRejected",
+    "Event",
+    "HandlerAlreadyRegistered",
+    "HandlerNotFound",
+    "Message",
+    "MessageBus",
+    "MessageBusError",
+    "MessageDecodeError",
+    "RegistrationError",
+    "Registry",
+    "UnitOfWork",
+    "UnitOfWorkError",
+    "bus",
+    "dependencies",
+    "handler",
+    "registry",
+]

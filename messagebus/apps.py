@@ -1,0 +1,24 @@
+from django.apps import AppConfig
+from django.core.signals import setting_changed
+from django.utils.module_loading import autodiscover_modules
+
+
+class MessagebusConfig(AppConfig):
+    name = "messagebus"
+    verbose_name = "Message bus"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+
+        autodiscover_modules("handlers")
+        setting_changed.connect(_reset_on_setting_change, dispatch_uid="messagebus-settings")
+
+
+def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
+    if setting == "MESSAGEBUS":
+        from . import executors
+        from .dependencies import dependencies
+
+        executors.reset()
+        dependencies.clear()

@@ -1,0 +1,56 @@
+"""The errors messagebus raises. Catch these; do not raise the base directly."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class MessageBusError(Exception):
+    """Base class of messagebus errors (do not raise directly)."""
+
+
+class RegistrationError(MessageBusError):
+    """A handler cannot be registered as asked."""
+
+
+class HandlerAlreadyRegistered(RegistrationError):
+    """A command got a second handler, or an event the same handler twice."""
+
+
+class HandlerNotFound(MessageBusError, LookupError):
+    def __init__(self, message_type: type) -> None:
+        super().__init__(f"No handler is registered for the command {message_type.__qualname__}")
+
+
+class NotAMessage(MessageBusError, TypeError):
+    def __init__(self, obj: object) -> None:
+        super().__init__(f"bus.handle() takes a Command or an Event, not {type(obj).__qualname__}")
+
+
+class UnknownDependency(MessageBusError, LookupError):
+    def __init__(self, name: str, handler: str) -> None:
+        super().__init__(
+            f"{handler} asks for a dependency named {name!r}, which is neither "
+            f"'uow', 'bus' nor a key of MESSAGEBUS['DEPENDENCIES']"
+        )
+
+
+class UnitOfWorkError(MessageBusError):
+    """An aggregate recorded an event where no unit of work can store it."""
+
+
+class MessageDecodeError(MessageBusError, ValueError):
+    """A stored or inbound message cannot be turned back into a message object."""
+
+
+class MessageEncodeError(MessageBusError, TypeError):
+    """A message holds a value that has no JSON form."""
+
+
+class CommandRejected(MessageBusError):
+    """Base for domain errors a command handler raises on purpose.
+
+    The bus logs these without a traceback: they are answers, not faults.
+    """
+
+
+class ConfigurationError(MessageBusError, ImproperlyConfigured):
+    """The MESSAGEBUS setting is invalid (``manage.py check`` says how)."""

@@ -1,0 +1,188 @@
+"""Where and when deliveries run.
+
+``deliver(job)`` runs one delivery in its own unit of work: an UPDATE claims
+the delivery (and locks its row), the handler runs, the delivery is marked
+done, all in one transaction. A second runner of the same delivery waits on
+the row lock and then finds it done, so a handler whose effects are in the
+database runs exactly once. A failing call is retried by tenacity; a run that
+still fails is rescheduled with a growing delay, and dead after
+MAX_DELIVERIES runs.
+
+Executors decide when ``deliver`` is called, chosen by MESSAGEBUS["EXECUTOR"]:
+``inline`` runs deliveries right after the commit that stored them, in the
+same thread; ``worker`` leaves them to ``manage.py messagebus worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections import deque
+from datetime import timedelta
+from typing import Any, Protocol
+
+from django.db.models import F
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
+from . import conf, unit_of_work
+from .dependencies import dependencies
+from .messages import current_message
+from .models import Delivery
+from .outbox import Job
+
+logger = logging.getLogger(__name__)
+Status = Delivery.Status
+
+
+class Executor(Protocol):
+    # False: nothing to do after commit; the deliveries wait for a worker.
+    runs_after_commit: bool
+
+    def submit(self, jobs: list[Job]) -> None: ...
+
+
+class InlineExecutor:
+    """Run deliveries in this thread after commit, as the book's message bus does.
+
+    Events recorded by event handlers join the queue being drained, so a chain
+    of events runs breadth first, without recursion.
+    """
+
+    runs_after_commit = True
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def submit(self, jobs: list[Job]) -> None:
+        queue: deque[Job] | None = getattr(self._local, "queue", None)
+        if queue is not None:
+            queue.extend(jobs)
+            return
+        self._local.queue = queue = deque(jobs)
+        try:
+            while queue:
+                job = queue.popleft()
+                try:
+                    deliver(job)
+                except Exception:  # the outbox itself failed (database down)
+                    logger.exception("Could not run %s; it stays pending for a worker", job)
+        finally:
+            self._local.queue = None
+
+
+class WorkerExecutor:
+    """Leave deliveries to ``manage.py messagebus worker`` processes."""
+
+    runs_after_commit = False
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Nothing to do: the deliveries are due, and a worker will claim them."""
+
+
+_executors: dict[str, Executor] = {}
+ALIASES = {"inline": InlineExecutor, "worker": WorkerExecutor}
+
+
+def get() -> Executor:
+    """The executor named by MESSAGEBUS["EXECUTOR"] (built once per name)."""
+    name = conf.settings.EXECUTOR
+    try:
+        return _executors[name]
+    except KeyError:
+        cls = ALIASES.get(name) or import_string(name)
+        executor: Executor = cls()
+        _executors[name] = executor
+        return executor
+
+
+def deliver(job: Job) -> bool:
+    """Run a delivery to the end of its run; True if it is done (by anyone)."""
+    try:
+        return _attempt(job)
+    except Exception as exc:  # the handler's own error, whatever it is
+        first_error = exc
+    retrying = Retrying(
+        stop=stop_after_attempt(conf.settings.RETRY_ATTEMPTS),
+        wait=wait_exponential(
+            multiplier=conf.settings.RETRY_WAIT, max=conf.settings.RETRY_WAIT_MAX
+        ),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise first_error
+                return _attempt(job)
+    except Exception as exc:  # tenacity re-raises the handler's last error
+        _give_up(job, exc)
+    return False
+
+
+def _attempt(job: Job) -> bool:
+    """One call of the handler in its own unit of work; False if not ours to run."""
+    token = current_message.set(job.event)
+    try:
+        with unit_of_work.UnitOfWork(job.using) as uow:
+            rows = _rows(job)
+            if not rows.update(attempts=F("attempts") + 1):
+                return False
+            job.handler.func(job.event, **dependencies.kwargs(job.handler, uow, _bus()))
+            rows.update(status=Status.DONE, runs=F("runs") + 1, finished_at=timezone.now())
+    except Exception as exc:
+        _failed_attempt(job, exc)
+        raise
+    finally:
+        current_message.reset(token)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("Delivered %s to %s", job.event, job.handler)
+    return True
+
+
+def _failed_attempt(job: Job, exc: Exception) -> None:
+    logger.warning("Handler %s failed on %s: %r", job.handler, job.event, exc, exc_info=True)
+    _rows(job).update(
+        attempts=F("attempts") + 1,
+        last_error=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+        traceback=traceback.format_exc(),
+        # Ours while tenacity waits; due again for others if this process dies.
+        next_attempt_at=timezone.now() + timedelta(seconds=conf.settings.CLAIM_TIMEOUT),
+    )
+
+
+def _give_up(job: Job, exc: Exception) -> None:
+    runs = job.runs + 1
+    now = timezone.now()
+    if runs >= conf.settings.MAX_DELIVERIES:
+        _rows(job).update(status=Status.DEAD, runs=runs, finished_at=now)
+        logger.error(
+            "Dead: %s failed %d run(s); `manage.py messagebus retry %d` runs it again: %r",
+            job,
+            runs,
+            job.delivery_id,
+            exc,
+        )
+        return
+    delay = min(
+        conf.settings.REDELIVERY_DELAY * 2 ** (runs - 1), conf.settings.REDELIVERY_DELAY_MAX
+    )
+    _rows(job).update(runs=runs, next_attempt_at=now + timedelta(seconds=delay))
+    logger.error("%s failed run %d; next run in %.0fs: %r", job, runs, delay, exc)
+
+
+def _rows(job: Job) -> Any:
+    return Delivery.objects.using(job.using).filter(pk=job.delivery_id, status=Status.PENDING)
+
+
+def _bus() -> Any:
+    from .message_bus import bus
+
+    return bus
+
+
+def reset() -> None:
+    """Forget built executors (the settings changed)."""
+    _executors.clear()

@@ -1,0 +1,65 @@
+"""The message bus: ``bus.handle(message)``.
+
+A command runs its one handler inside a unit of work and returns the
+handler's result; its error is logged and re-raised. An event (one arriving
+from outside: aggregates record theirs) is stored in a unit of work and
+delivered to its handlers after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .dependencies import Dependencies, dependencies
+from .exceptions import CommandRejected, NotAMessage
+from .messages import Command, Event, Message, current_message
+from .registry import Registry, registry
+from .unit_of_work import UnitOfWork
+
+logger = logging.getLogger(__name__)
+
+# Called with each message handed to a bus (messagebus.testing captures with it).
+observers: list[Callable[[Message], None]] = []
+
+
+class MessageBus:
+    def __init__(
+        self, registry: Registry = registry, dependencies: Dependencies = dependencies
+    ) -> None:
+        self.registry = registry
+        self.dependencies = dependencies
+
+    def handle(self, message: Message, *, using: str | None = None) -> Any:
+        """Handle a command (returning its result) or publish an event."""
+        for observer in observers:
+            observer(message)
+        if isinstance(message, Command):
+            return self._handle_command(message, using)
+        if isinstance(message, Event):
+            with UnitOfWork(using) as uow:
+                uow.publish(message)
+            return None
+        raise NotAMessage(message)
+
+    def _handle_command(self, command: Command, using: str | None) -> Any:
+        handler = self.registry.command_handler(type(command))
+        token = current_message.set(command)
+        try:
+            with UnitOfWork(using) as uow:
+                result = handler.func(command, **self.dependencies.kwargs(handler, uow, self))
+        except CommandRejected as exc:
+            logger.info("Rejected %s: %s", command, exc)
+            raise
+        except Exception:
+            logger.exception("Handler %s failed on %s", handler, command)
+            raise
+        finally:
+            current_message.reset(token)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Handled %s with %s", command, handler)
+        return result
+
+
+bus = MessageBus()

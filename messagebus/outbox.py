@@ -1,0 +1,132 @@
+"""The outbox: events stored with their deliveries, and read back as jobs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from .exceptions import MessageDecodeError
+from .messages import Event, message_class, message_type_name
+from .models import Delivery, StoredEvent
+from .registry import Handler, registry
+from .serialization import from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+# Called with each event stored (messagebus.testing captures with it).
+observers: list[Callable[[Event], None]] = []
+
+
+@dataclass
+class Job:
+    """One delivery to run: its row id, the decoded event and the handler."""
+
+    delivery_id: int
+    event: Event
+    handler: Handler
+    using: str
+    runs: int = 0
+
+    def __str__(self) -> str:
+        return f"delivery {self.delivery_id} of {self.event} to {self.handler}"
+
+
+def store(event: Event, using: str) -> list[Job]:
+    """Write ``event`` and one delivery per handler in the current transaction."""
+    handlers = registry.event_handlers(type(event))
+    now = timezone.now()
+    StoredEvent(
+        id=event.message_id,
+        type=message_type_name(type(event)),
+        payload=to_dict(event),
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        created_at=now,
+    ).save(using=using, force_insert=True)
+    rows = Delivery.objects.using(using).bulk_create(
+        Delivery(event_id=event.message_id, handler=h.name, next_attempt_at=now, created_at=now)
+        for h in handlers
+    )
+    for observer in observers:
+        observer(event)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Stored %s for %d handler(s)", event, len(handlers))
+    return [Job(row.pk, event, h, using) for row, h in zip(rows, handlers, strict=True)]
+
+
+def decode(row: StoredEvent) -> Event:
+    cls = message_class(row.type)
+    if cls is None or not issubclass(cls, Event):
+        raise MessageDecodeError(f"no event class is registered under the type {row.type!r}")
+    event: Event = from_dict(
+        cls,
+        row.payload,
+        message_id=row.id,
+        correlation_id=row.correlation_id,
+        causation_id=row.causation_id,
+    )
+    return event
+
+
+def job_for(delivery: Delivery) -> Job | None:
+    """The job for a stored delivery, or None after marking it dead if it can't run."""
+    try:
+        event = decode(delivery.event)
+    except MessageDecodeError as exc:
+        _dead_on_arrival(delivery, f"cannot decode the event: {exc}")
+        return None
+    handler = registry.event_handler(type(event), delivery.handler)
+    if handler is None:
+        _dead_on_arrival(
+            delivery, f"no handler {delivery.handler} is registered for {delivery.event.type}"
+        )
+        return None
+    return Job(delivery.pk, event, handler, delivery._state.db or "default", delivery.runs)
+
+
+def claim(using: str, limit: int, lease: float) -> list[Job]:
+    """Take up to ``limit`` due deliveries for this process for ``lease`` seconds.
+
+    On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so workers
+    never wait on each other. A lapsed lease only makes a delivery due again:
+    running it twice is still prevented by the claim in ``executors``.
+    """
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        rows = list(
+            Delivery.objects.using(using)
+            .due(now)
+            .select_related("event")
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("next_attempt_at", "id")[:limit]
+        )
+        Delivery.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
+            next_attempt_at=now + timedelta(seconds=lease)
+        )
+    return [job for job in map(job_for, rows) if job is not None]
+
+
+def release(jobs: list[Job]) -> None:
+    """Hand back claimed jobs that were not run (a worker stopping)."""
+    for job in jobs:
+        Delivery.objects.using(job.using).pending().filter(pk=job.delivery_id).update(
+            next_attempt_at=timezone.now()
+        )
+
+
+def _dead_on_arrival(delivery: Delivery, reason: str) -> None:
+    Delivery.objects.using(delivery._state.db).filter(pk=delivery.pk).update(
+        status=Delivery.Status.DEAD, last_error=reason, finished_at=timezone.now()
+    )
+    logger.error(
+        "Dead: delivery %s of %s %s: %s",
+        delivery.pk,
+        delivery.event.type,
+        delivery.event_id,
+        reason,
+    )

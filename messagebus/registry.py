@@ -1,0 +1,142 @@
+"""Which function handles which message.
+
+Each installed app's ``handlers`` module is imported from ``ready()``; its
+``@handler`` functions register themselves here. The message type is the
+first parameter's annotation unless given; the other parameters name the
+dependencies the bus passes in (``uow``, ``bus``, MESSAGEBUS["DEPENDENCIES"]).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
+from .messages import Command, Event, Message
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Handler:
+    func: Callable[..., Any]
+    message_type: type[Message]
+    name: str
+    # Parameters after the message: (name, has a default).
+    parameters: tuple[tuple[str, bool], ...]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._commands: dict[type[Message], Handler] = {}
+        self._events: dict[type[Message], tuple[Handler, ...]] = {}
+
+    def register(self, message_type: type[Message] | None, func: F) -> F:
+        """Register ``func`` for ``message_type`` (None: its first annotation)."""
+        handler = _inspect(func, message_type)
+        cls = handler.message_type
+        if issubclass(cls, Command):
+            existing = self._commands.get(cls)
+            if existing is not None:
+                raise HandlerAlreadyRegistered(
+                    f"The command {cls.__qualname__} already has a handler, "
+                    f"{existing}; {handler} cannot be registered for it too"
+                )
+            self._commands[cls] = handler
+        else:
+            current = self._events.get(cls, ())
+            if any(h.name == handler.name for h in current):
+                raise HandlerAlreadyRegistered(
+                    f"{handler} is already registered for the event {cls.__qualname__}"
+                )
+            self._events[cls] = (*current, handler)
+        return func
+
+    def unregister(self, func: Callable[..., Any]) -> None:
+        self._commands = {t: h for t, h in self._commands.items() if h.func is not func}
+        self._events = {
+            t: tuple(h for h in hs if h.func is not func) for t, hs in self._events.items()
+        }
+
+    def command_handler(self, cls: type[Message]) -> Handler:
+        try:
+            return self._commands[cls]
+        except KeyError:
+            raise HandlerNotFound(cls) from None
+
+    def event_handlers(self, cls: type[Message]) -> tuple[Handler, ...]:
+        return self._events.get(cls, ())
+
+    def event_handler(self, cls: type[Message], name: str) -> Handler | None:
+        return next((h for h in self._events.get(cls, ()) if h.name == name), None)
+
+    def handlers(self) -> Iterator[Handler]:
+        yield from self._commands.values()
+        for handlers in self._events.values():
+            yield from handlers
+
+    def reset(self) -> None:
+        """Forget every handler (tests; autodiscovery does not run again)."""
+        self._commands, self._events = {}, {}
+
+    @contextmanager
+    def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
+        """Register ``funcs`` (and anything registered inside) until the block ends."""
+        saved = dict(self._commands), dict(self._events)
+        try:
+            for func in funcs:
+                self.register(None, func)
+            yield self
+        finally:
+            self._commands, self._events = saved
+
+
+def _inspect(func: Callable[..., Any], message_type: type[Message] | None) -> Handler:
+    name = f"{func.__module__}.{func.__qualname__}"
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise RegistrationError(f"{name} cannot be inspected: {exc}") from None
+    if not params or params[0].kind not in (
+        params[0].POSITIONAL_ONLY,
+        params[0].POSITIONAL_OR_KEYWORD,
+    ):
+        raise RegistrationError(f"{name} must take the message as its first parameter")
+    if message_type is None:
+        try:
+            message_type = typing.get_type_hints(func).get(params[0].name)
+        except NameError as exc:
+            raise RegistrationError(f"{name}: cannot resolve annotations ({exc})") from None
+        if message_type is None:
+            raise RegistrationError(
+                f"{name}: annotate the first parameter with the message type, "
+                "or pass the type explicitly"
+            )
+    if not (isinstance(message_type, type) and issubclass(message_type, (Command, Event))):
+        raise RegistrationError(f"{name}: {message_type!r} is not a Command or Event class")
+    rest = tuple((p.name, p.default is not p.empty) for p in params[1:])
+    variadic = [p.name for p in params[1:] if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if variadic:
+        raise RegistrationError(f"{name}: *{variadic[0]} cannot be injected; name each dependency")
+    return Handler(func, message_type, name, rest)
+
+
+registry = Registry()
+
+
+@overload
+def handler(func: F, /) -> F: ...
+@overload
+def handler(message_type: type[Message], /) -> Callable[[F], F]: ...
+def handler(target: Any, /) -> Any:
+    """Register a handler: ``@handler`` or ``@handler(MessageType)``."""
+    if isinstance(target, type):
+        return lambda func: registry.register(target, func)
+    return registry.register(None, target)

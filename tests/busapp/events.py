@@ -1,0 +1,22 @@
+from dataclasses import dataclass
+
+import messagebus
+
+
+@dataclass(frozen=True)
+class Opened(messagebus.Event):
+    name: str
+
+
+@dataclass(frozen=True)
+class Deposited(messagebus.Event):
+    name: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Audited(messagebus.Event):
+    """Recorded by an event handler: a second link in the chain."""
+
+    name: str
+    amount: int

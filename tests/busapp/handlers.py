@@ -1,0 +1,38 @@
+import messagebus
+from messagebus.unit_of_work import UnitOfWork
+
+from .commands import Deposit, OpenAccount, Overdrawn
+from .events import Audited, Deposited
+from .models import Account, Entry
+
+
+@messagebus.handler
+def open_account(cmd: OpenAccount, uow: UnitOfWork) -> int:
+    account = Account.objects.create(name=cmd.name)
+    account.open()
+    return account.pk
+
+
+@messagebus.handler
+def deposit(cmd: Deposit) -> int:
+    account = Account.objects.select_for_update().get(name=cmd.name)
+    if account.balance + cmd.amount < 0:
+        raise Overdrawn(f"{cmd.name} cannot go below zero")
+    account.deposit(cmd.amount)
+    account.save()
+    return account.balance
+
+
+@messagebus.handler
+def write_entry(event: Deposited) -> None:
+    Entry.objects.create(account=event.name, amount=event.amount, note="deposited")
+
+
+@messagebus.handler
+def audit(event: Deposited, uow: UnitOfWork) -> None:
+    uow.publish(Audited(name=event.name, amount=event.amount))
+
+
+@messagebus.handler
+def write_audit_entry(event: Audited) -> None:
+    Entry.objects.create(account=event.name, amount=event.amount, note="audited")
