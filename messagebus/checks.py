@@ -74,6 +74,7 @@ def check_settings(
         "REDELIVERY_DELAY",
         "REDELIVERY_DELAY_MAX",
         "CLAIM_TIMEOUT",
+        "SWEEP_INTERVAL",
         "WORKER_POLL_INTERVAL",
     ):
         value = getattr(conf.settings, key)
@@ -97,7 +98,7 @@ def check_messages(
         if params is None or not params.frozen:
             errors.append(
                 checks.Error(
-                    f"{cls.__qualname__} is not a frozen dataclass.",
+                    f"{cls.__name__} is not a frozen dataclass.",
                     hint="Decorate it with @dataclass(frozen=True).",
                     obj=cls,
                     id="messagebus.E004",
@@ -109,7 +110,7 @@ def check_messages(
         except MessageEncodeError as exc:
             errors.append(
                 checks.Error(
-                    f"{cls.__qualname__} cannot be stored as JSON: {exc}.",
+                    f"{cls.__name__} cannot be stored as JSON: {exc}.",
                     hint="Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
                     "X | None, list[X], tuple[X, ...] or nested dataclasses of those.",
                     obj=cls,
@@ -123,7 +124,7 @@ def check_messages(
             except LookupError:
                 errors.append(
                     checks.Warning(
-                        f"The command {cls.__qualname__} has no handler.",
+                        f"The command {cls.__name__} has no handler.",
                         hint=f"Add a function taking ({cls.__name__}) to a handlers module, decorated with @messagebus.handler.",
                         obj=cls,
                         id="messagebus.W001",

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "REDELIVERY_DELAY": 30.0,
     "REDELIVERY_DELAY_MAX": 3600.0,
     "CLAIM_TIMEOUT": 300.0,
+    "SWEEP_INTERVAL": 60.0,
     "WORKER_POLL_INTERVAL": 1.0,
 }
 
@@ -80,6 +81,10 @@ class Settings:
     @property
     def CLAIM_TIMEOUT(self) -> float:
         return self._get("CLAIM_TIMEOUT")
+
+    @property
+    def SWEEP_INTERVAL(self) -> float:
+        return self._get("SWEEP_INTERVAL")
 
     @property
     def WORKER_POLL_INTERVAL(self) -> float:

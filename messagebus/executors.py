@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from datetime import timedelta
@@ -27,7 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from . import conf, unit_of_work
+from . import conf, outbox, unit_of_work
 from .dependencies import dependencies
 from .messages import current_message
 from .models import Delivery
@@ -48,13 +49,16 @@ class InlineExecutor:
     """Run deliveries in this thread after commit, as the book's message bus does.
 
     Events recorded by event handlers join the queue being drained, so a chain
-    of events runs breadth first, without recursion.
+    of events runs breadth first, without recursion. Every SWEEP_INTERVAL
+    seconds at most, it also runs deliveries that are that long overdue: runs
+    rescheduled after a failure, and leftovers of a process that died.
     """
 
     runs_after_commit = True
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._last_sweep = time.monotonic()
 
     def submit(self, jobs: list[Job]) -> None:
         queue: deque[Job] | None = getattr(self._local, "queue", None)
@@ -69,8 +73,20 @@ class InlineExecutor:
                     deliver(job)
                 except Exception:  # the outbox itself failed (database down)
                     logger.exception("Could not run %s; it stays pending for a worker", job)
+                if not queue:
+                    queue.extend(self._overdue(job.using))
         finally:
             self._local.queue = None
+
+    def _overdue(self, using: str) -> list[Job]:
+        interval = conf.settings.SWEEP_INTERVAL
+        if not interval or time.monotonic() - self._last_sweep < interval:
+            return []
+        self._last_sweep = time.monotonic()
+        rows = outbox.claim(using, limit=100, lease=conf.settings.CLAIM_TIMEOUT, overdue=interval)
+        if rows:
+            logger.info("Sweeping %d overdue deliveries", len(rows))
+        return [job for job in map(outbox.job_for, rows) if job is not None]
 
 
 class WorkerExecutor:
@@ -186,3 +202,16 @@ def _bus() -> Any:
 def reset() -> None:
     """Forget built executors (the settings changed)."""
     _executors.clear()
+
+
+def retry(using: str, pks: list[int]) -> None:
+    """Make these deliveries due now with a fresh run budget, and hand them over.
+
+    The inline executor runs them at once; workers pick them up otherwise.
+    """
+    deliveries = Delivery.objects.using(using).filter(pk__in=pks)
+    deliveries.requeue()
+    executor = get()
+    if executor.runs_after_commit:
+        rows = deliveries.select_related("event")
+        executor.submit([job for job in map(outbox.job_for, rows) if job is not None])

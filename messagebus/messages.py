@@ -76,7 +76,7 @@ def message_type_name(cls: type[Message]) -> str:
     if not name:
         app = apps.get_containing_app_config(cls.__module__)
         prefix = app.label if app is not None else cls.__module__
-        name = f"{prefix}.{cls.__qualname__}"
+        name = f"{prefix}.{cls.__name__}"
     _type_names[cls] = name
     return name
 

@@ -89,34 +89,35 @@ def job_for(delivery: Delivery) -> Job | None:
     return Job(delivery.pk, event, handler, delivery._state.db or "default", delivery.runs)
 
 
-def claim(using: str, limit: int, lease: float) -> list[Job]:
-    """Take up to ``limit`` due deliveries for this process for ``lease`` seconds.
+def claim(using: str, limit: int, lease: float, overdue: float = 0) -> list[Delivery]:
+    """Take up to ``limit`` deliveries due ``overdue`` seconds ago, for ``lease`` seconds.
 
     On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so workers
-    never wait on each other. A lapsed lease only makes a delivery due again:
-    running it twice is still prevented by the claim in ``executors``.
+    never wait on each other; on SQLite writers take turns. A lapsed lease
+    only makes a delivery due again: the claim in ``executors._attempt`` still
+    keeps two processes from both completing it.
     """
     now = timezone.now()
     with transaction.atomic(using=using):
         rows = list(
             Delivery.objects.using(using)
-            .due(now)
+            .due(now - timedelta(seconds=overdue))
             .select_related("event")
             .select_for_update(skip_locked=True, of=("self",))
             .order_by("next_attempt_at", "id")[:limit]
         )
-        Delivery.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
-            next_attempt_at=now + timedelta(seconds=lease)
-        )
-    return [job for job in map(job_for, rows) if job is not None]
+        if rows:
+            Delivery.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
+                next_attempt_at=now + timedelta(seconds=lease)
+            )
+    return rows
 
 
-def release(jobs: list[Job]) -> None:
-    """Hand back claimed jobs that were not run (a worker stopping)."""
-    for job in jobs:
-        Delivery.objects.using(job.using).pending().filter(pk=job.delivery_id).update(
-            next_attempt_at=timezone.now()
-        )
+def release(using: str, rows: list[Delivery]) -> None:
+    """Hand back claimed deliveries that were not run (a worker stopping)."""
+    Delivery.objects.using(using).pending().filter(pk__in=[r.pk for r in rows]).update(
+        next_attempt_at=timezone.now()
+    )
 
 
 def _dead_on_arrival(delivery: Delivery, reason: str) -> None:

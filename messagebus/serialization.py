@@ -92,7 +92,7 @@ def _codec(hint: Any) -> Codec:
     if hint in _SCALARS:
         return _SCALARS[hint]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return (lambda v: v.value), _checked(hint, hint)
+        return (lambda v: v.value), hint
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         _fields(hint)
         return to_dict, lambda v: from_dict(hint, v)

@@ -12,6 +12,7 @@ MESSAGEBUS = {
     "EXECUTOR": "inline",
     "RETRY_WAIT": 0,
     "RETRY_WAIT_MAX": 0,
+    "SWEEP_INTERVAL": 0,
     "DEPENDENCIES": {"clock": "tests.busapp.services.Clock"},
 }
 

@@ -20,3 +20,10 @@ class Audited(messagebus.Event):
 
     name: str
     amount: int
+
+
+@dataclass(frozen=True)
+class Pinged(messagebus.Event):
+    """Handled by a handler that leaves a trace outside the database too."""
+
+    n: int

@@ -1,8 +1,11 @@
+import os
+import time
+
 import messagebus
 from messagebus.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn
-from .events import Audited, Deposited
+from .events import Audited, Deposited, Pinged
 from .models import Account, Entry
 
 
@@ -36,3 +39,13 @@ def audit(event: Deposited, uow: UnitOfWork) -> None:
 @messagebus.handler
 def write_audit_entry(event: Audited) -> None:
     Entry.objects.create(account=event.name, amount=event.amount, note="audited")
+
+
+@messagebus.handler
+def record_ping(event: Pinged) -> None:
+    """Write a row, and a line to $BUSAPP_PING_LOG: a second run would show there."""
+    Entry.objects.create(account="ping", amount=event.n)
+    if path := os.environ.get("BUSAPP_PING_LOG"):
+        with open(path, "a") as log:
+            log.write(f"{event.n} {os.getpid()}\n")
+    time.sleep(float(os.environ.get("BUSAPP_PING_SLEEP", "0")))

@@ -1,0 +1,171 @@
+"""``manage.py messagebus worker|status|retry|prune``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+
+from messagebus import executors
+from messagebus.models import Delivery, StoredEvent
+from messagebus.worker import Worker
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 1 or more")
+    return number
+
+
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
+    return number
+
+
+class Command(BaseCommand):
+    help = "Run and inspect event deliveries: worker, status, retry, prune."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        worker = sub.add_parser("worker", help="Run due deliveries until stopped.")
+        worker.add_argument("--once", action="store_true", help="Exit when nothing is due.")
+        worker.add_argument(
+            "--batch", type=positive_int, default=10, help="Deliveries claimed at a time."
+        )
+        worker.add_argument(
+            "--max-deliveries", type=positive_int, help="Exit after this many deliveries."
+        )
+        worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
+
+        sub.add_parser("status", help="Counts by status, oldest pending, dead by handler.")
+
+        retry = sub.add_parser("retry", help="Run dead (or waiting) deliveries again.")
+        which = retry.add_mutually_exclusive_group(required=True)
+        which.add_argument("ids", nargs="*", type=positive_int, default=[], metavar="ID")
+        which.add_argument("--all-dead", action="store_true", help="Every dead delivery.")
+        which.add_argument("--handler", help="Dead deliveries to this handler (dotted name).")
+
+        prune = sub.add_parser("prune", help="Delete finished deliveries and their events.")
+        prune.add_argument(
+            "--days", type=positive_int, default=30, help="Older than this (default 30)."
+        )
+
+    def handle(self, *args: Any, action: str, database: str, **options: Any) -> None:
+        if database not in connections:
+            raise CommandError(f"Unknown database {database!r}")
+        getattr(self, f"handle_{action}")(database, **options)
+
+    def handle_worker(
+        self,
+        using: str,
+        *,
+        once: bool,
+        batch: int,
+        max_deliveries: int | None,
+        interval: float | None,
+        **options: Any,
+    ) -> None:
+        worker = Worker(
+            batch=batch,
+            once=once,
+            max_deliveries=max_deliveries,
+            poll_interval=interval,
+            using=using,
+        )
+        signal.signal(signal.SIGTERM, worker.stop)
+        signal.signal(signal.SIGINT, worker.stop)
+        processed = worker.run()
+        self.stdout.write(f"Processed {processed} deliveries.")
+
+    def handle_status(self, using: str, **options: Any) -> None:
+        deliveries = Delivery.objects.using(using)
+        counts = dict(deliveries.values_list("status").annotate(n=Count("id")).order_by())
+        for status in Delivery.Status:
+            self.stdout.write(f"{status.label:<10} {counts.get(status.value, 0)}")
+        now = timezone.now()
+        pending = deliveries.pending().aggregate(
+            oldest=Min("created_at"), due=Count("id", filter=Q(next_attempt_at__lte=now))
+        )
+        if pending["oldest"] is not None:
+            age = (now - pending["oldest"]).total_seconds()
+            self.stdout.write(f"Oldest pending: {age:.0f}s old; {pending['due']} due now.")
+        dead = (
+            deliveries.dead()
+            .values("handler", "last_error")
+            .annotate(n=Count("id"))
+            .order_by("-n", "handler")
+        )
+        if dead:
+            self.stdout.write("Dead, by handler and error:")
+            for row in dead[:20]:
+                error = (
+                    row["last_error"].splitlines()[0]
+                    if row["last_error"]
+                    else "(no error recorded)"
+                )
+                self.stdout.write(f"  {row['n']:>5}  {row['handler']}: {error[:160]}")
+
+    def handle_retry(
+        self, using: str, *, ids: list[int], all_dead: bool, handler: str | None, **options: Any
+    ) -> None:
+        deliveries = Delivery.objects.using(using)
+        if ids:
+            found = set(deliveries.filter(pk__in=ids).values_list("pk", flat=True))
+            missing = sorted(set(ids) - found)
+            if missing:
+                raise CommandError(f"No delivery with id {', '.join(map(str, missing))}")
+            chosen = deliveries.filter(pk__in=ids)
+            finished = chosen.exclude(
+                status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING]
+            ).first()
+            if finished is not None:
+                raise CommandError(
+                    f"Delivery {finished.pk} is {finished.status}; only dead or pending deliveries can be retried"
+                )
+        elif handler:
+            chosen = deliveries.dead().filter(handler=handler)
+        else:
+            chosen = deliveries.dead()
+        pks = list(chosen.values_list("pk", flat=True))
+        if not pks:
+            self.stdout.write("Nothing to retry.")
+            return
+        executors.retry(using, pks)
+        self.stdout.write(f"Requeued {len(pks)} deliveries.")
+        if executors.get().runs_after_commit:
+            statuses = dict(
+                deliveries.filter(pk__in=pks)
+                .values_list("status")
+                .annotate(n=Count("id"))
+                .order_by()
+            )
+            self.stdout.write(", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
+
+    def handle_prune(self, using: str, *, days: int, **options: Any) -> None:
+        cutoff = timezone.now() - timedelta(days=days)
+        deleted, _ = Delivery.objects.using(using).finished_before(cutoff).delete()
+        events, _ = (
+            StoredEvent.objects.using(using)
+            .filter(created_at__lt=cutoff, deliveries__isnull=True)
+            .delete()
+        )
+        self.stdout.write(
+            f"Deleted {deleted} deliveries and {events} events finished over {days} days ago."
+        )

@@ -1,0 +1,56 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+pytest_plugins = ["messagebus.testing"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def on_postgres() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+postgres_only = pytest.mark.skipif(
+    not on_postgres(),
+    reason="needs PostgreSQL: set DATABASE_URL=postgres://... (row locks, SKIP LOCKED)",
+)
+
+
+def database_url() -> str:
+    """A URL for the test database, for subprocesses to share it."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings["USER"] or ""
+    password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
+    port = f":{settings['PORT']}" if settings["PORT"] else ""
+    return f"postgres://{user}{password}@{settings['HOST'] or '127.0.0.1'}{port}/{settings['NAME']}"
+
+
+@pytest.fixture
+def manage(transactional_db):
+    """Run ``manage.py`` in a new process on the test database."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60, **kwargs):
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            **kwargs,
+        )
+
+    return run

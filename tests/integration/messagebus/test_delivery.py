@@ -1,0 +1,209 @@
+"""Retries, rescheduling, dead letters and the commands that show and revive them."""
+
+import logging
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+from django.utils import timezone
+
+import messagebus
+from messagebus.models import Delivery, StoredEvent
+from messagebus.worker import Worker
+from tests.busapp.commands import OpenAccount
+from tests.busapp.events import Deposited, Opened
+from tests.busapp.models import Account, Entry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BUS = {"RETRY_WAIT": 0, "RETRY_WAIT_MAX": 0, "SWEEP_INTERVAL": 0}
+
+
+class Flaky:
+    """An event handler that fails its first ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self, event: Opened) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"mail server down (call {self.calls})")
+        Entry.objects.create(account=event.name, amount=0, note="welcome")
+
+
+@pytest.fixture
+def flaky(messagebus_registry):
+    def install(failures: int) -> Flaky:
+        handler = Flaky(failures)
+
+        def send_welcome(event: Opened) -> None:
+            handler(event)
+
+        messagebus_registry.register(None, send_welcome)
+        return handler
+
+    return install
+
+
+def delivery() -> Delivery:
+    return Delivery.objects.get(handler__endswith="send_welcome")
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("messagebus", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_a_handler_that_fails_twice_then_succeeds_ends_done(flaky, caplog):
+    handler = flaky(failures=2)
+    with caplog.at_level(logging.WARNING, logger="messagebus"):
+        messagebus.bus.handle(OpenAccount("alice"))
+    assert handler.calls == 3
+    row = delivery()
+    assert (row.status, row.attempts, row.runs) == ("done", 3, 1)
+    assert "mail server down (call 2)" in row.last_error
+    assert Entry.objects.filter(note="welcome").count() == 1
+    failures = [r for r in caplog.records if "failed on" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(
+        r.exc_info and "send_welcome" in r.getMessage() and "busapp.Opened" in r.getMessage()
+        for r in failures
+    )
+
+
+@override_settings(MESSAGEBUS={**BUS, "REDELIVERY_DELAY": 10, "REDELIVERY_DELAY_MAX": 15})
+def test_a_failed_run_is_rescheduled_with_a_growing_delay(flaky):
+    handler = flaky(failures=100)
+    before = timezone.now()
+    messagebus.bus.handle(OpenAccount("bob"))
+    row = delivery()
+    assert (row.status, row.attempts, row.runs) == ("pending", 3, 1)
+    assert (
+        before + timedelta(seconds=10)
+        <= row.next_attempt_at
+        <= timezone.now() + timedelta(seconds=10)
+    )
+    assert "ConnectionError: mail server down (call 3)" in row.last_error
+    assert "Traceback" in row.traceback
+
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    assert Worker(once=True).run() == 1
+    row = delivery()
+    assert (row.attempts, row.runs, handler.calls) == (6, 2, 6)
+    assert row.next_attempt_at >= timezone.now() + timedelta(seconds=14)  # 20s, capped at 15
+
+
+@override_settings(MESSAGEBUS={**BUS, "MAX_DELIVERIES": 2, "REDELIVERY_DELAY": 0})
+def test_a_handler_that_always_fails_ends_dead_and_can_be_retried(flaky):
+    handler = flaky(failures=6)
+    messagebus.bus.handle(OpenAccount("carol"))
+    assert Account.objects.filter(name="carol").exists()  # the command's data stays
+    assert delivery().status == "pending"
+
+    assert Worker(once=True).run() == 1
+    row = delivery()
+    assert (row.status, row.runs, row.attempts) == ("dead", 2, 6)
+    assert Worker(once=True).run() == 0  # a dead delivery is left alone
+
+    status = run("status")
+    assert "Dead       1" in status
+    assert "send_welcome: builtins.ConnectionError: mail server down (call 6)" in status
+
+    output = run("retry", str(row.pk))
+    assert "Requeued 1 deliveries." in output
+    assert "done: 1" in output
+    row = delivery()
+    assert (row.status, handler.calls) == ("done", 7)
+    assert Entry.objects.filter(note="welcome").count() == 1
+
+
+@override_settings(MESSAGEBUS={**BUS, "MAX_DELIVERIES": 1})
+def test_retry_all_dead_or_by_handler(flaky):
+    flaky(failures=3)
+    messagebus.bus.handle(OpenAccount("dan"))
+    assert delivery().status == "dead"
+    assert "Nothing to retry." in run("retry", "--handler", "nope.nothing")
+    assert "done: 1" in run("retry", "--all-dead")
+    assert delivery().status == "done"
+
+
+def test_retry_refuses_unknown_and_finished_deliveries():
+    messagebus.bus.handle(Deposited(name="erin", amount=1))
+    with pytest.raises(CommandError, match="No delivery with id 999999"):
+        run("retry", "999999")
+    done = Delivery.objects.filter(status="done").first()
+    with pytest.raises(CommandError, match="is done; only dead or pending"):
+        run("retry", str(done.pk))
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_with_the_worker_executor_deliveries_wait_for_a_worker():
+    messagebus.bus.handle(Deposited(name="fay", amount=1))
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["pending", "pending"]
+    assert not Entry.objects.exists()
+    assert Worker(once=True).run() == 3  # and the Audited event the first ones recorded
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+    assert Entry.objects.count() == 2
+
+
+def test_an_event_that_cannot_be_decoded_is_dead_with_the_reason():
+    event = StoredEvent.objects.create(
+        id="00000000-0000-0000-0000-000000000001",
+        type="busapp.Opened",
+        payload={"name": 42},
+        correlation_id="00000000-0000-0000-0000-000000000001",
+    )
+    bad = Delivery.objects.create(event=event, handler="tests.busapp.handlers.anything")
+    gone = StoredEvent.objects.create(
+        id="00000000-0000-0000-0000-000000000002",
+        type="busapp.Vanished",
+        payload={},
+        correlation_id="00000000-0000-0000-0000-000000000002",
+    )
+    unknown = Delivery.objects.create(event=gone, handler="tests.busapp.handlers.anything")
+    assert Worker(once=True).run() == 2
+    bad.refresh_from_db()
+    unknown.refresh_from_db()
+    assert bad.status == unknown.status == "dead"
+    assert bad.last_error == "cannot decode the event: Opened.name: expected str, got 42"
+    assert "no event class is registered under the type 'busapp.Vanished'" in unknown.last_error
+
+
+def test_a_delivery_whose_handler_is_gone_is_dead_with_the_reason():
+    event = StoredEvent.objects.create(
+        id="00000000-0000-0000-0000-000000000003",
+        type="busapp.Opened",
+        payload={"name": "x"},
+        correlation_id="00000000-0000-0000-0000-000000000003",
+    )
+    row = Delivery.objects.create(event=event, handler="tests.busapp.handlers.renamed_long_ago")
+    Worker(once=True).run()
+    row.refresh_from_db()
+    assert row.status == "dead"
+    assert (
+        row.last_error
+        == "no handler tests.busapp.handlers.renamed_long_ago is registered for busapp.Opened"
+    )
+
+
+def test_prune_deletes_old_finished_deliveries_and_their_events():
+    messagebus.bus.handle(Deposited(name="gus", amount=1))
+    pending = StoredEvent.objects.create(
+        id="00000000-0000-0000-0000-000000000004",
+        type="busapp.Opened",
+        payload={"name": "y"},
+        correlation_id="00000000-0000-0000-0000-000000000004",
+    )
+    Delivery.objects.create(
+        event=pending, handler="h", next_attempt_at=timezone.now() + timedelta(days=1)
+    )
+    old = timezone.now() - timedelta(days=40)
+    Delivery.objects.filter(status="done").update(finished_at=old)
+    StoredEvent.objects.update(created_at=old)
+    assert "Deleted 3 deliveries and 2 events" in run("prune", "--days", "30")
+    assert [str(pk) for pk in StoredEvent.objects.values_list("pk", flat=True)] == [pending.pk]

@@ -1,0 +1,148 @@
+"""Real processes: a crash after commit, worker shutdown, workers sharing one queue."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+import messagebus
+from messagebus import executors, outbox
+from messagebus.models import Delivery
+from tests.busapp.events import Pinged
+from tests.busapp.models import Account, Entry
+from tests.conftest import ROOT, database_url, postgres_only
+
+CRASH_AFTER_COMMIT = """
+import os
+from django.db import transaction
+import messagebus
+from tests.busapp.commands import Deposit, OpenAccount
+
+messagebus.bus.handle(OpenAccount("zed"))
+with transaction.atomic():
+    transaction.on_commit(lambda: os._exit(17))  # dies before the bus's own callbacks
+    messagebus.bus.handle(Deposit("zed", 9))
+"""
+
+
+def test_deliveries_left_by_a_crash_after_commit_are_run_by_a_worker(manage):
+    crashed = manage("shell", "-c", CRASH_AFTER_COMMIT)
+    assert crashed.returncode == 17, crashed.stderr
+
+    assert Account.objects.get(name="zed").balance == 9
+    assert list(Delivery.objects.values_list("status", "attempts")) == [
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert not Entry.objects.exists()
+
+    worker = manage("messagebus", "worker", "--once")
+    assert worker.returncode == 0, worker.stderr
+    assert "Processed 2 deliveries." in worker.stdout  # the Audited they record runs inline
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+
+
+def test_a_worker_exits_cleanly_on_sigterm(transactional_db):
+    env = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO"}
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "worker", "--interval", "0.1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = worker.stderr.readline()
+        assert "Worker started" in started
+        worker.send_signal(signal.SIGTERM)
+        stdout, stderr = worker.communicate(timeout=20)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "Processed 0 deliveries." in stdout
+    assert "Worker stopped" in stderr
+
+
+@postgres_only
+def test_two_workers_never_run_one_delivery_twice(manage, tmp_path):
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        for n in range(200):
+            messagebus.bus.handle(Pinged(n=n))
+    assert Delivery.objects.filter(status="pending").count() == 200
+
+    log = tmp_path / "pings.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "BUSAPP_PING_LOG": str(log),
+        "BUSAPP_PING_SLEEP": "0.002",
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "manage.py"),
+        "messagebus",
+        "worker",
+        "--once",
+        "--batch",
+        "5",
+    ]
+    workers = [
+        subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    lines = log.read_text().split()
+    runs = [int(n) for n in lines[::2]]
+    pids = set(lines[1::2])
+    assert sorted(runs) == list(range(200))  # each handler call exactly once
+    assert len(pids) == 2  # both workers took part
+    assert sorted(Entry.objects.values_list("amount", flat=True)) == list(range(200))
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
+@postgres_only
+def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messagebus_registry):
+    calls = []
+
+    def slow(event: Pinged) -> None:
+        calls.append(threading.get_ident())
+        Entry.objects.create(account="slow", amount=event.n)
+        time.sleep(0.3)
+
+    messagebus_registry.register(None, slow)
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        messagebus.bus.handle(Pinged(n=1))
+    row = Delivery.objects.select_related("event").get(handler__endswith="slow")
+
+    results = []
+    barrier = threading.Barrier(2)
+
+    def runner() -> None:
+        job = outbox.job_for(Delivery.objects.select_related("event").get(pk=row.pk))
+        barrier.wait()
+        results.append(executors.deliver(job))
+        connection.close()
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert sorted(results) == [False, True]
+    assert len(calls) == 1  # the second waited on the row lock, then found it done
+    assert Entry.objects.filter(account="slow").count() == 1
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("done", 1)

@@ -1,0 +1,135 @@
+"""``manage.py check`` on a correct project, and on each wiring mistake."""
+
+from dataclasses import dataclass
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+import messagebus
+from messagebus import messages
+
+APP_MODULE = "tests.busapp.checked"  # a module of an installed app
+
+
+@pytest.fixture
+def app_messages():
+    """Define message classes as if in an installed app; forget them afterwards."""
+    before = list(messages._classes)
+    made = []
+
+    def define(cls):
+        cls.__module__ = APP_MODULE
+        made.append(cls)
+        return cls
+
+    yield define
+    messages._classes[:] = before
+    for cls in made:
+        messages._type_names.pop(cls, None)
+
+
+def check_output(**settings) -> str:
+    out = StringIO()
+    with override_settings(**settings) if settings else _nothing():
+        try:
+            call_command("check", stdout=out, stderr=out)
+        except SystemCheckError as error:
+            return str(error) + out.getvalue()
+    return out.getvalue()
+
+
+class _nothing:
+    def __enter__(self): ...
+    def __exit__(self, *exc): ...
+
+
+def test_a_correct_project_is_clean():
+    assert "no issues" in check_output()
+
+
+def test_a_command_without_handler_is_a_warning(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Forgotten(messagebus.Command):
+        x: int
+
+    output = check_output()
+    assert "messagebus.W001" in output
+    assert "The command Forgotten has no handler" in output
+
+
+def test_a_handler_asking_for_something_unknown_is_an_error(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Send(messagebus.Command):
+        x: int
+
+    def send(cmd: Send, mailer) -> None: ...
+
+    with messagebus.registry.temporary(send):
+        output = check_output()
+    assert "messagebus.E001" in output
+    assert "asks for 'mailer'" in output
+
+
+def test_a_field_without_json_form_is_an_error(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Tagged(messagebus.Event):
+        tags: set[str]
+
+    output = check_output()
+    assert "messagebus.E002" in output
+    assert "Tagged cannot be stored as JSON" in output
+
+
+def test_a_message_that_is_not_a_frozen_dataclass_is_an_error(app_messages):
+    @app_messages
+    class Loose(messagebus.Event):
+        pass
+
+    output = check_output()
+    assert "messagebus.E004" in output
+    assert "Loose is not a frozen dataclass" in output
+
+
+def test_two_messages_stored_under_one_name_is_an_error(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Twin(messagebus.Event):
+        x: int
+
+    @app_messages
+    @dataclass(frozen=True)
+    class Other(messagebus.Event):
+        type_name = "busapp.Twin"
+        x: int
+
+    output = check_output()
+    assert "messagebus.E005" in output
+    assert "are all stored as 'busapp.Twin'" in output
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ({"EXECUTOR": "nowhere.Executor"}, "MESSAGEBUS['EXECUTOR']"),
+        ({"RETRY_ATTEMPTS": 0}, "MESSAGEBUS['RETRY_ATTEMPTS'] must be a whole number"),
+        ({"MAX_DELIVERIES": "5"}, "MESSAGEBUS['MAX_DELIVERIES'] must be a whole number"),
+        ({"RETRY_WAIT": -1}, "MESSAGEBUS['RETRY_WAIT'] must be a number of seconds"),
+        (
+            {"DEPENDENCIES": {"clock": "no.such.Clock"}},
+            "MESSAGEBUS['DEPENDENCIES']['clock'] cannot be imported",
+        ),
+        ({"RETRIES": 3}, "unknown key 'RETRIES'"),
+    ],
+)
+def test_an_invalid_setting_is_an_error(setting, expected):
+    output = check_output(
+        MESSAGEBUS={"DEPENDENCIES": {"clock": "tests.busapp.services.Clock"}, **setting}
+    )
+    assert "messagebus.E003" in output
+    assert expected in output

@@ -1,0 +1,128 @@
+from dataclasses import dataclass
+
+import pytest
+
+import messagebus
+from messagebus.exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
+from messagebus.registry import Registry
+from tests.busapp.commands import Deposit, OpenAccount
+from tests.busapp.events import Deposited, Opened
+
+
+@dataclass(frozen=True)
+class Ping(messagebus.Command):
+    n: int
+
+
+@pytest.fixture
+def registry():
+    return Registry()
+
+
+def test_the_message_type_comes_from_the_first_annotation(registry):
+    def ping(cmd: Ping) -> int:
+        return cmd.n
+
+    registry.register(None, ping)
+    handler = registry.command_handler(Ping)
+    assert handler.func is ping
+    assert handler.message_type is Ping
+    assert (
+        handler.name
+        == f"{__name__}.test_the_message_type_comes_from_the_first_annotation.<locals>.ping"
+    )
+
+
+def test_the_message_type_can_be_given(registry):
+    def ping(cmd, uow) -> None: ...
+
+    registry.register(Ping, ping)
+    assert registry.command_handler(Ping).parameters == (("uow", False),)
+
+
+def test_a_second_command_handler_is_refused_naming_both(registry):
+    def first(cmd: Ping) -> None: ...
+    def second(cmd: Ping) -> None: ...
+
+    registry.register(None, first)
+    with pytest.raises(HandlerAlreadyRegistered) as error:
+        registry.register(None, second)
+    assert "Ping" in str(error.value)
+    assert "first" in str(error.value) and "second" in str(error.value)
+    assert registry.command_handler(Ping).func is first
+
+
+def test_a_command_without_handler_is_an_error_naming_it(registry):
+    with pytest.raises(HandlerNotFound, match="No handler is registered for the command Ping"):
+        registry.command_handler(Ping)
+
+
+def test_events_have_any_number_of_handlers_in_order(registry):
+    def a(event: Deposited) -> None: ...
+    def b(event: Deposited) -> None: ...
+
+    registry.register(None, a)
+    registry.register(None, b)
+    assert [h.func for h in registry.event_handlers(Deposited)] == [a, b]
+    assert registry.event_handlers(Opened) == ()
+    assert registry.event_handler(Deposited, registry.event_handlers(Deposited)[1].name).func is b
+    with pytest.raises(
+        HandlerAlreadyRegistered, match="already registered for the event Deposited"
+    ):
+        registry.register(None, a)
+
+
+def test_a_handler_must_take_the_message_first(registry):
+    with pytest.raises(RegistrationError, match="must take the message as its first parameter"):
+        registry.register(Ping, lambda: None)
+
+
+def test_the_message_type_must_be_annotated_or_given(registry):
+    with pytest.raises(RegistrationError, match="annotate the first parameter"):
+        registry.register(None, lambda cmd: None)
+
+
+def test_variadic_dependencies_are_refused(registry):
+    with pytest.raises(RegistrationError, match="name each dependency"):
+        registry.register(Ping, lambda cmd, *deps: None)
+
+
+def test_only_message_types_can_be_handled(registry):
+    def handle(value: int) -> None: ...
+
+    with pytest.raises(RegistrationError, match="is not a Command or Event class"):
+        registry.register(None, handle)
+
+
+def test_temporary_registrations_are_undone(registry):
+    def ping(cmd: Ping) -> None: ...
+
+    with registry.temporary(ping):
+        assert registry.command_handler(Ping).func is ping
+    with pytest.raises(HandlerNotFound):
+        registry.command_handler(Ping)
+
+
+def test_reset_forgets_everything(registry):
+    def ping(cmd: Ping) -> None: ...
+
+    registry.register(None, ping)
+    registry.reset()
+    assert list(registry.handlers()) == []
+
+
+def test_autodiscovery_registered_the_test_apps_handlers():
+    names = {h.name for h in messagebus.registry.handlers()}
+    assert "tests.busapp.handlers.open_account" in names
+    assert messagebus.registry.command_handler(Deposit).name == "tests.busapp.handlers.deposit"
+    assert messagebus.registry.command_handler(OpenAccount).func.__name__ == "open_account"
+
+
+def test_the_decorator_takes_an_explicit_type():
+    with messagebus.registry.temporary():
+
+        @messagebus.handler(Ping)
+        def ping(cmd) -> int:
+            return 1
+
+        assert messagebus.registry.command_handler(Ping).func is ping

@@ -1,0 +1,122 @@
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+
+import messagebus
+from messagebus.exceptions import MessageDecodeError, MessageEncodeError
+from messagebus.serialization import check_serializable, from_dict, to_dict
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class Everything(messagebus.Event):
+    text: str
+    number: int
+    ratio: float
+    flag: bool
+    price: Decimal
+    day: dt.date
+    moment: dt.datetime
+    ident: uuid.UUID
+    maybe: int | None
+    colour: Colour
+    lines: list[Line]
+    tags: tuple[str, ...] = ()
+    nested: Line | None = None
+    notes: list[dt.date] = field(default_factory=list)
+
+
+def sample() -> Everything:
+    return Everything(
+        text="héllo",
+        number=-3,
+        ratio=0.25,
+        flag=True,
+        price=Decimal("19.990"),
+        day=dt.date(2026, 1, 31),
+        moment=dt.datetime(2026, 1, 31, 12, 30, 5, 123456, tzinfo=dt.UTC),
+        ident=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        maybe=None,
+        colour=Colour.BLUE,
+        lines=[Line("LAMP", 2), Line("CHAIR", 1)],
+        tags=("a", "b"),
+        nested=Line("SOFA", 7),
+        notes=[dt.date(2025, 12, 1)],
+    )
+
+
+def test_round_trip_keeps_every_value_and_type():
+    event = sample()
+    data = to_dict(event)
+    assert data["price"] == "19.990"
+    assert data["day"] == "2026-01-31"
+    assert data["ident"] == "12345678-1234-5678-1234-567812345678"
+    assert data["colour"] == "blue"
+    assert data["lines"] == [{"sku": "LAMP", "qty": 2}, {"sku": "CHAIR", "qty": 1}]
+    assert "message_id" not in data
+    back = from_dict(Everything, data, message_id=event.message_id)
+    assert back == event
+    assert back.message_id == event.message_id
+    assert isinstance(back.price, Decimal) and str(back.price) == "19.990"
+    assert back.moment.tzinfo is not None
+    assert isinstance(back.tags, tuple) and isinstance(back.lines[0], Line)
+
+
+def test_round_trip_through_json_text():
+    import json
+
+    event = sample()
+    assert from_dict(Everything, json.loads(json.dumps(to_dict(event)))) == event
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"number": "3"}, "Everything.number: expected int"),
+        ({"number": True}, "Everything.number: expected int"),
+        ({"day": "31/01/2026"}, "Everything.day"),
+        ({"price": "cheap"}, "Everything.price"),
+        ({"lines": {"sku": "x"}}, "Everything.lines: expected a list"),
+        ({"colour": "green"}, "Everything.colour"),
+        ({"surprise": 1}, "has no field surprise"),
+    ],
+)
+def test_decoding_bad_data_names_the_field(change, error):
+    data = {**to_dict(sample()), **change}
+    with pytest.raises(MessageDecodeError, match=error):
+        from_dict(Everything, data)
+
+
+def test_decoding_reports_a_missing_field():
+    data = to_dict(sample())
+    del data["text"]
+    with pytest.raises(MessageDecodeError, match="text"):
+        from_dict(Everything, data)
+
+
+def test_decoding_needs_an_object():
+    with pytest.raises(MessageDecodeError, match="expects a JSON object"):
+        from_dict(Everything, ["not", "an", "object"])
+
+
+@pytest.mark.parametrize("hint", [set[int], dict[str, int], object, int | str, tuple[int, str]])
+def test_types_without_a_json_form_are_refused(hint):
+    cls = dataclass(frozen=True)(
+        type("Odd", (messagebus.Event,), {"__annotations__": {"value": hint}})
+    )
+    with pytest.raises(MessageEncodeError, match="Odd.value"):
+        check_serializable(cls)
