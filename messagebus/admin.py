@@ -45,7 +45,7 @@ class DeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
 class StoredEventAdmin(ReadOnlyAdmin):
     list_display = ["type", "id", "correlation_id", "created_at"]
     list_filter = ["type", "created_at"]
-    search_fields = ["=id", "=correlation_id", "=causation_id"]
+    search_fields = ["=id", "=correlation_id"]
     fields = ["type", "id", "correlation_id", "causation_id", "created_at", "payload_json"]
     readonly_fields = fields
     date_hierarchy = "created_at"

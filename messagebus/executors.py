@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from . import conf, outbox, unit_of_work
+from . import conf, outbox, sql, unit_of_work
 from .dependencies import dependencies
 from .messages import current_message
 from .models import Delivery
@@ -143,24 +143,28 @@ def _attempt(job: Job) -> bool:
     token = current_message.set(job.event)
     try:
         with unit_of_work.UnitOfWork(job.using) as uow:
-            rows = _rows(job)
-            if not rows.update(attempts=F("attempts") + 1):
+            handler = job.handler
+            if not sql.complete(job.using, job.event.message_id, handler.name, timezone.now()):
                 return False
-            job.handler.func(job.event, **dependencies.kwargs(job.handler, uow, _bus()))
-            rows.update(status=Status.DONE, runs=F("runs") + 1, finished_at=timezone.now())
+            started = time.perf_counter()
+            if handler.parameters:
+                handler.func(job.event, **dependencies.kwargs(handler, uow, _bus()))
+            else:
+                handler.func(job.event)
+            elapsed = time.perf_counter() - started
     except Exception as exc:
         _failed_attempt(job, exc)
         raise
     finally:
         current_message.reset(token)
     if logger.isEnabledFor(logging.INFO):
-        logger.info("Delivered %s to %s", job.event, job.handler)
+        logger.info("Delivered %s to %s in %.1f ms", job.event, job.handler, elapsed * 1000)
     return True
 
 
 def _failed_attempt(job: Job, exc: Exception) -> None:
     logger.warning("Handler %s failed on %s: %r", job.handler, job.event, exc, exc_info=True)
-    _rows(job).update(
+    job.rows().update(
         attempts=F("attempts") + 1,
         last_error=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
         traceback=traceback.format_exc(),
@@ -173,24 +177,19 @@ def _give_up(job: Job, exc: Exception) -> None:
     runs = job.runs + 1
     now = timezone.now()
     if runs >= conf.settings.MAX_DELIVERIES:
-        _rows(job).update(status=Status.DEAD, runs=runs, finished_at=now)
+        job.rows().update(status=Status.DEAD, runs=runs, finished_at=now)
         logger.error(
-            "Dead: %s failed %d run(s); `manage.py messagebus retry %d` runs it again: %r",
+            "Dead: %s failed %d run(s); retry it from the admin or `manage.py messagebus retry`: %r",
             job,
             runs,
-            job.delivery_id,
             exc,
         )
         return
     delay = min(
         conf.settings.REDELIVERY_DELAY * 2 ** (runs - 1), conf.settings.REDELIVERY_DELAY_MAX
     )
-    _rows(job).update(runs=runs, next_attempt_at=now + timedelta(seconds=delay))
+    job.rows().update(runs=runs, next_attempt_at=now + timedelta(seconds=delay))
     logger.error("%s failed run %d; next run in %.0fs: %r", job, runs, delay, exc)
-
-
-def _rows(job: Job) -> Any:
-    return Delivery.objects.using(job.using).filter(pk=job.delivery_id, status=Status.PENDING)
 
 
 def _bus() -> Any:

@@ -33,8 +33,9 @@ class MessageBus:
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
         """Handle a command (returning its result) or publish an event."""
-        for observer in observers:
-            observer(message)
+        if observers:
+            for observer in observers:
+                observer(message)
         if isinstance(message, Command):
             return self._handle_command(message, using)
         if isinstance(message, Event):
@@ -48,7 +49,10 @@ class MessageBus:
         token = current_message.set(command)
         try:
             with UnitOfWork(using) as uow:
-                result = handler.func(command, **self.dependencies.kwargs(handler, uow, self))
+                if handler.parameters:
+                    result = handler.func(command, **self.dependencies.kwargs(handler, uow, self))
+                else:
+                    result = handler.func(command)
         except CommandRejected as exc:
             logger.info("Rejected %s: %s", command, exc)
             raise

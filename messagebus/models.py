@@ -11,10 +11,10 @@ from django.utils import timezone
 
 class StoredEvent(models.Model):
     id = models.UUIDField(primary_key=True, help_text="The event's message_id.")
-    type = models.CharField(max_length=200, db_index=True)
+    type = models.CharField(max_length=200)
     payload = models.JSONField()
     correlation_id = models.UUIDField(db_index=True)
-    causation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    causation_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -60,8 +60,11 @@ class Delivery(models.Model):
         DEAD = "dead"
         DISCARDED = "discarded"
 
-    event = models.ForeignKey(StoredEvent, on_delete=models.CASCADE, related_name="deliveries")
-    handler = models.CharField(max_length=255, db_index=True)
+    # The unique (event, handler) constraint indexes both: no index of their own.
+    event = models.ForeignKey(
+        StoredEvent, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    handler = models.CharField(max_length=255)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Calls of the handler.")
     runs = models.PositiveIntegerField(default=0, help_text="Runs of up to RETRY_ATTEMPTS calls.")
@@ -69,7 +72,9 @@ class Delivery(models.Model):
     last_error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="Done: when the successful call began. Dead: when it died."
+    )
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -87,7 +92,6 @@ class Delivery(models.Model):
                 condition=Q(status="pending"),
                 name="messagebus_delivery_due",
             ),
-            models.Index(fields=["status", "finished_at"], name="messagebus_delivery_status"),
         ]
 
     def __str__(self) -> str:

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
 from .exceptions import MessageDecodeError
 from .messages import Event, message_class, message_type_name
-from .models import Delivery, StoredEvent
+from . import sql
+from .models import Delivery, DeliveryQuerySet, StoredEvent
 from .registry import Handler, registry
 from .serialization import from_dict, to_dict
 
@@ -24,39 +25,42 @@ observers: list[Callable[[Event], None]] = []
 
 @dataclass
 class Job:
-    """One delivery to run: its row id, the decoded event and the handler."""
+    """One delivery to run: the decoded event and the handler it goes to.
 
-    delivery_id: int
+    A delivery is identified by (event, handler); ``runs`` counts its runs so far.
+    """
+
     event: Event
     handler: Handler
     using: str
     runs: int = 0
 
     def __str__(self) -> str:
-        return f"delivery {self.delivery_id} of {self.event} to {self.handler}"
+        return f"delivery of {self.event} to {self.handler}"
+
+    def rows(self) -> DeliveryQuerySet:
+        """This delivery's row, while it is pending."""
+        return (
+            Delivery.objects.using(self.using)
+            .pending()
+            .filter(event_id=self.event.message_id, handler=self.handler.name)
+        )
 
 
 def store(event: Event, using: str) -> list[Job]:
     """Write ``event`` and one delivery per handler in the current transaction."""
     handlers = registry.event_handlers(type(event))
-    now = timezone.now()
-    StoredEvent(
-        id=event.message_id,
-        type=message_type_name(type(event)),
-        payload=to_dict(event),
-        correlation_id=event.correlation_id,
-        causation_id=event.causation_id,
-        created_at=now,
-    ).save(using=using, force_insert=True)
-    rows = Delivery.objects.using(using).bulk_create(
-        Delivery(event_id=event.message_id, handler=h.name, next_attempt_at=now, created_at=now)
-        for h in handlers
-    )
-    for observer in observers:
-        observer(event)
+    type_name = message_type_name(type(event))
+    sql.store(
+        using, event.message_id, type_name, to_dict(event), event.correlation_id,
+        event.causation_id, [h.name for h in handlers], timezone.now(),
+    )  # fmt: skip
+    if observers:
+        for observer in observers:
+            observer(event)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s for %d handler(s)", event, len(handlers))
-    return [Job(row.pk, event, h, using) for row, h in zip(rows, handlers, strict=True)]
+    return [Job(event, h, using) for h in handlers]
 
 
 def decode(row: StoredEvent) -> Event:
@@ -86,7 +90,7 @@ def job_for(delivery: Delivery) -> Job | None:
             delivery, f"no handler {delivery.handler} is registered for {delivery.event.type}"
         )
         return None
-    return Job(delivery.pk, event, handler, delivery._state.db or "default", delivery.runs)
+    return Job(event, handler, delivery._state.db or DEFAULT_DB_ALIAS, delivery.runs)
 
 
 def claim(using: str, limit: int, lease: float, overdue: float = 0) -> list[Delivery]:

@@ -22,18 +22,18 @@ from .messages import Event
 _current: ContextVar[UnitOfWork | None] = ContextVar("messagebus_unit_of_work", default=None)
 
 
-class UnitOfWork:
-    """``with UnitOfWork():`` opens ``transaction.atomic`` (a savepoint if nested)."""
+class UnitOfWork(transaction.Atomic):
+    """``with UnitOfWork():`` is ``transaction.atomic`` (a savepoint if nested)
+    that stores the events recorded inside it and delivers them after commit."""
+
+    parent: UnitOfWork | None
+    _token: Token[UnitOfWork | None]
 
     def __init__(self, using: str | None = None) -> None:
-        self.using = using or DEFAULT_DB_ALIAS
-        self.parent: UnitOfWork | None = None
-        self._atomic: transaction.Atomic | None = None
-        self._token: Token[UnitOfWork | None] | None = None
+        super().__init__(using or DEFAULT_DB_ALIAS, savepoint=True, durable=False)
 
-    def __enter__(self) -> UnitOfWork:
-        self._atomic = transaction.atomic(using=self.using)
-        self._atomic.__enter__()
+    def __enter__(self) -> UnitOfWork:  # type: ignore[override]
+        super().__enter__()
         self.parent = _current.get()
         self._token = _current.set(self)
         return self
@@ -44,9 +44,8 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._atomic is not None and self._token is not None
         _current.reset(self._token)
-        self._atomic.__exit__(exc_type, exc, tb)
+        super().__exit__(exc_type, exc, tb)
 
     def publish(self, event: Event) -> None:
         """Store ``event`` in this transaction; deliver it after commit."""
