@@ -54,3 +54,14 @@ def manage(transactional_db):
         )
 
     return run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With REQUIRE_SERVICES=1 (CI), a skipped test fails the run."""
+    if not os.environ.get("REQUIRE_SERVICES"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(f"REQUIRE_SERVICES=1 but {len(skipped)} tests were skipped", red=True)
+        session.exitstatus = 1

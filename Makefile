@@ -1,0 +1,51 @@
+# The README's commands. A fresh machine needs only Python 3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
+
+.PHONY: run test test-postgres bench lint worker clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: serve the demo on 127.0.0.1:8000 (SQLite, inline executor, demo data)
+run: export DJANGO_DEBUG = 1
+run: export API_ALLOW_ANONYMOUS = 1
+run: $(VENV)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py load_demo_data
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+## test: the whole suite (PostgreSQL, Redis and RabbitMQ tests run when their URLs are set)
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-postgres: the suite against the local PostgreSQL
+test-postgres:
+	DATABASE_URL=$(POSTGRES_URL) $(MAKE) test
+
+## bench: per-message cost against hand-written Django (DATABASE_URL picks the database)
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_bus.py
+
+## worker: a delivery worker on the local database
+worker: export DJANGO_DEBUG = 1
+worker: $(VENV)/.installed
+	$(BIN)/python manage.py messagebus worker
+
+## lint: ruff and mypy
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) db.sqlite3* test_db.sqlite3* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,83 @@
+"""The helpers of messagebus.testing, used the way a project's tests would."""
+
+import pytest
+
+import messagebus
+from messagebus.models import Delivery
+from tests.busapp.commands import Deposit, OpenAccount
+from tests.busapp.events import Audited, Deposited
+from tests.busapp.models import Entry
+
+
+def test_without_help_a_test_transaction_never_delivers(db):
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+    assert not Entry.objects.exists()
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"pending"}
+
+
+def test_deliver_fixture_runs_after_commit_work_as_each_command_ends(messagebus_deliver):
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_deliver_fixture_does_not_deliver_what_a_failed_command_recorded(messagebus_deliver):
+    messagebus.bus.handle(OpenAccount("a"))
+    with pytest.raises(Exception, match="below zero"):
+        messagebus.bus.handle(Deposit("a", -5))
+    assert not Entry.objects.exists()
+
+
+def test_capture_records_commands_and_events(messagebus_deliver, messagebus_capture):
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+
+    assert [type(c) for c in messagebus_capture.commands] == [OpenAccount, Deposit]
+    assert messagebus_capture.assert_handled(Deposit, name="a").amount == 5
+    event = messagebus_capture.assert_published(Deposited, name="a", amount=5)
+    assert messagebus_capture.assert_published(Audited).causation_id == event.message_id
+
+
+def test_capture_assertions_fail_with_what_was_seen(messagebus_deliver, messagebus_capture):
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+    with pytest.raises(AssertionError, match=r"no Deposited\(amount=6\) was published"):
+        messagebus_capture.assert_published(Deposited, amount=6)
+    with pytest.raises(AssertionError, match="expected no Audited"):
+        messagebus_capture.assert_not_published(Audited)
+
+
+def test_registry_fixture_registers_handlers_for_one_test(messagebus_deliver, messagebus_registry):
+    seen = []
+
+    def remember(event: Deposited) -> None:
+        seen.append(event.amount)
+
+    messagebus_registry.register(None, remember)
+    messagebus.bus.handle(Deposited(name="a", amount=3))
+    assert seen == [3]
+
+
+def test_registry_fixture_leaves_no_trace():
+    names = [h.name for h in messagebus.registry.event_handlers(Deposited)]
+    assert not any("remember" in name for name in names)
+
+
+def test_dependencies_fixture_overrides_by_name(
+    messagebus_deliver, messagebus_registry, messagebus_dependencies
+):
+    class FakeClock:
+        def now(self):
+            return "noon"
+
+    seen = []
+
+    def stamp(event: Deposited, clock) -> None:
+        seen.append(clock.now())
+
+    messagebus_registry.register(None, stamp)
+    messagebus_dependencies(clock=FakeClock())
+    messagebus.bus.handle(Deposited(name="a", amount=3))
+    assert seen == ["noon"]
