@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -103,9 +103,7 @@ def main() -> None:
 
     config = setup_databases(verbosity=0, interactive=False)
     try:
-        print(
-            f"{connection.vendor} {connection.Database.__name__}, {args.rounds} rounds x {args.count}"
-        )
+        print(f"{connection.vendor}, {args.rounds} rounds x {args.count} messages")
         with messagebus.registry.temporary(do_nothing, open_account, on_made):
 
             def plain(i: int) -> object:
@@ -120,7 +118,7 @@ def main() -> None:
                 args.rounds,
             )
             compare(
-                "command writing a row + one event whose handler writes a row, inline (target <= 1.5x)",
+                "command writing a row + an event whose handler writes a row (target <= 1.5x)",
                 lambda i: messagebus.bus.handle(Open(f"b{i}")),
                 lambda i: hand_written(f"h{i}"),
                 args.count,

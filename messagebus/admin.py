@@ -31,8 +31,9 @@ def _pretty(data: Any) -> str:
 
 class DeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Delivery
-    fields = ["handler", "status", "attempts", "runs", "next_attempt_at", "last_error"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "handler", "status", "attempts", "runs", "next_attempt_at", "last_error",
+    )  # fmt: skip
     extra = 0
     can_delete = False
     show_change_link = True
@@ -46,8 +47,9 @@ class StoredEventAdmin(ReadOnlyAdmin):
     list_display = ["type", "id", "correlation_id", "created_at"]
     list_filter = ["type", "created_at"]
     search_fields = ["=id", "=correlation_id"]
-    fields = ["type", "id", "correlation_id", "causation_id", "created_at", "payload_json"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "type", "id", "correlation_id", "causation_id", "created_at", "payload_json",
+    )  # fmt: skip
     date_hierarchy = "created_at"
     inlines = [DeliveryInline]
 
@@ -72,7 +74,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     search_fields = ["=event__id", "=event__correlation_id"]
     list_select_related = ["event"]
     actions = ["retry_now", "discard"]
-    fields = [
+    fields = readonly_fields = (
         "event_link",
         "event_type",
         "handler",
@@ -86,8 +88,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "payload_json",
         "last_error",
         "traceback_text",
-    ]
-    readonly_fields = fields
+    )
 
     @admin.display(description="event", ordering="event__type")
     def event_type(self, obj: Delivery) -> str:

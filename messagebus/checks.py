@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.apps import AppConfig, apps
+from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
@@ -17,150 +18,126 @@ from .messages import Command, Message, message_classes, message_type_name
 from .registry import registry
 from .serialization import check_serializable
 
+WHOLE_NUMBERS = ("RETRY_ATTEMPTS", "MAX_DELIVERIES")
+SECONDS = (
+    "RETRY_WAIT", "RETRY_WAIT_MAX", "REDELIVERY_DELAY", "REDELIVERY_DELAY_MAX",
+    "CLAIM_TIMEOUT", "SWEEP_INTERVAL", "WORKER_POLL_INTERVAL",
+)  # fmt: skip
+JSON_TYPES = (
+    "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
+    "X | None, list[X], tuple[X, ...] or nested dataclasses of those."
+)
+
 
 @checks.register("messagebus")
-def check_settings(
-    app_configs: Iterable[AppConfig] | None = None, **kwargs: Any
-) -> list[checks.CheckMessage]:
-    errors = []
-    raw = getattr(conf.django_settings, "MESSAGEBUS", {})
-    if not isinstance(raw, dict):
-        return [_setting_error("MESSAGEBUS must be a dict", raw)]
-    for key in sorted(set(raw) - set(conf.DEFAULTS)):
-        errors.append(
-            _setting_error(
-                f"MESSAGEBUS has an unknown key {key!r}",
-                key,
-                hint=f"Known keys: {', '.join(conf.DEFAULTS)}.",
-            )
-        )
-    executor = conf.settings.EXECUTOR
-    if executor not in ("inline", "worker"):
-        try:
-            import_string(executor)
-        except ImportError as exc:
-            errors.append(
-                _setting_error(
-                    f"MESSAGEBUS['EXECUTOR'] = {executor!r} is not 'inline', 'worker' or an importable class: {exc}",
-                    executor,
-                )
-            )
-    deps = conf.settings.DEPENDENCIES
-    if not isinstance(deps, dict):
-        errors.append(
-            _setting_error("MESSAGEBUS['DEPENDENCIES'] must map names to dotted paths", deps)
-        )
-    else:
-        for name, path in deps.items():
-            try:
-                import_string(path)
-            except ImportError as exc:
-                errors.append(
-                    _setting_error(
-                        f"MESSAGEBUS['DEPENDENCIES'][{name!r}] cannot be imported: {exc}", name
-                    )
-                )
-    for key in ("RETRY_ATTEMPTS", "MAX_DELIVERIES"):
-        value = getattr(conf.settings, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(
-                _setting_error(
-                    f"MESSAGEBUS[{key!r}] must be a whole number of at least 1, not {value!r}", key
-                )
-            )
-    for key in (
-        "RETRY_WAIT",
-        "RETRY_WAIT_MAX",
-        "REDELIVERY_DELAY",
-        "REDELIVERY_DELAY_MAX",
-        "CLAIM_TIMEOUT",
-        "SWEEP_INTERVAL",
-        "WORKER_POLL_INTERVAL",
-    ):
-        value = getattr(conf.settings, key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            errors.append(
-                _setting_error(
-                    f"MESSAGEBUS[{key!r}] must be a number of seconds, not {value!r}", key
-                )
-            )
-    return errors
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return list(_settings_errors())
 
 
 @checks.register("messagebus")
 def check_messages(
     app_configs: Iterable[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
+    return list(_message_errors(_app_messages(app_configs)))
+
+
+@checks.register("messagebus")
+def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
+    available = dependencies.names()
+    for handler in registry.handlers():
+        for name, optional in handler.parameters:
+            if not optional and name not in available:
+                errors.append(checks.Error(
+                    f"{handler} asks for {name!r}, which the bus cannot provide.",
+                    hint=f"Name it 'uow' or 'bus', or add {name!r} to MESSAGEBUS['DEPENDENCIES'].",
+                    obj=handler.func,
+                    id="messagebus.E001",
+                ))  # fmt: skip
+    return errors
+
+
+def _settings_errors() -> Iterator[checks.CheckMessage]:
+    raw = getattr(settings, "MESSAGEBUS", {})
+    if not isinstance(raw, dict):
+        yield _setting_error("MESSAGEBUS must be a dict")
+        return
+    for key in sorted(set(raw) - set(conf.DEFAULTS)):
+        yield _setting_error(f"MESSAGEBUS has an unknown key {key!r}")
+    executor = conf.settings.EXECUTOR
+    if executor not in ("inline", "worker"):
+        try:
+            import_string(executor)
+        except ImportError as exc:
+            yield _setting_error(
+                f"MESSAGEBUS['EXECUTOR'] is {executor!r}: not 'inline', 'worker' "
+                f"or an importable class ({exc})"
+            )
+    deps = conf.settings.DEPENDENCIES
+    if not isinstance(deps, dict):
+        yield _setting_error("MESSAGEBUS['DEPENDENCIES'] must map names to dotted paths")
+        deps = {}
+    for name, path in deps.items():
+        try:
+            import_string(path)
+        except ImportError as exc:
+            yield _setting_error(f"MESSAGEBUS['DEPENDENCIES'][{name!r}] cannot be imported: {exc}")
+    for key in WHOLE_NUMBERS:
+        value = getattr(conf.settings, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            yield _setting_error(f"MESSAGEBUS[{key!r}] must be a whole number of at least 1")
+    for key in SECONDS:
+        value = getattr(conf.settings, key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            yield _setting_error(f"MESSAGEBUS[{key!r}] must be a number of seconds, not {value!r}")
+
+
+def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessage]:
     names: dict[str, list[type[Message]]] = defaultdict(list)
-    for cls in _app_messages(app_configs):
+    for cls in classes:
         params = cls.__dict__.get("__dataclass_params__")
         if params is None or not params.frozen:
-            errors.append(
-                checks.Error(
-                    f"{cls.__name__} is not a frozen dataclass.",
-                    hint="Decorate it with @dataclass(frozen=True).",
-                    obj=cls,
-                    id="messagebus.E004",
-                )
+            yield checks.Error(
+                f"{cls.__name__} is not a frozen dataclass.",
+                hint="Decorate it with @dataclass(frozen=True).",
+                obj=cls,
+                id="messagebus.E004",
             )
             continue
         try:
             check_serializable(cls)
         except MessageEncodeError as exc:
-            errors.append(
-                checks.Error(
-                    f"{cls.__name__} cannot be stored as JSON: {exc}.",
-                    hint="Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
-                    "X | None, list[X], tuple[X, ...] or nested dataclasses of those.",
-                    obj=cls,
-                    id="messagebus.E002",
-                )
+            yield checks.Error(
+                f"{cls.__name__} cannot be stored as JSON: {exc}.",
+                hint=JSON_TYPES,
+                obj=cls,
+                id="messagebus.E002",
             )
         names[message_type_name(cls)].append(cls)
-        if issubclass(cls, Command) and not cls.__subclasses__():
-            try:
-                registry.command_handler(cls)
-            except LookupError:
-                errors.append(
-                    checks.Warning(
-                        f"The command {cls.__name__} has no handler.",
-                        hint=f"Add a function taking ({cls.__name__}) to a handlers module, decorated with @messagebus.handler.",
-                        obj=cls,
-                        id="messagebus.W001",
-                    )
-                )
-    for name, classes in names.items():
-        if len(classes) > 1:
-            errors.append(
-                checks.Error(
-                    f"{', '.join(f'{c.__module__}.{c.__qualname__}' for c in classes)} are all stored as {name!r}.",
-                    hint="Rename one, or give it a distinct `type_name`.",
-                    obj=classes[-1],
-                    id="messagebus.E005",
-                )
+        if issubclass(cls, Command) and not cls.__subclasses__() and not _handled(cls):
+            yield checks.Warning(
+                f"The command {cls.__name__} has no handler.",
+                hint=f"Decorate a function taking a {cls.__name__} with @messagebus.handler.",
+                obj=cls,
+                id="messagebus.W001",
             )
-    return errors
+    for name, same in names.items():
+        if len(same) > 1:
+            yield checks.Error(
+                f"{', '.join(f'{c.__module__}.{c.__qualname__}' for c in same)} "
+                f"are all stored as {name!r}.",
+                hint="Rename one, or give it a distinct `type_name`.",
+                obj=same[-1],
+                id="messagebus.E005",
+            )
 
 
-@checks.register("messagebus")
-def check_handlers(
-    app_configs: Iterable[AppConfig] | None = None, **kwargs: Any
-) -> list[checks.CheckMessage]:
-    errors = []
-    available = dependencies.names()
-    for handler in registry.handlers():
-        for name, optional in handler.parameters:
-            if not optional and name not in available:
-                errors.append(
-                    checks.Error(
-                        f"{handler} asks for {name!r}, which the bus cannot provide.",
-                        hint=f"Name a parameter 'uow' or 'bus', or add {name!r} to MESSAGEBUS['DEPENDENCIES'].",
-                        obj=handler.func,
-                        id="messagebus.E001",
-                    )
-                )
-    return errors
+def _handled(cls: type[Message]) -> bool:
+    try:
+        registry.command_handler(cls)
+    except LookupError:
+        return False
+    return True
 
 
 def _app_messages(app_configs: Iterable[AppConfig] | None) -> list[type[Message]]:
@@ -173,10 +150,9 @@ def _app_messages(app_configs: Iterable[AppConfig] | None) -> list[type[Message]
     return found
 
 
-def _setting_error(msg: str, obj: Any, hint: str | None = None) -> checks.Error:
+def _setting_error(message: str) -> checks.Error:
     return checks.Error(
-        msg,
-        hint=hint or "See messagebus.conf for the settings and their defaults.",
-        obj=obj,
+        message,
+        hint=f"See messagebus.conf; the keys are {', '.join(conf.DEFAULTS)}.",
         id="messagebus.E003",
     )

@@ -16,9 +16,11 @@ MESSAGEBUS = {
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings as django_settings
+
+T = TypeVar("T")
 
 DEFAULTS: dict[str, Any] = {
     "EXECUTOR": "inline",
@@ -43,52 +45,52 @@ class Settings:
         value = getattr(django_settings, "MESSAGEBUS", {})
         return value if isinstance(value, dict) else {}
 
-    def _get(self, key: str) -> Any:
-        return self.raw.get(key, DEFAULTS[key])
+    def _get(self, key: str, kind: type[T]) -> T:
+        return cast(T, self.raw.get(key, DEFAULTS[key]))
 
     @property
     def EXECUTOR(self) -> str:
-        return self._get("EXECUTOR")
+        return self._get("EXECUTOR", str)
 
     @property
     def DEPENDENCIES(self) -> dict[str, str]:
-        return self._get("DEPENDENCIES")
+        return self._get("DEPENDENCIES", dict)
 
     @property
     def RETRY_ATTEMPTS(self) -> int:
-        return self._get("RETRY_ATTEMPTS")
+        return self._get("RETRY_ATTEMPTS", int)
 
     @property
     def RETRY_WAIT(self) -> float:
-        return self._get("RETRY_WAIT")
+        return self._get("RETRY_WAIT", float)
 
     @property
     def RETRY_WAIT_MAX(self) -> float:
-        return self._get("RETRY_WAIT_MAX")
+        return self._get("RETRY_WAIT_MAX", float)
 
     @property
     def MAX_DELIVERIES(self) -> int:
-        return self._get("MAX_DELIVERIES")
+        return self._get("MAX_DELIVERIES", int)
 
     @property
     def REDELIVERY_DELAY(self) -> float:
-        return self._get("REDELIVERY_DELAY")
+        return self._get("REDELIVERY_DELAY", float)
 
     @property
     def REDELIVERY_DELAY_MAX(self) -> float:
-        return self._get("REDELIVERY_DELAY_MAX")
+        return self._get("REDELIVERY_DELAY_MAX", float)
 
     @property
     def CLAIM_TIMEOUT(self) -> float:
-        return self._get("CLAIM_TIMEOUT")
+        return self._get("CLAIM_TIMEOUT", float)
 
     @property
     def SWEEP_INTERVAL(self) -> float:
-        return self._get("SWEEP_INTERVAL")
+        return self._get("SWEEP_INTERVAL", float)
 
     @property
     def WORKER_POLL_INTERVAL(self) -> float:
-        return self._get("WORKER_POLL_INTERVAL")
+        return self._get("WORKER_POLL_INTERVAL", float)
 
 
 settings = Settings()

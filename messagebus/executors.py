@@ -21,7 +21,7 @@ import time
 import traceback
 from collections import deque
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.db.models import F
 from django.utils import timezone
@@ -109,7 +109,7 @@ def get() -> Executor:
         return _executors[name]
     except KeyError:
         cls = ALIASES.get(name) or import_string(name)
-        executor: Executor = cls()
+        executor = cast(Executor, cls())
         _executors[name] = executor
         return executor
 
@@ -118,7 +118,7 @@ def deliver(job: Job) -> bool:
     """Run a delivery to the end of its run; True if it is done (by anyone)."""
     try:
         return _attempt(job)
-    except Exception as exc:  # the handler's own error, whatever it is
+    except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
         first_error = exc
     retrying = Retrying(
         stop=stop_after_attempt(conf.settings.RETRY_ATTEMPTS),
@@ -133,7 +133,7 @@ def deliver(job: Job) -> bool:
                 if attempt.retry_state.attempt_number == 1:
                     raise first_error
                 return _attempt(job)
-    except Exception as exc:  # tenacity re-raises the handler's last error
+    except Exception as exc:  # noqa: BLE001  (tenacity re-raises the handler's last error)
         _give_up(job, exc)
     return False
 
@@ -179,7 +179,7 @@ def _give_up(job: Job, exc: Exception) -> None:
     if runs >= conf.settings.MAX_DELIVERIES:
         job.rows().update(status=Status.DEAD, runs=runs, finished_at=now)
         logger.error(
-            "Dead: %s failed %d run(s); retry it from the admin or `manage.py messagebus retry`: %r",
+            "Dead: %s failed %d run(s); retry it in the admin or with `messagebus retry`: %r",
             job,
             runs,
             exc,

@@ -10,9 +10,9 @@ from datetime import timedelta
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
+from . import sql
 from .exceptions import MessageDecodeError
 from .messages import Event, message_class, message_type_name
-from . import sql
 from .models import Delivery, DeliveryQuerySet, StoredEvent
 from .registry import Handler, registry
 from .serialization import from_dict, to_dict

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from django.db import connections
+from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .models import Delivery, StoredEvent
@@ -25,8 +25,20 @@ DELIVERY_COLUMNS = (
     "next_attempt_at", "last_error", "traceback", "created_at",
 )  # fmt: skip
 PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
-_event_field = StoredEvent._meta.get_field
-_delivery_field = Delivery._meta.get_field
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
+def _event_field(name: str) -> models.Field[Any, Any]:
+    return _field(StoredEvent, name)
+
+
+def _delivery_field(name: str) -> models.Field[Any, Any]:
+    return _field(Delivery, name)
 
 
 class Statements:
@@ -115,7 +127,7 @@ def complete(using: str, event_id: UUID, handler: str, now: dt.datetime) -> bool
             DONE, _WHEN.get_db_prep_value(now, connection),
             _ID.get_db_prep_value(event_id, connection), handler, PENDING,
         ])  # fmt: skip
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
 
 def _marks(columns: Sequence[str]) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 
 from . import message_bus, outbox
 from .dependencies import dependencies
@@ -96,18 +96,18 @@ def deliver_on_commit() -> Iterator[None]:
     def entering(uow: UnitOfWork) -> UnitOfWork:
         result = enter(uow)
         if uow.parent is None:
-            marks[id(uow)] = len(connections[uow.using].run_on_commit)
+            marks[id(uow)] = len(connections[uow.using or DEFAULT_DB_ALIAS].run_on_commit)
         return result
 
     def exiting(uow: UnitOfWork, *exc_info: Any) -> None:
         exit_(uow, *exc_info)
         mark = marks.pop(id(uow), None)
-        connection = connections[uow.using]
+        connection = connections[uow.using or DEFAULT_DB_ALIAS]
         if mark is None or exc_info[0] is not None or not connection.in_atomic_block:
             return
         callbacks = connection.run_on_commit[mark:]
         del connection.run_on_commit[mark:]
-        for _, callback, _ in callbacks:
+        for _, callback, *_ in callbacks:
             callback()
 
     UnitOfWork.__enter__ = entering  # type: ignore[method-assign]

@@ -50,7 +50,7 @@ class UnitOfWork(transaction.Atomic):
     def publish(self, event: Event) -> None:
         """Store ``event`` in this transaction; deliver it after commit."""
         executor = executors.get()
-        jobs = outbox.store(event, self.using)
+        jobs = outbox.store(event, self.using or DEFAULT_DB_ALIAS)
         if jobs and executor.runs_after_commit:
             transaction.on_commit(partial(executor.submit, jobs), using=self.using, robust=True)
 
@@ -74,7 +74,8 @@ class Aggregate:
     @property
     def events(self) -> list[Event]:
         """Events this instance recorded, oldest first."""
-        return self.__dict__.setdefault("_messagebus_events", [])
+        events: list[Event] = self.__dict__.setdefault("_messagebus_events", [])
+        return events
 
     def record(self, event: Event) -> None:
         self.events.append(event)
@@ -95,5 +96,5 @@ class Aggregate:
 def _database_of(instance: Any) -> str:
     state = getattr(instance, "_state", None)
     if state is not None and state.db:
-        return state.db
-    return router.db_for_write(type(instance), instance=instance)
+        return str(state.db)
+    return str(router.db_for_write(type(instance), instance=instance))

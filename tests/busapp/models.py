@@ -9,6 +9,9 @@ class Account(messagebus.Aggregate, models.Model):
     name = models.CharField(max_length=50, unique=True)
     balance = models.IntegerField(default=0)
 
+    def __str__(self) -> str:
+        return self.name
+
     def open(self) -> None:
         self.record(Opened(name=self.name))
 
@@ -23,3 +26,6 @@ class Entry(models.Model):
     account = models.CharField(max_length=50)
     amount = models.IntegerField()
     note = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.note} {self.account} {self.amount}"

@@ -137,7 +137,8 @@ class Command(BaseCommand):
             ).first()
             if finished is not None:
                 raise CommandError(
-                    f"Delivery {finished.pk} is {finished.status}; only dead or pending deliveries can be retried"
+                    f"Delivery {finished.pk} is {finished.status}; "
+                    "only dead or pending deliveries can be retried"
                 )
         elif handler:
             chosen = deliveries.dead().filter(handler=handler)

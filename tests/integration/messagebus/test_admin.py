@@ -94,7 +94,6 @@ def test_discard_keeps_the_row_and_never_runs_it(admin_client, dead_delivery):
 
 
 def test_events_and_deliveries_cannot_be_added_or_edited_by_hand(admin_client, dead_delivery):
-    row, _ = dead_delivery
     assert admin_client.get(reverse("admin:messagebus_delivery_add")).status_code == 403
     assert admin_client.get(reverse("admin:messagebus_storedevent_add")).status_code == 403
     event = StoredEvent.objects.get()

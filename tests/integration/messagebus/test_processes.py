@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 
-import pytest
 from django.db import connection
 from django.test import override_settings
 
