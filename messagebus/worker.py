@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from django.db import DEFAULT_DB_ALIAS, close_old_connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
 from . import conf, executors, outbox
 
@@ -47,7 +47,14 @@ class Worker:
         logger.info("Worker started on database %r (batch %d)", self.using, self.batch)
         while not self._stopping.is_set() and not self._reached_max():
             close_old_connections()
-            if not self.run_batch():
+            try:
+                claimed = self.run_batch()
+            except DatabaseError:
+                if self.once:
+                    raise
+                logger.exception("Worker cannot reach the outbox; trying again shortly")
+                claimed = 0
+            if not claimed:
                 if self.once:
                     break
                 self._stopping.wait(self._interval())

@@ -207,3 +207,25 @@ def test_prune_deletes_old_finished_deliveries_and_their_events():
     StoredEvent.objects.update(created_at=old)
     assert "Deleted 3 deliveries and 2 events" in run("prune", "--days", "30")
     assert [str(pk) for pk in StoredEvent.objects.values_list("pk", flat=True)] == [pending.pk]
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_a_worker_rides_out_a_database_error(monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from messagebus import outbox
+
+    messagebus.bus.handle(Deposited(name="hal", amount=1))
+    real_claim, calls = outbox.claim, []
+
+    def flaky_claim(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim", flaky_claim)
+    with caplog.at_level(logging.ERROR, logger="messagebus"):
+        assert Worker(poll_interval=0, max_deliveries=2).run() == 2
+    assert "cannot reach the outbox" in caplog.text
+    assert Entry.objects.filter(note="deposited").count() == 1
