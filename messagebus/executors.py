@@ -1,10 +1,10 @@
 """Where and when deliveries run.
 
-``deliver(job)`` runs one delivery in its own unit of work: an UPDATE claims
-the delivery (and locks its row), the handler runs, the delivery is marked
-done, all in one transaction. A second runner of the same delivery waits on
-the row lock and then finds it done, so a handler whose effects are in the
-database runs exactly once. A failing call is retried by tenacity; a run that
+``deliver(job)`` runs one delivery in its own unit of work: one UPDATE marks
+the pending delivery done (locking its row), then the handler runs, in the
+same transaction. If the handler fails, the rollback makes it pending again.
+A second runner of the same delivery waits on the row lock and then finds it
+done, so a handler whose effects are in the database runs exactly once. A failing call is retried by tenacity; a run that
 still fails is rescheduled with a growing delay, and dead after
 MAX_DELIVERIES runs.
 
