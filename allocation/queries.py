@@ -40,7 +40,7 @@ def allocations(orderid: str) -> list[OrderAllocationRow]:
 
 def _shown(rows: BatchQuerySet) -> list[BatchRow]:
     return list(
-        rows.with_quantities().values(  # type: ignore[misc]  # the annotations are unseen
+        rows.with_quantities().values(  # type: ignore[misc]  # stubs miss the annotations
             "eta",
             "allocated",
             "available",

@@ -24,22 +24,6 @@ def api(clerk: User) -> APIClient:
 
 
 @pytest.fixture
-def anonymous_api(db: None, settings: Any) -> APIClient:
-    settings.API_ALLOW_ANONYMOUS = True
-    return APIClient()
-
-
-@pytest.fixture
 def after_commit(django_capture_on_commit_callbacks: Any) -> Callable[[], Any]:
     """``with after_commit():`` runs the event handlers the block's commits would run."""
     return lambda: django_capture_on_commit_callbacks(execute=True)
-
-
-@pytest.fixture
-def add_batch(api: APIClient) -> Callable[..., dict[str, Any]]:
-    def add_batch(ref: str, sku: str, qty: int, eta: str | None = None) -> dict[str, Any]:
-        response = api.post("/api/batches", {"ref": ref, "sku": sku, "qty": qty, "eta": eta})
-        assert response.status_code == 201, response.content
-        return response.json()
-
-    return add_batch
