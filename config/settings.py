@@ -6,6 +6,9 @@ DJANGO_DEBUG        1/true/yes to enable
 DJANGO_ALLOWED_HOSTS comma-separated
 MESSAGEBUS_EXECUTOR inline (default) or worker
 LOG_LEVEL           root log level (default INFO)
+API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
+EMAIL_BACKEND       default: print emails to the console
+ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
 """
 
 import os
@@ -44,7 +47,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "messagebus",
+    "allocation",
 ]
 
 MIDDLEWARE = [
@@ -113,7 +120,29 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
+    "DEPENDENCIES": {"notifications": "allocation.notifications.EmailNotifications"},
 }
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "allocation.api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Allocation service",
+    "DESCRIPTION": "Allocate order lines to batches of stock (Architecture Patterns with Python).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_PATCH": False,
+}
+API_ALLOW_ANONYMOUS = env_bool("API_ALLOW_ANONYMOUS")
+
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+ALLOCATION_STOCK_EMAIL = os.environ.get("ALLOCATION_STOCK_EMAIL", "stock@example.com")
 
 LOGGING: dict[str, Any] = {
     "version": 1,

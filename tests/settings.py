@@ -9,13 +9,16 @@ from config.settings import *  # noqa: F403
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.busapp"]  # noqa: F405
 
 MESSAGEBUS = {
+    **MESSAGEBUS,  # noqa: F405
     "EXECUTOR": "inline",
     "RETRY_WAIT": 0,
     "RETRY_WAIT_MAX": 0,
     "SWEEP_INTERVAL": 0,
-    "DEPENDENCIES": {"clock": "tests.busapp.services.Clock"},
+    "DEPENDENCIES": {**MESSAGEBUS["DEPENDENCIES"], "clock": "tests.busapp.services.Clock"},  # noqa: F405
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+API_ALLOW_ANONYMOUS = False
+REST_FRAMEWORK = {**REST_FRAMEWORK, "TEST_REQUEST_DEFAULT_FORMAT": "json"}  # noqa: F405
 LOGGING["root"]["level"] = os.environ.get("LOG_LEVEL", "WARNING")  # noqa: F405

@@ -1,0 +1,64 @@
+"""OpenAPI descriptions shared by the API's operations."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+
+from .serializers import MessageSerializer
+
+
+def message(description: str, example: str) -> OpenApiResponse:
+    return OpenApiResponse(
+        MessageSerializer,
+        description=description,
+        examples=[OpenApiExample("Example", value={"message": example})],
+    )
+
+
+def path_parameter(name: str, description: str) -> OpenApiParameter:
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, description=description)
+
+
+FIELD_ERRORS = {
+    "type": "object",
+    "additionalProperties": {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+    },
+}
+
+
+def invalid_input(*examples: OpenApiExample) -> OpenApiResponse:
+    return OpenApiResponse(
+        FIELD_ERRORS,
+        description="Invalid input: each invalid field with what is wrong, or a message "
+        "when the body is not a JSON object or the domain turns it down.",
+        examples=[
+            OpenApiExample(
+                "Invalid field", value={"qty": ["Ensure this value is greater than or equal to 1."]}
+            ),
+            OpenApiExample("Not JSON", value={"message": "JSON parse error - Expecting value"}),
+            *examples,
+        ],
+    )
+
+
+INVALID_INPUT = invalid_input()
+INVALID_ALLOCATION = invalid_input(
+    OpenApiExample("Unknown SKU", value={"message": "Invalid sku LAMP"})
+)
+SIGNED_OUT = message(
+    "Not signed in (send `Authorization: Token <key>` or a session cookie).",
+    "Authentication credentials were not provided.",
+)
+FORBIDDEN = message(
+    "Signed in without the model permission this needs.",
+    "You do not have permission to perform this action.",
+)
+AUTH_ERRORS = {401: SIGNED_OUT, 403: FORBIDDEN}
+READ_ERRORS = {401: SIGNED_OUT}
+LOCATION = OpenApiParameter(
+    "Location",
+    OpenApiTypes.URI,
+    OpenApiParameter.HEADER,
+    response=[201],
+    description="The URL of what was created.",
+)

@@ -1,0 +1,178 @@
+"""The REST API: each view validates its input, hands a command to the bus and shows the result."""
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+import messagebus
+
+from .. import queries
+from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
+from ..models import AllocationView, Batch, OrderLine
+from . import schema
+from .exceptions import OutOfStockError
+from .permissions import ModelPermissionsOrAnonymous
+from .serializers import (
+    AllocateInputSerializer,
+    AllocationSerializer,
+    BatchFilterSerializer,
+    BatchInputSerializer,
+    BatchQuantityInputSerializer,
+    BatchSerializer,
+    OrderAllocationSerializer,
+)
+
+
+class AllocationAPIView(APIView):
+    # ``queryset`` names the model whose permissions a write needs.
+    permission_classes = [ModelPermissionsOrAnonymous]
+    parser_classes = [JSONParser]
+
+
+def validated(serializer_class: type[serializers.Serializer[Any]], data: Any) -> Any:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def create_batch(request: Request) -> Response:
+    data = validated(BatchInputSerializer, request.data)
+    messagebus.bus.handle(CreateBatch(**data))
+    return Response(
+        BatchSerializer(queries.batch(data["ref"])).data,
+        status=status.HTTP_201_CREATED,
+        headers={"Location": reverse("allocation:batch", args=[data["ref"]], request=request)},
+    )
+
+
+class BatchesView(AllocationAPIView):
+    queryset = Batch.objects.all()
+
+    @extend_schema(
+        tags=["batches"],
+        summary="List batches",
+        parameters=[BatchFilterSerializer],
+        responses={
+            200: BatchSerializer(many=True),
+            400: schema.INVALID_INPUT,
+            **schema.READ_ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        rows = queries.batches(**validated(BatchFilterSerializer, request.query_params))
+        return Response(BatchSerializer(rows, many=True).data)
+
+    @extend_schema(
+        tags=["batches"],
+        summary="Add a batch",
+        description="Adds a batch of stock, and the product if its SKU is new.",
+        request=BatchInputSerializer,
+        parameters=[schema.LOCATION],
+        responses={
+            201: BatchSerializer,
+            400: schema.INVALID_INPUT,
+            **schema.AUTH_ERRORS,
+            409: schema.message("A batch has this reference.", "Batch b1 already exists"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        return create_batch(request)
+
+
+class BatchView(AllocationAPIView):
+    queryset = Batch.objects.all()
+
+    @extend_schema(
+        tags=["batches"],
+        summary="Show a batch",
+        parameters=[schema.path_parameter("ref", "The batch's reference.")],
+        responses={
+            200: BatchSerializer,
+            **schema.READ_ERRORS,
+            404: schema.message("No batch has this reference.", "Unknown batch b1"),
+        },
+    )
+    def get(self, request: Request, ref: str) -> Response:
+        batch = queries.batch(ref)
+        if batch is None:
+            raise NotFound(f"Unknown batch {ref}")
+        return Response(BatchSerializer(batch).data)
+
+    @extend_schema(
+        tags=["batches"],
+        summary="Change a batch's quantity",
+        description="Sets the purchased quantity. While the batch holds more than that, "
+        "its most recent lines are deallocated and allocated again elsewhere.",
+        parameters=[schema.path_parameter("ref", "The batch's reference.")],
+        request=BatchQuantityInputSerializer,
+        responses={
+            200: BatchSerializer,
+            400: schema.INVALID_INPUT,
+            **schema.AUTH_ERRORS,
+            404: schema.message("No batch has this reference.", "Unknown batch b1"),
+        },
+    )
+    def patch(self, request: Request, ref: str) -> Response:
+        data = validated(BatchQuantityInputSerializer, request.data)
+        messagebus.bus.handle(ChangeBatchQuantity(ref=ref, qty=data["qty"]))
+        return Response(BatchSerializer(queries.batch(ref)).data)
+
+
+class AllocationsView(AllocationAPIView):
+    queryset = OrderLine.objects.all()
+
+    @extend_schema(
+        tags=["allocations"],
+        summary="Allocate an order line",
+        description="Allocates the line to a batch in stock if one can take it, else to the "
+        "shipment arriving first. Allocating the same order and SKU again returns the batch "
+        "the line already has.",
+        request=AllocateInputSerializer,
+        parameters=[schema.LOCATION],
+        responses={
+            201: AllocationSerializer,
+            400: schema.INVALID_ALLOCATION,
+            **schema.AUTH_ERRORS,
+            409: schema.message("No batch can take the line.", "Out of stock for LAMP"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(AllocateInputSerializer, request.data)
+        batchref = messagebus.bus.handle(Allocate(**data))
+        if batchref is None:
+            raise OutOfStockError(data["sku"])
+        location = reverse("allocation:order-allocations", args=[data["orderid"]], request=request)
+        return Response(
+            AllocationSerializer({**data, "batchref": batchref}).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Location": location},
+        )
+
+
+class OrderAllocationsView(AllocationAPIView):
+    queryset = AllocationView.objects.all()
+
+    @extend_schema(
+        tags=["allocations"],
+        summary="Show an order's allocations",
+        parameters=[schema.path_parameter("orderid", "The order's id.")],
+        responses={
+            200: OrderAllocationSerializer(many=True),
+            **schema.READ_ERRORS,
+            404: schema.message(
+                "Nothing is allocated to this order.", "No allocations for order o1"
+            ),
+        },
+    )
+    def get(self, request: Request, orderid: str) -> Response:
+        rows = queries.allocations(orderid)
+        if not rows:
+            raise NotFound(f"No allocations for order {orderid}")
+        return Response(OrderAllocationSerializer(rows, many=True).data)

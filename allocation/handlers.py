@@ -1,0 +1,71 @@
+"""Command and event handlers of the allocation service (autodiscovered by messagebus)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+import messagebus
+
+from .commands import Allocate, ChangeBatchQuantity, CreateBatch
+from .events import Allocated, Deallocated, OutOfStock
+from .exceptions import DuplicateBatch, InvalidSku, UnknownBatch
+from .models import AllocationView, Batch, OrderLine, Product
+from .notifications import Notifications
+
+
+@messagebus.handler
+def add_batch(cmd: CreateBatch) -> None:
+    product, _ = Product.objects.select_for_update().get_or_create(sku=cmd.sku)
+    batch = product.add_batch(cmd.ref, cmd.qty, cmd.eta)
+    try:
+        with transaction.atomic():
+            batch.save(force_insert=True)
+    except IntegrityError as exc:
+        if Batch.objects.filter(reference=cmd.ref).exists():
+            raise DuplicateBatch(cmd.ref) from exc
+        raise
+
+
+@messagebus.handler
+def allocate(cmd: Allocate) -> str | None:
+    try:
+        product = Product.objects.locked().get(sku=cmd.sku)
+    except Product.DoesNotExist:
+        raise InvalidSku(cmd.sku) from None
+    line = OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty)
+    batchref = product.allocate(line)
+    if line.batch_id is not None:  # newly allocated: a repeat keeps the batch it has
+        line.save()
+        product.save(update_fields=["version_number"])
+    return batchref
+
+
+@messagebus.handler
+def change_batch_quantity(cmd: ChangeBatchQuantity) -> None:
+    product = Product.objects.locked().filter(batch__reference=cmd.ref).first()
+    if product is None:
+        raise UnknownBatch(cmd.ref)
+    batch = product.get_batch(cmd.ref)
+    deallocated = product.change_batch_quantity(cmd.ref, cmd.qty)
+    OrderLine.objects.filter(pk__in=[line.pk for line in deallocated]).delete()
+    batch.save(update_fields=["purchased_quantity"])
+
+
+@messagebus.handler
+def add_allocation_to_read_model(event: Allocated) -> None:
+    AllocationView.objects.update_or_create(
+        orderid=event.orderid, sku=event.sku, defaults={"batchref": event.batchref}
+    )
+
+
+@messagebus.handler
+def reallocate(event: Deallocated, bus: messagebus.MessageBus) -> None:
+    """Remove the line from the read model, then allocate it again (in that order)."""
+    AllocationView.objects.filter(orderid=event.orderid, sku=event.sku).delete()
+    bus.handle(Allocate(orderid=event.orderid, sku=event.sku, qty=event.qty))
+
+
+@messagebus.handler
+def send_out_of_stock_notification(event: OutOfStock, notifications: Notifications) -> None:
+    notifications.send(settings.ALLOCATION_STOCK_EMAIL, f"Out of stock for {event.sku}")

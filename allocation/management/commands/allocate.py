@@ -1,0 +1,22 @@
+from argparse import ArgumentParser
+from typing import Any
+
+from ...commands import Allocate
+from ..arguments import identifier, quantity
+from ..base import BusCommand
+
+
+class Command(BusCommand):
+    help = "Allocate an order line; prints the batch's reference."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("orderid", type=identifier, help="The order's id.")
+        parser.add_argument("sku", type=identifier, help="The SKU ordered.")
+        parser.add_argument("qty", type=quantity, help="The quantity ordered.")
+
+    def handle(self, *args: Any, orderid: str, sku: str, qty: int, **options: Any) -> None:
+        batchref = self.issue(Allocate(orderid=orderid, sku=sku, qty=qty))
+        if batchref is None:
+            self.stdout.write(self.style.WARNING(f"Out of stock for {sku}"))
+        else:
+            self.stdout.write(batchref)

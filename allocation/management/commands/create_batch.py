@@ -1,0 +1,22 @@
+from argparse import ArgumentParser
+from typing import Any
+
+from ...commands import CreateBatch
+from ..arguments import identifier, iso_date, quantity
+from ..base import BusCommand
+
+
+class Command(BusCommand):
+    help = "Add a batch of stock (and its product, if the SKU is new)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("ref", type=identifier, help="The batch's reference.")
+        parser.add_argument("sku", type=identifier, help="The product's SKU.")
+        parser.add_argument("qty", type=quantity, help="The purchased quantity.")
+        parser.add_argument(
+            "--eta", type=iso_date, help="Arrival date (YYYY-MM-DD); leave out if in stock."
+        )
+
+    def handle(self, *args: Any, ref: str, sku: str, qty: int, eta: Any, **options: Any) -> None:
+        self.issue(CreateBatch(ref=ref, sku=sku, qty=qty, eta=eta))
+        self.stdout.write(self.style.SUCCESS(f"Created batch {ref}: {qty} x {sku}"))

@@ -1,0 +1,213 @@
+"""The allocation domain: a product aggregate, its batches and the order lines allocated to them.
+
+``Product`` is the aggregate root and the consistency boundary: every change
+to its batches goes through its methods, which work on objects in memory and
+record events. Command handlers load a product whole with
+``Product.objects.locked()`` (its row locked for the transaction) and save
+what changed. Unsaved instances start with no batches and no allocations, so
+the domain can be exercised without a database.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.db import models
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils.functional import cached_property
+
+import messagebus
+
+from .events import Allocated, Deallocated, OutOfStock
+from .exceptions import UnknownBatch
+from .validators import IDENTIFIER_MAX_LENGTH, quantity_validators, validate_identifier
+
+
+def _identifier(verbose_name: str, *, unique: bool = False) -> models.CharField[str, str]:
+    return models.CharField(
+        verbose_name,
+        max_length=IDENTIFIER_MAX_LENGTH,
+        unique=unique,
+        validators=[validate_identifier],
+    )
+
+
+class ProductQuerySet(models.QuerySet["Product"]):
+    def locked(self) -> ProductQuerySet:
+        """Lock the products' rows for the transaction and load each aggregate whole."""
+        return self.select_for_update(of=("self",)).prefetch_related("batch_set__orderline_set")
+
+
+class Product(messagebus.Aggregate, models.Model):
+    sku = _identifier("SKU", unique=True)
+    version_number = models.PositiveIntegerField(default=0, editable=False)
+
+    objects = ProductQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["sku"]
+
+    def __str__(self) -> str:
+        return self.sku
+
+    @cached_property
+    def batches(self) -> list[Batch]:
+        """The product's batches: loaded once (or prefetched), then changed in memory."""
+        return [] if self._state.adding else list(self.batch_set.all())
+
+    def add_batch(self, ref: str, qty: int, eta: date | None = None) -> Batch:
+        batch = Batch(reference=ref, product=self, purchased_quantity=qty, eta=eta)
+        self.batches.append(batch)
+        return batch
+
+    def get_batch(self, ref: str) -> Batch:
+        for batch in self.batches:
+            if batch.reference == ref:
+                return batch
+        raise UnknownBatch(ref)
+
+    def allocate(self, line: OrderLine) -> str | None:
+        """Allocate ``line`` to the first batch that can take it; the batch's reference.
+
+        Batches in stock (no ETA) come first, then shipments by ETA. An order
+        line already allocated keeps its batch. None (and ``OutOfStock``) when
+        no batch can take the line.
+        """
+        holding = self._batch_holding(line)
+        if holding is not None:
+            return holding.reference
+        for batch in sorted(self.batches, key=Batch.allocation_order):
+            if batch.can_allocate(line):
+                batch.allocate(line)
+                self.version_number += 1
+                self.record(
+                    Allocated(
+                        orderid=line.orderid, sku=line.sku, qty=line.qty, batchref=batch.reference
+                    )
+                )
+                return batch.reference
+        self.record(OutOfStock(sku=line.sku))
+        return None
+
+    def change_batch_quantity(self, ref: str, qty: int) -> list[OrderLine]:
+        """Set a batch's purchased quantity; the lines deallocated to fit it, newest first."""
+        batch = self.get_batch(ref)
+        batch.purchased_quantity = qty
+        deallocated = []
+        while batch.available_quantity < 0:
+            line = batch.deallocate_one()
+            deallocated.append(line)
+            self.record(Deallocated(orderid=line.orderid, sku=line.sku, qty=line.qty))
+        return deallocated
+
+    def _batch_holding(self, line: OrderLine) -> Batch | None:
+        for batch in self.batches:
+            if any(
+                held.orderid == line.orderid and held.sku == line.sku for held in batch.allocations
+            ):
+                return batch
+        return None
+
+
+class BatchQuerySet(models.QuerySet["Batch"]):
+    def with_quantities(self) -> BatchQuerySet:
+        """Annotate ``allocated`` and ``available`` quantities, computed by the database."""
+        return self.annotate(allocated=Coalesce(Sum("orderline__qty"), 0)).annotate(
+            available=F("purchased_quantity") - F("allocated")
+        )
+
+
+class Batch(models.Model):
+    reference = _identifier("reference", unique=True)
+    product = models.ForeignKey(
+        Product, on_delete=models.PROTECT, to_field="sku", db_column="sku", verbose_name="SKU"
+    )
+    purchased_quantity = models.PositiveIntegerField(validators=quantity_validators)
+    eta = models.DateField("ETA", null=True, blank=True, help_text="Empty: in stock.")
+
+    objects = BatchQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["reference"]
+        verbose_name_plural = "batches"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(purchased_quantity__gte=1), name="allocation_batch_quantity_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    @property
+    def sku(self) -> str:
+        return self.product_id
+
+    @cached_property
+    def allocations(self) -> list[OrderLine]:
+        """The lines allocated here, oldest first: loaded once (or prefetched), then in memory."""
+        return [] if self._state.adding else list(self.orderline_set.all())
+
+    @property
+    def allocated_quantity(self) -> int:
+        return sum(line.qty for line in self.allocations)
+
+    @property
+    def available_quantity(self) -> int:
+        return self.purchased_quantity - self.allocated_quantity
+
+    def allocation_order(self) -> tuple[bool, date, str]:
+        """Sort key: in stock first, then earliest ETA, then reference."""
+        return (self.eta is not None, self.eta or date.min, self.reference)
+
+    def can_allocate(self, line: OrderLine) -> bool:
+        return self.sku == line.sku and self.available_quantity >= line.qty
+
+    def allocate(self, line: OrderLine) -> None:
+        """Take ``line``; the caller has checked ``can_allocate``."""
+        line.batch = self
+        self.allocations.append(line)
+
+    def deallocate_one(self) -> OrderLine:
+        """Give up the most recently allocated line."""
+        return self.allocations.pop()
+
+
+class OrderLine(models.Model):
+    """An order line, allocated to a batch: one per (order, SKU)."""
+
+    orderid = _identifier("order id")
+    sku = _identifier("SKU")
+    qty = models.PositiveIntegerField("quantity", validators=quantity_validators)
+    batch = models.ForeignKey(Batch, on_delete=models.PROTECT)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "allocation"
+        constraints = [
+            models.UniqueConstraint(fields=["orderid", "sku"], name="allocation_one_line_per_sku"),
+            models.CheckConstraint(condition=Q(qty__gte=1), name="allocation_line_qty_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.orderid}: {self.qty} x {self.sku}"
+
+
+class AllocationView(models.Model):
+    """Read model (CQRS): the batch each order line is allocated to, kept by event handlers."""
+
+    orderid = models.CharField("order id", max_length=IDENTIFIER_MAX_LENGTH, db_index=True)
+    sku = models.CharField("SKU", max_length=IDENTIFIER_MAX_LENGTH)
+    batchref = models.CharField("batch", max_length=IDENTIFIER_MAX_LENGTH)
+
+    class Meta:
+        ordering = ["orderid", "sku"]
+        verbose_name = "allocation (read model)"
+        verbose_name_plural = "allocations (read model)"
+        constraints = [
+            models.UniqueConstraint(fields=["orderid", "sku"], name="allocation_view_one_per_sku"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.orderid}: {self.sku} from {self.batchref}"

@@ -1,0 +1,107 @@
+import pytest
+
+from allocation.models import OrderLine
+from tests.factories import AllocationViewFactory, BatchFactory
+
+pytestmark = pytest.mark.django_db
+
+LINE = {"orderid": "o1", "sku": "LAMP", "qty": 3}
+
+
+def test_allocate(api, after_commit):
+    BatchFactory(reference="later", product__sku="LAMP", eta="2031-01-02")
+    BatchFactory(reference="early", product__sku="LAMP", eta="2031-01-01")
+
+    with after_commit():
+        response = api.post("/api/allocations", LINE)
+
+    assert response.status_code == 201
+    assert response.json() == {**LINE, "batchref": "early"}
+    assert response["Location"] == "http://testserver/api/allocations/o1"
+    assert api.get(response["Location"]).json() == [{"sku": "LAMP", "batchref": "early"}]
+
+
+def test_allocate_unknown_sku(api):
+    response = api.post("/api/allocations", {**LINE, "sku": "NOPE"})
+
+    assert response.status_code == 400
+    assert response.json() == {"message": "Invalid sku NOPE"}
+
+
+def test_allocate_out_of_stock_is_a_conflict_and_emails_stock(api, after_commit, mailoutbox):
+    BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=2)
+
+    with after_commit():
+        response = api.post("/api/allocations", LINE)
+
+    assert response.status_code == 409
+    assert response.json() == {"message": "Out of stock for LAMP"}
+    assert [mail.subject for mail in mailoutbox] == ["Out of stock for LAMP"]
+    assert not OrderLine.objects.exists()
+
+
+def test_allocating_the_same_line_again_returns_its_batch(api):
+    BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=5)
+    first = api.post("/api/allocations", LINE)
+
+    again = api.post("/api/allocations", LINE)
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["batchref"] == "b1"
+    assert OrderLine.objects.get().qty == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {**LINE, "qty": 0},
+        {**LINE, "qty": 10**6 + 1},
+        {**LINE, "qty": ""},
+        {**LINE, "orderid": "o 1"},
+        {**LINE, "orderid": "o" * 256},
+        {**LINE, "sku": {"a": 1}},
+        [LINE],
+    ],
+    ids=repr,
+)
+def test_allocate_invalid_input(api, body):
+    BatchFactory(product__sku="LAMP")
+
+    response = api.post("/api/allocations", body)
+
+    assert response.status_code == 400
+    assert not OrderLine.objects.exists()
+
+
+def test_order_allocations_come_from_the_read_model(api):
+    AllocationViewFactory(orderid="o1", sku="LAMP", batchref="b1")
+    AllocationViewFactory(orderid="o1", sku="CHAIR", batchref="b2")
+    AllocationViewFactory(orderid="o2", sku="LAMP", batchref="b1")
+
+    response = api.get("/api/allocations/o1")
+
+    assert response.status_code == 200
+    assert response.json() == [
+        {"sku": "CHAIR", "batchref": "b2"},
+        {"sku": "LAMP", "batchref": "b1"},
+    ]
+
+
+def test_order_without_allocations_is_not_found(api):
+    response = api.get("/api/allocations/o1")
+
+    assert response.status_code == 404
+    assert response.json() == {"message": "No allocations for order o1"}
+
+
+def test_a_reallocated_line_shows_its_new_batch(api, after_commit):
+    BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=10)
+    BatchFactory(reference="b2", product__sku="LAMP", purchased_quantity=10, eta="2031-01-01")
+    with after_commit():
+        api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 6})
+
+    with after_commit():
+        api.patch("/api/batches/b1", {"qty": 5})
+
+    assert api.get("/api/allocations/o1").json() == [{"sku": "LAMP", "batchref": "b2"}]

@@ -1,0 +1,47 @@
+"""The book's batch tests, on an unsaved Batch."""
+
+import pytest
+
+from allocation.models import Batch, OrderLine
+from tests.factories import ProductFactory
+
+
+def make_batch_and_line(sku: str, batch_qty: int, line_qty: int) -> tuple[Batch, OrderLine]:
+    batch = ProductFactory.build(sku=sku).add_batch("batch-001", batch_qty)
+    return batch, OrderLine(orderid="order-123", sku=sku, qty=line_qty)
+
+
+def test_allocating_to_a_batch_reduces_the_available_quantity() -> None:
+    batch, line = make_batch_and_line("SMALL-TABLE", 20, 2)
+
+    batch.allocate(line)
+
+    assert batch.available_quantity == 18
+    assert batch.allocated_quantity == 2
+    assert line.batch is batch
+
+
+@pytest.mark.parametrize(
+    ("batch_qty", "line_qty", "expected"),
+    [(20, 2, True), (2, 20, False), (2, 2, True)],
+    ids=["available greater", "available smaller", "available equal"],
+)
+def test_can_allocate(batch_qty: int, line_qty: int, expected: bool) -> None:
+    batch, line = make_batch_and_line("ELEGANT-LAMP", batch_qty, line_qty)
+    assert batch.can_allocate(line) is expected
+
+
+def test_cannot_allocate_if_skus_do_not_match() -> None:
+    batch, _ = make_batch_and_line("UNCOMFORTABLE-CHAIR", 100, 10)
+    different_sku_line = OrderLine(orderid="order-123", sku="EXPENSIVE-TOASTER", qty=10)
+    assert batch.can_allocate(different_sku_line) is False
+
+
+def test_deallocate_one_gives_up_the_latest_line() -> None:
+    batch, first = make_batch_and_line("DECORATIVE-TRINKET", 20, 2)
+    second = OrderLine(orderid="order-456", sku="DECORATIVE-TRINKET", qty=3)
+    batch.allocate(first)
+    batch.allocate(second)
+
+    assert batch.deallocate_one() is second
+    assert batch.available_quantity == 18
