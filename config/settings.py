@@ -99,7 +99,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+    # A file, not memory, so that tests can start workers in other processes.
+    database = Path(DATABASES["default"]["NAME"])
+    if database.name != ":memory:":
+        DATABASES["default"]["TEST"] = {"NAME": str(database.with_name(f"test_{database.name}"))}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
