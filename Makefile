@@ -32,9 +32,10 @@ test: $(VENV)/.installed
 test-postgres:
 	DATABASE_URL=$(POSTGRES_URL) $(MAKE) test
 
-## bench: per-message cost against hand-written Django (DATABASE_URL picks the database)
+## bench: the bus against hand-written Django, per message and over HTTP (DATABASE_URL picks the database)
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_bus.py
+	$(BIN)/python bench/bench_http.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1
