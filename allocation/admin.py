@@ -18,7 +18,7 @@ from django.urls import reverse
 
 import messagebus
 
-from .forms import AllocateForm, ChangeBatchQuantityForm, CreateBatchForm
+from .forms import AllocateForm, ChangeBatchQuantityForm, CommandForm, CreateBatchForm
 from .models import AllocationView, Batch, BatchQuerySet, OrderLine, Product
 
 
@@ -34,10 +34,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Views whose form is handed to the bus as a command instead of being saved."""
+    """Views whose form is handed to the bus as a command instead of being saved.
 
-    def rejected(self, request: HttpRequest, exc: messagebus.CommandRejected) -> None:
-        self.message_user(request, str(exc), messages.ERROR)
+    Nothing is deleted here: stock goes only through the commands.
+    """
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def issue(self, request: HttpRequest, form: CommandForm) -> tuple[bool, Any]:
+        """Hand a valid form's command to the bus: ``(True, its result)``.
+
+        ``(False, None)`` when the form is not valid, or when the bus turns the
+        command down (its reason then shows as an error message).
+        """
+        if not form.is_valid():
+            return False, None
+        try:
+            return True, messagebus.bus.handle(form.command())
+        except messagebus.CommandRejected as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return False, None
 
     def render_command_form(
         self, request: HttpRequest, form: forms.Form | None, title: str, **context: Any
@@ -60,40 +77,13 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
 
 
-class BatchInline(admin.TabularInline):  # type: ignore[type-arg]
-    model = Batch
-    fields = readonly_fields = ("reference", "eta", "purchased_quantity", "allocated", "available")
-    can_delete = False
-    extra = 0
-    show_change_link = True
-
-    def get_queryset(self, request: HttpRequest) -> BatchQuerySet:
-        return Batch.objects.with_quantities()
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="allocated")
-    def allocated(self, batch: Any) -> int:
-        return int(batch.allocated)
-
-    @admin.display(description="available")
-    def available(self, batch: Any) -> int:
-        return int(batch.available)
+def posted(request: HttpRequest) -> Any:
+    """The form data a request brings: its POST data, or None (an unbound form)."""
+    return request.POST if request.method == "POST" else None
 
 
-@admin.register(Product)
-class ProductAdmin(ReadOnlyAdmin):
-    list_display = ["sku", "version_number"]
-    search_fields = ["sku"]
-    inlines = [BatchInline]
-
-
-@admin.register(Batch)
-class BatchAdmin(CommandAdmin):
-    list_display = ["reference", "product", "eta", "purchased_quantity", "allocated", "available"]
-    list_filter = [("eta", admin.EmptyFieldListFilter)]
-    search_fields = ["reference", "product__sku"]
+class BatchQuantities:
+    """``allocated`` and ``available`` columns, computed by the database."""
 
     def get_queryset(self, request: HttpRequest) -> BatchQuerySet:
         return Batch.objects.with_quantities()
@@ -106,25 +96,43 @@ class BatchAdmin(CommandAdmin):
     def available(self, batch: Any) -> int:
         return int(batch.available)
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+
+class BatchInline(BatchQuantities, admin.TabularInline):  # type: ignore[type-arg]
+    model = Batch
+    fields = readonly_fields = ("reference", "eta", "purchased_quantity", "allocated", "available")
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(Product)
+class ProductAdmin(ReadOnlyAdmin):
+    list_display = ["sku", "version_number"]
+    search_fields = ["sku"]
+    inlines = [BatchInline]
+
+
+@admin.register(Batch)
+class BatchAdmin(BatchQuantities, CommandAdmin):
+    list_display = ["reference", "product", "eta", "purchased_quantity", "allocated", "available"]
+    list_filter = [("eta", admin.EmptyFieldListFilter)]
+    search_fields = ["reference", "product__sku"]
 
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = CreateBatchForm(request.POST) if request.method == "POST" else CreateBatchForm()
-        if form.is_valid():
-            try:
-                messagebus.bus.handle(form.command())
-            except messagebus.CommandRejected as exc:
-                self.rejected(request, exc)
-            else:
-                batch = Batch.objects.get(reference=form.cleaned_data["ref"])
-                self.log_addition(request, batch, [{"added": {}}])
-                self.message_user(request, f"Batch {batch} was added.", messages.SUCCESS)
-                return HttpResponseRedirect(self.changelist_url())
+        form = CreateBatchForm(posted(request))
+        done, _ = self.issue(request, form)
+        if done:
+            batch = Batch.objects.get(reference=form.cleaned_data["ref"])
+            self.log_addition(request, batch, [{"added": {}}])
+            self.message_user(request, f"Batch {batch} was added.", messages.SUCCESS)
+            return HttpResponseRedirect(self.changelist_url())
         return self.render_command_form(request, form, "Add batch", submit_label="Add batch")
 
     def change_view(
@@ -137,18 +145,13 @@ class BatchAdmin(CommandAdmin):
             raise PermissionDenied
         form = None
         if self.has_change_permission(request, batch):
-            data = request.POST if request.method == "POST" else None
-            form = ChangeBatchQuantityForm(data, batch=batch)
-            if form.is_valid():
-                try:
-                    messagebus.bus.handle(form.command())
-                except messagebus.CommandRejected as exc:
-                    self.rejected(request, exc)
-                else:
-                    qty = form.cleaned_data["qty"]
-                    self.log_change(request, batch, f"Changed the purchased quantity to {qty}.")
-                    self.message_user(request, f"Batch {batch} now holds {qty}.", messages.SUCCESS)
-                    return HttpResponseRedirect(request.path)
+            form = ChangeBatchQuantityForm(posted(request), batch=batch)
+            done, _ = self.issue(request, form)
+            if done:
+                qty = form.cleaned_data["qty"]
+                self.log_change(request, batch, f"Changed the purchased quantity to {qty}.")
+                self.message_user(request, f"Batch {batch} now holds {qty}.", messages.SUCCESS)
+                return HttpResponseRedirect(request.path)
         return self.render_command_form(
             request,
             form,
@@ -175,31 +178,25 @@ class OrderLineAdmin(CommandAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = AllocateForm(request.POST) if request.method == "POST" else AllocateForm()
-        if form.is_valid():
+        form = AllocateForm(posted(request))
+        done, batchref = self.issue(request, form)
+        if done:
             line = form.cleaned_data
-            try:
-                batchref = messagebus.bus.handle(form.command())
-            except messagebus.CommandRejected as exc:
-                self.rejected(request, exc)
-            else:
-                if batchref is not None:
-                    self.message_user(
-                        request,
-                        f"Order {line['orderid']}: {line['qty']} x {line['sku']} "
-                        f"is allocated to batch {batchref}.",
-                        messages.SUCCESS,
-                    )
-                    return HttpResponseRedirect(self.changelist_url())
+            if batchref is None:
                 self.message_user(request, f"Out of stock for {line['sku']}", messages.WARNING)
+            else:
+                self.message_user(
+                    request,
+                    f"Order {line['orderid']}: {line['qty']} x {line['sku']} "
+                    f"is allocated to batch {batchref}.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(self.changelist_url())
         return self.render_command_form(
             request, form, "Allocate an order line", submit_label="Allocate"
         )

@@ -5,6 +5,8 @@ from typing import Any
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget
 
+import messagebus
+
 from .commands import Allocate, ChangeBatchQuantity, CreateBatch
 from .models import Batch
 from .validators import IDENTIFIER_MAX_LENGTH, MAX_QUANTITY, validate_identifier
@@ -23,7 +25,14 @@ def quantity(label: str, help_text: str = "") -> forms.IntegerField:
     return forms.IntegerField(label=label, min_value=1, max_value=MAX_QUANTITY, help_text=help_text)
 
 
-class CreateBatchForm(forms.Form):
+class CommandForm(forms.Form):
+    """A form whose cleaned data makes one command."""
+
+    def command(self) -> messagebus.Command:
+        raise NotImplementedError
+
+
+class CreateBatchForm(CommandForm):
     ref = identifier("Reference")
     sku = identifier("SKU", "A new SKU adds the product.")
     qty = quantity("Purchased quantity")
@@ -35,7 +44,7 @@ class CreateBatchForm(forms.Form):
         return CreateBatch(**self.cleaned_data)
 
 
-class ChangeBatchQuantityForm(forms.Form):
+class ChangeBatchQuantityForm(CommandForm):
     qty = quantity(
         "Purchased quantity", "Lines that no longer fit are deallocated and allocated again."
     )
@@ -48,7 +57,7 @@ class ChangeBatchQuantityForm(forms.Form):
         return ChangeBatchQuantity(ref=self.batch.reference, qty=self.cleaned_data["qty"])
 
 
-class AllocateForm(forms.Form):
+class AllocateForm(CommandForm):
     orderid = identifier("Order id")
     sku = identifier("SKU")
     qty = quantity("Quantity")

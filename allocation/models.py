@@ -74,7 +74,7 @@ class Product(messagebus.Aggregate, models.Model):
         line already allocated keeps its batch. None (and ``OutOfStock``) when
         no batch can take the line.
         """
-        holding = self._batch_holding(line)
+        holding = next((batch for batch in self.batches if batch.holds(line)), None)
         if holding is not None:
             return holding.reference
         for batch in sorted(self.batches, key=Batch.allocation_order):
@@ -100,14 +100,6 @@ class Product(messagebus.Aggregate, models.Model):
             deallocated.append(line)
             self.record(Deallocated(orderid=line.orderid, sku=line.sku, qty=line.qty))
         return deallocated
-
-    def _batch_holding(self, line: OrderLine) -> Batch | None:
-        for batch in self.batches:
-            if any(
-                held.orderid == line.orderid and held.sku == line.sku for held in batch.allocations
-            ):
-                return batch
-        return None
 
 
 class BatchQuerySet(models.QuerySet["Batch"]):
@@ -164,10 +156,17 @@ class Batch(models.Model):
     def can_allocate(self, line: OrderLine) -> bool:
         return self.sku == line.sku and self.available_quantity >= line.qty
 
+    def holds(self, line: OrderLine) -> bool:
+        """Whether a line of the same order and SKU is allocated here."""
+        return any(
+            held.orderid == line.orderid and held.sku == line.sku for held in self.allocations
+        )
+
     def allocate(self, line: OrderLine) -> None:
-        """Take ``line``; the caller has checked ``can_allocate``."""
-        line.batch = self
-        self.allocations.append(line)
+        """Take ``line`` (the caller has checked ``can_allocate``), unless it holds it already."""
+        if not self.holds(line):
+            line.batch = self
+            self.allocations.append(line)
 
     def deallocate_one(self) -> OrderLine:
         """Give up the most recently allocated line."""

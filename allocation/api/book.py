@@ -10,31 +10,14 @@ import messagebus
 from ..commands import Allocate
 from ..models import Batch, OrderLine
 from . import schema
-from .serializers import (
-    AllocateInputSerializer,
-    BatchInputSerializer,
-    BatchrefSerializer,
-    BatchSerializer,
-    OrderAllocationSerializer,
-)
+from .serializers import AllocateInputSerializer, BatchrefSerializer
 from .views import AllocationAPIView, OrderAllocationsView, create_batch, validated
 
 
 class AddBatchView(AllocationAPIView):
     queryset = Batch.objects.all()
 
-    @extend_schema(
-        tags=["book"],
-        summary="Add a batch (the book's route)",
-        request=BatchInputSerializer,
-        parameters=[schema.LOCATION],
-        responses={
-            201: BatchSerializer,
-            400: schema.INVALID_INPUT,
-            **schema.AUTH_ERRORS,
-            409: schema.message("A batch has this reference.", "Batch b1 already exists"),
-        },
-    )
+    @extend_schema(tags=["book"], summary="Add a batch (the book's route)", **schema.ADD_BATCH)
     def post(self, request: Request) -> Response:
         return create_batch(request)
 
@@ -60,17 +43,7 @@ class AllocateView(AllocationAPIView):
 
 
 @extend_schema_view(
-    get=extend_schema(
-        tags=["book"],
-        summary="Show an order's allocations (the book's route)",
-        responses={
-            200: OrderAllocationSerializer(many=True),
-            **schema.READ_ERRORS,
-            404: schema.message(
-                "Nothing is allocated to this order.", "No allocations for order o1"
-            ),
-        },
-    )
+    get=extend_schema(tags=["book"], summary="Show an order's allocations (the book's route)")
 )
 class BookOrderAllocationsView(OrderAllocationsView):
     pass

@@ -1,9 +1,11 @@
 """OpenAPI descriptions shared by the API's operations."""
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 
-from .serializers import MessageSerializer
+from .serializers import BatchInputSerializer, BatchSerializer, MessageSerializer
 
 
 def message(description: str, example: str) -> OpenApiResponse:
@@ -62,3 +64,15 @@ LOCATION = OpenApiParameter(
     response=[201],
     description="The URL of what was created.",
 )
+UNKNOWN_BATCH = message("No batch has this reference.", "Unknown batch b1")
+# The request and responses of adding a batch, on the API's route and the book's.
+ADD_BATCH: dict[str, Any] = {
+    "request": BatchInputSerializer,
+    "parameters": [LOCATION],
+    "responses": {
+        201: BatchSerializer,
+        400: INVALID_INPUT,
+        **AUTH_ERRORS,
+        409: message("A batch has this reference.", "Batch b1 already exists"),
+    },
+}

@@ -73,14 +73,7 @@ class BatchesView(AllocationAPIView):
         tags=["batches"],
         summary="Add a batch",
         description="Adds a batch of stock, and the product if its SKU is new.",
-        request=BatchInputSerializer,
-        parameters=[schema.LOCATION],
-        responses={
-            201: BatchSerializer,
-            400: schema.INVALID_INPUT,
-            **schema.AUTH_ERRORS,
-            409: schema.message("A batch has this reference.", "Batch b1 already exists"),
-        },
+        **schema.ADD_BATCH,
     )
     def post(self, request: Request) -> Response:
         return create_batch(request)
@@ -96,7 +89,7 @@ class BatchView(AllocationAPIView):
         responses={
             200: BatchSerializer,
             **schema.READ_ERRORS,
-            404: schema.message("No batch has this reference.", "Unknown batch b1"),
+            404: schema.UNKNOWN_BATCH,
         },
     )
     def get(self, request: Request, ref: str) -> Response:
@@ -116,7 +109,7 @@ class BatchView(AllocationAPIView):
             200: BatchSerializer,
             400: schema.INVALID_INPUT,
             **schema.AUTH_ERRORS,
-            404: schema.message("No batch has this reference.", "Unknown batch b1"),
+            404: schema.UNKNOWN_BATCH,
         },
     )
     def patch(self, request: Request, ref: str) -> Response:

@@ -1,4 +1,5 @@
 from argparse import ArgumentParser
+from datetime import date
 from typing import Any
 
 from ...commands import CreateBatch
@@ -17,6 +18,8 @@ class Command(BusCommand):
             "--eta", type=iso_date, help="Arrival date (YYYY-MM-DD); leave out if in stock."
         )
 
-    def handle(self, *args: Any, ref: str, sku: str, qty: int, eta: Any, **options: Any) -> None:
+    def handle(
+        self, *args: Any, ref: str, sku: str, qty: int, eta: date | None, **options: Any
+    ) -> None:
         self.issue(CreateBatch(ref=ref, sku=sku, qty=qty, eta=eta))
         self.stdout.write(self.style.SUCCESS(f"Created batch {ref}: {qty} x {sku}"))

@@ -2,7 +2,8 @@ import pytest
 
 from tests.factories import BatchFactory, OrderLineFactory
 
-pytestmark = pytest.mark.django_db
+# Event handlers run as each request's command ends, as they would after its commit.
+pytestmark = pytest.mark.usefixtures("messagebus_deliver")
 
 BATCH = {"ref": "b1", "sku": "LAMP", "qty": 10, "eta": None}
 
@@ -79,29 +80,6 @@ def test_add_batch_without_a_required_field(api, missing):
     assert response.json() == {missing: ["This field is required."]}
 
 
-@pytest.mark.parametrize("body", ["{", "[1,", "NaN", b"\xff\xfe"], ids=repr)
-def test_add_batch_with_a_body_that_is_not_json(api, body):
-    response = api.generic("POST", "/api/batches", body, content_type="application/json")
-
-    assert response.status_code == 400
-    assert response.json()["message"].startswith("JSON parse error")
-
-
-@pytest.mark.parametrize("body", ["[]", '"b1"', "3", "null"])
-def test_add_batch_with_json_that_is_not_an_object(api, body):
-    response = api.generic("POST", "/api/batches", body, content_type="application/json")
-
-    assert response.status_code == 400
-    assert "non_field_errors" in response.json()
-
-
-def test_add_batch_as_text_is_unsupported(api):
-    response = api.generic("POST", "/api/batches", "ref=b1", content_type="text/plain")
-
-    assert response.status_code == 415
-    assert "Unsupported media type" in response.json()["message"]
-
-
 def test_list_batches_with_their_quantities(api):
     batch = BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=20)
     OrderLineFactory(batch=batch, qty=5)
@@ -143,14 +121,13 @@ def test_show_unknown_batch(api):
     assert response.json() == {"message": "Unknown batch nope"}
 
 
-def test_change_batch_quantity(api, after_commit):
+def test_change_batch_quantity(api):
     batch = BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=20)
     BatchFactory(reference="b2", product__sku="LAMP", purchased_quantity=20, eta="2031-01-01")
     OrderLineFactory(batch=batch, orderid="o1", qty=8)
     OrderLineFactory(batch=batch, orderid="o2", qty=8)
 
-    with after_commit():
-        response = api.patch("/api/batches/b1", {"qty": 10})
+    response = api.patch("/api/batches/b1", {"qty": 10})
 
     assert response.status_code == 200
     assert response.json() == {
@@ -192,13 +169,6 @@ def test_other_methods_are_not_allowed(api, method, path):
 
     assert response.status_code == 405
     assert response.json() == {"message": f'Method "{method.upper()}" not allowed.'}
-
-
-def test_a_trailing_slash_is_accepted(api):
-    assert api.post("/api/batches/", BATCH).status_code == 201
-    assert api.get("/api/batches/").status_code == 200
-    assert api.get("/api/batches/b1/").json()["ref"] == "b1"
-    assert api.patch("/api/batches/b1/", {"qty": 3}).json()["qty"] == 3
 
 
 @pytest.mark.parametrize("sku", ["a b", "\x00", "x" * 256])

@@ -37,6 +37,16 @@ def test_cannot_allocate_if_skus_do_not_match() -> None:
     assert batch.can_allocate(different_sku_line) is False
 
 
+def test_allocation_is_idempotent() -> None:
+    batch, line = make_batch_and_line("ANGULAR-DESK", 20, 2)
+    batch.allocate(line)
+
+    batch.allocate(OrderLine(orderid="order-123", sku="ANGULAR-DESK", qty=2))
+
+    assert batch.available_quantity == 18
+    assert batch.allocations == [line]
+
+
 def test_deallocate_one_gives_up_the_latest_line() -> None:
     batch, first = make_batch_and_line("DECORATIVE-TRINKET", 20, 2)
     second = OrderLine(orderid="order-456", sku="DECORATIVE-TRINKET", qty=3)
