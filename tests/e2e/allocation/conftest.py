@@ -1,6 +1,3 @@
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
@@ -21,9 +18,3 @@ def api(clerk: User) -> APIClient:
     client = APIClient()
     client.force_authenticate(clerk)
     return client
-
-
-@pytest.fixture
-def after_commit(django_capture_on_commit_callbacks: Any) -> Callable[[], Any]:
-    """``with after_commit():`` runs the event handlers the block's commits would run."""
-    return lambda: django_capture_on_commit_callbacks(execute=True)

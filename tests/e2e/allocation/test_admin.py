@@ -7,10 +7,13 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.messages import ERROR, SUCCESS, WARNING, get_messages
 from pytest_django.asserts import assertContains
 
+from allocation.commands import Allocate, ChangeBatchQuantity, CreateBatch
+from allocation.events import Deallocated, OutOfStock
 from allocation.models import AllocationView, Batch, OrderLine, Product
 from tests.factories import AllocationViewFactory, BatchFactory, OrderLineFactory, UserFactory
 
-pytestmark = pytest.mark.django_db
+# Event handlers run as each request's command ends, as they would after its commit.
+pytestmark = pytest.mark.usefixtures("messagebus_deliver")
 
 BATCHES = "/admin/allocation/batch/"
 ALLOCATIONS = "/admin/allocation/orderline/"
@@ -48,12 +51,15 @@ def test_product_page_shows_its_batches_and_their_stock(admin_client):
         assertContains(response, f'<td class="field-{field}"><p>{value}</p></td>', html=True)
 
 
-def test_add_batch_creates_the_product_through_the_bus(admin_client):
+def test_add_batch_creates_the_product_through_the_bus(admin_client, messagebus_capture):
     response = admin_client.post(
         f"{BATCHES}add/", {"ref": "b1", "sku": "NEW-SKU", "qty": "20", "eta": "2031-01-02"}
     )
 
     assert response.status_code == 302
+    messagebus_capture.assert_handled(
+        CreateBatch, ref="b1", sku="NEW-SKU", qty=20, eta=date(2031, 1, 2)
+    )
     batch = Batch.objects.get(reference="b1")
     assert (batch.sku, batch.purchased_quantity, batch.eta) == ("NEW-SKU", 20, date(2031, 1, 2))
     assert Product.objects.filter(sku="NEW-SKU").exists()
@@ -80,16 +86,17 @@ def test_add_batch_with_invalid_fields(admin_client):
     assert not Batch.objects.exists()
 
 
-def test_change_batch_quantity_reallocates_through_the_bus(admin_client, after_commit):
+def test_change_batch_quantity_reallocates_through_the_bus(admin_client, messagebus_capture):
     batch = BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=20)
     BatchFactory(reference="b2", product__sku="LAMP", eta=date(2031, 1, 1))
     OrderLineFactory(batch=batch, orderid="o1", qty=8)
     OrderLineFactory(batch=batch, orderid="o2", qty=8)
 
-    with after_commit():
-        response = admin_client.post(f"{BATCHES}{batch.pk}/change/", {"qty": "10"})
+    response = admin_client.post(f"{BATCHES}{batch.pk}/change/", {"qty": "10"})
 
     assert response.status_code == 302
+    messagebus_capture.assert_handled(ChangeBatchQuantity, ref="b1", qty=10)
+    messagebus_capture.assert_published(Deallocated, orderid="o2", sku="LAMP", qty=8)
     batch.refresh_from_db()
     assert batch.purchased_quantity == 10
     assert dict(OrderLine.objects.values_list("orderid", "batch__reference")) == {
@@ -127,15 +134,13 @@ def test_batches_cannot_be_deleted(admin_client):
     assert admin_client.get(f"{BATCHES}{batch.pk}/delete/").status_code == 403
 
 
-def test_allocate_through_the_bus(admin_client, after_commit):
+def test_allocate_through_the_bus(admin_client, messagebus_capture):
     BatchFactory(reference="b1", product__sku="LAMP")
 
-    with after_commit():
-        response = admin_client.post(
-            f"{ALLOCATIONS}add/", {"orderid": "o1", "sku": "LAMP", "qty": "3"}
-        )
+    response = admin_client.post(f"{ALLOCATIONS}add/", {"orderid": "o1", "sku": "LAMP", "qty": "3"})
 
     assert response.status_code == 302
+    messagebus_capture.assert_handled(Allocate, orderid="o1", sku="LAMP", qty=3)
     assert OrderLine.objects.get().batch.reference == "b1"
     assert AllocationView.objects.get().batchref == "b1"
     assert Product.objects.get().version_number == 1
@@ -150,7 +155,7 @@ def test_allocate_shows_the_domain_error(admin_client):
     assert response.context["form"].data["orderid"] == "o1"
 
 
-def test_allocate_says_when_out_of_stock(admin_client):
+def test_allocate_says_when_out_of_stock(admin_client, messagebus_capture):
     BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=2)
 
     response = admin_client.post(f"{ALLOCATIONS}add/", {"orderid": "o1", "sku": "LAMP", "qty": "3"})
@@ -158,6 +163,7 @@ def test_allocate_says_when_out_of_stock(admin_client):
     assert response.status_code == 200
     assert messages_of(response) == [(WARNING, "Out of stock for LAMP")]
     assert not OrderLine.objects.exists()
+    messagebus_capture.assert_published(OutOfStock, sku="LAMP")
 
 
 def test_allocate_needs_the_permission(client):

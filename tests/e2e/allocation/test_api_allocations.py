@@ -1,19 +1,20 @@
 import pytest
 
+from allocation.events import Deallocated
 from allocation.models import OrderLine
 from tests.factories import AllocationViewFactory, BatchFactory
 
-pytestmark = pytest.mark.django_db
+# Event handlers run as each request's command ends, as they would after its commit.
+pytestmark = pytest.mark.usefixtures("messagebus_deliver")
 
 LINE = {"orderid": "o1", "sku": "LAMP", "qty": 3}
 
 
-def test_allocate(api, after_commit):
+def test_allocate(api):
     BatchFactory(reference="later", product__sku="LAMP", eta="2031-01-02")
     BatchFactory(reference="early", product__sku="LAMP", eta="2031-01-01")
 
-    with after_commit():
-        response = api.post("/api/allocations", LINE)
+    response = api.post("/api/allocations", LINE)
 
     assert response.status_code == 201
     assert response.json() == {**LINE, "batchref": "early"}
@@ -28,11 +29,10 @@ def test_allocate_unknown_sku(api):
     assert response.json() == {"message": "Invalid sku NOPE"}
 
 
-def test_allocate_out_of_stock_is_a_conflict_and_emails_stock(api, after_commit, mailoutbox):
+def test_allocate_out_of_stock_is_a_conflict_and_emails_stock(api, mailoutbox):
     BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=2)
 
-    with after_commit():
-        response = api.post("/api/allocations", LINE)
+    response = api.post("/api/allocations", LINE)
 
     assert response.status_code == 409
     assert response.json() == {"message": "Out of stock for LAMP"}
@@ -95,13 +95,12 @@ def test_order_without_allocations_is_not_found(api):
     assert response.json() == {"message": "No allocations for order o1"}
 
 
-def test_a_reallocated_line_shows_its_new_batch(api, after_commit):
+def test_a_reallocated_line_shows_its_new_batch(api, messagebus_capture):
     BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=10)
     BatchFactory(reference="b2", product__sku="LAMP", purchased_quantity=10, eta="2031-01-01")
-    with after_commit():
-        api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 6})
+    api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 6})
 
-    with after_commit():
-        api.patch("/api/batches/b1", {"qty": 5})
+    api.patch("/api/batches/b1", {"qty": 5})
 
     assert api.get("/api/allocations/o1").json() == [{"sku": "LAMP", "batchref": "b2"}]
+    messagebus_capture.assert_published(Deallocated, orderid="o1", sku="LAMP", qty=6)

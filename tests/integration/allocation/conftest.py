@@ -1,12 +1,11 @@
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-import messagebus
-
 
 class FakeNotifications:
+    """The ``notifications`` dependency, keeping what it is asked to send."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
@@ -15,26 +14,8 @@ class FakeNotifications:
 
 
 @pytest.fixture
-def notifications() -> Iterator[FakeNotifications]:
+def notifications(messagebus_dependencies: Callable[..., None]) -> FakeNotifications:
+    """What the event handlers send in this test, instead of emails."""
     fake = FakeNotifications()
-    with messagebus.dependencies.override(notifications=fake):
-        yield fake
-
-
-@pytest.fixture
-def after_commit(django_capture_on_commit_callbacks: Any) -> Callable[[], Any]:
-    """``with after_commit():`` runs the event handlers the block's commits would run."""
-    return lambda: django_capture_on_commit_callbacks(execute=True)
-
-
-@pytest.fixture
-def handle(
-    db: None, after_commit: Callable[[], Any], notifications: FakeNotifications
-) -> Callable[[messagebus.Message], Any]:
-    """``bus.handle``, then the event handlers its commit would run."""
-
-    def handle(message: messagebus.Message) -> Any:
-        with after_commit():
-            return messagebus.bus.handle(message)
-
-    return handle
+    messagebus_dependencies(notifications=fake)
+    return fake

@@ -4,26 +4,22 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from allocation.events import Allocated
 from allocation.models import AllocationView, Batch, OrderLine, Product
 from tests.factories import BatchFactory
 
-pytestmark = pytest.mark.django_db
+# Each command's event handlers run as the command ends, as they would after its commit.
+pytestmark = pytest.mark.usefixtures("messagebus_deliver")
 
 
-@pytest.fixture
-def run(after_commit, notifications):
-    """Run a management command and the event handlers it sets off; its output."""
-
-    def run(*args: str) -> str:
-        out = StringIO()
-        with after_commit():
-            call_command(*args, stdout=out)
-        return out.getvalue()
-
-    return run
+def run(*args: str) -> str:
+    """Run a management command; its output."""
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
 
 
-def test_create_batch(run):
+def test_create_batch():
     assert run("create_batch", "b1", "LAMP", "20", "--eta", "2031-01-02") == (
         "Created batch b1: 20 x LAMP\n"
     )
@@ -37,13 +33,13 @@ def test_create_batch(run):
     )
 
 
-def test_create_batch_in_stock(run):
+def test_create_batch_in_stock():
     run("create_batch", "b1", "LAMP", "20")
 
     assert Batch.objects.get().eta is None
 
 
-def test_create_batch_with_a_taken_reference(run):
+def test_create_batch_with_a_taken_reference():
     BatchFactory(reference="b1")
 
     with pytest.raises(CommandError, match=r"^Batch b1 already exists$"):
@@ -62,13 +58,13 @@ def test_create_batch_with_a_taken_reference(run):
         (["b1", "LAMP"], "the following arguments are required: qty"),
     ],
 )
-def test_create_batch_with_invalid_arguments(run, args, error):
+def test_create_batch_with_invalid_arguments(args, error):
     with pytest.raises(CommandError, match=error):
         run("create_batch", *args)
     assert not Batch.objects.exists()
 
 
-def test_allocate_prints_the_batch(run):
+def test_allocate_prints_the_batch():
     BatchFactory(reference="b1", product__sku="LAMP")
 
     assert run("allocate", "o1", "LAMP", "5") == "b1\n"
@@ -77,7 +73,7 @@ def test_allocate_prints_the_batch(run):
     assert AllocationView.objects.get().batchref == "b1"
 
 
-def test_allocate_says_when_out_of_stock(run, notifications):
+def test_allocate_says_when_out_of_stock(notifications):
     BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=4)
 
     assert run("allocate", "o1", "LAMP", "5") == "Out of stock for LAMP\n"
@@ -86,17 +82,17 @@ def test_allocate_says_when_out_of_stock(run, notifications):
     assert notifications.sent[0][1] == "Out of stock for LAMP"
 
 
-def test_allocate_unknown_sku(run):
+def test_allocate_unknown_sku():
     with pytest.raises(CommandError, match=r"^Invalid sku LAMP$"):
         run("allocate", "o1", "LAMP", "5")
 
 
-def test_allocate_with_an_invalid_quantity(run):
+def test_allocate_with_an_invalid_quantity():
     with pytest.raises(CommandError, match="argument qty: 'lots' is not a whole number"):
         run("allocate", "o1", "LAMP", "lots")
 
 
-def test_change_batch_quantity(run):
+def test_change_batch_quantity():
     batch = BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=20)
     BatchFactory(reference="b2", product__sku="LAMP", eta=date(2031, 1, 1))
     run("allocate", "o1", "LAMP", "15")
@@ -108,17 +104,17 @@ def test_change_batch_quantity(run):
     assert OrderLine.objects.get().batch.reference == "b2"
 
 
-def test_change_quantity_of_unknown_batch(run):
+def test_change_quantity_of_unknown_batch():
     with pytest.raises(CommandError, match=r"^Unknown batch b1$"):
         run("change_batch_quantity", "b1", "10")
 
 
-def test_change_batch_quantity_to_zero(run):
+def test_change_batch_quantity_to_zero():
     with pytest.raises(CommandError, match="argument qty: 0 is not between"):
         run("change_batch_quantity", "b1", "0")
 
 
-def test_load_demo_data_twice_loads_it_once(run):
+def test_load_demo_data_twice_loads_it_once(messagebus_capture):
     run("load_demo_data")
     counts = (Product.objects.count(), Batch.objects.count(), OrderLine.objects.count())
 
@@ -127,3 +123,4 @@ def test_load_demo_data_twice_loads_it_once(run):
     assert (Product.objects.count(), Batch.objects.count(), OrderLine.objects.count()) == counts
     assert counts[0] >= 3 and counts[1] >= 5 and counts[2] >= 4
     assert AllocationView.objects.count() == counts[2]
+    assert len(messagebus_capture.published(Allocated)) == counts[2]  # all by the first run
