@@ -2,9 +2,11 @@
 
 ``Product`` is the aggregate root and the consistency boundary: every change
 to its batches goes through its methods, which work on objects in memory and
-record events. Command handlers load a product whole with
-``Product.objects.locked()`` (its row locked for the transaction) and save
-what changed. Unsaved instances start with no batches and no allocations, so
+record events. Command handlers load a product with ``Product.objects.locked()``
+(its row locked for the transaction, its batches with the quantity allocated
+to each) and save what changed. A batch's order lines are read only when they
+are needed (to deallocate), so allocating costs the same however many lines a
+product holds. Unsaved instances start with no batches and no allocations, so
 the domain can be exercised without a database.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 from datetime import date
 
 from django.db import models
-from django.db.models import F, Q, Sum
+from django.db.models import F, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils.functional import cached_property
 
@@ -35,8 +37,9 @@ def _identifier(verbose_name: str, *, unique: bool = False) -> models.CharField[
 
 class ProductQuerySet(models.QuerySet["Product"]):
     def locked(self) -> ProductQuerySet:
-        """Lock the products' rows for the transaction and load each aggregate whole."""
-        return self.select_for_update(of=("self",)).prefetch_related("batch_set__orderline_set")
+        """Lock the products' rows for the transaction; load their batches with quantities."""
+        batches = Prefetch("batch_set", queryset=Batch.objects.with_quantities())
+        return self.select_for_update(of=("self",)).prefetch_related(batches)
 
 
 class Product(messagebus.Aggregate, models.Model):
@@ -74,7 +77,7 @@ class Product(messagebus.Aggregate, models.Model):
         line already allocated keeps its batch. None (and ``OutOfStock``) when
         no batch can take the line.
         """
-        holding = next((batch for batch in self.batches if batch.holds(line)), None)
+        holding = self._batch_holding(line)
         if holding is not None:
             return holding.reference
         for batch in sorted(self.batches, key=Batch.allocation_order):
@@ -100,6 +103,18 @@ class Product(messagebus.Aggregate, models.Model):
             deallocated.append(line)
             self.record(Deallocated(orderid=line.orderid, sku=line.sku, qty=line.qty))
         return deallocated
+
+    def _batch_holding(self, line: OrderLine) -> Batch | None:
+        """The batch holding a line of the same order and SKU, if any."""
+        held = next((batch for batch in self.batches if batch.holds(line)), None)
+        if held is not None or self._state.adding:
+            return held
+        ref = (
+            OrderLine.objects.filter(batch__product=self, orderid=line.orderid, sku=line.sku)
+            .values_list("batch__reference", flat=True)
+            .first()
+        )
+        return None if ref is None else self.get_batch(ref)
 
 
 class BatchQuerySet(models.QuerySet["Batch"]):
@@ -138,12 +153,32 @@ class Batch(models.Model):
 
     @cached_property
     def allocations(self) -> list[OrderLine]:
-        """The lines allocated here, oldest first: loaded once (or prefetched), then in memory."""
-        return [] if self._state.adding else list(self.orderline_set.all())
+        """The lines allocated here, oldest first: read on first use, then kept in memory."""
+        new = self._new_lines
+        saved = {line.pk for line in new if line.pk is not None}
+        stored = [] if self._state.adding else self.orderline_set.exclude(pk__in=saved)
+        return [*stored, *new]
+
+    @cached_property
+    def _new_lines(self) -> list[OrderLine]:
+        """Lines allocated in memory before ``allocations`` was read."""
+        return []
+
+    @cached_property
+    def _stored_quantity(self) -> int:
+        """The quantity allocated when loaded (annotated by ``with_quantities()``)."""
+        if self._state.adding:
+            return 0
+        if "allocated" in self.__dict__:
+            return int(self.__dict__["allocated"])
+        total = self.orderline_set.aggregate(total=Coalesce(Sum("qty"), 0))["total"]
+        return int(total)
 
     @property
     def allocated_quantity(self) -> int:
-        return sum(line.qty for line in self.allocations)
+        if "allocations" in self.__dict__:
+            return sum(line.qty for line in self.allocations)
+        return self._stored_quantity + sum(line.qty for line in self._new_lines)
 
     @property
     def available_quantity(self) -> int:
@@ -157,16 +192,19 @@ class Batch(models.Model):
         return self.sku == line.sku and self.available_quantity >= line.qty
 
     def holds(self, line: OrderLine) -> bool:
-        """Whether a line of the same order and SKU is allocated here."""
-        return any(
-            held.orderid == line.orderid and held.sku == line.sku for held in self.allocations
-        )
+        """Whether a line of the same order and SKU is allocated here, as far as memory knows.
+
+        Lines still in the database are checked by ``Product.allocate``, in one query.
+        """
+        known = self.allocations if "allocations" in self.__dict__ else self._new_lines
+        return any(held.orderid == line.orderid and held.sku == line.sku for held in known)
 
     def allocate(self, line: OrderLine) -> None:
         """Take ``line`` (the caller has checked ``can_allocate``), unless it holds it already."""
         if not self.holds(line):
             line.batch = self
-            self.allocations.append(line)
+            known = self.allocations if "allocations" in self.__dict__ else self._new_lines
+            known.append(line)
 
     def deallocate_one(self) -> OrderLine:
         """Give up the most recently allocated line."""
