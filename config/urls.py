@@ -8,3 +8,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("allocation.api.urls")),
 ]
+
+handler404 = "allocation.api.exceptions.not_found"
+handler500 = "allocation.api.exceptions.server_error"

@@ -4,9 +4,9 @@
 the pending delivery done (locking its row), then the handler runs, in the
 same transaction. If the handler fails, the rollback makes it pending again.
 A second runner of the same delivery waits on the row lock and then finds it
-done, so a handler whose effects are in the database runs exactly once. A failing call is retried by tenacity; a run that
-still fails is rescheduled with a growing delay, and dead after
-MAX_DELIVERIES runs.
+done, so a handler whose effects are in the database runs exactly once. A
+failing call is retried by tenacity; a run that still fails is rescheduled
+with a growing delay, and dead after MAX_DELIVERIES runs.
 
 Executors decide when ``deliver`` is called, chosen by MESSAGEBUS["EXECUTOR"]:
 ``inline`` runs deliveries right after the commit that stored them, in the

@@ -7,6 +7,8 @@ Domain errors and every other error without fields are shown as
 
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
@@ -41,3 +43,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     ):
         response.data = {"message": response.data["detail"]}
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A path that names nothing: JSON for API clients, Django's page for the admin."""
+    if request.path.startswith("/admin/"):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse({"message": f"Nothing at {request.path}"}, status=status.HTTP_404_NOT_FOUND)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/admin/"):
+        return defaults.server_error(request)
+    return JsonResponse(
+        {"message": "Internal server error"}, status=status.HTTP_500_INTERNAL_SERVER_ERROR
+    )

@@ -181,5 +181,26 @@ def test_list_batches_of_an_invalid_sku(api, sku):
 
 @pytest.mark.parametrize("ref", ["a%20b", "%00", "%E2%80%8F", "a%2Fb"])
 def test_a_path_that_is_no_reference_names_no_batch(api, ref):
-    assert api.get(f"/api/batches/{ref}").status_code == 404
-    assert api.patch(f"/api/batches/{ref}", {"qty": 1}).status_code == 404
+    for response in (api.get(f"/api/batches/{ref}"), api.patch(f"/api/batches/{ref}", {"qty": 1})):
+        assert response.status_code == 404
+        assert response.json()["message"].startswith("Nothing at /api/batches/")
+
+
+def test_an_unknown_route_answers_json_and_the_admin_html(api, admin_client):
+    response = api.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.json() == {"message": "Nothing at /api/nothing-here"}
+    page = admin_client.get("/admin/nothing-here/")
+    assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")
+
+
+def test_an_unexpected_error_answers_json_500(api, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("allocation.api.views.queries.batches", broken)
+    api.raise_request_exception = False
+    response = api.get("/api/batches")
+    assert response.status_code == 500
+    assert response.json() == {"message": "Internal server error"}
