@@ -158,6 +158,8 @@ LOGGING: dict[str, Any] = {
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Through the root handler only (Django's own console handler would repeat them).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "INFO"},
     },
 }
