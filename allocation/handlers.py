@@ -54,16 +54,33 @@ def change_batch_quantity(cmd: ChangeBatchQuantity) -> None:
 
 @messagebus.handler
 def add_allocation_to_read_model(event: Allocated) -> None:
-    AllocationView.objects.update_or_create(
-        orderid=event.orderid, sku=event.sku, defaults={"batchref": event.batchref}
-    )
+    show_where_the_line_is(event.orderid, event.sku)
 
 
 @messagebus.handler
 def reallocate(event: Deallocated, bus: messagebus.MessageBus) -> None:
     """Remove the line from the read model, then allocate it again (in that order)."""
-    AllocationView.objects.filter(orderid=event.orderid, sku=event.sku).delete()
+    show_where_the_line_is(event.orderid, event.sku)
     bus.handle(Allocate(orderid=event.orderid, sku=event.sku, qty=event.qty))
+
+
+def show_where_the_line_is(orderid: str, sku: str) -> None:
+    """Set the read model's row from the line as it is now, not as the event saw it.
+
+    Events may be handled late or out of order (retries, several workers): a
+    stale ``Allocated`` must not show a batch the line has left.
+    """
+    batchref = (
+        OrderLine.objects.filter(orderid=orderid, sku=sku)
+        .values_list("batch__reference", flat=True)
+        .first()
+    )
+    if batchref is None:
+        AllocationView.objects.filter(orderid=orderid, sku=sku).delete()
+    else:
+        AllocationView.objects.update_or_create(
+            orderid=orderid, sku=sku, defaults={"batchref": batchref}
+        )
 
 
 @messagebus.handler

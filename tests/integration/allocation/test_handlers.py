@@ -192,3 +192,25 @@ class TestChangeBatchQuantity:
 
         with pytest.raises(UnknownBatch, match="Unknown batch nope"):
             messagebus.bus.handle(ChangeBatchQuantity("nope", 5))
+
+
+class TestReadModel:
+    def test_a_stale_allocated_does_not_show_a_batch_the_line_has_left(self):
+        messagebus.bus.handle(CreateBatch("batch1", "LATE-LAMP", 10, None))
+        messagebus.bus.handle(CreateBatch("batch2", "LATE-LAMP", 10, tomorrow))
+        messagebus.bus.handle(Allocate("order1", "LATE-LAMP", 6))
+        messagebus.bus.handle(ChangeBatchQuantity("batch1", 5))  # order1 moves to batch2
+
+        # The first Allocated, delivered late (a retry, a slow worker):
+        messagebus.bus.handle(
+            Allocated(orderid="order1", sku="LATE-LAMP", qty=6, batchref="batch1")
+        )
+
+        assert list(AllocationView.objects.values_list("orderid", "batchref")) == [
+            ("order1", "batch2")
+        ]
+
+    def test_a_stale_allocated_for_a_line_gone_shows_nothing(self):
+        messagebus.bus.handle(Allocated(orderid="ghost", sku="LATE-LAMP", qty=1, batchref="b"))
+
+        assert not AllocationView.objects.exists()
