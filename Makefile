@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	$(BIN)/python manage.py load_demo_data
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
-## test: the whole suite (PostgreSQL, Redis and RabbitMQ tests run when their URLs are set)
+## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one)
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

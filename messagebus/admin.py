@@ -24,6 +24,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Deleting would lose events: *discard* a delivery, *prune* old ones."""
+        return False
+
 
 def _pretty(data: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(data, indent=2, sort_keys=True))

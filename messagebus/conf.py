@@ -10,6 +10,7 @@ MESSAGEBUS = {
     "REDELIVERY_DELAY": 30.0,    # first delay before another run, doubling
     "REDELIVERY_DELAY_MAX": 3600.0,
     "CLAIM_TIMEOUT": 300.0,      # seconds a claimed delivery stays ours
+    "SWEEP_INTERVAL": 60.0,      # inline: take on overdue deliveries this often (0: never)
     "WORKER_POLL_INTERVAL": 1.0, # seconds a worker sleeps when idle
 }
 """

@@ -8,6 +8,7 @@ factory, called once per process on first use. Tests swap them with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,7 @@ class Dependencies:
     def __init__(self) -> None:
         self._built: dict[str, Any] = {}
         self._overrides: dict[str, Any] = {}
+        self._building = threading.Lock()
 
     def names(self) -> set[str]:
         return set(BUILTIN) | set(conf.settings.DEPENDENCIES) | set(self._overrides)
@@ -36,11 +38,16 @@ class Dependencies:
             path = conf.settings.DEPENDENCIES.get(name)
             if path is None:
                 raise KeyError(name)
-            try:
-                self._built[name] = import_string(path)()
-            except ImportError as exc:
-                raise ConfigurationError(f"MESSAGEBUS['DEPENDENCIES'][{name!r}]: {exc}") from exc
+            with self._building:  # one instance per process, even with threads
+                if name not in self._built:
+                    self._built[name] = self._build(name, path)
         return self._built[name]
+
+    def _build(self, name: str, path: str) -> Any:
+        try:
+            return import_string(path)()
+        except ImportError as exc:
+            raise ConfigurationError(f"MESSAGEBUS['DEPENDENCIES'][{name!r}]: {exc}") from exc
 
     def kwargs(self, handler: Handler, uow: Any, bus: Any) -> dict[str, Any]:
         """The keyword arguments ``handler`` takes after its message."""
@@ -62,7 +69,11 @@ class Dependencies:
 
     @contextmanager
     def override(self, **values: Any) -> Iterator[None]:
-        """Pass these values to handlers, by parameter name, inside the block."""
+        """Pass these values to handlers, by parameter name, inside the block.
+
+        Overrides are process-wide, not per thread: a test's fake reaches the
+        handlers its threads run too.
+        """
         saved = dict(self._overrides)
         self._overrides.update(values)
         try:

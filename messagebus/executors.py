@@ -36,6 +36,7 @@ from .outbox import Job
 
 logger = logging.getLogger(__name__)
 Status = Delivery.Status
+SWEEP_SIZE = 10  # deliveries an inline sweep takes on at most
 
 
 class Executor(Protocol):
@@ -48,10 +49,12 @@ class Executor(Protocol):
 class InlineExecutor:
     """Run deliveries in this thread after commit, as the book's message bus does.
 
-    Events recorded by event handlers join the queue being drained, so a chain
-    of events runs breadth first, without recursion. Every SWEEP_INTERVAL
-    seconds at most, it also runs deliveries that are that long overdue: runs
-    rescheduled after a failure, and leftovers of a process that died.
+    A command's events are delivered one event at a time, in the order
+    recorded; the events their handlers record queue behind the deliveries
+    being run, so a chain of events runs without recursion. Every
+    SWEEP_INTERVAL seconds at most, it also takes on a few deliveries that are
+    that long overdue (runs rescheduled after a failure, leftovers of a
+    process that died), with one call each.
     """
 
     runs_after_commit = True
@@ -72,21 +75,27 @@ class InlineExecutor:
                 try:
                     deliver(job)
                 except Exception:  # the outbox itself failed (database down)
-                    logger.exception("Could not run %s; it stays pending for a worker", job)
+                    logger.exception("Could not run %s; it stays pending", job)
                 if not queue:
                     queue.extend(self._overdue(job.using))
         finally:
             self._local.queue = None
 
     def _overdue(self, using: str) -> list[Job]:
+        """A few overdue deliveries, each given one call: this is someone's request."""
         interval = conf.settings.SWEEP_INTERVAL
         if not interval or time.monotonic() - self._last_sweep < interval:
             return []
         self._last_sweep = time.monotonic()
-        rows = outbox.claim(using, limit=100, lease=conf.settings.CLAIM_TIMEOUT, overdue=interval)
+        lease = conf.settings.CLAIM_TIMEOUT
+        rows = outbox.claim(using, limit=SWEEP_SIZE, lease=lease, overdue=interval)
         if rows:
             logger.info("Sweeping %d overdue deliveries", len(rows))
-        return [job for job in map(outbox.job_for, rows) if job is not None]
+        jobs = [outbox.job_for(row, counted=True) for row in rows]
+        for job in jobs:
+            if job is not None:
+                job.retries = False
+        return [job for job in jobs if job is not None]
 
 
 class WorkerExecutor:
@@ -115,13 +124,18 @@ def get() -> Executor:
 
 
 def deliver(job: Job) -> bool:
-    """Run a delivery to the end of its run; True if it is done (by anyone)."""
+    """Run a delivery to the end of its run.
+
+    True: this run completed it. False: it failed (and is rescheduled or
+    dead), or another runner had already completed it.
+    """
     try:
         return _attempt(job)
     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
         first_error = exc
+    attempts = conf.settings.RETRY_ATTEMPTS if job.retries else 1
     retrying = Retrying(
-        stop=stop_after_attempt(conf.settings.RETRY_ATTEMPTS),
+        stop=stop_after_attempt(attempts),
         wait=wait_exponential(
             multiplier=conf.settings.RETRY_WAIT, max=conf.settings.RETRY_WAIT_MAX
         ),
@@ -144,7 +158,10 @@ def _attempt(job: Job) -> bool:
     try:
         with unit_of_work.UnitOfWork(job.using) as uow:
             handler = job.handler
-            if not sql.complete(job.using, job.event.message_id, handler.name, timezone.now()):
+            now = timezone.now()
+            if not sql.complete(
+                job.using, job.event.message_id, handler.name, now, count_run=not job.counted
+            ):
                 return False
             started = time.perf_counter()
             if handler.parameters:
@@ -175,9 +192,10 @@ def _failed_attempt(job: Job, exc: Exception) -> None:
 
 def _give_up(job: Job, exc: Exception) -> None:
     runs = job.runs + 1
+    counted = F("runs") + (0 if job.counted else 1)
     now = timezone.now()
     if runs >= conf.settings.MAX_DELIVERIES:
-        job.rows().update(status=Status.DEAD, runs=runs, finished_at=now)
+        job.rows().update(status=Status.DEAD, runs=counted, finished_at=now)
         logger.error(
             "Dead: %s failed %d run(s); retry it in the admin or with `messagebus retry`: %r",
             job,
@@ -188,7 +206,7 @@ def _give_up(job: Job, exc: Exception) -> None:
     delay = min(
         conf.settings.REDELIVERY_DELAY * 2 ** (runs - 1), conf.settings.REDELIVERY_DELAY_MAX
     )
-    job.rows().update(runs=runs, next_attempt_at=now + timedelta(seconds=delay))
+    job.rows().update(runs=counted, next_attempt_at=now + timedelta(seconds=delay))
     logger.error("%s failed run %d; next run in %.0fs: %r", job, runs, delay, exc)
 
 

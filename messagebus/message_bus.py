@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .dependencies import Dependencies, dependencies
+from .dependencies import dependencies
 from .exceptions import CommandRejected, NotAMessage
 from .messages import Command, Event, Message, current_message
-from .registry import Registry, registry
+from .registry import registry
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -25,11 +25,7 @@ observers: list[Callable[[Message], None]] = []
 
 
 class MessageBus:
-    def __init__(
-        self, registry: Registry = registry, dependencies: Dependencies = dependencies
-    ) -> None:
-        self.registry = registry
-        self.dependencies = dependencies
+    """The bus (``messagebus.bus``); handlers that take ``bus`` get it."""
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
         """Handle a command (returning its result) or publish an event."""
@@ -45,12 +41,12 @@ class MessageBus:
         raise NotAMessage(message)
 
     def _handle_command(self, command: Command, using: str | None) -> Any:
-        handler = self.registry.command_handler(type(command))
+        handler = registry.command_handler(type(command))
         token = current_message.set(command)
         try:
             with UnitOfWork(using) as uow:
                 if handler.parameters:
-                    result = handler.func(command, **self.dependencies.kwargs(handler, uow, self))
+                    result = handler.func(command, **dependencies.kwargs(handler, uow, self))
                 else:
                     result = handler.func(command)
         except CommandRejected as exc:

@@ -88,7 +88,7 @@ def message_classes() -> list[type[Message]]:
 
 def message_class(type_name: str) -> type[Message] | None:
     """The class stored under ``type_name``; the newest wins if two claim it."""
-    if type_name not in _by_name:
-        _by_name.clear()
-        _by_name.update((message_type_name(cls), cls) for cls in message_classes())
+    global _by_name
+    if type_name not in _by_name:  # a class defined since: look again
+        _by_name = {message_type_name(cls): cls for cls in message_classes()}
     return _by_name.get(type_name)

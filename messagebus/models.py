@@ -99,5 +99,5 @@ class Delivery(models.Model):
 
     @property
     def latency(self) -> dt.timedelta | None:
-        """From the event's commit to the delivery's end."""
+        """From storing the event to the start of the call that completed (or killed) it."""
         return self.finished_at - self.created_at if self.finished_at else None

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from . import sql
+from . import conf, sql
 from .exceptions import MessageDecodeError
 from .messages import Event, message_class, message_type_name
 from .models import Delivery, DeliveryQuerySet, StoredEvent
@@ -19,8 +20,8 @@ from .serialization import from_dict, to_dict
 
 logger = logging.getLogger(__name__)
 
-# Called with each event stored (messagebus.testing captures with it).
-observers: list[Callable[[Event], None]] = []
+# Called with each event stored, and its database (messagebus.testing captures with it).
+observers: list[Callable[[Event, str], None]] = []
 
 
 @dataclass
@@ -33,7 +34,11 @@ class Job:
     event: Event
     handler: Handler
     using: str
+    # Runs before this one; and whether a claim has already counted this one.
     runs: int = 0
+    counted: bool = False
+    # False: one call, no tenacity retries (a sweep in someone's request).
+    retries: bool = True
 
     def __str__(self) -> str:
         return f"delivery of {self.event} to {self.handler}"
@@ -52,12 +57,14 @@ def store(event: Event, using: str) -> list[Job]:
     handlers = registry.event_handlers(type(event))
     type_name = message_type_name(type(event))
     sql.store(
-        using, event.message_id, type_name, to_dict(event), event.correlation_id,
+        using, event.message_id, type_name, to_dict(event),
+        # A message whose own __post_init__ skipped Message's starts a chain.
+        event.correlation_id or event.message_id,
         event.causation_id, [h.name for h in handlers], timezone.now(),
     )  # fmt: skip
     if observers:
         for observer in observers:
-            observer(event)
+            observer(event, using)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s for %d handler(s)", event, len(handlers))
     return [Job(event, h, using) for h in handlers]
@@ -77,8 +84,10 @@ def decode(row: StoredEvent) -> Event:
     return event
 
 
-def job_for(delivery: Delivery) -> Job | None:
+def job_for(delivery: Delivery, *, counted: bool = False) -> Job | None:
     """The job for a stored delivery, or None after marking it dead if it can't run."""
+    if delivery.status != Delivery.Status.PENDING:
+        return None
     try:
         event = decode(delivery.event)
     except MessageDecodeError as exc:
@@ -90,7 +99,9 @@ def job_for(delivery: Delivery) -> Job | None:
             delivery, f"no handler {delivery.handler} is registered for {delivery.event.type}"
         )
         return None
-    return Job(event, handler, delivery._state.db or DEFAULT_DB_ALIAS, delivery.runs)
+    using = delivery._state.db or DEFAULT_DB_ALIAS
+    runs = delivery.runs - 1 if counted else delivery.runs
+    return Job(event, handler, using, runs, counted=counted)
 
 
 def claim(using: str, limit: int, lease: float, overdue: float = 0) -> list[Delivery]:
@@ -99,39 +110,51 @@ def claim(using: str, limit: int, lease: float, overdue: float = 0) -> list[Deli
     On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so workers
     never wait on each other; on SQLite writers take turns. A lapsed lease
     only makes a delivery due again: the claim in ``executors._attempt`` still
-    keeps two processes from both completing it.
+    keeps two processes from both completing it. Each claim counts a run, so
+    a delivery whose runs never finish (its process dies) ends dead too.
     """
     now = timezone.now()
+    deliveries = Delivery.objects.using(using)
     with transaction.atomic(using=using):
         rows = list(
-            Delivery.objects.using(using)
-            .due(now - timedelta(seconds=overdue))
+            deliveries.due(now - timedelta(seconds=overdue))
             .select_related("event")
             .select_for_update(skip_locked=True, of=("self",))
             .order_by("next_attempt_at", "id")[:limit]
         )
-        if rows:
-            Delivery.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
-                next_attempt_at=now + timedelta(seconds=lease)
-            )
+        taken = []
+        for row in rows:
+            if row.runs >= conf.settings.MAX_DELIVERIES:
+                reason = f"{row.runs} runs started and none finished: did its process die?"
+                _dead_on_arrival(row, reason)
+            else:
+                taken.append(row)
+                row.runs += 1
+        deliveries.filter(pk__in=[row.pk for row in taken]).update(
+            next_attempt_at=now + timedelta(seconds=lease), runs=F("runs") + 1
+        )
     return rows
 
 
 def release(using: str, rows: list[Delivery]) -> None:
-    """Hand back claimed deliveries that were not run (a worker stopping)."""
+    """Hand back claimed deliveries that were not run (a worker stopping): due, uncounted."""
     Delivery.objects.using(using).pending().filter(pk__in=[r.pk for r in rows]).update(
-        next_attempt_at=timezone.now()
+        next_attempt_at=timezone.now(), runs=F("runs") - 1
     )
 
 
 def _dead_on_arrival(delivery: Delivery, reason: str) -> None:
+    delivery.status = Delivery.Status.DEAD
     Delivery.objects.using(delivery._state.db).filter(pk=delivery.pk).update(
         status=Delivery.Status.DEAD, last_error=reason, finished_at=timezone.now()
     )
+    event = delivery.event
     logger.error(
-        "Dead: delivery %s of %s %s: %s",
+        "Dead: delivery %s of %s %s (correlation %s) to %s: %s",
         delivery.pk,
-        delivery.event.type,
-        delivery.event_id,
+        event.type,
+        event.id,
+        event.correlation_id,
+        delivery.handler,
         reason,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
-from .messages import Command, Event, Message
+from .messages import BASES, Command, Event, Message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,9 +38,15 @@ class Registry:
         self._commands: dict[type[Message], Handler] = {}
         self._events: dict[type[Message], tuple[Handler, ...]] = {}
 
-    def register(self, message_type: type[Message] | None, func: F) -> F:
-        """Register ``func`` for ``message_type`` (None: its first annotation)."""
-        handler = _inspect(func, message_type)
+    def register(
+        self, message_type: type[Message] | None, func: F, *, name: str | None = None
+    ) -> F:
+        """Register ``func`` for ``message_type`` (None: its first annotation).
+
+        ``name`` is what deliveries remember the handler by (default: its
+        dotted path); give one to keep pending deliveries when it moves.
+        """
+        handler = _inspect(func, message_type, name)
         cls = handler.message_type
         if issubclass(cls, Command):
             existing = self._commands.get(cls)
@@ -98,8 +104,16 @@ class Registry:
             self._commands, self._events = saved
 
 
-def _inspect(func: Callable[..., Any], message_type: type[Message] | None) -> Handler:
-    name = f"{func.__module__}.{func.__qualname__}"
+def _inspect(
+    func: Callable[..., Any], message_type: type[Message] | None, name: str | None
+) -> Handler:
+    if name is None:
+        qualname = getattr(func, "__qualname__", None)
+        if qualname is None:
+            raise RegistrationError(f"{func!r} has no __qualname__: register it with a name=")
+        name = f"{func.__module__}.{qualname}"
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        raise RegistrationError(f"{name} is async: handlers run in a transaction, synchronously")
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:
@@ -121,6 +135,11 @@ def _inspect(func: Callable[..., Any], message_type: type[Message] | None) -> Ha
             )
     if not (isinstance(message_type, type) and issubclass(message_type, (Command, Event))):
         raise RegistrationError(f"{name}: {message_type!r} is not a Command or Event class")
+    if message_type in BASES:
+        raise RegistrationError(
+            f"{name}: handlers are found by the message's exact class, "
+            f"so none would reach a handler of {message_type.__name__}"
+        )
     rest = tuple((p.name, p.default is not p.empty) for p in params[1:])
     variadic = [p.name for p in params[1:] if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if variadic:
@@ -134,9 +153,11 @@ registry = Registry()
 @overload
 def handler(func: F, /) -> F: ...
 @overload
-def handler(message_type: type[Message], /) -> Callable[[F], F]: ...
-def handler(target: Any, /) -> Any:
-    """Register a handler: ``@handler`` or ``@handler(MessageType)``."""
-    if isinstance(target, type):
-        return lambda func: registry.register(target, func)
-    return registry.register(None, target)
+def handler(
+    message_type: type[Message] | None = None, /, *, name: str | None = None
+) -> Callable[[F], F]: ...
+def handler(target: Any = None, /, *, name: str | None = None) -> Any:
+    """Register a handler: ``@handler``, ``@handler(MessageType)``, ``@handler(name="...")``."""
+    if target is None or isinstance(target, type):
+        return lambda func: registry.register(target, func, name=name)
+    return registry.register(None, target, name=name)

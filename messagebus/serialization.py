@@ -20,17 +20,24 @@ from typing import Any
 from .exceptions import MessageDecodeError, MessageEncodeError
 from .messages import Message
 
-Codec = tuple[Callable[[Any], Any] | None, Callable[[Any], Any]]
+Convert = Callable[[Any], Any]
+Codec = tuple[Convert, Convert]  # (encode, decode); each raises TypeError or ValueError
 _METADATA = frozenset(f.name for f in dataclasses.fields(Message))
-_codecs: dict[type, list[tuple[str, Callable[[Any], Any] | None, Callable[[Any], Any]]]] = {}
+_codecs: dict[type, list[tuple[str, Convert, Convert]]] = {}
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """The JSON-ready fields of a dataclass (a message's own fields only)."""
+    """The JSON-ready fields of a dataclass (a message's own fields only).
+
+    Each value is checked against its annotation, so a message that could
+    not be read back is refused when it is stored, not when it is delivered.
+    """
     data = {}
     for name, encode, _ in _fields(type(obj)):
-        value = getattr(obj, name)
-        data[name] = value if encode is None or value is None else encode(value)
+        try:
+            data[name] = encode(getattr(obj, name))
+        except (TypeError, ValueError) as exc:
+            raise MessageEncodeError(f"{type(obj).__qualname__}.{name}: {exc}") from None
     return data
 
 
@@ -51,8 +58,8 @@ def from_dict(cls: type, data: Any, **metadata: Any) -> Any:
         raise MessageDecodeError(f"{cls.__qualname__} has no field {', '.join(sorted(unknown))}")
     try:
         return cls(**kwargs, **metadata)
-    except TypeError as exc:
-        raise MessageDecodeError(f"{cls.__qualname__}: {exc}") from exc
+    except Exception as exc:  # a message's own __post_init__ may raise anything
+        raise MessageDecodeError(f"{cls.__qualname__}: {exc!r}") from exc
 
 
 def check_serializable(cls: type) -> None:
@@ -60,7 +67,7 @@ def check_serializable(cls: type) -> None:
     _fields(cls)
 
 
-def _fields(cls: type) -> list[tuple[str, Callable[[Any], Any] | None, Callable[[Any], Any]]]:
+def _fields(cls: type) -> list[tuple[str, Convert, Convert]]:
     try:
         return _codecs[cls]
     except KeyError:
@@ -92,10 +99,10 @@ def _codec(hint: Any) -> Codec:
     if hint in _SCALARS:
         return _SCALARS[hint]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return (lambda v: v.value), hint
+        return _encoder(hint, lambda v: v.value), hint
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         _fields(hint)
-        return to_dict, lambda v: from_dict(hint, v)
+        return _encoder(hint, to_dict), lambda v: from_dict(hint, v)
     raise MessageEncodeError(f"{hint!r} has no JSON form")
 
 
@@ -104,7 +111,10 @@ def _optional(hint: Any, args: tuple[Any, ...]) -> Codec:
     if len(inner) != 1 or len(args) != 2:
         raise MessageEncodeError(f"{hint!r}: only `X | None` unions are supported")
     encode, decode = _codec(inner[0])
-    return encode, lambda v: None if v is None else decode(v)
+    return (
+        lambda v: None if v is None else encode(v),
+        lambda v: None if v is None else decode(v),
+    )
 
 
 def _sequence(hint: Any, origin: type, args: tuple[Any, ...]) -> Codec:
@@ -114,17 +124,41 @@ def _sequence(hint: Any, origin: type, args: tuple[Any, ...]) -> Codec:
         raise MessageEncodeError(f"{hint!r}: give the item type, as in list[int]")
     encode, decode = _codec(args[0])
 
+    def encode_all(value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a {origin.__name__}, got {value!r}")
+        return [encode(item) for item in value]
+
     def decode_all(value: Any) -> Any:
         if not isinstance(value, list):
             raise TypeError(f"expected a list, got {value!r}")
         return origin(decode(item) for item in value)
 
-    if encode is None:
-        return list, decode_all
-    return (lambda v: [encode(item) for item in v]), decode_all
+    return encode_all, decode_all
 
 
-def _checked(kind: type, convert: Callable[[Any], Any], *accepts: type) -> Callable[[Any], Any]:
+NoneType = type(None)
+
+
+class _Nothing:
+    """No value is one of these: the default of ``_encoder(refuse=...)``."""
+
+
+def _encoder(
+    kind: type | tuple[type, ...], convert: Convert = lambda v: v, refuse: type = _Nothing
+) -> Convert:
+    """Check a value is a ``kind`` (bool is no number, datetime no date), then convert it."""
+    name = kind[-1].__name__ if isinstance(kind, tuple) else kind.__name__
+
+    def encode(value: Any) -> Any:
+        if not isinstance(value, kind) or isinstance(value, refuse):
+            raise TypeError(f"expected {name}, got {value!r}")
+        return convert(value)
+
+    return encode
+
+
+def _decoder(kind: type, convert: Convert, *accepts: type) -> Convert:
     accepted = accepts or (kind,)
 
     def decode(value: Any) -> Any:
@@ -135,7 +169,7 @@ def _checked(kind: type, convert: Callable[[Any], Any], *accepts: type) -> Calla
     return decode
 
 
-def _parse(kind: Callable[[str], Any]) -> Callable[[Any], Any]:
+def _parse(kind: Callable[[str], Any]) -> Convert:
     def decode(value: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {value!r}")
@@ -145,13 +179,16 @@ def _parse(kind: Callable[[str], Any]) -> Callable[[Any], Any]:
 
 
 _SCALARS: dict[Any, Codec] = {
-    str: (None, _checked(str, str)),
-    int: (None, _checked(int, int)),
-    float: (None, _checked(float, float, int, float)),
-    bool: (None, _checked(bool, bool)),
-    type(None): (None, _checked(type(None), lambda v: v)),
-    Decimal: (str, _checked(Decimal, Decimal, str, int)),
-    dt.datetime: (dt.datetime.isoformat, _parse(dt.datetime.fromisoformat)),
-    dt.date: (dt.date.isoformat, _parse(dt.date.fromisoformat)),
-    uuid.UUID: (str, _parse(uuid.UUID)),
+    str: (_encoder(str), _decoder(str, str)),
+    int: (_encoder(int, refuse=bool), _decoder(int, int)),
+    float: (_encoder((int, float), refuse=bool), _decoder(float, float, int, float)),
+    bool: (_encoder(bool), _decoder(bool, bool)),
+    NoneType: (_encoder(NoneType), _decoder(NoneType, lambda v: v)),
+    Decimal: (_encoder(Decimal, str), _decoder(Decimal, Decimal, str, int)),
+    dt.datetime: (_encoder(dt.datetime, dt.datetime.isoformat), _parse(dt.datetime.fromisoformat)),
+    dt.date: (
+        _encoder(dt.date, dt.date.isoformat, refuse=dt.datetime),
+        _parse(dt.date.fromisoformat),
+    ),
+    uuid.UUID: (_encoder(uuid.UUID, str), _parse(uuid.UUID)),
 }

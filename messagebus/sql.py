@@ -57,10 +57,15 @@ class Statements:
         self.delivery_values = f"({_marks(DELIVERY_COLUMNS)})"
         # PostgreSQL runs an INSERT inside WITH; its foreign keys are checked at commit.
         self.one_statement = connection.vendor == "postgresql"
-        self.complete = (
+        complete = (
             f"UPDATE {table} SET {col['status']} = %s, {col['finished_at']} = %s, "
-            f"{col['attempts']} = {col['attempts']} + 1, {col['runs']} = {col['runs']} + 1 {where}"
+            f"{col['attempts']} = {col['attempts']} + 1"
         )
+        # A run claimed by a worker was counted by the claim.
+        self.complete = {
+            True: f"{complete}, {col['runs']} = {col['runs']} + 1 {where}",
+            False: f"{complete} {where}",
+        }
 
 
 _ID = _event_field("id")
@@ -114,7 +119,9 @@ def store(
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
 
 
-def complete(using: str, event_id: UUID, handler: str, now: dt.datetime) -> bool:
+def complete(
+    using: str, event_id: UUID, handler: str, now: dt.datetime, *, count_run: bool = True
+) -> bool:
     """Mark a pending delivery done in the current transaction, locking its row.
 
     Called before the handler runs, in the handler's transaction: if the
@@ -123,7 +130,7 @@ def complete(using: str, event_id: UUID, handler: str, now: dt.datetime) -> bool
     """
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection).complete, [
+        cursor.execute(_statements(connection).complete[count_run], [
             DONE, _WHEN.get_db_prep_value(now, connection),
             _ID.get_db_prep_value(event_id, connection), handler, PENDING,
         ])  # fmt: skip

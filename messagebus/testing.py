@@ -3,10 +3,10 @@
 Fixtures:
 
 - ``messagebus_capture``: a ``Captured`` that records the messages handed to
-  the bus and the events stored in this test;
-- ``messagebus_deliver``: database access, and after-commit delivery as soon
-  as each outermost unit of work ends, although the test's transaction never
-  commits;
+  the bus and the events published (committed) in this test;
+- ``messagebus_deliver``: database access, and after-commit work (event
+  delivery) run as a real commit would run it, although the test's
+  transaction never commits;
 - ``messagebus_registry``: the registry, restored after the test, so a test
   may register handlers of its own;
 - ``messagebus_dependencies``: ``override(name=value)``, undone after the test.
@@ -20,16 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from . import message_bus, outbox
 from .dependencies import dependencies
 from .messages import Command, Event, Message
 from .registry import Registry, registry
-from .unit_of_work import UnitOfWork
 
 M = TypeVar("M", bound=Message)
 
@@ -70,52 +70,52 @@ def _one(found: list[M], cls: type[M], fields: dict[str, Any], verb: str) -> M:
 
 @contextmanager
 def capture_messages() -> Iterator[Captured]:
-    """Record messages handed to the bus and events stored, inside the block."""
+    """Record messages handed to the bus, and events as their transaction commits."""
     captured = Captured()
+
+    def stored(event: Event, using: str) -> None:
+        transaction.on_commit(partial(captured.events.append, event), using=using)
+
     message_bus.observers.append(captured.handled.append)
-    outbox.observers.append(captured.events.append)
+    outbox.observers.append(stored)
     try:
         yield captured
     finally:
         message_bus.observers.remove(captured.handled.append)
-        outbox.observers.remove(captured.events.append)
+        outbox.observers.remove(stored)
 
 
 @contextmanager
-def deliver_on_commit() -> Iterator[None]:
-    """Run after-commit work when each outermost unit of work ends.
+def deliver_on_commit(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """Run after-commit work where a real commit would run it.
 
     A test inside a transaction (pytest-django's ``db``) never commits, so
     ``transaction.on_commit`` callbacks would never run. Inside this block,
-    those registered during an outermost unit of work run as it ends, as they
-    would after a real commit.
+    when an ``atomic`` block (a unit of work, or one of the test's own) ends
+    with only the test's transaction left open, the callbacks registered
+    since the block began run, as they would after a real commit. A rollback
+    drops them, as in production.
     """
-    enter, exit_ = UnitOfWork.__enter__, UnitOfWork.__exit__
-    marks: dict[int, int] = {}
+    connection = connections[using]
+    depth, start = len(connection.atomic_blocks), len(connection.run_on_commit)
+    release = connection.savepoint_commit
 
-    def entering(uow: UnitOfWork) -> UnitOfWork:
-        result = enter(uow)
-        if uow.parent is None:
-            marks[id(uow)] = len(connections[uow.using or DEFAULT_DB_ALIAS].run_on_commit)
-        return result
-
-    def exiting(uow: UnitOfWork, *exc_info: Any) -> None:
-        exit_(uow, *exc_info)
-        mark = marks.pop(id(uow), None)
-        connection = connections[uow.using or DEFAULT_DB_ALIAS]
-        if mark is None or exc_info[0] is not None or not connection.in_atomic_block:
+    def savepoint_commit(sid: str) -> None:
+        release(sid)
+        # Atomic.__exit__ pops its block before releasing its savepoint.
+        if len(connection.atomic_blocks) != depth:
             return
-        callbacks = connection.run_on_commit[mark:]
-        del connection.run_on_commit[mark:]
-        for _, callback, *_ in callbacks:
-            callback()
+        while len(connection.run_on_commit) > start:
+            callbacks = connection.run_on_commit[start:]
+            del connection.run_on_commit[start:]
+            for _, callback, *_ in callbacks:
+                callback()
 
-    UnitOfWork.__enter__ = entering  # type: ignore[method-assign]
-    UnitOfWork.__exit__ = exiting  # type: ignore[method-assign]
+    connection.savepoint_commit = savepoint_commit  # type: ignore[method-assign]
     try:
         yield
     finally:
-        UnitOfWork.__enter__, UnitOfWork.__exit__ = enter, exit_  # type: ignore[method-assign]
+        del connection.savepoint_commit
 
 
 @pytest.fixture

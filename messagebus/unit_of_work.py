@@ -8,7 +8,8 @@ deliveries are handed to the executor when the transaction commits.
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
+import logging
+from contextvars import ContextVar
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -19,23 +20,26 @@ from . import executors, outbox
 from .exceptions import UnitOfWorkError
 from .messages import Event
 
-_current: ContextVar[UnitOfWork | None] = ContextVar("messagebus_unit_of_work", default=None)
+logger = logging.getLogger(__name__)
+
+# The units of work open in this context (thread or task), innermost last.
+_open: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("messagebus_units_of_work", default=())
 
 
 class UnitOfWork(transaction.Atomic):
     """``with UnitOfWork():`` is ``transaction.atomic`` (a savepoint if nested)
-    that stores the events recorded inside it and delivers them after commit."""
+    that stores the events recorded inside it and delivers them after commit.
 
-    parent: UnitOfWork | None
-    _token: Token[UnitOfWork | None]
+    Like ``atomic``, it may be entered again while open (``with uow:`` inside
+    a handler that was given ``uow``): that opens a savepoint.
+    """
 
     def __init__(self, using: str | None = None) -> None:
         super().__init__(using or DEFAULT_DB_ALIAS, savepoint=True, durable=False)
 
     def __enter__(self) -> UnitOfWork:  # type: ignore[override]
         super().__enter__()
-        self.parent = _current.get()
-        self._token = _current.set(self)
+        _open.set((*_open.get(), self))
         return self
 
     def __exit__(
@@ -44,23 +48,33 @@ class UnitOfWork(transaction.Atomic):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _current.reset(self._token)
-        super().__exit__(exc_type, exc, tb)
+        try:
+            _open.set(_open.get()[:-1])
+        finally:
+            super().__exit__(exc_type, exc, tb)
+
+    def _recreate_cm(self) -> UnitOfWork:
+        """``@UnitOfWork()`` as a decorator: a fresh one for each call."""
+        return UnitOfWork(self.using)
+
+    @property
+    def alias(self) -> str:
+        return self.using or DEFAULT_DB_ALIAS
 
     def publish(self, event: Event) -> None:
         """Store ``event`` in this transaction; deliver it after commit."""
         executor = executors.get()
-        jobs = outbox.store(event, self.using or DEFAULT_DB_ALIAS)
+        jobs = outbox.store(event, self.alias)
         if jobs and executor.runs_after_commit:
-            transaction.on_commit(partial(executor.submit, jobs), using=self.using, robust=True)
+            transaction.on_commit(partial(executor.submit, jobs), using=self.alias, robust=True)
 
 
 def current(using: str | None = None) -> UnitOfWork | None:
-    """The innermost active unit of work (on ``using``, if given)."""
-    uow = _current.get()
-    while uow is not None and using is not None and uow.using != using:
-        uow = uow.parent
-    return uow
+    """The innermost open unit of work (on ``using``, if given)."""
+    for uow in reversed(_open.get()):
+        if using is None or uow.alias == using:
+            return uow
+    return None
 
 
 class Aggregate:
@@ -79,18 +93,22 @@ class Aggregate:
 
     def record(self, event: Event) -> None:
         self.events.append(event)
-        uow = _current.get()
-        if uow is None:
-            return
         using = _database_of(self)
-        if uow.using != using:
-            uow = current(using)
-            if uow is None:
-                raise UnitOfWorkError(
-                    f"{type(self).__name__} lives on database {using!r} but no unit "
-                    f"of work is open there; open UnitOfWork(using={using!r})"
-                )
-        uow.publish(event)
+        uow = current(using)
+        if uow is not None:
+            uow.publish(event)
+        elif _open.get():
+            raise UnitOfWorkError(
+                f"{type(self).__name__} lives on database {using!r} but no unit "
+                f"of work is open there; open UnitOfWork(using={using!r})"
+            )
+        elif transaction.get_connection(using).in_atomic_block:
+            logger.warning(
+                "%s recorded %s outside a unit of work: it is not stored or delivered "
+                "(use bus.handle(), or open messagebus.UnitOfWork())",
+                type(self).__name__,
+                event,
+            )
 
 
 def _database_of(instance: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
@@ -38,8 +39,10 @@ class Worker:
         self._stopping = threading.Event()
 
     def stop(self, *args: object) -> None:
-        if not self._stopping.is_set():
-            logger.info("Worker stopping after the current delivery")
+        """Finish the running delivery, then stop; asked twice, stop at once."""
+        if self._stopping.is_set():
+            raise SystemExit("Worker stopped at once: its running delivery rolls back")
+        logger.info("Worker stopping after the current delivery")
         self._stopping.set()
 
     def run(self) -> int:
@@ -71,9 +74,14 @@ class Worker:
             if self._stopping.is_set():
                 outbox.release(self.using, rows[index:])
                 break
-            job = outbox.job_for(row)
-            if job is not None:
-                executors.deliver(job)
+            try:
+                job = outbox.job_for(row, counted=True)
+                if job is not None:
+                    executors.deliver(job)
+            except DatabaseError:
+                with suppress(DatabaseError):
+                    outbox.release(self.using, rows[index + 1 :])
+                raise
             self.processed += 1
         return len(rows)
 

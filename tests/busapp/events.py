@@ -27,3 +27,8 @@ class Pinged(messagebus.Event):
     """Handled by a handler that leaves a trace outside the database too."""
 
     n: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 0:
+            raise ValueError(f"a ping is numbered from 0, not {self.n}")

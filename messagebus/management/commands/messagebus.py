@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from messagebus import executors
@@ -41,10 +41,14 @@ class Command(BaseCommand):
     help = "Run and inspect event deliveries: worker, status, retry, prune."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
+        common = CommandParser(add_help=False)
+        common.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-        worker = sub.add_parser("worker", help="Run due deliveries until stopped.")
+        def action(name: str, help: str) -> argparse.ArgumentParser:
+            return sub.add_parser(name, help=help, parents=[common])
+
+        worker = action("worker", "Run due deliveries until stopped.")
         worker.add_argument("--once", action="store_true", help="Exit when nothing is due.")
         worker.add_argument(
             "--batch", type=positive_int, default=10, help="Deliveries claimed at a time."
@@ -54,15 +58,15 @@ class Command(BaseCommand):
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
 
-        sub.add_parser("status", help="Counts by status, oldest pending, dead by handler.")
+        action("status", "Counts by status, oldest pending, dead by handler.")
 
-        retry = sub.add_parser("retry", help="Run dead (or waiting) deliveries again.")
+        retry = action("retry", "Run dead (or waiting) deliveries again.")
         which = retry.add_mutually_exclusive_group(required=True)
         which.add_argument("ids", nargs="*", type=positive_int, default=[], metavar="ID")
         which.add_argument("--all-dead", action="store_true", help="Every dead delivery.")
         which.add_argument("--handler", help="Dead deliveries to this handler (dotted name).")
 
-        prune = sub.add_parser("prune", help="Delete finished deliveries and their events.")
+        prune = action("prune", "Delete finished deliveries and their events.")
         prune.add_argument(
             "--days", type=positive_int, default=30, help="Older than this (default 30)."
         )
@@ -161,12 +165,21 @@ class Command(BaseCommand):
 
     def handle_prune(self, using: str, *, days: int, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)
-        deleted, _ = Delivery.objects.using(using).finished_before(cutoff).delete()
-        events, _ = (
-            StoredEvent.objects.using(using)
-            .filter(created_at__lt=cutoff, deliveries__isnull=True)
-            .delete()
+        deliveries = Delivery.objects.using(using).finished_before(cutoff)
+        events = StoredEvent.objects.using(using).filter(
+            created_at__lt=cutoff, deliveries__isnull=True
         )
+        deleted = _delete_in_chunks(deliveries)
+        pruned = _delete_in_chunks(events)  # after their deliveries
         self.stdout.write(
-            f"Deleted {deleted} deliveries and {events} events finished over {days} days ago."
+            f"Deleted {deleted} deliveries and {pruned} events finished over {days} days ago."
         )
+
+
+def _delete_in_chunks(rows: QuerySet[Any], size: int = 1000) -> int:
+    """Delete ``rows`` a thousand at a time, loading no more than their keys."""
+    total, label = 0, rows.model._meta.label
+    everything = rows.model._default_manager.using(rows.db)
+    while pks := list(rows.values_list("pk", flat=True)[:size]):
+        total += everything.filter(pk__in=pks).only("pk").delete()[1].get(label, 0)
+    return total

@@ -14,7 +14,7 @@ import messagebus
 from messagebus.models import Delivery, StoredEvent
 from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
-from tests.busapp.events import Deposited, Opened
+from tests.busapp.events import Deposited, Opened, Pinged
 from tests.busapp.models import Account, Entry
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -229,3 +229,97 @@ def test_a_worker_rides_out_a_database_error(monkeypatch, caplog):
         assert Worker(poll_interval=0, max_deliveries=2).run() == 2
     assert "cannot reach the outbox" in caplog.text
     assert Entry.objects.filter(note="deposited").count() == 1
+
+
+def test_a_claim_counts_a_run_and_leases_the_delivery():
+    from messagebus import outbox
+
+    with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"}):
+        messagebus.bus.handle(Pinged(n=1))
+    before = timezone.now()
+    [row] = outbox.claim("default", limit=5, lease=120)
+    stored = Delivery.objects.get()
+    assert (row.runs, stored.runs) == (1, 1)
+    assert stored.next_attempt_at >= before + timedelta(seconds=119)
+    assert outbox.claim("default", limit=5, lease=120) == []  # leased: not due
+
+    outbox.release("default", [row])
+    stored.refresh_from_db()
+    assert stored.runs == 0 and stored.next_attempt_at <= timezone.now()
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker", "MAX_DELIVERIES": 3})
+def test_a_delivery_whose_runs_never_finish_ends_dead(caplog):
+    messagebus.bus.handle(Pinged(n=2))
+    Delivery.objects.update(runs=3)  # three workers claimed it and died
+    with caplog.at_level(logging.ERROR, logger="messagebus"):
+        assert Worker(once=True).run() == 1
+    row = Delivery.objects.get()
+    assert row.status == "dead"
+    assert row.last_error == "3 runs started and none finished: did its process die?"
+    assert not Entry.objects.exists()
+    assert str(row.event.correlation_id) in caplog.text
+
+
+def test_a_worker_stopped_mid_batch_hands_back_the_rest(messagebus_registry):
+    worker = Worker(batch=5)
+
+    def stop_after_first(event: Pinged) -> None:
+        Entry.objects.create(account="stop", amount=event.n)
+        worker.stop()
+
+    messagebus_registry.unregister(messagebus_registry.event_handlers(Pinged)[0].func)
+    messagebus_registry.register(None, stop_after_first)
+    with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"}):
+        for n in range(5):
+            messagebus.bus.handle(Pinged(n=n))
+    assert worker.run() == 1
+    assert Entry.objects.count() == 1
+    waiting = Delivery.objects.filter(status="pending")
+    assert waiting.count() == 4
+    assert all(row.runs == 0 and row.next_attempt_at <= timezone.now() for row in waiting)
+
+
+def test_an_event_its_own_class_refuses_to_rebuild_is_dead_not_a_crash():
+    event = StoredEvent.objects.create(
+        id="00000000-0000-0000-0000-000000000005", type="busapp.Pinged",
+        payload={"n": -1}, correlation_id="00000000-0000-0000-0000-000000000005",
+    )  # fmt: skip
+    row = Delivery.objects.create(event=event, handler="tests.busapp.handlers.record_ping")
+    assert Worker(once=True).run() == 1
+    row.refresh_from_db()
+    assert row.status == "dead"
+    assert "a ping is numbered from 0, not -1" in row.last_error
+
+
+@override_settings(MESSAGEBUS={**BUS, "SWEEP_INTERVAL": 0.2})
+def test_the_inline_executor_sweeps_overdue_deliveries_with_one_call_each(flaky):
+    import time
+
+    with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"}):
+        messagebus.bus.handle(Pinged(n=7))  # left for a worker: will be overdue, and succeed
+    handler = flaky(failures=100)
+    messagebus.bus.handle(OpenAccount("mia"))  # fails its run: rescheduled
+    assert handler.calls == 3
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=5))
+    time.sleep(0.25)
+
+    messagebus.bus.handle(Deposited(name="mia", amount=1))  # any commit with deliveries
+
+    assert handler.calls == 4  # one call, no retries, in someone else's request
+    assert delivery().runs == 2 and delivery().status == "pending"
+    assert Entry.objects.filter(account="ping", amount=7).exists()
+
+
+def test_database_option_follows_the_action():
+    assert "Pending" in run("status", "--database", "default")
+    with pytest.raises(CommandError, match="Unknown database 'elsewhere'"):
+        run("status", "--database", "elsewhere")
+
+
+def test_an_event_that_could_not_be_read_back_is_refused_when_recorded():
+    from messagebus.exceptions import MessageEncodeError
+
+    with pytest.raises(MessageEncodeError, match=r"Deposited\.amount: expected int, got '5'"):
+        messagebus.bus.handle(Deposited(name="ned", amount="5"))  # type: ignore[arg-type]
+    assert not StoredEvent.objects.exists()

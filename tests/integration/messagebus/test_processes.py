@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 
 import messagebus
@@ -145,3 +145,31 @@ def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messageb
     assert Entry.objects.filter(account="slow").count() == 1
     row.refresh_from_db()
     assert (row.status, row.attempts) == ("done", 1)
+
+
+@postgres_only
+def test_a_claim_skips_rows_another_transaction_holds(transactional_db):
+    from messagebus import outbox
+
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        for n in range(6):
+            messagebus.bus.handle(Pinged(n=n))
+    ids = list(Delivery.objects.order_by("id").values_list("id", flat=True))
+    held, released = threading.Event(), threading.Event()
+
+    def hold_first_three() -> None:
+        with transaction.atomic():
+            list(Delivery.objects.select_for_update().filter(id__in=ids[:3]))
+            held.set()
+            released.wait(timeout=30)
+        connection.close()
+
+    holder = threading.Thread(target=hold_first_three)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        claimed = outbox.claim("default", limit=6, lease=60)  # does not wait for the holder
+    finally:
+        released.set()
+        holder.join(timeout=30)
+    assert sorted(row.id for row in claimed) == ids[3:]

@@ -1,6 +1,7 @@
 """The helpers of messagebus.testing, used the way a project's tests would."""
 
 import pytest
+from django.db import transaction
 
 import messagebus
 from messagebus.models import Delivery
@@ -60,11 +61,6 @@ def test_registry_fixture_registers_handlers_for_one_test(messagebus_deliver, me
     assert seen == [3]
 
 
-def test_registry_fixture_leaves_no_trace():
-    names = [h.name for h in messagebus.registry.event_handlers(Deposited)]
-    assert not any("remember" in name for name in names)
-
-
 def test_dependencies_fixture_overrides_by_name(
     messagebus_deliver, messagebus_registry, messagebus_dependencies
 ):
@@ -81,3 +77,20 @@ def test_dependencies_fixture_overrides_by_name(
     messagebus_dependencies(clock=FakeClock())
     messagebus.bus.handle(Deposited(name="a", amount=3))
     assert seen == ["noon"]
+
+
+def test_deliver_fixture_waits_for_an_outer_transaction(messagebus_deliver):
+    messagebus.bus.handle(OpenAccount("a"))
+    with transaction.atomic():
+        messagebus.bus.handle(Deposit("a", 5))
+        assert not Entry.objects.exists()
+    assert Entry.objects.count() == 2
+
+
+def test_deliver_fixture_drops_what_an_outer_rollback_drops(messagebus_deliver, messagebus_capture):
+    messagebus.bus.handle(OpenAccount("a"))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        messagebus.bus.handle(Deposit("a", 5))
+        raise RuntimeError("the view failed later")
+    assert not Entry.objects.exists()
+    messagebus_capture.assert_not_published(Deposited)

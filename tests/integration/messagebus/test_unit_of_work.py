@@ -143,3 +143,68 @@ def test_an_explicit_unit_of_work_stores_what_aggregates_record():
 def test_audited_has_a_handler_that_writes():
     messagebus.bus.handle(Audited(name="h", amount=1))
     assert Entry.objects.get().note == "audited"
+
+
+def test_a_handler_may_open_the_uow_it_was_given_again(messagebus_registry):
+    def open_in_steps(cmd: OpenAccount, uow: messagebus.UnitOfWork) -> int:
+        with uow:  # the book's habit: a savepoint here, the bus commits
+            account = Account.objects.create(name=cmd.name)
+            account.open()
+        with pytest.raises(Overdrawn), uow:
+            Account.objects.create(name=cmd.name + "-undone")
+            raise Overdrawn("undone")
+        return account.pk
+
+    messagebus_registry.unregister(messagebus_registry.command_handler(OpenAccount).func)
+    messagebus_registry.register(OpenAccount, open_in_steps)
+    messagebus.bus.handle(OpenAccount("ivy"))
+
+    assert list(Account.objects.values_list("name", flat=True)) == ["ivy"]
+    assert StoredEvent.objects.get().payload == {"name": "ivy"}
+    assert not transaction.get_connection().in_atomic_block
+
+
+def test_a_unit_of_work_decorates_a_function_that_calls_itself():
+    @messagebus.UnitOfWork()
+    def open_accounts(names: list[str]) -> None:
+        if names:
+            Account.objects.create(name=names[0]).open()
+            open_accounts(names[1:])
+
+    open_accounts(["a", "b", "c"])
+    assert StoredEvent.objects.filter(type="busapp.Opened").count() == 3
+    assert not transaction.get_connection().in_atomic_block
+
+
+def test_recording_on_another_database_than_the_unit_of_works_is_an_error():
+    account = Account(name="elsewhere")
+    account._state.db = "replica"
+    with (
+        pytest.raises(messagebus.UnitOfWorkError, match="database 'replica'"),
+        messagebus.UnitOfWork(),
+    ):
+        account.open()
+
+
+def test_recording_in_a_transaction_without_a_unit_of_work_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="messagebus"), transaction.atomic():
+        Account.objects.create(name="jon").open()
+    assert "recorded busapp.Opened" in caplog.text and "outside a unit of work" in caplog.text
+    assert not StoredEvent.objects.exists()
+
+
+def test_inside_an_outer_transaction_events_wait_for_its_commit():
+    messagebus.bus.handle(OpenAccount("kim"))
+    with transaction.atomic():  # as with ATOMIC_REQUESTS
+        messagebus.bus.handle(Deposit("kim", 2))
+        assert not Entry.objects.exists()
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+
+
+def test_events_of_an_outer_transaction_that_rolls_back_are_never_delivered():
+    messagebus.bus.handle(OpenAccount("lea"))
+    with pytest.raises(Overdrawn), transaction.atomic():
+        messagebus.bus.handle(Deposit("lea", 2))
+        raise Overdrawn("the request failed after the command")
+    assert not Entry.objects.exists()
+    assert not StoredEvent.objects.filter(type="busapp.Deposited").exists()

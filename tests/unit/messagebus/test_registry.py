@@ -126,3 +126,43 @@ def test_the_decorator_takes_an_explicit_type():
             return 1
 
         assert messagebus.registry.command_handler(Ping).func is ping
+
+
+def test_async_handlers_are_refused(registry):
+    async def ping(cmd: Ping) -> None: ...
+
+    with pytest.raises(RegistrationError, match="is async"):
+        registry.register(None, ping)
+
+
+def test_a_handler_may_be_given_the_name_deliveries_know_it_by(registry):
+    def moved_here(event: Deposited) -> None: ...
+
+    registry.register(None, moved_here, name="payments.handlers.send_receipt")
+    assert registry.event_handler(Deposited, "payments.handlers.send_receipt").func is moved_here
+
+
+def test_a_callable_without_a_qualified_name_needs_a_name(registry):
+    from functools import partial
+
+    def notify(event: Deposited, channel: str) -> None: ...
+
+    with pytest.raises(RegistrationError, match="register it with a name="):
+        registry.register(Deposited, partial(notify, channel="email"))
+    registry.register(Deposited, partial(notify, channel="email"), name="notify_by_email")
+    assert registry.event_handler(Deposited, "notify_by_email") is not None
+
+
+@pytest.mark.parametrize("base", [messagebus.Event, messagebus.Command])
+def test_handlers_of_the_base_classes_are_refused(registry, base):
+    with pytest.raises(RegistrationError, match="exact class"):
+        registry.register(base, lambda message: None)
+
+
+def test_the_decorator_takes_a_name():
+    with messagebus.registry.temporary():
+
+        @messagebus.handler(name="audit.everything_deposited")
+        def log_deposit(event: Deposited) -> None: ...
+
+        assert messagebus.registry.event_handler(Deposited, "audit.everything_deposited")

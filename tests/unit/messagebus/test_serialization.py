@@ -1,5 +1,7 @@
+import dataclasses
 import datetime as dt
 import enum
+import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -120,3 +122,49 @@ def test_types_without_a_json_form_are_refused(hint):
     )
     with pytest.raises(MessageEncodeError, match=r"Odd\.value"):
         check_serializable(cls)
+
+
+@dataclass(frozen=True)
+class Gaps(messagebus.Event):
+    prices: list[Decimal | None]
+    days: tuple[dt.date | None, ...]
+
+
+def test_optional_items_in_sequences_round_trip():
+    event = Gaps(prices=[Decimal("1.50"), None], days=(None, dt.date(2026, 1, 1)))
+    data = to_dict(event)
+    assert data == {"prices": ["1.50", None], "days": [None, "2026-01-01"]}
+    assert from_dict(Gaps, data) == event
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"number": "3"}, "Everything.number: expected int, got '3'"),
+        ({"number": True}, "Everything.number: expected int, got True"),
+        ({"ratio": "0.5"}, "Everything.ratio: expected float"),
+        ({"day": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}, "Everything.day: expected date"),
+        ({"price": 1.5}, "Everything.price: expected Decimal"),
+        ({"lines": [("LAMP", 2)]}, "Everything.lines: expected Line"),
+        ({"colour": "blue"}, "Everything.colour: expected Colour"),
+        ({"tags": "ab"}, "Everything.tags: expected a tuple"),
+    ],
+)
+def test_encoding_refuses_values_that_could_not_be_read_back(change, error):
+    event = dataclasses.replace(sample(), **change)
+    with pytest.raises(MessageEncodeError, match=re.escape(error)):
+        to_dict(event)
+
+
+def test_an_error_in_a_messages_own_post_init_is_a_decode_error():
+    @dataclass(frozen=True)
+    class Checked(messagebus.Event):
+        name: str
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.name:
+                raise ValueError("name required")
+
+    with pytest.raises(MessageDecodeError, match="name required"):
+        from_dict(Checked, {"name": ""})
