@@ -173,3 +173,34 @@ def test_a_claim_skips_rows_another_transaction_holds(transactional_db):
         released.set()
         holder.join(timeout=30)
     assert sorted(row.id for row in claimed) == ids[3:]
+
+
+def test_sigterm_lets_the_running_delivery_finish_and_hands_back_the_rest(
+    transactional_db, tmp_path
+):
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        for n in range(3):
+            messagebus.bus.handle(Pinged(n=n))
+    log = tmp_path / "pings.log"
+    env = {
+        **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
+        "BUSAPP_PING_LOG": str(log), "BUSAPP_PING_SLEEP": "1",
+    }  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "worker", "--batch", "5"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)  # while the first handler sleeps
+        stdout, stderr = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "Processed 1 deliveries." in stdout
+    assert Entry.objects.count() == 1
+    pending = Delivery.objects.filter(status="pending")
+    assert pending.count() == 2
+    assert all(row.runs == 0 for row in pending)
