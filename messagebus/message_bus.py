@@ -32,34 +32,33 @@ class MessageBus:
         if observers:
             for observer in observers:
                 observer(message)
-        if isinstance(message, Command):
-            return self._handle_command(message, using)
-        if isinstance(message, Event):
-            with UnitOfWork(using) as uow:
-                uow.publish(message)
-            return None
-        raise NotAMessage(message)
-
-    def _handle_command(self, command: Command, using: str | None) -> Any:
-        handler = registry.command_handler(type(command))
-        token = current_message.set(command)
+        if not isinstance(message, Command):
+            return self._publish(message, using)
+        handler = registry.command_handler(type(message))
+        token = current_message.set(message)
         try:
             with UnitOfWork(using) as uow:
                 if handler.parameters:
-                    result = handler.func(command, **dependencies.kwargs(handler, uow, self))
+                    result = handler.func(message, **dependencies.kwargs(handler, uow, self))
                 else:
-                    result = handler.func(command)
+                    result = handler.func(message)
         except CommandRejected as exc:
-            logger.info("Rejected %s: %s", command, exc)
+            logger.info("Rejected %s: %s", message, exc)
             raise
         except Exception:
-            logger.exception("Handler %s failed on %s", handler, command)
+            logger.exception("Handler %s failed on %s", handler, message)
             raise
         finally:
             current_message.reset(token)
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Handled %s with %s", command, handler)
+            logger.debug("Handled %s with %s", message, handler)
         return result
+
+    def _publish(self, event: Message, using: str | None) -> None:
+        if not isinstance(event, Event):
+            raise NotAMessage(event)
+        with UnitOfWork(using) as uow:
+            uow.publish(event)
 
 
 bus = MessageBus()

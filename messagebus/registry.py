@@ -72,10 +72,10 @@ class Registry:
         }
 
     def command_handler(self, cls: type[Message]) -> Handler:
-        try:
-            return self._commands[cls]
-        except KeyError:
-            raise HandlerNotFound(cls) from None
+        handler = self._commands.get(cls)
+        if handler is None:
+            raise HandlerNotFound(cls)
+        return handler
 
     def event_handlers(self, cls: type[Message]) -> tuple[Handler, ...]:
         return self._events.get(cls, ())

@@ -9,12 +9,10 @@ deliveries are handed to the executor when the transaction commits.
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 from functools import partial
-from types import TracebackType
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 
 from . import executors, outbox
 from .exceptions import UnitOfWorkError
@@ -22,40 +20,23 @@ from .messages import Event
 
 logger = logging.getLogger(__name__)
 
-# The units of work open in this context (thread or task), innermost last.
-_open: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("messagebus_units_of_work", default=())
-
 
 class UnitOfWork(transaction.Atomic):
     """``with UnitOfWork():`` is ``transaction.atomic`` (a savepoint if nested)
     that stores the events recorded inside it and delivers them after commit.
 
-    Like ``atomic``, it may be entered again while open (``with uow:`` inside
-    a handler that was given ``uow``): that opens a savepoint.
+    Like ``atomic`` it keeps its state on the connection, so it may be entered
+    again while open (``with uow:`` inside a handler given ``uow`` opens a
+    savepoint) and used as a decorator. Aggregates find it there too: among
+    the connection's open ``atomic`` blocks, the innermost unit of work.
     """
 
     def __init__(self, using: str | None = None) -> None:
-        super().__init__(using or DEFAULT_DB_ALIAS, savepoint=True, durable=False)
+        super().__init__(using or DEFAULT_DB_ALIAS, True, False)  # savepoint, not durable
 
     def __enter__(self) -> UnitOfWork:  # type: ignore[override]
         super().__enter__()
-        _open.set((*_open.get(), self))
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            _open.set(_open.get()[:-1])
-        finally:
-            super().__exit__(exc_type, exc, tb)
-
-    def _recreate_cm(self) -> UnitOfWork:
-        """``@UnitOfWork()`` as a decorator: a fresh one for each call."""
-        return UnitOfWork(self.using)
 
     @property
     def alias(self) -> str:
@@ -69,12 +50,20 @@ class UnitOfWork(transaction.Atomic):
             transaction.on_commit(partial(executor.submit, jobs), using=self.alias, robust=True)
 
 
-def current(using: str | None = None) -> UnitOfWork | None:
-    """The innermost open unit of work (on ``using``, if given)."""
-    for uow in reversed(_open.get()):
-        if using is None or uow.alias == using:
-            return uow
+def current(using: str = DEFAULT_DB_ALIAS) -> UnitOfWork | None:
+    """The innermost unit of work open on database ``using`` in this thread."""
+    for block in reversed(connections[using].atomic_blocks):
+        if isinstance(block, UnitOfWork):
+            return block
     return None
+
+
+def _open_elsewhere() -> list[str]:
+    return [
+        connection.alias
+        for connection in connections.all(initialized_only=True)
+        if any(isinstance(block, UnitOfWork) for block in connection.atomic_blocks)
+    ]
 
 
 class Aggregate:
@@ -97,10 +86,10 @@ class Aggregate:
         uow = current(using)
         if uow is not None:
             uow.publish(event)
-        elif _open.get():
+        elif elsewhere := _open_elsewhere():
             raise UnitOfWorkError(
-                f"{type(self).__name__} lives on database {using!r} but no unit "
-                f"of work is open there; open UnitOfWork(using={using!r})"
+                f"{type(self).__name__} lives on database {using!r} but the unit of work "
+                f"is open on {elsewhere[0]!r}; open UnitOfWork(using={using!r})"
             )
         elif transaction.get_connection(using).in_atomic_block:
             logger.warning(

@@ -8,6 +8,9 @@ from config.settings import *  # noqa: F403
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.busapp"]  # noqa: F405
 
+# A second alias on the same database, for tests of what lives on which database.
+DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}  # noqa: F405
+
 MESSAGEBUS = {
     **MESSAGEBUS,  # noqa: F405
     "EXECUTOR": "inline",
