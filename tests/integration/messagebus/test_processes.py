@@ -13,7 +13,8 @@ from django.test import override_settings
 import messagebus
 from messagebus import executors, outbox
 from messagebus.models import Delivery
-from tests.busapp.events import Pinged
+from tests.busapp.commands import OpenAccount
+from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry
 from tests.conftest import ROOT, database_url, postgres_only
 
@@ -204,3 +205,27 @@ def test_sigterm_lets_the_running_delivery_finish_and_hands_back_the_rest(
     pending = Delivery.objects.filter(status="pending")
     assert pending.count() == 2
     assert all(row.runs == 0 for row in pending)
+
+
+@postgres_only
+def test_only_delivery_transactions_skip_the_wal_flush_wait(transactional_db, messagebus_registry):
+    seen = {}
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return str(cursor.fetchone()[0])
+
+    def open_account(cmd: OpenAccount) -> None:
+        seen["command"] = setting()
+        Account.objects.create(name=cmd.name).open()
+
+    def welcome(event: Opened) -> None:
+        seen["delivery, during the handler"] = setting()
+
+    messagebus_registry.unregister(messagebus_registry.command_handler(OpenAccount).func)
+    messagebus_registry.register(OpenAccount, open_account)
+    messagebus_registry.register(None, welcome)
+    messagebus.bus.handle(OpenAccount("ola"))
+    assert seen == {"command": "on", "delivery, during the handler": "off"}
+    assert setting() == "on"  # SET LOCAL: gone with the delivery's transaction
