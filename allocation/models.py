@@ -191,20 +191,25 @@ class Batch(models.Model):
     def can_allocate(self, line: OrderLine) -> bool:
         return self.sku == line.sku and self.available_quantity >= line.qty
 
+    @property
+    def _known_lines(self) -> list[OrderLine]:
+        """The lines memory holds: all of them once ``allocations`` was read, else the new ones."""
+        return self.allocations if "allocations" in self.__dict__ else self._new_lines
+
     def holds(self, line: OrderLine) -> bool:
         """Whether a line of the same order and SKU is allocated here, as far as memory knows.
 
         Lines still in the database are checked by ``Product.allocate``, in one query.
         """
-        known = self.allocations if "allocations" in self.__dict__ else self._new_lines
-        return any(held.orderid == line.orderid and held.sku == line.sku for held in known)
+        return any(
+            held.orderid == line.orderid and held.sku == line.sku for held in self._known_lines
+        )
 
     def allocate(self, line: OrderLine) -> None:
         """Take ``line`` (the caller has checked ``can_allocate``), unless it holds it already."""
         if not self.holds(line):
             line.batch = self
-            known = self.allocations if "allocations" in self.__dict__ else self._new_lines
-            known.append(line)
+            self._known_lines.append(line)
 
     def deallocate_one(self) -> OrderLine:
         """Give up the most recently allocated line."""

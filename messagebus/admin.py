@@ -121,8 +121,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry selected deliveries now", permissions=["retry"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
-        retryable = queryset.filter(status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING])
-        pks = list(retryable.values_list("pk", flat=True))
+        pks = list(queryset.retryable().values_list("pk", flat=True))  # type: ignore[attr-defined]
         executors.retry(queryset.db, pks)
         skipped = queryset.count() - len(pks)
         self.message_user(

@@ -49,6 +49,12 @@ class Dependencies:
         except ImportError as exc:
             raise ConfigurationError(f"MESSAGEBUS['DEPENDENCIES'][{name!r}]: {exc}") from exc
 
+    def call(self, handler: Handler, message: Any, uow: Any, bus: Any) -> Any:
+        """Call ``handler`` with ``message`` and the dependencies it names."""
+        if not handler.parameters:
+            return handler.func(message)
+        return handler.func(message, **self.kwargs(handler, uow, bus))
+
     def kwargs(self, handler: Handler, uow: Any, bus: Any) -> dict[str, Any]:
         """The keyword arguments ``handler`` takes after its message."""
         kwargs = {}

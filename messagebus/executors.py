@@ -91,11 +91,7 @@ class InlineExecutor:
         rows = outbox.claim(using, limit=SWEEP_SIZE, lease=lease, overdue=interval)
         if rows:
             logger.info("Sweeping %d overdue deliveries", len(rows))
-        jobs = [outbox.job_for(row, counted=True) for row in rows]
-        for job in jobs:
-            if job is not None:
-                job.retries = False
-        return [job for job in jobs if job is not None]
+        return outbox.jobs(rows, counted=True, retries=False)
 
 
 class WorkerExecutor:
@@ -164,10 +160,7 @@ def _attempt(job: Job) -> bool:
             ):
                 return False
             started = time.perf_counter()
-            if handler.parameters:
-                handler.func(job.event, **dependencies.kwargs(handler, uow, _bus()))
-            else:
-                handler.func(job.event)
+            dependencies.call(handler, job.event, uow, _bus())
             elapsed = time.perf_counter() - started
     except Exception as exc:
         _failed_attempt(job, exc)
@@ -230,5 +223,4 @@ def retry(using: str, pks: list[int]) -> None:
     deliveries.requeue()
     executor = get()
     if executor.runs_after_commit:
-        rows = deliveries.select_related("event")
-        executor.submit([job for job in map(outbox.job_for, rows) if job is not None])
+        executor.submit(outbox.jobs(deliveries.select_related("event")))

@@ -38,10 +38,7 @@ class MessageBus:
         token = current_message.set(message)
         try:
             with UnitOfWork(using) as uow:
-                if handler.parameters:
-                    result = handler.func(message, **dependencies.kwargs(handler, uow, self))
-                else:
-                    result = handler.func(message)
+                result = dependencies.call(handler, message, uow, self)
         except CommandRejected as exc:
             logger.info("Rejected %s: %s", message, exc)
             raise

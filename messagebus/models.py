@@ -35,6 +35,10 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
     def dead(self) -> DeliveryQuerySet:
         return self.filter(status=Delivery.Status.DEAD)
 
+    def retryable(self) -> DeliveryQuerySet:
+        """Deliveries that have not finished: dead, or pending."""
+        return self.filter(status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING])
+
     def finished_before(self, when: dt.datetime) -> DeliveryQuerySet:
         return self.filter(
             status__in=[Delivery.Status.DONE, Delivery.Status.DISCARDED], finished_at__lt=when
@@ -42,13 +46,13 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
 
     def requeue(self, now: dt.datetime | None = None) -> int:
         """Make dead or scheduled deliveries due now, with a fresh run budget."""
-        return self.filter(status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING]).update(
+        return self.retryable().update(
             status=Delivery.Status.PENDING, runs=0, next_attempt_at=now or timezone.now()
         )
 
     def discard(self, now: dt.datetime | None = None) -> int:
         """Give up on deliveries that have not run: they are kept, never run."""
-        return self.filter(status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING]).update(
+        return self.retryable().update(
             status=Delivery.Status.DISCARDED, finished_at=now or timezone.now()
         )
 

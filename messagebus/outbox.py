@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -102,6 +102,14 @@ def job_for(delivery: Delivery, *, counted: bool = False) -> Job | None:
     using = delivery._state.db or DEFAULT_DB_ALIAS
     runs = delivery.runs - 1 if counted else delivery.runs
     return Job(event, handler, using, runs, counted=counted)
+
+
+def jobs(rows: Iterable[Delivery], *, counted: bool = False, retries: bool = True) -> list[Job]:
+    """The jobs for stored deliveries, leaving out (and marking dead) those that can't run."""
+    found = [job for job in (job_for(row, counted=counted) for row in rows) if job is not None]
+    for job in found:
+        job.retries = retries
+    return found
 
 
 def claim(using: str, limit: int, lease: float, overdue: float = 0) -> list[Delivery]:

@@ -78,15 +78,15 @@ _PAYLOAD = _event_field("payload")
 _CORRELATION = _event_field("correlation_id")
 _CAUSATION = _event_field("causation_id")
 _WHEN = _delivery_field("created_at")
-_built: dict[tuple[str, bool], Statements] = {}
+_built: dict[str, Statements] = {}
 
 
 def _statements(connection: BaseDatabaseWrapper) -> Statements:
-    key = (connection.vendor, _many_statements(connection))
+    """The statements for ``connection``'s database alias, built on first use."""
     try:
-        return _built[key]
+        return _built[connection.alias]
     except KeyError:
-        _built[key] = built = Statements(connection)
+        _built[connection.alias] = built = Statements(connection)
         return built
 
 

@@ -131,24 +131,22 @@ class Command(BaseCommand):
     ) -> None:
         deliveries = Delivery.objects.using(using)
         if ids:
-            found = set(deliveries.filter(pk__in=ids).values_list("pk", flat=True))
-            missing = sorted(set(ids) - found)
+            statuses = dict(deliveries.filter(pk__in=ids).values_list("pk", "status"))
+            missing = sorted(set(ids) - set(statuses))
             if missing:
                 raise CommandError(f"No delivery with id {', '.join(map(str, missing))}")
-            chosen = deliveries.filter(pk__in=ids)
-            finished = chosen.exclude(
-                status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING]
-            ).first()
-            if finished is not None:
-                raise CommandError(
-                    f"Delivery {finished.pk} is {finished.status}; "
-                    "only dead or pending deliveries can be retried"
-                )
-        elif handler:
-            chosen = deliveries.dead().filter(handler=handler)
+            unfinished = {Delivery.Status.DEAD, Delivery.Status.PENDING}
+            for pk, status in sorted(statuses.items()):
+                if status not in unfinished:
+                    raise CommandError(
+                        f"Delivery {pk} is {status}; only dead or pending deliveries can be retried"
+                    )
+            pks = sorted(statuses)
         else:
-            chosen = deliveries.dead()
-        pks = list(chosen.values_list("pk", flat=True))
+            dead = deliveries.dead()
+            pks = list(
+                (dead.filter(handler=handler) if handler else dead).values_list("pk", flat=True)
+            )
         if not pks:
             self.stdout.write("Nothing to retry.")
             return
