@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 from .dependencies import dependencies
 from .exceptions import (
     CommandRejected,
+    ConcurrencyError,
     HandlerAlreadyRegistered,
     HandlerNotFound,
     MessageBusError,
     MessageDecodeError,
     RegistrationError,
+    Reject,
+    RetryLater,
     UnitOfWorkError,
 )
 from .messages import Command, Event, Message
@@ -51,6 +54,7 @@ __all__ = [
     "Aggregate",
     "Command",
     "CommandRejected",
+    "ConcurrencyError",
     "Event",
     "HandlerAlreadyRegistered",
     "HandlerNotFound",
@@ -60,6 +64,8 @@ __all__ = [
     "MessageDecodeError",
     "RegistrationError",
     "Registry",
+    "Reject",
+    "RetryLater",
     "UnitOfWork",
     "UnitOfWorkError",
     "bus",

@@ -12,6 +12,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import executors
+from .delivery import states
+from .delivery.policy import plural
 from .models import Delivery, StoredEvent
 
 
@@ -36,7 +38,7 @@ def _pretty(data: Any) -> str:
 class DeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Delivery
     fields = readonly_fields = (
-        "handler", "status", "attempts", "runs", "next_attempt_at", "last_error",
+        "handler", "status", "attempts", "runs", "next_attempt_at", "lease_until", "last_error",
     )  # fmt: skip
     extra = 0
     can_delete = False
@@ -87,6 +89,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "runs",
         "created_at",
         "next_attempt_at",
+        "lease_until",
         "finished_at",
         "correlation_id",
         "payload_json",
@@ -122,19 +125,21 @@ class DeliveryAdmin(ReadOnlyAdmin):
     @admin.action(description="Retry selected deliveries now", permissions=["retry"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
         pks = list(queryset.retryable().values_list("pk", flat=True))  # type: ignore[attr-defined]
-        executors.retry(queryset.db, pks)
-        skipped = queryset.count() - len(pks)
+        count = executors.retry(queryset.db, pks)
+        skipped = queryset.count() - count
         self.message_user(
             request,
-            f"Requeued {len(pks)} deliveries."
+            f"Requeued {plural(count, 'delivery', 'deliveries')}."
             + (f" Skipped {skipped} done or discarded." if skipped else ""),
             messages.SUCCESS,
         )
 
     @admin.action(description="Discard selected deliveries (never run them)", permissions=["retry"])
     def discard(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
-        count = queryset.discard()  # type: ignore[attr-defined]
-        self.message_user(request, f"Discarded {count} deliveries.", messages.SUCCESS)
+        count = states.discarded(queryset)  # type: ignore[arg-type]
+        self.message_user(
+            request, f"Discarded {plural(count, 'delivery', 'deliveries')}.", messages.SUCCESS
+        )
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("messagebus.change_delivery")

@@ -9,7 +9,6 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
-from django.utils.module_loading import import_string
 
 from . import conf
 from .dependencies import dependencies
@@ -18,11 +17,6 @@ from .messages import Command, Message, message_classes, message_type_name
 from .registry import registry
 from .serialization import check_serializable
 
-WHOLE_NUMBERS = ("RETRY_ATTEMPTS", "MAX_DELIVERIES")
-SECONDS = (
-    "RETRY_WAIT", "RETRY_WAIT_MAX", "REDELIVERY_DELAY", "REDELIVERY_DELAY_MAX",
-    "CLAIM_TIMEOUT", "SWEEP_INTERVAL", "WORKER_POLL_INTERVAL",
-)  # fmt: skip
 JSON_TYPES = (
     "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
     "X | None, list[X], tuple[X, ...] or nested dataclasses of those."
@@ -62,34 +56,13 @@ def _settings_errors() -> Iterator[checks.CheckMessage]:
     if not isinstance(raw, dict):
         yield _setting_error("MESSAGEBUS must be a dict")
         return
-    for key in sorted(set(raw) - set(conf.DEFAULTS)):
+    declared = {setting.key: setting for setting in conf.Settings.declared()}
+    for key in sorted(set(raw) - set(declared)):
         yield _setting_error(f"MESSAGEBUS has an unknown key {key!r}")
-    executor = conf.settings.EXECUTOR
-    if executor not in ("inline", "worker"):
-        try:
-            import_string(executor)
-        except ImportError as exc:
-            yield _setting_error(
-                f"MESSAGEBUS['EXECUTOR'] is {executor!r}: not 'inline', 'worker' "
-                f"or an importable class ({exc})"
-            )
-    deps = conf.settings.DEPENDENCIES
-    if not isinstance(deps, dict):
-        yield _setting_error("MESSAGEBUS['DEPENDENCIES'] must map names to dotted paths")
-        deps = {}
-    for name, path in deps.items():
-        try:
-            import_string(path)
-        except ImportError as exc:
-            yield _setting_error(f"MESSAGEBUS['DEPENDENCIES'][{name!r}] cannot be imported: {exc}")
-    for key in WHOLE_NUMBERS:
-        value = getattr(conf.settings, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            yield _setting_error(f"MESSAGEBUS[{key!r}] must be a whole number of at least 1")
-    for key in SECONDS:
-        value = getattr(conf.settings, key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            yield _setting_error(f"MESSAGEBUS[{key!r}] must be a number of seconds, not {value!r}")
+    for key, setting in declared.items():
+        if key in raw and (problem := setting.validate(raw[key])):
+            space = "" if problem.startswith("[") else " "
+            yield _setting_error(f"MESSAGEBUS[{key!r}]{space}{problem}")
 
 
 def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessage]:
@@ -153,6 +126,6 @@ def _app_messages(app_configs: Iterable[AppConfig] | None) -> list[type[Message]
 def _setting_error(message: str) -> checks.Error:
     return checks.Error(
         message,
-        hint=f"See messagebus.conf; the keys are {', '.join(conf.DEFAULTS)}.",
+        hint=f"See messagebus.conf; the keys are {', '.join(conf.defaults())}.",
         id="messagebus.E003",
     )

@@ -1,97 +1,147 @@
-"""The MESSAGEBUS setting, read on every access so override_settings works.
+"""The MESSAGEBUS setting: each key declared once, read on every access.
 
-MESSAGEBUS = {
-    "EXECUTOR": "inline",        # "inline", "worker", or a dotted path
-    "DEPENDENCIES": {},          # handler parameter name -> factory path
-    "RETRY_ATTEMPTS": 3,         # tries within one run (tenacity)
-    "RETRY_WAIT": 0.5,           # first wait between tries, doubling
-    "RETRY_WAIT_MAX": 10.0,      # longest wait between tries
-    "MAX_DELIVERIES": 5,         # runs before a delivery is dead
-    "REDELIVERY_DELAY": 30.0,    # first delay before another run, doubling
-    "REDELIVERY_DELAY_MAX": 3600.0,
-    "CLAIM_TIMEOUT": 300.0,      # seconds a claimed delivery stays ours
-    "SWEEP_INTERVAL": 60.0,      # inline: take on overdue deliveries this often (0: never)
-    "WORKER_POLL_INTERVAL": 1.0, # seconds a worker sleeps when idle
-}
+A key's default, its validator and its one-line description live in the
+declaration below; the typed accessor (``conf.settings.RETRY_ATTEMPTS``), the
+``messagebus.E003`` system check and the README's settings block all follow
+from it. Values are read lazily, so ``override_settings`` works.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
 from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 
 T = TypeVar("T")
+Validator = Callable[[Any], str | None]  # the problem with a value, or None
 
-DEFAULTS: dict[str, Any] = {
-    "EXECUTOR": "inline",
-    "DEPENDENCIES": {},
-    "RETRY_ATTEMPTS": 3,
-    "RETRY_WAIT": 0.5,
-    "RETRY_WAIT_MAX": 10.0,
-    "MAX_DELIVERIES": 5,
-    "REDELIVERY_DELAY": 30.0,
-    "REDELIVERY_DELAY_MAX": 3600.0,
-    "CLAIM_TIMEOUT": 300.0,
-    "SWEEP_INTERVAL": 60.0,
-    "WORKER_POLL_INTERVAL": 1.0,
+
+class Setting(Generic[T]):
+    """One key of MESSAGEBUS: its default, how to check a value, what it means."""
+
+    def __init__(self, default: T, validate: Validator, description: str) -> None:
+        self.default = default
+        self.validate = validate
+        self.description = description
+        self.key = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, instance: Settings, owner: type) -> T: ...
+    def __get__(self, instance: Settings | None, owner: type) -> T | Setting[T]:
+        if instance is None:
+            return self
+        value: T = instance.raw.get(self.key, self.default)
+        return value
+
+
+def whole_number(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return None
+    return "must be a whole number of at least 1"
+
+
+def seconds(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return None
+    return f"must be a number of seconds, not {value!r}"
+
+
+def executor(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be 'inline', 'worker' or the dotted path of an executor class"
+    try:
+        import_string(EXECUTORS.get(value, value))
+    except ImportError as exc:
+        return f"is {value!r}: not 'inline', 'worker' or an importable class ({exc})"
+    return None
+
+
+def dependency_paths(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must map names to dotted paths"
+    for name, path in value.items():
+        try:
+            import_string(path)
+        except ImportError as exc:
+            return f"[{name!r}] cannot be imported: {exc}"
+    return None
+
+
+def exception_paths(value: Any) -> str | None:
+    if not isinstance(value, list | tuple):
+        return "must be a list of dotted paths of exception classes"
+    for path in value:
+        try:
+            cls = import_string(path)
+        except ImportError as exc:
+            return f"names {path!r}, which cannot be imported: {exc}"
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            return f"names {path!r}, which is not an exception class"
+    return None
+
+
+EXECUTORS = {
+    "inline": "messagebus.executors.inline.InlineExecutor",
+    "worker": "messagebus.executors.worker.WorkerExecutor",
 }
+DEAD_AT_ONCE = [
+    "django.db.IntegrityError",
+    "django.core.exceptions.ValidationError",
+    "messagebus.Reject",
+]
 
 
 class Settings:
     """Typed, lazy access to MESSAGEBUS; validated by the system checks."""
+
+    EXECUTOR = Setting[str](
+        "inline", executor, '"inline", "worker", or a dotted path to an executor class'
+    )
+    DEPENDENCIES = Setting[dict[str, str]](
+        {}, dependency_paths, "handler parameter name -> dotted path of a factory"
+    )
+    RETRY_ATTEMPTS = Setting[int](3, whole_number, "calls within one run")
+    RETRY_WAIT = Setting[float](0.5, seconds, "seconds before the second call, doubling")
+    RETRY_WAIT_MAX = Setting[float](10.0, seconds, "the longest wait between calls")
+    MAX_DELIVERIES = Setting[int](5, whole_number, "runs before a delivery is dead")
+    REDELIVERY_DELAY = Setting[float](30.0, seconds, "seconds before the second run, doubling")
+    REDELIVERY_DELAY_MAX = Setting[float](3600.0, seconds, "the longest delay between runs")
+    DEAD_AT_ONCE = Setting[list[str]](
+        DEAD_AT_ONCE, exception_paths, "exceptions that kill a delivery after one run"
+    )
+    COMMAND_RETRIES = Setting[int](
+        3, whole_number, "runs of a command that hits a serialization failure or deadlock"
+    )
+    CLAIM_TIMEOUT = Setting[float](300.0, seconds, "a claimed delivery's lease, in seconds")
+    BATCH_SIZE = Setting[int](100, whole_number, "deliveries a worker claims at a time")
+    BATCH_SECONDS = Setting[float](1.0, seconds, "a batch's transaction commits after this long")
+    SWEEP_INTERVAL = Setting[float](
+        60.0, seconds, "inline executor: look for overdue deliveries (0: never)"
+    )
+    WORKER_POLL_INTERVAL = Setting[float](1.0, seconds, "an idle worker sleeps this long")
 
     @property
     def raw(self) -> dict[str, Any]:
         value = getattr(django_settings, "MESSAGEBUS", {})
         return value if isinstance(value, dict) else {}
 
-    def _get(self, key: str, kind: type[T]) -> T:
-        return cast(T, self.raw.get(key, DEFAULTS[key]))
-
-    @property
-    def EXECUTOR(self) -> str:
-        return self._get("EXECUTOR", str)
-
-    @property
-    def DEPENDENCIES(self) -> dict[str, str]:
-        return self._get("DEPENDENCIES", dict)
-
-    @property
-    def RETRY_ATTEMPTS(self) -> int:
-        return self._get("RETRY_ATTEMPTS", int)
-
-    @property
-    def RETRY_WAIT(self) -> float:
-        return self._get("RETRY_WAIT", float)
-
-    @property
-    def RETRY_WAIT_MAX(self) -> float:
-        return self._get("RETRY_WAIT_MAX", float)
-
-    @property
-    def MAX_DELIVERIES(self) -> int:
-        return self._get("MAX_DELIVERIES", int)
-
-    @property
-    def REDELIVERY_DELAY(self) -> float:
-        return self._get("REDELIVERY_DELAY", float)
-
-    @property
-    def REDELIVERY_DELAY_MAX(self) -> float:
-        return self._get("REDELIVERY_DELAY_MAX", float)
-
-    @property
-    def CLAIM_TIMEOUT(self) -> float:
-        return self._get("CLAIM_TIMEOUT", float)
-
-    @property
-    def SWEEP_INTERVAL(self) -> float:
-        return self._get("SWEEP_INTERVAL", float)
-
-    @property
-    def WORKER_POLL_INTERVAL(self) -> float:
-        return self._get("WORKER_POLL_INTERVAL", float)
+    @classmethod
+    def declared(cls) -> Iterator[Setting[Any]]:
+        """Every key, in the order declared."""
+        for value in vars(cls).values():
+            if isinstance(value, Setting):
+                yield value
 
 
 settings = Settings()
+
+
+def defaults() -> dict[str, Any]:
+    return {setting.key: setting.default for setting in Settings.declared()}

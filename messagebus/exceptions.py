@@ -54,3 +54,25 @@ class CommandRejected(MessageBusError):
 
 class ConfigurationError(MessageBusError, ImproperlyConfigured):
     """The MESSAGEBUS setting is invalid (``manage.py check`` says how)."""
+
+
+class Reject(MessageBusError):
+    """Raised by an event handler: this input will never work.
+
+    The delivery is dead at once, after this one run, with the reason.
+    """
+
+
+class RetryLater(MessageBusError):
+    """Raised by an event handler: run me again in ``seconds``.
+
+    Not a failure: the delivery is rescheduled without counting a run.
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason or f"asked to run again in {seconds:g}s")
+        self.seconds = seconds
+
+
+class ConcurrencyError(MessageBusError):
+    """Two transactions changed the same thing at once; the bus runs the command again."""

@@ -1,7 +1,10 @@
 """The message bus: ``bus.handle(message)``.
 
 A command runs its one handler inside a unit of work and returns the
-handler's result; its error is logged and re-raised. An event (one arriving
+handler's result; its error is logged and re-raised. A unit of work that
+loses a race with another transaction (a serialization failure or deadlock
+on PostgreSQL, or a ``ConcurrencyError``) runs again, up to
+MESSAGEBUS["COMMAND_RETRIES"] times in all, when it is the outermost one. An event (one arriving
 from outside: aggregates record theirs) is stored in a unit of work and
 delivered to its handlers after commit.
 """
@@ -12,10 +15,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+
+from . import conf
 from .dependencies import dependencies
-from .exceptions import CommandRejected, NotAMessage
+from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from .messages import Command, Event, Message, current_message
-from .registry import registry
+from .registry import Handler, registry
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -37,8 +43,7 @@ class MessageBus:
         handler = registry.command_handler(type(message))
         token = current_message.set(message)
         try:
-            with UnitOfWork(using) as uow:
-                result = dependencies.call(handler, message, uow, self)
+            result = self._run(handler, message, using)
         except CommandRejected as exc:
             logger.info("Rejected %s: %s", message, exc)
             raise
@@ -51,11 +56,33 @@ class MessageBus:
             logger.debug("Handled %s with %s", message, handler)
         return result
 
+    def _run(self, handler: Handler, command: Command, using: str | None) -> Any:
+        """The handler in a unit of work, run again after losing a race, if outermost."""
+        alias = using or DEFAULT_DB_ALIAS
+        runs = 1 if connections[alias].in_atomic_block else conf.settings.COMMAND_RETRIES
+        run = 1
+        while True:
+            try:
+                with UnitOfWork(alias) as uow:
+                    return dependencies.call(handler, command, uow, self)
+            except (DatabaseError, ConcurrencyError) as exc:
+                if run >= runs or not _lost_a_race(exc):
+                    raise
+                run += 1
+                logger.warning("Running %s again (run %d of %d): %s", command, run, runs, exc)
+
     def _publish(self, event: Message, using: str | None) -> None:
         if not isinstance(event, Event):
             raise NotAMessage(event)
         with UnitOfWork(using) as uow:
             uow.publish(event)
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """A serialization failure (SQLSTATE 40001), a deadlock (40P01), or a ConcurrencyError."""
+    if isinstance(exc, ConcurrencyError):
+        return True
+    return getattr(exc.__cause__, "sqlstate", None) in ("40001", "40P01")
 
 
 bus = MessageBus()

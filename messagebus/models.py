@@ -30,31 +30,23 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
         return self.filter(status=Delivery.Status.PENDING)
 
     def due(self, now: dt.datetime | None = None) -> DeliveryQuerySet:
-        return self.pending().filter(next_attempt_at__lte=now or timezone.now())
+        """Pending, not leased to a runner, and its time has come."""
+        return self.pending().filter(
+            lease_until__isnull=True, next_attempt_at__lte=now or timezone.now()
+        )
+
+    def leased(self) -> DeliveryQuerySet:
+        return self.pending().filter(lease_until__isnull=False)
 
     def dead(self) -> DeliveryQuerySet:
         return self.filter(status=Delivery.Status.DEAD)
 
     def retryable(self) -> DeliveryQuerySet:
         """Deliveries that have not finished: dead, or pending."""
-        return self.filter(status__in=[Delivery.Status.DEAD, Delivery.Status.PENDING])
+        return self.filter(status__in=Delivery.UNFINISHED)
 
     def finished_before(self, when: dt.datetime) -> DeliveryQuerySet:
-        return self.filter(
-            status__in=[Delivery.Status.DONE, Delivery.Status.DISCARDED], finished_at__lt=when
-        )
-
-    def requeue(self, now: dt.datetime | None = None) -> int:
-        """Make dead or scheduled deliveries due now, with a fresh run budget."""
-        return self.retryable().update(
-            status=Delivery.Status.PENDING, runs=0, next_attempt_at=now or timezone.now()
-        )
-
-    def discard(self, now: dt.datetime | None = None) -> int:
-        """Give up on deliveries that have not run: they are kept, never run."""
-        return self.retryable().update(
-            status=Delivery.Status.DISCARDED, finished_at=now or timezone.now()
-        )
+        return self.filter(status__in=Delivery.FINISHED, finished_at__lt=when)
 
 
 class Delivery(models.Model):
@@ -64,6 +56,9 @@ class Delivery(models.Model):
         DEAD = "dead"
         DISCARDED = "discarded"
 
+    UNFINISHED = (Status.PENDING, Status.DEAD)  # can be retried or discarded
+    FINISHED = (Status.DONE, Status.DISCARDED)  # can be pruned
+
     # The unique (event, handler) constraint indexes both: no index of their own.
     event = models.ForeignKey(
         StoredEvent, on_delete=models.CASCADE, related_name="deliveries", db_index=False
@@ -72,7 +67,12 @@ class Delivery(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Calls of the handler.")
     runs = models.PositiveIntegerField(default=0, help_text="Runs of up to RETRY_ATTEMPTS calls.")
-    next_attempt_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now, help_text="Pending: due to run from then on."
+    )
+    lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="Held by a runner until then; due again after."
+    )
     last_error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -91,10 +91,16 @@ class Delivery(models.Model):
             ),
         ]
         indexes = [
+            # The claim's filter and order, so many rows sharing one time stay fast.
             models.Index(
-                fields=["next_attempt_at"],
-                condition=Q(status="pending"),
+                fields=["next_attempt_at", "id"],
+                condition=Q(status="pending", lease_until__isnull=True),
                 name="messagebus_delivery_due",
+            ),
+            models.Index(
+                fields=["lease_until"],
+                condition=Q(status="pending", lease_until__isnull=False),
+                name="messagebus_delivery_leased",
             ),
         ]
 

@@ -12,9 +12,10 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from .delivery.policy import OVERRIDABLE
 from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
 from .messages import BASES, Command, Event, Message
 
@@ -28,6 +29,8 @@ class Handler:
     name: str
     # Parameters after the message: (name, has a default).
     parameters: tuple[tuple[str, bool], ...]
+    # Its delivery policy's overrides (event handlers): @handler(max_deliveries=10).
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __str__(self) -> str:
         return self.name
@@ -39,14 +42,22 @@ class Registry:
         self._events: dict[type[Message], tuple[Handler, ...]] = {}
 
     def register(
-        self, message_type: type[Message] | None, func: F, *, name: str | None = None
+        self,
+        message_type: type[Message] | None,
+        func: F,
+        *,
+        name: str | None = None,
+        **options: Any,
     ) -> F:
         """Register ``func`` for ``message_type`` (None: its first annotation).
 
         ``name`` is what deliveries remember the handler by (default: its
         dotted path); give one to keep pending deliveries when it moves.
+        ``options`` override an event handler's delivery policy:
+        ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``, and
+        ``batch=False`` for a transaction of its own per delivery.
         """
-        handler = _inspect(func, message_type, name)
+        handler = _inspect(func, message_type, name, options)
         cls = handler.message_type
         if issubclass(cls, Command):
             existing = self._commands.get(cls)
@@ -83,6 +94,14 @@ class Registry:
     def event_handler(self, cls: type[Message], name: str) -> Handler | None:
         return next((h for h in self._events.get(cls, ()) if h.name == name), None)
 
+    def named(self, name: str) -> Handler | None:
+        """The event handler registered under ``name``, whatever its event."""
+        for handlers in self._events.values():
+            for handler in handlers:
+                if handler.name == name:
+                    return handler
+        return None
+
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
         for handlers in self._events.values():
@@ -105,7 +124,10 @@ class Registry:
 
 
 def _inspect(
-    func: Callable[..., Any], message_type: type[Message] | None, name: str | None
+    func: Callable[..., Any],
+    message_type: type[Message] | None,
+    name: str | None,
+    options: dict[str, Any],
 ) -> Handler:
     if name is None:
         qualname = getattr(func, "__qualname__", None)
@@ -144,7 +166,12 @@ def _inspect(
     variadic = [p.name for p in params[1:] if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if variadic:
         raise RegistrationError(f"{name}: *{variadic[0]} cannot be injected; name each dependency")
-    return Handler(func, message_type, name, rest)
+    unknown = sorted(set(options) - set(OVERRIDABLE))
+    if unknown:
+        raise RegistrationError(
+            f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
+        )
+    return Handler(func, message_type, name, rest, dict(options))
 
 
 registry = Registry()
@@ -154,10 +181,15 @@ registry = Registry()
 def handler(func: F, /) -> F: ...
 @overload
 def handler(
-    message_type: type[Message] | None = None, /, *, name: str | None = None
+    message_type: type[Message] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    **options: Any,
 ) -> Callable[[F], F]: ...
-def handler(target: Any = None, /, *, name: str | None = None) -> Any:
-    """Register a handler: ``@handler``, ``@handler(MessageType)``, ``@handler(name="...")``."""
+def handler(target: Any = None, /, *, name: str | None = None, **options: Any) -> Any:
+    """Register a handler: ``@handler``, ``@handler(MessageType)``, ``@handler(name="...")``,
+    ``@handler(max_deliveries=10, retry_attempts=1, batch=False)``."""
     if target is None or isinstance(target, type):
-        return lambda func: registry.register(target, func, name=name)
-    return registry.register(None, target, name=name)
+        return lambda func: registry.register(target, func, name=name, **options)
+    return registry.register(None, target, name=name, **options)

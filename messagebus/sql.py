@@ -1,4 +1,4 @@
-"""The outbox's hot-path statements, as plain SQL.
+"""The outbox's hot-path statements, as plain SQL: the only raw SQL of messagebus.
 
 Every command that records an event and every delivery runs these, so they
 skip the ORM's query building, which costs more than the statements
@@ -10,11 +10,12 @@ the schema and each backend's conventions.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .models import Delivery, StoredEvent
@@ -45,9 +46,9 @@ class Statements:
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         quote = connection.ops.quote_name
         events, table = quote(StoredEvent._meta.db_table), quote(Delivery._meta.db_table)
-        col = {f: quote(_delivery_field(f).column) for f in (*DELIVERY_COLUMNS, "finished_at")}
+        names = (*DELIVERY_COLUMNS, "id", "finished_at", "lease_until")
+        col = {f: quote(_delivery_field(f).column) for f in names}
         event_columns = ", ".join(quote(_event_field(f).column) for f in EVENT_COLUMNS)
-        where = f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s"
         self.insert_event = (
             f"INSERT INTO {events} ({event_columns}) VALUES ({_marks(EVENT_COLUMNS)})"
         )
@@ -57,20 +58,53 @@ class Statements:
         self.delivery_values = f"({_marks(DELIVERY_COLUMNS)})"
         # PostgreSQL runs an INSERT inside WITH; its foreign keys are checked at commit.
         self.one_statement = connection.vendor == "postgresql"
-        complete = (
-            f"UPDATE {table} SET {col['status']} = %s, {col['finished_at']} = %s, "
-            f"{col['attempts']} = {col['attempts']} + 1"
-        )
         # PostgreSQL: the delivery's transaction need not wait for its WAL flush.
         # A crash can only lose it whole (the handler's work with the mark that
         # it is done), and then the delivery runs again; the command that
         # stored the event was committed durably before.
         lazy = "; SET LOCAL synchronous_commit TO OFF" if _many_statements(connection) else ""
-        # A run claimed by a worker was counted by the claim.
-        self.complete = {
-            True: f"{complete}, {col['runs']} = {col['runs']} + 1 {where}{lazy}",
-            False: f"{complete} {where}{lazy}",
+        done = (
+            f"UPDATE {table} SET {col['status']} = %s, {col['finished_at']} = %s, "
+            f"{col['attempts']} = {col['attempts']} + 1, {col['runs']} = {col['runs']} + 1, "
+            f"{col['lease_until']} = NULL"
+        )
+        one = f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s"
+        self.done_one = {
+            False: f"{done} {one} AND {col['lease_until']} IS NULL{lazy}",
+            True: f"{done} {one} AND {col['lease_until']} = %s{lazy}",
         }
+        self.done_many = f"{done} WHERE {col['id']} IN "
+        self.lazy = lazy
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        self.lock = (
+            (
+                f"SELECT {col['id']} FROM {table} WHERE {col['status']} = %s "
+                f"AND {col['lease_until']} = %s AND {col['id']} IN "
+            ),
+            lock,
+        )
+        due = (
+            f"SELECT {col['id']} FROM {table} WHERE {col['status']} = %s "
+            f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
+            f"ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
+        )
+        event_id = quote(_event_field("id").column)
+        read = (
+            f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, "
+            + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:5])
+            + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
+            f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
+        )
+        lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
+        if connection.vendor == "postgresql":
+            # One round trip: lease the due rows and read them with their events.
+            self.claim = [
+                f"WITH claimed AS ({lease}({due} FOR UPDATE SKIP LOCKED) RETURNING "
+                f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, "
+                f"{col['next_attempt_at']}) " + read.format("claimed", "")
+            ]
+        else:  # one writer at a time: pick, lease, read
+            self.claim = [due, lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
 
 
 _ID = _event_field("id")
@@ -131,23 +165,95 @@ def store(
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
 
 
-def complete(
-    using: str, event_id: UUID, handler: str, now: dt.datetime, *, count_run: bool = True
+def done_one(
+    using: str, event_id: UUID, handler: str, lease: dt.datetime | None, now: dt.datetime
 ) -> bool:
-    """Mark a pending delivery done in the current transaction, locking its row.
+    """Mark one pending delivery done in the current transaction, locking its row.
 
-    Called before the handler runs, in the handler's transaction: if the
-    handler fails, the rollback makes the delivery pending again; a second
-    runner waits on the lock, then finds it done. False: it is not pending.
+    False: it is not pending, or not under this ``lease`` (None: unleased).
     """
     connection = connections[using]
+    params = [
+        DONE, _WHEN.get_db_prep_value(now, connection),
+        _ID.get_db_prep_value(event_id, connection), handler, PENDING,
+    ]  # fmt: skip
+    if lease is not None:
+        params.append(_WHEN.get_db_prep_value(lease, connection))
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection).complete[count_run], [
-            DONE, _WHEN.get_db_prep_value(now, connection),
-            _ID.get_db_prep_value(event_id, connection), handler, PENDING,
-        ])  # fmt: skip
+        cursor.execute(_statements(connection).done_one[lease is not None], params)
         return bool(cursor.rowcount == 1)
 
 
-def _marks(columns: Sequence[str]) -> str:
-    return ", ".join(["%s"] * len(columns))
+def done_many(using: str, ids: Sequence[int], now: dt.datetime) -> None:
+    """Mark these deliveries (locked by this transaction) done."""
+    if not ids:
+        return
+    connection = connections[using]
+    sql = _statements(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"{sql.done_many}({_marks(ids)}){sql.lazy}",
+            [DONE, _WHEN.get_db_prep_value(now, connection), *ids],
+        )
+
+
+def lock(using: str, ids: Sequence[int], lease: dt.datetime) -> set[int]:
+    """Lock, for this transaction, those of ``ids`` still pending under ``lease``."""
+    if not ids:
+        return set()
+    connection = connections[using]
+    head, tail = _statements(connection).lock
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"{head}({_marks(ids)}){tail}",
+            [PENDING, _WHEN.get_db_prep_value(lease, connection), *ids],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None]
+
+
+def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries, in the order they fell due, with their events.
+
+    Each row: (id, handler, runs, event id, type, payload, correlation id, causation id).
+    """
+    connection = connections[using]
+    params = [
+        _WHEN.get_db_prep_value(lease, connection), PENDING,
+        _WHEN.get_db_prep_value(due, connection), limit,
+    ]  # fmt: skip
+    statements = _statements(connection).claim
+    with connection.cursor() as cursor:
+        if len(statements) == 1:
+            cursor.execute(statements[0], params)
+            rows = cursor.fetchall()
+        else:
+            pick, lease_them, read = statements
+            with transaction.atomic(using=using):
+                cursor.execute(pick, params[1:])
+                ids = [row[0] for row in cursor.fetchall()]
+                if not ids:
+                    return []
+                marks = f"({_marks(ids)})"
+                cursor.execute(lease_them + marks, [params[0], *ids])
+                cursor.execute(read.format(marks), ids)
+                rows = cursor.fetchall()
+    return [
+        (
+            pk,
+            handler,
+            runs,
+            _ID.to_python(event),
+            kind,
+            payload if isinstance(payload, dict) else json.loads(payload),
+            _CORRELATION.to_python(correlation),
+            _CAUSATION.to_python(causation),
+        )
+        for pk, handler, runs, event, kind, payload, correlation, causation in rows
+    ]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))

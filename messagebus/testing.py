@@ -6,7 +6,8 @@ Fixtures:
   the bus and the events published (committed) in this test;
 - ``messagebus_deliver``: database access, and after-commit work (event
   delivery) run as a real commit would run it, although the test's
-  transaction never commits;
+  transaction never commits; deliveries run inline (eagerly), whatever
+  MESSAGEBUS["EXECUTOR"] says, as Celery's always-eager mode does;
 - ``messagebus_registry``: the registry, restored after the test, so a test
   may register handlers of its own;
 - ``messagebus_dependencies``: ``override(name=value)``, undone after the test.
@@ -26,8 +27,9 @@ from typing import Any, TypeVar
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from . import message_bus, outbox
+from . import executors, message_bus, outbox
 from .dependencies import dependencies
+from .executors.inline import InlineExecutor
 from .messages import Command, Event, Message
 from .registry import Registry, registry
 
@@ -94,8 +96,15 @@ def deliver_on_commit(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     when an ``atomic`` block (a unit of work, or one of the test's own) ends
     with only the test's transaction left open, the callbacks registered
     since the block began run, as they would after a real commit. A rollback
-    drops them, as in production.
+    drops them, as in production. Deliveries run inline, in this thread,
+    whatever the configured executor.
     """
+    with executors.use(InlineExecutor()), _commits_at_savepoints(using):
+        yield
+
+
+@contextmanager
+def _commits_at_savepoints(using: str) -> Iterator[None]:
     connection = connections[using]
     depth, start = len(connection.atomic_blocks), len(connection.run_on_commit)
     release = connection.savepoint_commit

@@ -9,7 +9,6 @@ deliveries are handed to the executor when the transaction commits.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
@@ -43,11 +42,8 @@ class UnitOfWork(transaction.Atomic):
         return self.using or DEFAULT_DB_ALIAS
 
     def publish(self, event: Event) -> None:
-        """Store ``event`` in this transaction; deliver it after commit."""
-        executor = executors.get()
-        jobs = outbox.store(event, self.alias)
-        if jobs and executor.runs_after_commit:
-            transaction.on_commit(partial(executor.submit, jobs), using=self.alias, robust=True)
+        """Store ``event`` in this transaction; the executor delivers it (after commit)."""
+        executors.get().submit(outbox.store(event, self.alias))
 
 
 def current(using: str = DEFAULT_DB_ALIAS) -> UnitOfWork | None:

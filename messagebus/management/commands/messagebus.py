@@ -13,6 +13,7 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from messagebus import executors
+from messagebus.delivery.policy import plural
 from messagebus.models import Delivery, StoredEvent
 from messagebus.worker import Worker
 
@@ -51,10 +52,13 @@ class Command(BaseCommand):
         worker = action("worker", "Run due deliveries until stopped.")
         worker.add_argument("--once", action="store_true", help="Exit when nothing is due.")
         worker.add_argument(
-            "--batch", type=positive_int, default=10, help="Deliveries claimed at a time."
+            "--batch",
+            type=positive_int,
+            help="Deliveries claimed, and run in one transaction, at a time "
+            "(default: MESSAGEBUS['BATCH_SIZE']).",
         )
         worker.add_argument(
-            "--max-deliveries", type=positive_int, help="Exit after this many deliveries."
+            "--limit", type=positive_int, metavar="N", help="Exit after N deliveries."
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
 
@@ -81,22 +85,16 @@ class Command(BaseCommand):
         using: str,
         *,
         once: bool,
-        batch: int,
-        max_deliveries: int | None,
+        batch: int | None,
+        limit: int | None,
         interval: float | None,
         **options: Any,
     ) -> None:
-        worker = Worker(
-            batch=batch,
-            once=once,
-            max_deliveries=max_deliveries,
-            poll_interval=interval,
-            using=using,
-        )
+        worker = Worker(batch=batch, once=once, limit=limit, poll_interval=interval, using=using)
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
         processed = worker.run()
-        self.stdout.write(f"Processed {processed} deliveries.")
+        self.stdout.write(f"Processed {plural(processed, 'delivery', 'deliveries')}.")
 
     def handle_status(self, using: str, **options: Any) -> None:
         deliveries = Delivery.objects.using(using)
@@ -135,9 +133,8 @@ class Command(BaseCommand):
             missing = sorted(set(ids) - set(statuses))
             if missing:
                 raise CommandError(f"No delivery with id {', '.join(map(str, missing))}")
-            unfinished = {Delivery.Status.DEAD, Delivery.Status.PENDING}
             for pk, status in sorted(statuses.items()):
-                if status not in unfinished:
+                if status not in Delivery.UNFINISHED:
                     raise CommandError(
                         f"Delivery {pk} is {status}; only dead or pending deliveries can be retried"
                     )
@@ -150,16 +147,12 @@ class Command(BaseCommand):
         if not pks:
             self.stdout.write("Nothing to retry.")
             return
-        executors.retry(using, pks)
-        self.stdout.write(f"Requeued {len(pks)} deliveries.")
-        if executors.get().runs_after_commit:
-            statuses = dict(
-                deliveries.filter(pk__in=pks)
-                .values_list("status")
-                .annotate(n=Count("id"))
-                .order_by()
-            )
-            self.stdout.write(", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
+        count = executors.retry(using, pks)
+        self.stdout.write(f"Requeued {plural(count, 'delivery', 'deliveries')}.")
+        statuses = dict(
+            deliveries.filter(pk__in=pks).values_list("status").annotate(n=Count("id")).order_by()
+        )
+        self.stdout.write(", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
 
     def handle_prune(self, using: str, *, days: int, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)

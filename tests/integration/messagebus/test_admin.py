@@ -70,7 +70,7 @@ def test_retry_now_runs_a_dead_delivery_again(admin_client, dead_delivery):
         {"action": "retry_now", "_selected_action": [row.pk]},
         follow=True,
     )
-    assert "Requeued 1 deliveries." in response.content.decode()
+    assert "Requeued 1 delivery." in response.content.decode()
     row.refresh_from_db()
     assert row.status == "done"
     assert Entry.objects.filter(note="greeted").count() == 1

@@ -1,0 +1,1 @@
+"""Running deliveries: their states, the policy that decides, the runner that does."""

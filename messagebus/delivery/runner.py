@@ -1,0 +1,253 @@
+"""Run deliveries to the end of a run: ``run(ref)`` one, ``run_batch(claims)`` many.
+
+A run is up to the policy's ``retry_attempts`` calls of the handler. Each
+call is a unit of work that first marks the delivery done: the mark commits
+with the handler's work or rolls back with it, so a handler whose effects are
+in the database runs exactly once, and a second runner of the same delivery
+waits on the row lock, then finds it done.
+
+A batch of claimed deliveries runs in one transaction, each handler in a
+savepoint of its own: a failure rolls back that handler's work alone, and the
+others commit with their done-marks. A failed one then finishes its run on
+its own, between tenacity's waits, outside the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from ..dependencies import dependencies
+from ..envelope import Envelope
+from ..exceptions import MessageDecodeError, RetryLater
+from ..message_bus import bus
+from ..messages import Event, current_message
+from ..models import StoredEvent
+from ..registry import Handler, registry
+from ..unit_of_work import UnitOfWork
+from . import states
+from .policy import Dead, Policy, describe
+from .reference import Reference
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A reference resolved to what it runs: the event and the handler."""
+
+    ref: Reference
+    event: Event
+    handler: Handler
+    policy: Policy
+
+    def __str__(self) -> str:
+        return f"delivery of {self.event} to {self.handler}"
+
+
+def policy_of(handler: Handler | str) -> Policy:
+    """The delivery policy of ``handler`` (or of the handler of that name)."""
+    if isinstance(handler, str):
+        found = registry.named(handler)
+        return Policy.from_settings(**(found.options if found else {}))
+    return Policy.from_settings(**handler.options)
+
+
+def run(
+    ref: Reference,
+    *,
+    lease: dt.datetime | None = None,
+    calls: int | None = None,
+    runs: int | None = None,
+    first_error: Exception | None = None,
+) -> bool:
+    """Run a delivery to the end of its run; True if this run completed it.
+
+    ``lease``: the claim it runs under (None: unleased, just stored).
+    ``calls``: at most this many calls (default: the policy's attempts).
+    ``runs``: runs ended before this one, if known.
+    ``first_error``: the run's first call already failed with it (in a batch).
+    """
+    task = resolve(ref, lease)
+    if task is None:
+        return False
+    attempts = task.policy.retry_attempts if calls is None else calls
+    try:
+        for attempt in task.policy.retrying(attempts):
+            with attempt:
+                if first_error is not None and attempt.retry_state.attempt_number == 1:
+                    raise first_error
+                try:
+                    return _call(task, lease)
+                except Exception as exc:
+                    lease = _failed_call(task, lease, exc)
+                    raise
+    except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+        give_up(task, lease, exc, runs)
+    return False
+
+
+def resolve(ref: Reference, lease: dt.datetime | None) -> Task | None:
+    """The event and handler ``ref`` names; None, after marking it dead, if they're gone."""
+    envelope = ref.envelope or _load(ref)
+    if envelope is None:
+        logger.warning("No event %s for %s: pruned?", ref.event_id, ref)
+        return None
+    try:
+        event = envelope.open(Event)
+    except MessageDecodeError as exc:
+        _dead_on_arrival(ref, lease, f"cannot decode the event: {exc}")
+        return None
+    assert isinstance(event, Event)
+    handler = registry.event_handler(type(event), ref.handler)
+    if handler is None:
+        _dead_on_arrival(ref, lease, f"no handler {ref.handler} is registered for {envelope.type}")
+        return None
+    return Task(ref, event, handler, policy_of(handler))
+
+
+def _call(task: Task, lease: dt.datetime | None) -> bool:
+    """One call of the handler in its own unit of work, marked done first.
+
+    False: not ours to run (another runner completed it, or holds it).
+    """
+    token = current_message.set(task.event)
+    try:
+        with UnitOfWork(task.ref.using) as uow:
+            if not states.done(task.ref, lease):
+                return False
+            _handle(task, uow)
+    finally:
+        current_message.reset(token)
+    return True
+
+
+def _handle(task: Task, uow: UnitOfWork) -> None:
+    started = time.perf_counter()
+    dependencies.call(task.handler, task.event, uow, bus)
+    if logger.isEnabledFor(logging.INFO):
+        elapsed = (time.perf_counter() - started) * 1000
+        logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
+
+
+def _failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime:
+    """Record a failed call, one line in the log (a failed run logs the traceback).
+
+    The rest of the run holds the renewed lease this returns.
+    """
+    if not isinstance(exc, RetryLater):
+        logger.warning("Handler %s failed on %s: %r", task.handler, task.event, exc)
+    return states.failed_call(task.ref, lease, exc)
+
+
+def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int | None) -> None:
+    """End a failed run as the policy decides: rescheduled, postponed, or dead."""
+    ended = (states.runs(task.ref) if runs is None else runs) + 1
+    verdict = task.policy.after_failed_run(ended, exc)
+    if isinstance(verdict, Dead):
+        states.dead(task.ref, lease, verdict.reason)
+        logger.error(
+            "Dead: %s: %s; retry it in the admin or with `messagebus retry`",
+            task,
+            verdict.reason,
+            exc_info=exc,
+        )
+    elif not verdict.counts_a_run:
+        states.postponed(task.ref, lease, verdict.delay, describe(exc))
+        logger.info("%s asked to run again in %.0fs: %s", task, verdict.delay, exc)
+    else:
+        states.rescheduled(task.ref, lease, verdict.delay)
+        logger.error(
+            "Failed run %d of %s; next run in %.0fs: %r",
+            ended,
+            task,
+            verdict.delay,
+            exc,
+            exc_info=exc,
+        )
+
+
+def run_batch(
+    claims: list[states.Claim],
+    *,
+    seconds: float,
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run claimed deliveries, batched in transactions of at most ``seconds``.
+
+    Returns how many ran (completed or not). Once ``stopping()`` is true, the
+    ones not started are handed back.
+    """
+    if not claims:
+        return 0
+    using = claims[0].ref.using
+    batched: list[tuple[states.Claim, Task]] = []
+    alone: list[tuple[states.Claim, Task]] = []
+    for claim in claims:
+        task = resolve(claim.ref, claim.lease)
+        if task is not None:
+            (batched if task.policy.batch else alone).append((claim, task))
+    ran = len(claims) - len(batched) - len(alone)  # dead on arrival
+    while batched and not stopping():
+        count, failed = _one_transaction(using, batched, seconds, stopping)
+        ran, batched = ran + count, batched[count:]
+        for claim, exc, lease in failed:
+            run(claim.ref, lease=lease, runs=claim.runs, first_error=exc)
+    while alone and not stopping():
+        claim, _ = alone.pop(0)
+        run(claim.ref, lease=claim.lease, runs=claim.runs)
+        ran += 1
+    if batched or alone:
+        states.released(using, [claim for claim, _ in batched + alone])
+    return ran
+
+
+def _one_transaction(
+    using: str,
+    tasks: list[tuple[states.Claim, Task]],
+    seconds: float,
+    stopping: Callable[[], bool],
+) -> tuple[int, list[tuple[states.Claim, Exception, dt.datetime]]]:
+    """Run tasks from the front in one transaction until done, out of time, or stopping."""
+    deadline = time.monotonic() + seconds
+    completed: list[int] = []
+    failed: list[tuple[states.Claim, Exception, dt.datetime]] = []
+    count = 0
+    with transaction.atomic(using=using):
+        ours = states.start(using, [claim for claim, _ in tasks])
+        for claim, task in tasks:
+            if count and (time.monotonic() > deadline or stopping()):
+                break
+            count += 1
+            if claim.id not in ours:
+                continue
+            token = current_message.set(task.event)
+            try:
+                with UnitOfWork(using) as uow:  # a savepoint
+                    _handle(task, uow)
+            except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+                failed.append((claim, exc, _failed_call(task, claim.lease, exc)))
+            else:
+                completed.append(claim.id)
+            finally:
+                current_message.reset(token)
+        states.batch_done(using, completed)
+    return count, failed
+
+
+def _load(ref: Reference) -> Envelope | None:
+    try:
+        row = StoredEvent.objects.using(ref.using).get(pk=ref.event_id)
+    except StoredEvent.DoesNotExist:
+        return None
+    return Envelope(row.type, row.id, row.correlation_id, row.causation_id, row.payload)
+
+
+def _dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:
+    states.dead(ref, lease, reason)
+    logger.error("Dead: %s: %s", ref, reason)

@@ -1,0 +1,74 @@
+"""Executors decide where and when deliveries run, chosen by MESSAGEBUS["EXECUTOR"].
+
+The unit of work hands each executor the references of the deliveries it
+stored, inside their transaction (``submit``); the executor decides what to
+do about them: ``inline`` runs them in this thread after commit, ``worker``
+leaves them to ``manage.py messagebus worker``. Name another by the dotted
+path of a class with the same two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol, cast
+
+from django.utils.module_loading import import_string
+
+from .. import conf
+from ..delivery import states
+from ..delivery.reference import Reference
+from ..models import Delivery
+
+
+class Executor(Protocol):
+    def submit(self, refs: list[Reference]) -> None:
+        """Deliveries stored in the current transaction, or just made due (a retry)."""
+
+    def retried(self, refs: list[Reference]) -> None:
+        """Deliveries an operator made due again, outside any transaction."""
+
+
+_built: dict[str, Executor] = {}
+_overrides: list[Executor] = []
+
+
+def get() -> Executor:
+    """The executor in use: MESSAGEBUS["EXECUTOR"]'s (built once per name), or an override."""
+    if _overrides:
+        return _overrides[-1]
+    name = conf.settings.EXECUTOR
+    try:
+        return _built[name]
+    except KeyError:
+        cls = import_string(conf.EXECUTORS.get(name, name))
+        executor = _built[name] = cast(Executor, cls())
+        return executor
+
+
+@contextmanager
+def use(executor: Executor) -> Iterator[Executor]:
+    """Use ``executor`` whatever the setting, inside the block (tests)."""
+    _overrides.append(executor)
+    try:
+        yield executor
+    finally:
+        _overrides.remove(executor)
+
+
+def reset() -> None:
+    """Forget built executors (the settings changed)."""
+    _built.clear()
+
+
+def retry(using: str, pks: list[int]) -> int:
+    """Make these dead or waiting deliveries due now, with a fresh run budget, and hand
+    them to the executor (the inline one runs them at once). Returns how many."""
+    deliveries = Delivery.objects.using(using).filter(pk__in=pks)
+    count = states.requeued(deliveries)
+    refs = [
+        Reference(using, event, handler)
+        for event, handler in deliveries.pending().values_list("event_id", "handler")
+    ]
+    get().retried(refs)
+    return count
