@@ -23,3 +23,30 @@ class UnknownBatch(AllocationError):
     def __init__(self, ref: str) -> None:
         super().__init__(f"Unknown batch {ref}")
         self.ref = ref
+
+
+class LineAlreadyAllocated(AllocationError):
+    """The order has this SKU allocated already, with another quantity."""
+
+    def __init__(self, orderid: str, sku: str, qty: int, ref: str) -> None:
+        super().__init__(f"Order {orderid} already has {qty} x {sku} allocated (batch {ref})")
+        self.orderid = orderid
+        self.sku = sku
+        self.qty = qty
+        self.ref = ref
+
+
+class LineDoesNotFit(AllocationError):
+    """A batch was asked to take a line it cannot: another SKU, or more than it has left.
+
+    ``Product.allocate`` only offers a line to a batch that can take it: this
+    guards the batch when it is called directly.
+    """
+
+    def __init__(self, ref: str, sku: str, qty: int, batch_sku: str, available: int) -> None:
+        super().__init__(
+            f"Batch {ref} cannot take {qty} x {sku}: {available} x {batch_sku} available"
+        )
+        self.ref = ref
+        self.sku = sku
+        self.qty = qty

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
@@ -9,9 +11,11 @@ import messagebus
 
 from .commands import Allocate, ChangeBatchQuantity, CreateBatch
 from .events import Allocated, Deallocated, OutOfStock
-from .exceptions import DuplicateBatch, InvalidSku, UnknownBatch
+from .exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch
 from .models import AllocationView, Batch, OrderLine, Product
 from .notifications import Notifications
+
+logger = logging.getLogger(__name__)
 
 
 @messagebus.handler
@@ -59,9 +63,15 @@ def add_allocation_to_read_model(event: Allocated) -> None:
 
 @messagebus.handler
 def reallocate(event: Deallocated, bus: messagebus.MessageBus) -> None:
-    """Remove the line from the read model, then allocate it again (in that order)."""
+    """Remove the line from the read model, then allocate it again (in that order).
+
+    A line the order has taken again since, with another quantity, is left as it is.
+    """
     show_where_the_line_is(event.orderid, event.sku)
-    bus.handle(Allocate(orderid=event.orderid, sku=event.sku, qty=event.qty))
+    try:
+        bus.handle(Allocate(orderid=event.orderid, sku=event.sku, qty=event.qty))
+    except LineAlreadyAllocated as exc:
+        logger.info("%s: not reallocated: %s", event, exc)
 
 
 def show_where_the_line_is(orderid: str, sku: str) -> None:

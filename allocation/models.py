@@ -22,7 +22,7 @@ from django.utils.functional import cached_property
 import messagebus
 
 from .events import Allocated, Deallocated, OutOfStock
-from .exceptions import UnknownBatch
+from .exceptions import LineAlreadyAllocated, LineDoesNotFit, UnknownBatch
 from .validators import IDENTIFIER_MAX_LENGTH, quantity_validators, validate_identifier
 
 
@@ -74,12 +74,16 @@ class Product(messagebus.Aggregate, models.Model):
         """Allocate ``line`` to the first batch that can take it; the batch's reference.
 
         Batches in stock (no ETA) come first, then shipments by ETA. An order
-        line already allocated keeps its batch. None (and ``OutOfStock``) when
-        no batch can take the line.
+        line already allocated keeps its batch; ``LineAlreadyAllocated`` if it
+        is asked for again with another quantity. None (and ``OutOfStock``)
+        when no batch can take the line.
         """
-        holding = self._batch_holding(line)
-        if holding is not None:
-            return holding.reference
+        held = self._held(line)
+        if held is not None:
+            batch, qty = held
+            if qty != line.qty:
+                raise LineAlreadyAllocated(line.orderid, line.sku, qty, batch.reference)
+            return batch.reference
         for batch in sorted(self.batches, key=Batch.allocation_order):
             if batch.can_allocate(line):
                 batch.allocate(line)
@@ -93,28 +97,45 @@ class Product(messagebus.Aggregate, models.Model):
         self.record(OutOfStock(sku=line.sku))
         return None
 
+    def deallocate(self, line: OrderLine) -> OrderLine | None:
+        """Take the line of the same order and SKU off its batch; that line, or None.
+
+        Records ``Deallocated``; the caller deletes the line's row.
+        """
+        held = self._held(line)
+        if held is None:
+            return None
+        batch, _ = held
+        taken = batch.deallocate(line)
+        return None if taken is None else self._deallocated(taken)
+
     def change_batch_quantity(self, ref: str, qty: int) -> list[OrderLine]:
         """Set a batch's purchased quantity; the lines deallocated to fit it, newest first."""
         batch = self.get_batch(ref)
         batch.purchased_quantity = qty
         deallocated = []
         while batch.available_quantity < 0:
-            line = batch.deallocate_one()
-            deallocated.append(line)
-            self.record(Deallocated(orderid=line.orderid, sku=line.sku, qty=line.qty))
+            deallocated.append(self._deallocated(batch.deallocate_one()))
         return deallocated
 
-    def _batch_holding(self, line: OrderLine) -> Batch | None:
-        """The batch holding a line of the same order and SKU, if any."""
-        held = next((batch for batch in self.batches if batch.holds(line)), None)
-        if held is not None or self._state.adding:
-            return held
-        ref = (
+    def _deallocated(self, line: OrderLine) -> OrderLine:
+        self.record(Deallocated(orderid=line.orderid, sku=line.sku, qty=line.qty))
+        return line
+
+    def _held(self, line: OrderLine) -> tuple[Batch, int] | None:
+        """The batch holding a line of the same order and SKU, and that line's quantity."""
+        for batch in self.batches:
+            held = batch.held_line(line)
+            if held is not None:
+                return batch, held.qty
+        if self._state.adding:
+            return None
+        stored = (
             OrderLine.objects.filter(batch__product=self, orderid=line.orderid, sku=line.sku)
-            .values_list("batch__reference", flat=True)
+            .values_list("batch__reference", "qty")
             .first()
         )
-        return None if ref is None else self.get_batch(ref)
+        return None if stored is None else (self.get_batch(stored[0]), stored[1])
 
 
 class BatchQuerySet(models.QuerySet["Batch"]):
@@ -196,20 +217,37 @@ class Batch(models.Model):
         """The lines memory holds: all of them once ``allocations`` was read, else the new ones."""
         return self.allocations if "allocations" in self.__dict__ else self._new_lines
 
-    def holds(self, line: OrderLine) -> bool:
-        """Whether a line of the same order and SKU is allocated here, as far as memory knows.
+    def held_line(self, line: OrderLine) -> OrderLine | None:
+        """The line of the same order and SKU allocated here, as far as memory knows.
 
-        Lines still in the database are checked by ``Product.allocate``, in one query.
+        Lines still in the database are looked for by ``Product``, in one query.
         """
-        return any(
-            held.orderid == line.orderid and held.sku == line.sku for held in self._known_lines
-        )
+        return next((held for held in self._known_lines if held.is_same_as(line)), None)
 
     def allocate(self, line: OrderLine) -> None:
-        """Take ``line`` (the caller has checked ``can_allocate``), unless it holds it already."""
-        if not self.holds(line):
-            line.batch = self
-            self._known_lines.append(line)
+        """Take ``line``; a line of the same order and SKU already here stays as it is.
+
+        Raises ``LineDoesNotFit`` unless ``can_allocate(line)``, and
+        ``LineAlreadyAllocated`` if the line held here has another quantity.
+        """
+        held = self.held_line(line)
+        if held is not None:
+            if held.qty != line.qty:
+                raise LineAlreadyAllocated(line.orderid, line.sku, held.qty, self.reference)
+            return
+        if not self.can_allocate(line):
+            raise LineDoesNotFit(
+                self.reference, line.sku, line.qty, self.sku, self.available_quantity
+            )
+        line.batch = self
+        self._known_lines.append(line)
+
+    def deallocate(self, line: OrderLine) -> OrderLine | None:
+        """Give up the line of the same order and SKU, if it is here; the line given up."""
+        held = next((held for held in self.allocations if held.is_same_as(line)), None)
+        if held is not None:
+            self.allocations.remove(held)
+        return held
 
     def deallocate_one(self) -> OrderLine:
         """Give up the most recently allocated line."""
@@ -234,6 +272,10 @@ class OrderLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.orderid}: {self.qty} x {self.sku}"
+
+    def is_same_as(self, other: OrderLine) -> bool:
+        """Whether ``other`` is a line of the same order and SKU, whatever its quantity."""
+        return self.orderid == other.orderid and self.sku == other.sku
 
 
 class AllocationView(models.Model):

@@ -9,5 +9,7 @@ urlpatterns = [
     path("", include("allocation.api.urls")),
 ]
 
+handler400 = "allocation.api.exceptions.bad_request"
+handler403 = "allocation.api.exceptions.permission_denied"
 handler404 = "allocation.api.exceptions.not_found"
 handler500 = "allocation.api.exceptions.server_error"

@@ -34,6 +34,7 @@ class AllocateView(AllocationAPIView):
             202: BatchrefSerializer,
             400: schema.INVALID_ALLOCATION,
             **schema.AUTH_ERRORS,
+            409: schema.ALREADY_ALLOCATED,
         },
     )
     def post(self, request: Request) -> Response:

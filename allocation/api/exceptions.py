@@ -7,19 +7,29 @@ Domain errors and every other error without fields are shown as
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import status
 from rest_framework.exceptions import APIException
+from rest_framework.exceptions import PermissionDenied as PermissionDeniedError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..exceptions import AllocationError, DuplicateBatch, InvalidSku, UnknownBatch
+from ..exceptions import (
+    AllocationError,
+    DuplicateBatch,
+    InvalidSku,
+    LineAlreadyAllocated,
+    UnknownBatch,
+)
 
 STATUS_CODES: dict[type[AllocationError], int] = {
     InvalidSku: status.HTTP_400_BAD_REQUEST,
     UnknownBatch: status.HTTP_404_NOT_FOUND,
     DuplicateBatch: status.HTTP_409_CONFLICT,
+    LineAlreadyAllocated: status.HTTP_409_CONFLICT,
 }
 
 
@@ -45,8 +55,31 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
+# Django's error views (``handler400``... in ``config.urls``), for errors raised
+# outside DRF's views: JSON for API clients, Django's pages for the admin.
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A request Django refuses before any view: a body too large, a host not allowed..."""
+    if request.path.startswith("/admin/"):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        message = f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+    else:
+        message = "Bad request"
+    return JsonResponse({"message": message}, status=status.HTTP_400_BAD_REQUEST)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith("/admin/"):
+        return defaults.permission_denied(request, exception)
+    return JsonResponse(
+        {"message": str(PermissionDeniedError.default_detail)}, status=status.HTTP_403_FORBIDDEN
+    )
+
+
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """A path that names nothing: JSON for API clients, Django's page for the admin."""
+    """A path that names nothing."""
     if request.path.startswith("/admin/"):
         return defaults.page_not_found(request, exception)
     return JsonResponse({"message": f"Nothing at {request.path}"}, status=status.HTTP_404_NOT_FOUND)

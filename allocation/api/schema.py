@@ -8,11 +8,11 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from .serializers import BatchInputSerializer, BatchSerializer, MessageSerializer
 
 
-def message(description: str, example: str) -> OpenApiResponse:
+def message(description: str, example: str, *others: OpenApiExample) -> OpenApiResponse:
     return OpenApiResponse(
         MessageSerializer,
         description=description,
-        examples=[OpenApiExample("Example", value={"message": example})],
+        examples=[OpenApiExample("Example", value={"message": example}), *others],
     )
 
 
@@ -65,6 +65,17 @@ LOCATION = OpenApiParameter(
     description="The URL of what was created.",
 )
 UNKNOWN_BATCH = message("No batch has this reference.", "Unknown batch b1")
+ALREADY_ALLOCATED_DESCRIPTION = (
+    "The order has this SKU allocated already, with another quantity: "
+    "the line keeps its quantity and batch."
+)
+ALREADY_ALLOCATED_MESSAGE = "Order o1 already has 3 x LAMP allocated (batch b1)"
+ALREADY_ALLOCATED = message(ALREADY_ALLOCATED_DESCRIPTION, ALREADY_ALLOCATED_MESSAGE)
+NOT_ALLOCATED = message(
+    f"No batch can take the line (out of stock). Or: {ALREADY_ALLOCATED_DESCRIPTION}",
+    "Out of stock for LAMP",
+    OpenApiExample("Allocated already", value={"message": ALREADY_ALLOCATED_MESSAGE}),
+)
 # The request and responses of adding a batch, on the API's route and the book's.
 ADD_BATCH: dict[str, Any] = {
     "request": BatchInputSerializer,

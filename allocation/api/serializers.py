@@ -7,8 +7,26 @@ from rest_framework import serializers
 from ..validators import IDENTIFIER_MAX_LENGTH, MAX_QUANTITY, validate_identifier
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, as the schema says: DRF's ``CharField`` also takes numbers (0 as "0")."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON number, as the schema says: DRF's ``IntegerField`` also takes strings ("3")."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def identifier(help_text: str, *, required: bool = True) -> serializers.CharField:
-    return serializers.CharField(
+    return StrictCharField(
         max_length=IDENTIFIER_MAX_LENGTH,
         validators=[validate_identifier],
         help_text=help_text,
@@ -17,7 +35,7 @@ def identifier(help_text: str, *, required: bool = True) -> serializers.CharFiel
 
 
 def quantity(help_text: str) -> serializers.IntegerField:
-    return serializers.IntegerField(min_value=1, max_value=MAX_QUANTITY, help_text=help_text)
+    return StrictIntegerField(min_value=1, max_value=MAX_QUANTITY, help_text=help_text)
 
 
 class BatchInputSerializer(serializers.Serializer[None]):
@@ -30,6 +48,9 @@ class BatchInputSerializer(serializers.Serializer[None]):
 
 
 class BatchFilterSerializer(serializers.Serializer[None]):
+    """The list's query parameters: pass ``query_params.dict()``, so that ``?sku=`` is blank,
+    an error, as the schema's ``minLength: 1`` says (a ``QueryDict`` would make it absent)."""
+
     sku = identifier("Only this SKU's batches.", required=False)
 
 

@@ -5,7 +5,6 @@ from typing import Any
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -31,9 +30,9 @@ from .serializers import (
 
 
 class AllocationAPIView(APIView):
-    # ``queryset`` names the model whose permissions a write needs.
+    # ``queryset`` names the model whose permissions a write needs. Bodies are
+    # read by the parser of ``REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]`` (JSON).
     permission_classes = [ModelPermissionsOrAnonymous]
-    parser_classes = [JSONParser]
 
 
 def validated(serializer_class: type[serializers.Serializer[Any]], data: Any) -> Any:
@@ -66,7 +65,7 @@ class BatchesView(AllocationAPIView):
         },
     )
     def get(self, request: Request) -> Response:
-        rows = queries.batches(**validated(BatchFilterSerializer, request.query_params))
+        rows = queries.batches(**validated(BatchFilterSerializer, request.query_params.dict()))
         return Response(BatchSerializer(rows, many=True).data)
 
     @extend_schema(
@@ -125,15 +124,15 @@ class AllocationsView(AllocationAPIView):
         tags=["allocations"],
         summary="Allocate an order line",
         description="Allocates the line to a batch in stock if one can take it, else to the "
-        "shipment arriving first. Allocating the same order and SKU again returns the batch "
-        "the line already has.",
+        "shipment arriving first. Allocating the same order and SKU again, with the same "
+        "quantity, returns the batch the line already has; with another quantity, a 409.",
         request=AllocateInputSerializer,
         parameters=[schema.LOCATION],
         responses={
             201: AllocationSerializer,
             400: schema.INVALID_ALLOCATION,
             **schema.AUTH_ERRORS,
-            409: schema.message("No batch can take the line.", "Out of stock for LAMP"),
+            409: schema.NOT_ALLOCATED,
         },
     )
     def post(self, request: Request) -> Response:

@@ -51,6 +51,18 @@ def test_allocating_the_same_line_again_returns_its_batch(api):
     assert OrderLine.objects.get().qty == 3
 
 
+@pytest.mark.parametrize("path", ["/api/allocations", "/allocate"])
+def test_allocating_the_same_line_with_another_quantity_is_a_conflict(api, path):
+    BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=5)
+    api.post(path, LINE)
+
+    again = api.post(path, {**LINE, "qty": 4})
+
+    assert again.status_code == 409
+    assert again.json() == {"message": "Order o1 already has 3 x LAMP allocated (batch b1)"}
+    assert OrderLine.objects.get().qty == 3
+
+
 @pytest.mark.parametrize(
     "body",
     [

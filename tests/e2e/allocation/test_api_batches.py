@@ -1,4 +1,8 @@
+import json
+
 import pytest
+from django.core.exceptions import PermissionDenied
+from django.urls import get_resolver
 
 from tests.factories import BatchFactory, OrderLineFactory
 
@@ -171,7 +175,7 @@ def test_other_methods_are_not_allowed(api, method, path):
     assert response.json() == {"message": f'Method "{method.upper()}" not allowed.'}
 
 
-@pytest.mark.parametrize("sku", ["a b", "\x00", "x" * 256])
+@pytest.mark.parametrize("sku", ["a b", "\x00", "x" * 256, "", ".", ".."])
 def test_list_batches_of_an_invalid_sku(api, sku):
     response = api.get("/api/batches", {"sku": sku})
 
@@ -192,6 +196,29 @@ def test_an_unknown_route_answers_json_and_the_admin_html(api, admin_client):
     assert response.json() == {"message": "Nothing at /api/nothing-here"}
     page = admin_client.get("/admin/nothing-here/")
     assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")
+
+
+def test_a_bad_request_outside_the_api_views_answers_json_and_the_admin_html(api, admin_client):
+    response = api.get("/api/batches", HTTP_HOST="elsewhere.example")
+    assert response.status_code == 400
+    assert response.json() == {"message": "Bad request"}
+    page = admin_client.get("/admin/", HTTP_HOST="elsewhere.example")
+    assert page.status_code == 400
+    assert page["Content-Type"].startswith("text/html")
+
+
+def test_permission_denied_outside_the_api_views_answers_json_and_the_admin_html(rf):
+    handler = get_resolver().resolve_error_handler(403)
+
+    response = handler(rf.get("/api/batches"), exception=PermissionDenied())
+    page = handler(rf.get("/admin/"), exception=PermissionDenied())
+
+    assert response.status_code == 403
+    assert json.loads(response.content) == {
+        "message": "You do not have permission to perform this action."
+    }
+    assert page.status_code == 403
     assert page["Content-Type"].startswith("text/html")
 
 

@@ -148,3 +148,87 @@ def test_a_trailing_slash_is_accepted(api, method, path, body, status, shown):
     response = getattr(api, method)(f"{path}/", body)
 
     assert (response.status_code, response.json()) == (status, shown)
+
+
+NESTED = {
+    "lists": "[" * 1000 + "]" * 1000,
+    "objects": '{"a":' * 1000 + "1" + "}" * 1000,
+    "very deep": "[" * 100_000 + "]" * 100_000,
+    "deep in a field": '{"qty": ' + "[" * 950 + "]" * 950 + "}",
+}
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
+@pytest.mark.parametrize("body", NESTED.values(), ids=NESTED.keys())
+def test_json_nested_too_deeply(api, method, path, valid, body):
+    response = send(api, method, path, body)
+
+    assert response.status_code == 400
+    assert response.json() == {"message": "JSON parse error - nested more than 100 deep"}
+    assert_nothing_changed()
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
+def test_json_nested_as_deep_as_allowed_is_read(api, method, path, valid):
+    body = json.dumps({**valid, "extra": json.loads("[" * 99 + "]" * 99)})
+
+    response = send(api, method, path, body)
+
+    assert response.status_code < 300
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
+def test_a_body_over_the_upload_limit(api, settings, method, path, valid):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = json.dumps({**valid, "padding": "x" * 1000})
+
+    response = send(api, method, path, body)
+
+    assert response.status_code == 400
+    assert response.json() == {"message": "The request body is larger than 1000 bytes."}
+    assert_nothing_changed()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "valid"),
+    IDENTIFIED_WRITES,
+    ids=[f"{m} {p}" for m, p, _ in IDENTIFIED_WRITES],
+)
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_names_are_no_identifiers(api, method, path, valid, name):
+    fields = {field: name for field in ("ref", "sku", "orderid") if field in valid}
+
+    response = send(api, method, path, json.dumps({**valid, **fields}))
+
+    assert response.status_code == 400
+    assert response.json() == {
+        field: ["'.' and '..' cannot be identifiers: in a URL they mean this path and its parent."]
+        for field in fields
+    }
+    assert_nothing_changed()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "valid"),
+    IDENTIFIED_WRITES,
+    ids=[f"{m} {p}" for m, p, _ in IDENTIFIED_WRITES],
+)
+@pytest.mark.parametrize("value", [0, 12.5, 10**30], ids=repr)
+def test_identifiers_are_json_strings(api, method, path, valid, value):
+    fields = {field: value for field in ("ref", "sku", "orderid") if field in valid}
+
+    response = send(api, method, path, json.dumps({**valid, **fields}))
+
+    assert response.status_code == 400
+    assert response.json() == {field: ["Not a valid string."] for field in fields}
+    assert_nothing_changed()
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
+@pytest.mark.parametrize("qty", ["3", " 3", "3.0"], ids=repr)
+def test_quantities_are_json_numbers(api, method, path, valid, qty):
+    response = send(api, method, path, json.dumps({**valid, "qty": qty}))
+
+    assert response.status_code == 400
+    assert response.json() == {"qty": ["A valid integer is required."]}
+    assert_nothing_changed()

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from django.core.management import call_command
@@ -21,7 +22,7 @@ ERRORS = {
     ("/api/allocations", "post"): {"400", "401", "403", "409"},
     ("/api/allocations/{orderid}", "get"): {"401", "404"},
     ("/add_batch", "post"): {"400", "401", "403", "409"},
-    ("/allocate", "post"): {"400", "401", "403"},
+    ("/allocate", "post"): {"400", "401", "403", "409"},
     ("/allocations/{orderid}", "get"): {"401", "404"},
 }
 
@@ -63,6 +64,28 @@ def test_batch_patch_requires_its_quantity(schema):
     name = ref["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
 
     assert schema["components"]["schemas"][name]["required"] == ["qty"]
+
+
+def identifier_schemas(schema):
+    """The schemas of the identifiers the API reads: request bodies' and the SKU filter's."""
+    components = schema["components"]["schemas"]
+    bodies = {"BatchInput": ["ref", "sku"], "AllocateInput": ["orderid", "sku"]}
+    for name, fields in bodies.items():
+        for field in fields:
+            yield f"{name}.{field}", components[name]["properties"][field]
+    (sku,) = schema["paths"]["/api/batches"]["get"]["parameters"]
+    yield "sku filter", sku["schema"]
+
+
+def test_identifiers_are_strings_the_server_takes(schema):
+    """The server refuses what the pattern refuses (tests/e2e/allocation/test_api_input.py)."""
+    for name, field in identifier_schemas(schema):
+        assert field["type"] == "string", name
+        assert field["maxLength"] == 255, name
+        for taken in ("b1", "a.b", "..b", "партия-1"):
+            assert re.search(field["pattern"], taken), (name, taken)
+        for refused in ("", ".", "..", "a/b", "a b"):
+            assert not re.search(field["pattern"], refused), (name, refused)
 
 
 @pytest.mark.django_db

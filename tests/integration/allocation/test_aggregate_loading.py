@@ -6,7 +6,9 @@ from django.test.utils import CaptureQueriesContext
 
 import messagebus
 from allocation.commands import Allocate, ChangeBatchQuantity
-from allocation.models import Batch, OrderLine
+from allocation.events import Deallocated
+from allocation.exceptions import LineAlreadyAllocated
+from allocation.models import Batch, OrderLine, Product
 from tests.factories import BatchFactory, OrderLineFactory
 
 pytestmark = pytest.mark.usefixtures("messagebus_deliver")
@@ -43,3 +45,26 @@ def test_changing_a_quantity_still_sees_every_line_of_the_batch():
     OrderLineFactory.create_batch(5, batch=batch, qty=2)
     messagebus.bus.handle(ChangeBatchQuantity("stock", 4))
     assert Batch.objects.with_quantities().get(reference="stock").allocated == 4
+
+
+def test_a_repeat_with_another_quantity_is_found_in_the_database():
+    batch = BatchFactory(reference="stock", product__sku="LAMP", purchased_quantity=10)
+    OrderLineFactory(batch=batch, orderid="o1", sku="LAMP", qty=3)
+
+    with pytest.raises(LineAlreadyAllocated, match="Order o1 already has 3 x LAMP"):
+        messagebus.bus.handle(Allocate("o1", "LAMP", 4))
+
+    assert OrderLine.objects.get().qty == 3
+
+
+def test_deallocate_finds_a_stored_line():
+    batch = BatchFactory(reference="stock", product__sku="LAMP", purchased_quantity=10)
+    OrderLineFactory(batch=batch, orderid="o1", sku="LAMP", qty=3)
+    OrderLineFactory(batch=batch, orderid="o2", sku="LAMP", qty=4)
+    product = Product.objects.locked().get(sku="LAMP")
+
+    taken = product.deallocate(OrderLine(orderid="o1", sku="LAMP", qty=3))
+
+    assert taken == OrderLine.objects.get(orderid="o1")
+    assert product.get_batch("stock").available_quantity == 6
+    assert product.events == [Deallocated(orderid="o1", sku="LAMP", qty=3)]

@@ -7,7 +7,8 @@ import pytest
 import messagebus
 from allocation.commands import Allocate, ChangeBatchQuantity, CreateBatch
 from allocation.events import Allocated, Deallocated, OutOfStock
-from allocation.exceptions import DuplicateBatch, InvalidSku, UnknownBatch
+from allocation.exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch
+from allocation.handlers import reallocate
 from allocation.models import AllocationView, Batch, OrderLine, Product
 from tests.factories import ProductFactory
 
@@ -95,6 +96,19 @@ class TestAllocate:
         assert available("b1") == 90
         assert Product.objects.get().version_number == 1
         messagebus_capture.assert_published(Allocated, orderid="o1")  # once
+
+    def test_allocating_the_same_line_with_another_quantity_is_rejected(self, messagebus_capture):
+        messagebus.bus.handle(CreateBatch("b1", "STOOL", 100, None))
+        messagebus.bus.handle(Allocate("o1", "STOOL", 10))
+
+        with pytest.raises(
+            LineAlreadyAllocated, match=r"^Order o1 already has 10 x STOOL allocated \(batch b1\)$"
+        ):
+            messagebus.bus.handle(Allocate("o1", "STOOL", 15))
+
+        assert OrderLine.objects.get().qty == 10
+        assert available("b1") == 90
+        assert Product.objects.get().version_number == 1
 
     def test_adds_the_allocation_to_the_read_model(self):
         messagebus.bus.handle(CreateBatch("b1", "STOOL", 100, None))
@@ -186,6 +200,17 @@ class TestChangeBatchQuantity:
         assert not OrderLine.objects.exists()
         assert not AllocationView.objects.exists()
         assert notifications.sent[-1][1] == "Out of stock for RARE-VASE"
+
+    def test_a_line_allocated_again_meanwhile_is_left_as_it_is(self):
+        messagebus.bus.handle(CreateBatch("batch1", "RARE-VASE", 10, None))
+        messagebus.bus.handle(Allocate("order1", "RARE-VASE", 4))
+
+        # A Deallocated delivered late: the order took the SKU again since, with 4.
+        reallocate(Deallocated(orderid="order1", sku="RARE-VASE", qty=6), messagebus.bus)
+
+        assert list(OrderLine.objects.values_list("orderid", "qty")) == [("order1", 4)]
+        assert available("batch1") == 6
+        assert AllocationView.objects.get().batchref == "batch1"
 
     def test_unknown_batch_is_rejected(self):
         ProductFactory(sku="RARE-VASE")

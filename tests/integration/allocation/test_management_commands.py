@@ -82,6 +82,24 @@ def test_allocate_says_when_out_of_stock(notifications):
     assert notifications.sent[0][1] == "Out of stock for LAMP"
 
 
+def test_allocate_the_same_line_with_another_quantity():
+    BatchFactory(reference="b1", product__sku="LAMP")
+    run("allocate", "o1", "LAMP", "5")
+
+    with pytest.raises(
+        CommandError, match=r"^Order o1 already has 5 x LAMP allocated \(batch b1\)$"
+    ):
+        run("allocate", "o1", "LAMP", "6")
+
+    assert OrderLine.objects.get().qty == 5
+
+
+@pytest.mark.parametrize("args", [[".", "LAMP", "5"], ["o1", "..", "5"]])
+def test_allocate_with_a_dot_name(args):
+    with pytest.raises(CommandError, match=r"'\.' and '\.\.' cannot be identifiers"):
+        run("allocate", *args)
+
+
 def test_allocate_unknown_sku():
     with pytest.raises(CommandError, match=r"^Invalid sku LAMP$"):
         run("allocate", "o1", "LAMP", "5")

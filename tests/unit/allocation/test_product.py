@@ -5,7 +5,7 @@ from datetime import date, timedelta
 import pytest
 
 from allocation.events import Allocated, Deallocated, OutOfStock
-from allocation.exceptions import UnknownBatch
+from allocation.exceptions import LineAlreadyAllocated, UnknownBatch
 from allocation.models import OrderLine, Product
 from tests.factories import ProductFactory
 
@@ -109,6 +109,57 @@ def test_allocating_the_same_order_line_again_keeps_its_batch(product: Product) 
     assert first.available_quantity == 0
     assert product.version_number == 1
     assert len(product.events) == 1
+
+
+def test_allocating_the_same_order_line_with_another_quantity_is_refused(
+    product: Product,
+) -> None:
+    batch = product.add_batch("batch1", 100)
+    product.allocate(line("oref", "RETRO-CLOCK", 10))
+
+    with pytest.raises(
+        LineAlreadyAllocated,
+        match=r"^Order oref already has 10 x RETRO-CLOCK allocated \(batch batch1\)$",
+    ):
+        product.allocate(line("oref", "RETRO-CLOCK", 12))
+
+    assert batch.available_quantity == 90
+    assert product.version_number == 1
+    assert len(product.events) == 1
+
+
+def test_deallocate_takes_the_line_off_its_batch(product: Product) -> None:
+    shipment = product.add_batch("shipment", 100, eta=tomorrow)
+    in_stock = product.add_batch("in-stock", 100)
+    product.allocate(line("order1", "RETRO-CLOCK", 10))
+    product.allocate(line("order2", "RETRO-CLOCK", 95))
+
+    taken = product.deallocate(line("order1", "RETRO-CLOCK", 10))
+
+    assert taken is not None
+    assert (taken.orderid, taken.qty) == ("order1", 10)
+    assert in_stock.available_quantity == 100
+    assert shipment.available_quantity == 5
+    assert product.events[-1] == Deallocated(orderid="order1", sku="RETRO-CLOCK", qty=10)
+
+
+def test_deallocate_a_line_not_allocated(product: Product) -> None:
+    batch = product.add_batch("batch1", 100)
+    product.allocate(line("order1", "RETRO-CLOCK", 10))
+    events = list(product.events)
+
+    assert product.deallocate(line("order2", "RETRO-CLOCK", 10)) is None
+
+    assert batch.available_quantity == 90
+    assert product.events == events
+
+
+def test_a_deallocated_line_can_be_allocated_again(product: Product) -> None:
+    product.add_batch("batch1", 10)
+    product.allocate(line("order1", "RETRO-CLOCK", 10))
+    product.deallocate(line("order1", "RETRO-CLOCK", 10))
+
+    assert product.allocate(line("order1", "RETRO-CLOCK", 4)) == "batch1"
 
 
 def test_change_batch_quantity_deallocates_the_newest_lines(product: Product) -> None:
