@@ -18,7 +18,9 @@ class MessagebusConfig(AppConfig):
 def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
     if setting == "MESSAGEBUS":
         from . import executors
+        from .delivery import policy
         from .dependencies import dependencies
 
         executors.reset()
+        policy.reset()
         dependencies.clear()

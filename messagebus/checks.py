@@ -11,10 +11,11 @@ from django.conf import settings
 from django.core import checks
 
 from . import conf
+from .delivery.policy import OVERRIDABLE
 from .dependencies import dependencies
 from .exceptions import MessageEncodeError
 from .messages import Command, Message, message_classes, message_type_name
-from .registry import registry
+from .registry import Handler, registry
 from .serialization import check_serializable
 
 JSON_TYPES = (
@@ -48,7 +49,26 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     obj=handler.func,
                     id="messagebus.E001",
                 ))  # fmt: skip
+        errors.extend(_option_errors(handler))
     return errors
+
+
+def _option_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
+    if handler.options and issubclass(handler.message_type, Command):
+        yield checks.Error(
+            f"{handler} handles a command, so it has no delivery policy to set.",
+            hint=f"Drop {', '.join(name for name, _ in handler.options)} from @handler().",
+            obj=handler.func,
+            id="messagebus.E006",
+        )
+        return
+    for name, value in handler.options:
+        if problem := OVERRIDABLE[name](value):
+            yield checks.Error(
+                f"{handler}: the option {name}={value!r} {problem}.",
+                obj=handler.func,
+                id="messagebus.E006",
+            )
 
 
 def _settings_errors() -> Iterator[checks.CheckMessage]:

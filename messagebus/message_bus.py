@@ -58,15 +58,16 @@ class MessageBus:
 
     def _run(self, handler: Handler, command: Command, using: str | None) -> Any:
         """The handler in a unit of work, run again after losing a race, if outermost."""
-        alias = using or DEFAULT_DB_ALIAS
-        runs = 1 if connections[alias].in_atomic_block else conf.settings.COMMAND_RETRIES
         run = 1
         while True:
             try:
-                with UnitOfWork(alias) as uow:
+                with UnitOfWork(using) as uow:
                     return dependencies.call(handler, command, uow, self)
             except (DatabaseError, ConcurrencyError) as exc:
-                if run >= runs or not _lost_a_race(exc):
+                runs = conf.settings.COMMAND_RETRIES
+                # Only a whole transaction runs again, not a savepoint inside another.
+                nested = connections[using or DEFAULT_DB_ALIAS].in_atomic_block
+                if nested or run >= runs or not _lost_a_race(exc):
                     raise
                 run += 1
                 logger.warning("Running %s again (run %d of %d): %s", command, run, runs, exc)

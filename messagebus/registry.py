@@ -12,7 +12,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from .delivery.policy import OVERRIDABLE
@@ -30,7 +30,7 @@ class Handler:
     # Parameters after the message: (name, has a default).
     parameters: tuple[tuple[str, bool], ...]
     # Its delivery policy's overrides (event handlers): @handler(max_deliveries=10).
-    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -171,7 +171,7 @@ def _inspect(
         raise RegistrationError(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
-    return Handler(func, message_type, name, rest, dict(options))
+    return Handler(func, message_type, name, rest, tuple(sorted(options.items())))
 
 
 registry = Registry()

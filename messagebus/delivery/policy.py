@@ -19,8 +19,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from .. import conf
 from ..exceptions import RetryLater
 
-# Keys a handler may override: @messagebus.handler(max_deliveries=10, ...).
-OVERRIDABLE = ("retry_attempts", "max_deliveries", "redelivery_delay", "batch")
+# What a handler may override, and how to check a value:
+# @messagebus.handler(max_deliveries=10, batch=False).
+OVERRIDABLE: dict[str, conf.Validator] = {
+    "retry_attempts": conf.whole_number,
+    "max_deliveries": conf.whole_number,
+    "redelivery_delay": conf.seconds,
+    "batch": lambda value: None if isinstance(value, bool) else "must be True or False",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,15 @@ class Policy:
     dead_at_once: tuple[type[BaseException], ...] = ()
     # False: this handler's deliveries each get a transaction of their own.
     batch: bool = True
+
+    @classmethod
+    def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:
+        """The policy for a handler's ``options``: MESSAGEBUS's, overridden (cached)."""
+        try:
+            return _built[options]
+        except KeyError:
+            policy = _built[options] = cls.from_settings(**dict(options))
+            return policy
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> Policy:
@@ -101,6 +116,14 @@ class Policy:
         if runs >= self.max_deliveries:
             return Dead(f"{runs} runs started and none finished: did its process die?")
         return Reschedule(0.0)
+
+
+_built: dict[tuple[tuple[str, Any], ...], Policy] = {}
+
+
+def reset() -> None:
+    """Forget built policies (the settings changed)."""
+    _built.clear()
 
 
 def describe(error: BaseException) -> str:

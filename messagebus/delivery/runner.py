@@ -54,8 +54,8 @@ def policy_of(handler: Handler | str) -> Policy:
     """The delivery policy of ``handler`` (or of the handler of that name)."""
     if isinstance(handler, str):
         found = registry.named(handler)
-        return Policy.from_settings(**(found.options if found else {}))
-    return Policy.from_settings(**handler.options)
+        return Policy.of(found.options if found else ())
+    return Policy.of(handler.options)
 
 
 def run(
@@ -71,16 +71,22 @@ def run(
     ``lease``: the claim it runs under (None: unleased, just stored).
     ``calls``: at most this many calls (default: the policy's attempts).
     ``runs``: runs ended before this one, if known.
-    ``first_error``: the run's first call already failed with it (in a batch).
+    ``first_error``: the run's first call already failed with it.
     """
     task = resolve(ref, lease)
     if task is None:
         return False
+    if first_error is None:  # the first call, as cheap as can be
+        try:
+            return _call(task, lease)
+        except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+            first_error = exc
+            lease = _failed_call(task, lease, exc)
     attempts = task.policy.retry_attempts if calls is None else calls
     try:
         for attempt in task.policy.retrying(attempts):
             with attempt:
-                if first_error is not None and attempt.retry_state.attempt_number == 1:
+                if attempt.retry_state.attempt_number == 1:
                     raise first_error
                 try:
                     return _call(task, lease)

@@ -103,9 +103,7 @@ def rescheduled(ref: Reference, lease: dt.datetime | None, delay: float) -> int:
 def postponed(ref: Reference, lease: dt.datetime | None, delay: float, reason: str) -> int:
     """The handler asked to run again later: due in ``delay`` seconds, no run counted."""
     at = timezone.now() + dt.timedelta(seconds=delay)
-    return _held(ref, lease).update(
-        next_attempt_at=at, lease_until=None, attempts=F("attempts") + 1, last_error=reason
-    )
+    return _held(ref, lease).update(next_attempt_at=at, lease_until=None, last_error=reason)
 
 
 def dead(ref: Reference, lease: dt.datetime | None, reason: str) -> int:

@@ -94,3 +94,20 @@ def test_deliver_fixture_drops_what_an_outer_rollback_drops(messagebus_deliver, 
         raise RuntimeError("the view failed later")
     assert not Entry.objects.exists()
     messagebus_capture.assert_not_published(Deposited)
+
+
+@pytest.mark.parametrize("executor", ["inline", "worker"])
+def test_deliver_fixture_delivers_whatever_the_executor(messagebus_deliver, settings, executor):
+    settings.MESSAGEBUS = {**settings.MESSAGEBUS, "EXECUTOR": executor}
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_outside_the_fixture_the_worker_executor_leaves_deliveries_to_workers(db, settings):
+    settings.MESSAGEBUS = {**settings.MESSAGEBUS, "EXECUTOR": "worker"}
+    with transaction.atomic():
+        messagebus.bus.handle(OpenAccount("a"))
+        messagebus.bus.handle(Deposit("a", 5))
+    assert not Entry.objects.exists()

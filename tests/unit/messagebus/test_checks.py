@@ -133,3 +133,40 @@ def test_an_invalid_setting_is_an_error(setting, expected):
     )
     assert "messagebus.E003" in output
     assert expected in output
+
+
+def test_delivery_options_are_checked(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Noted(messagebus.Event):
+        x: int
+
+    @app_messages
+    @dataclass(frozen=True)
+    class Note(messagebus.Command):
+        x: int
+
+    def hasty(event: Noted) -> None: ...
+
+    def impatient(cmd: Note) -> None: ...
+
+    with messagebus.registry.temporary() as registry:
+        registry.register(None, hasty, max_deliveries=0, batch="no")
+        registry.register(None, impatient, retry_attempts=2)
+        output = check_output()
+    assert "messagebus.E006" in output
+    assert "the option max_deliveries=0 must be a whole number of at least 1" in output
+    assert "the option batch='no' must be True or False" in output
+    assert "impatient handles a command, so it has no delivery policy to set" in output
+
+
+def test_an_unknown_delivery_option_is_refused_at_registration():
+    from tests.busapp.events import Pinged
+
+    def handler(event: Pinged) -> None: ...
+
+    with (
+        messagebus.registry.temporary(),
+        pytest.raises(messagebus.RegistrationError, match="unknown option retries"),
+    ):
+        messagebus.handler(retries=3)(handler)

@@ -1,0 +1,127 @@
+"""No import cycles in messagebus, and no import of the domain app."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "messagebus"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = sorted(
+    module_name(path) for path in PACKAGE.rglob("*.py") if "migrations" not in path.parts
+)
+
+
+def imported_by(path: Path) -> set[str]:
+    """The messagebus modules ``path`` imports, anywhere in it but TYPE_CHECKING blocks."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in MODULES else base)
+    return {m for m in found if m in MODULES and m != name}
+
+
+def test_no_module_of_messagebus_imports_one_that_imports_it_back():
+    graph = {module_name(p): imported_by(p) for p in PACKAGE.rglob("*.py")
+             if "migrations" not in p.parts}  # fmt: skip
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                cycles.append([*path[path.index(target) :], target])
+            elif len(path) < 30:
+                visit(target, [*path, target])
+
+    for module in graph:
+        visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_messagebus_never_imports_the_domain_app():
+    for path in PACKAGE.rglob("*.py"):
+        assert "allocation" not in path.read_text(), path
+
+
+FIRST = """
+import importlib, sys
+import django
+from django.conf import settings
+from django.core.exceptions import AppRegistryNotReady
+settings.configure(
+    INSTALLED_APPS=[
+        "django.contrib.admin.apps.SimpleAdminConfig",  # no autodiscovery of admin modules
+        "django.contrib.contenttypes", "django.contrib.auth", "django.contrib.messages",
+        "django.contrib.sessions", "messagebus",
+    ],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    USE_TZ=True,
+)
+name = sys.argv[1]
+try:
+    importlib.import_module(name)  # before anything else of messagebus
+except AppRegistryNotReady:
+    # It needs the models: load them, and nothing else (ready() would import more).
+    for key in [key for key in sys.modules if key.startswith("messagebus")]:
+        del sys.modules[key]
+    from messagebus.apps import MessagebusConfig
+    MessagebusConfig.ready = lambda self: None
+    django.setup()
+    if name not in ("messagebus.apps", "messagebus.models"):  # what setup is for
+        assert name not in sys.modules, f"setting up Django imported {name}"
+    importlib.import_module(name)
+"""
+
+
+def test_each_module_imports_alone_first_in_a_fresh_interpreter():
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", FIRST, name],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in MODULES
+    }
+    failed = {}
+    for name, process in runs.items():
+        _, stderr = process.communicate(timeout=120)
+        if process.returncode:
+            failed[name] = stderr.strip().splitlines()[-1]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("name", ["messagebus.delivery.runner", "messagebus.executors.inline"])
+def test_the_check_reads_the_code_as_it_is(name):
+    assert name in MODULES
+    assert imported_by(PACKAGE / (name.removeprefix("messagebus.").replace(".", "/") + ".py"))
