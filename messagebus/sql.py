@@ -83,8 +83,9 @@ class Statements:
             ),
             lock,
         )
+        # The literal status, so PostgreSQL's planner can use the partial index.
         due = (
-            f"SELECT {col['id']} FROM {table} WHERE {col['status']} = %s "
+            f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
             f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
             f"ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
@@ -221,9 +222,10 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
     """
     connection = connections[using]
     params = [
-        _WHEN.get_db_prep_value(lease, connection), PENDING,
-        _WHEN.get_db_prep_value(due, connection), limit,
-    ]  # fmt: skip
+        _WHEN.get_db_prep_value(lease, connection),
+        _WHEN.get_db_prep_value(due, connection),
+        limit,
+    ]
     statements = _statements(connection).claim
     with connection.cursor() as cursor:
         if len(statements) == 1:
