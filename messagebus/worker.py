@@ -15,6 +15,26 @@ from .delivery import runner, states
 from .delivery.policy import plural
 
 logger = logging.getLogger(__name__)
+BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the database
+
+# SQLSTATE classes of errors that waiting will not fix: no such database (3D),
+# refused credentials (28), no such table: not migrated (42P01).
+LASTING = ("3D", "28", "42P01")
+
+
+def lasting(exc: DatabaseError) -> bool:
+    """Whether ``exc`` is a misconfiguration rather than an outage."""
+    cause = exc.__cause__
+    sqlstate = str(getattr(cause, "sqlstate", None) or "")
+    if sqlstate.startswith(LASTING):
+        return True
+    text = str(exc)
+    return ("database" in text and "does not exist" in text) or "no such table" in text
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Worker:
@@ -56,17 +76,26 @@ class Worker:
         logger.info(
             "Worker %s started on database %r (batch %d)", self.id, self.using, self._batch()
         )
+        failures = 0
         while not self._stopping.is_set() and not self._reached_limit():
             close_old_connections()
             try:
                 claimed = self.run_batch()
             except DatabaseError as exc:
-                if self.once:
+                if self.once or lasting(exc):
                     raise
+                failures += 1
+                delay = min(BACKOFF * 2 ** (failures - 1), BACKOFF_MAX)
                 logger.error(
-                    "Worker %s cannot reach the outbox; trying again shortly: %s", self.id, exc
-                )
-                claimed = 0
+                    "Worker %s cannot reach the outbox (failure %d, next try in %.0fs): %s",
+                    self.id, failures, delay, first_line(exc),
+                    exc_info=failures == 1,  # the traceback once, not on every try
+                )  # fmt: skip
+                self._stopping.wait(delay)
+                continue
+            if failures:
+                logger.info("Worker %s reached the outbox again", self.id)
+                failures = 0
             if not claimed:
                 if self.once:
                     break

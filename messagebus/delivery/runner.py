@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import transaction
-
 from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
@@ -29,7 +27,7 @@ from ..message_bus import bus
 from ..messages import Event, current_message
 from ..models import StoredEvent
 from ..registry import Handler, registry
-from ..unit_of_work import UnitOfWork
+from ..unit_of_work import UnitOfWork, savepoint
 from . import states
 from .policy import Dead, Policy, describe
 from .reference import Reference
@@ -224,7 +222,7 @@ def _one_transaction(
     completed: list[int] = []
     failed: list[tuple[states.Claim, Exception, dt.datetime]] = []
     count = 0
-    with transaction.atomic(using=using):
+    with UnitOfWork(using) as uow:
         ours = states.start(using, [claim for claim, _ in tasks])
         for claim, task in tasks:
             if count and (time.monotonic() > deadline or stopping()):
@@ -234,7 +232,7 @@ def _one_transaction(
                 continue
             token = current_message.set(task.event)
             try:
-                with UnitOfWork(using) as uow:  # a savepoint
+                with savepoint(using):
                     _handle(task, uow)
             except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
                 failed.append((claim, exc, _failed_call(task, claim.lease, exc)))

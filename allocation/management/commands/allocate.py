@@ -1,13 +1,15 @@
 from argparse import ArgumentParser
 from typing import Any
 
+from django.core.management.base import CommandError
+
 from ...commands import Allocate
 from ..arguments import identifier, quantity
 from ..base import BusCommand
 
 
 class Command(BusCommand):
-    help = "Allocate an order line; prints the batch's reference."
+    help = "Allocate an order line; prints the batch's reference (out of stock: exit status 1)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("orderid", type=identifier, help="The order's id.")
@@ -16,7 +18,6 @@ class Command(BusCommand):
 
     def handle(self, *args: Any, orderid: str, sku: str, qty: int, **options: Any) -> None:
         batchref = self.issue(Allocate(orderid=orderid, sku=sku, qty=qty))
-        if batchref is None:
-            self.stdout.write(self.style.WARNING(f"Out of stock for {sku}"))
-        else:
-            self.stdout.write(batchref)
+        if batchref is None:  # as the API's 409: a script can tell
+            raise CommandError(f"Out of stock for {sku}")
+        self.stdout.write(batchref)

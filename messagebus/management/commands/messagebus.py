@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import signal
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from messagebus import executors
 from messagebus.delivery.policy import plural
 from messagebus.models import Delivery, StoredEvent
-from messagebus.worker import Worker
+from messagebus.worker import Worker, first_line
 
 
 def positive_int(value: str) -> int:
@@ -44,10 +45,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         common = CommandParser(add_help=False)
         common.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
+        # Django's own options work after the action too: `messagebus worker -v 2`.
+        for option in parser._actions:
+            if option.option_strings and option.dest not in ("help", "database"):
+                common._add_action(copy.copy(option)).default = argparse.SUPPRESS
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
         def action(name: str, help: str) -> argparse.ArgumentParser:
-            return sub.add_parser(name, help=help, parents=[common])
+            return sub.add_parser(name, help=help, description=help, parents=[common])
 
         worker = action("worker", "Run due deliveries until stopped.")
         worker.add_argument("--once", action="store_true", help="Exit when nothing is due.")
@@ -66,7 +71,10 @@ class Command(BaseCommand):
 
         retry = action("retry", "Run dead (or waiting) deliveries again.")
         which = retry.add_mutually_exclusive_group(required=True)
-        which.add_argument("ids", nargs="*", type=positive_int, default=[], metavar="ID")
+        which.add_argument(
+            "ids", nargs="*", type=positive_int, default=[], metavar="ID",
+            help="Ids of the deliveries (as in the admin and in `status`).",
+        )  # fmt: skip
         which.add_argument("--all-dead", action="store_true", help="Every dead delivery.")
         which.add_argument("--handler", help="Dead deliveries to this handler (dotted name).")
 
@@ -78,7 +86,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, action: str, database: str, **options: Any) -> None:
         if database not in connections:
             raise CommandError(f"Unknown database {database!r}")
-        getattr(self, f"handle_{action}")(database, **options)
+        try:
+            getattr(self, f"handle_{action}")(database, **options)
+        except DatabaseError as exc:
+            raise CommandError(f"Cannot use the database {database!r}: {first_line(exc)}") from exc
 
     def handle_worker(
         self,

@@ -73,10 +73,11 @@ def test_allocate_prints_the_batch():
     assert AllocationView.objects.get().batchref == "b1"
 
 
-def test_allocate_says_when_out_of_stock(notifications):
+def test_allocate_fails_when_out_of_stock(notifications):
     BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=4)
 
-    assert run("allocate", "o1", "LAMP", "5") == "Out of stock for LAMP\n"
+    with pytest.raises(CommandError, match=r"^Out of stock for LAMP$"):
+        run("allocate", "o1", "LAMP", "5")
 
     assert not OrderLine.objects.exists()
     assert notifications.sent[0][1] == "Out of stock for LAMP"

@@ -22,10 +22,15 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, event, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
 
 import messagebus
 from messagebus.delivery import states
@@ -38,6 +43,7 @@ from tests.busapp.handlers import record_ping
 from tests.busapp.models import Entry
 
 pytestmark = pytest.mark.django_db(transaction=True)
+WHICH = st.integers(0, 8)  # picks among what there is to pick
 
 USING = "default"
 LIMIT = 3  # MAX_DELIVERIES
@@ -124,6 +130,12 @@ class DeliveryStates(RuleBasedStateMachine):
         self.poisoned: set[int] = set()  # dead of a poison failure, not requeued since
         self.final: dict[int, str] = {}  # done or discarded: so it stays
 
+    @initialize(runs=st.lists(st.integers(0, LIMIT - 1), min_size=3, max_size=3))
+    def earlier_runs(self, runs: list[int]) -> None:
+        """Each delivery starts with a few failed runs behind it, maybe."""
+        for pk, count in zip(self.ids, runs, strict=True):
+            Delivery.objects.filter(pk=pk).update(runs=count)
+
     def teardown(self) -> None:
         self.overridden.disable()
 
@@ -135,17 +147,13 @@ class DeliveryStates(RuleBasedStateMachine):
     def row(self, pk: int) -> Delivery:
         return Delivery.objects.get(pk=pk)
 
-    def lease_of(self, runner: str, which: int) -> tuple[int, dt.datetime | None] | None:
-        """A delivery ``runner`` may run, and its lease; a worker runs only what it claimed."""
-        leases = self.runners[runner].leases
-        if runner == INLINE:
-            pk = self.ids[which]
-            return pk, leases.get(pk)
-        known = sorted(leases)
-        if not known:
-            return None
-        pk = known[which % len(known)]
-        return pk, leases[pk]
+    def pick(self, which: int) -> tuple[str, int, dt.datetime | None]:
+        """A runner, a delivery it runs and its lease: a worker runs only what it claimed."""
+        choices = [(name, pk) for name in WORKERS for pk in sorted(self.runners[name].leases)]
+        runner, pk = (choices + [(INLINE, pk) for pk in self.ids])[which % (len(choices) + 3)]
+        lease = self.runners[runner].leases.get(pk)
+        note(f"{runner} runs delivery {pk} under lease {lease}")
+        return runner, pk, lease
 
     def handle(self, pk: int) -> None:
         """The handler's work, which must commit once at most, with the done-mark."""
@@ -171,18 +179,20 @@ class DeliveryStates(RuleBasedStateMachine):
             self.runners[runner].claims[c.id] = c
             self.runners[runner].leases[c.id] = c.lease
 
-    @rule(runner=st.sampled_from(WORKERS), which=st.integers(0, 2), fails=st.booleans())
-    def run_in_a_batch(self, runner: str, which: int, fails: bool) -> None:
+    @rule(which=WHICH, fails=st.booleans())
+    def run_in_a_batch(self, which: int, fails: bool) -> None:
         """One claim run as ``runner._one_transaction`` runs a batch."""
-        claims = self.runners[runner].claims
-        if not claims:
+        choices = [(name, c) for name in WORKERS for c in self.runners[name].claims.values()]
+        if not choices:
             return
-        claim = claims[sorted(claims)[which % len(claims)]]
+        runner, claim = choices[which % len(choices)]
+        note(f"{runner} runs delivery {claim.id} in a batch under lease {claim.lease}")
         before = self.row(claim.id)
         completed = []
         with transaction.atomic():
             ours = states.start(USING, [claim])
             assert ours == ({claim.id} if held(before, claim.lease) else set())
+            event(f"batch ours={bool(ours)} fails={fails}")
             if ours:
                 try:
                     with transaction.atomic():  # the handler's savepoint
@@ -205,18 +215,17 @@ class DeliveryStates(RuleBasedStateMachine):
         else:
             assert state(after) == state(before)
 
-    @rule(runner=st.sampled_from((*WORKERS, INLINE)), which=st.integers(0, 2))
-    def run_alone(self, runner: str, which: int) -> None:
+    @rule(which=WHICH)
+    def run_alone(self, which: int) -> None:
         """A call that succeeds, as ``runner._call`` makes it: marked done, then handled."""
-        if (picked := self.lease_of(runner, which)) is None:
-            return
-        pk, lease = picked
+        _, pk, lease = self.pick(which)
         before = self.row(pk)
         with transaction.atomic():
             marked = states.done(self.refs[pk], lease)
             if marked:
                 self.handle(pk)
         assert marked == held(before, lease)
+        event(f"run_alone {marked}")
         after = self.row(pk)
         if marked:
             self.completions[pk] += 1
@@ -224,12 +233,10 @@ class DeliveryStates(RuleBasedStateMachine):
         else:
             assert state(after) == state(before)
 
-    @rule(runner=st.sampled_from((*WORKERS, INLINE)), which=st.integers(0, 2))
-    def a_call_fails(self, runner: str, which: int) -> None:
+    @rule(which=WHICH)
+    def a_call_fails(self, which: int) -> None:
         """A call fails: its work rolls back with the done-mark; the run goes on, re-leased."""
-        if (picked := self.lease_of(runner, which)) is None:
-            return
-        pk, lease = picked
+        runner, pk, lease = self.pick(which)
         before = self.row(pk)
         marked = False
         try:
@@ -250,17 +257,10 @@ class DeliveryStates(RuleBasedStateMachine):
         else:
             assert state(after) == state(before)
 
-    @rule(
-        runner=st.sampled_from((*WORKERS, INLINE)),
-        which=st.integers(0, 2),
-        error=st.sampled_from(sorted(ERRORS)),
-        delay=st.sampled_from([0.0, 60.0]),
-    )
-    def a_run_fails(self, runner: str, which: int, error: str, delay: float) -> None:
+    @rule(which=WHICH, error=st.sampled_from(sorted(ERRORS)), delay=st.sampled_from([0.0, 60.0]))
+    def a_run_fails(self, which: int, error: str, delay: float) -> None:
         """The run's last call failed: ``runner.give_up`` ends it as the policy says."""
-        if (picked := self.lease_of(runner, which)) is None:
-            return
-        pk, lease = picked
+        _, pk, lease = self.pick(which)
         ref, exc = self.refs[pk], ERRORS[error]()
         policy = Policy(
             max_deliveries=LIMIT, redelivery_delay=delay, dead_at_once=(IntegrityError,)
@@ -274,6 +274,7 @@ class DeliveryStates(RuleBasedStateMachine):
         else:
             changed = states.rescheduled(ref, lease, verdict.delay)
         assert changed == held(before, lease)
+        event(f"run fails {type(verdict).__name__} {changed}")
         after = self.row(pk)
         if not changed:
             assert state(after) == state(before)
@@ -291,7 +292,8 @@ class DeliveryStates(RuleBasedStateMachine):
 
     @rule(runner=st.sampled_from(WORKERS))
     def stops(self, runner: str) -> None:
-        """The worker stops: it hands back its claims, and forgets everything."""
+        """A worker stops: it hands back its claims, and forgets everything."""
+        note(f"{runner} stops")
         claims = list(self.runners[runner].claims.values())
         before = self.rows()
         back = {c.id for c in claims if held(before[c.id], c.lease)}
@@ -306,29 +308,31 @@ class DeliveryStates(RuleBasedStateMachine):
                 assert state(after[pk]) == state(before[pk])
         self.runners[runner] = Runner()
 
-    @rule(which=st.integers(0, 2))
-    def a_lease_runs_out(self, which: int) -> None:
+    @rule(which=WHICH, reaper_comes=st.booleans())
+    def a_lease_runs_out(self, which: int, reaper_comes: bool) -> None:
         """Time passes for one leased delivery: its lease is now in the past.
 
         Its holder, if any, still holds it: the lease's new value is what it
         remembers, so until the reaper comes it may still finish the run.
         """
-        pk = self.ids[which]
-        old = self.row(pk).lease_until
-        if old is None or old <= timezone.now():
-            return
-        new = old - dt.timedelta(seconds=TIMEOUT + 3600)
-        assert Delivery.objects.filter(pk=pk, lease_until=old).update(lease_until=new) == 1
-        for runner in self.runners.values():
-            runner.relabel(pk, old, new)
+        running = Delivery.objects.leased().filter(lease_until__gt=timezone.now()).order_by("pk")
+        if leases := list(running.values_list("pk", "lease_until")):
+            pk, old = leases[which % len(leases)]
+            new = old - dt.timedelta(seconds=TIMEOUT + 3600)
+            assert Delivery.objects.filter(pk=pk, lease_until=old).update(lease_until=new) == 1
+            for runner in self.runners.values():
+                runner.relabel(pk, old, new)
+        if reaper_comes:
+            self.reaper()
 
-    @rule()
-    def delays_pass(self) -> None:
+    @rule(reaper_comes=st.booleans())
+    def delays_pass(self, reaper_comes: bool) -> None:
         """Time passes for the rescheduled and postponed: they are due."""
         now = timezone.now()
         Delivery.objects.pending().filter(next_attempt_at__gt=now).update(next_attempt_at=now)
+        if reaper_comes:
+            self.reaper()
 
-    @rule()
     def reaper(self) -> None:
         """``lease_expired`` ends the runs whose lease ran out: due again, or dead."""
         now = timezone.now()
@@ -340,6 +344,7 @@ class DeliveryStates(RuleBasedStateMachine):
         }
         dying = {pk for pk in lost if before[pk].runs + 1 >= LIMIT}
         died = states.lease_expired(USING, policy_of)
+        event(f"reaper lost={len(lost)} dying={len(dying)}")
         assert {row.pk for row, _ in died} == dying
         after = self.rows()
         for pk in self.ids:
@@ -378,37 +383,41 @@ class DeliveryStates(RuleBasedStateMachine):
     # Invariants: what the rows say after every step.
 
     @invariant()
-    def done_once_with_its_work(self) -> None:
+    def rows_make_sense(self) -> None:
+        rows = self.rows()  # read once: the checks below are on the same rows
+        self.done_once_with_its_work(rows)
+        self.runs_within_the_limit(rows)
+        self.dead_only_past_the_limit_or_of_poison(rows)
+        self.finished_rows_are_let_go(rows)
+        self.held_by_one_runner_at_most(rows)
+
+    def done_once_with_its_work(self, rows: dict[int, Delivery]) -> None:
         """Done (and its work committed) at most once; done and discarded are final."""
         work = Counter(Entry.objects.filter(account="ping").values_list("amount", flat=True))
-        for pk, row in self.rows().items():
+        for pk, row in rows.items():
             assert self.completions[pk] == work[self.numbers[pk]] == (row.status == DONE)
             assert self.final.get(pk, row.status) == row.status
             if row.status in (DONE, DISCARDED):
                 self.final[pk] = row.status
 
-    @invariant()
-    def runs_within_the_limit(self) -> None:
+    def runs_within_the_limit(self, rows: dict[int, Delivery]) -> None:
         """Runs never below 0 nor past the limit; a pending delivery has a run left."""
-        for row in self.rows().values():
+        for row in rows.values():
             assert 0 <= row.runs <= LIMIT
             assert row.runs < LIMIT or row.status != PENDING
 
-    @invariant()
-    def dead_only_past_the_limit_or_of_poison(self) -> None:
-        for pk, row in self.rows().items():
+    def dead_only_past_the_limit_or_of_poison(self, rows: dict[int, Delivery]) -> None:
+        for pk, row in rows.items():
             if row.status == DEAD:
                 assert row.runs >= LIMIT or pk in self.poisoned, row.last_error
 
-    @invariant()
-    def finished_rows_are_let_go(self) -> None:
-        for row in self.rows().values():
+    def finished_rows_are_let_go(self, rows: dict[int, Delivery]) -> None:
+        for row in rows.values():
             if row.status != PENDING:
                 assert row.finished_at is not None and row.lease_until is None
 
-    @invariant()
-    def held_by_one_runner_at_most(self) -> None:
-        for pk, row in self.rows().items():
+    def held_by_one_runner_at_most(self, rows: dict[int, Delivery]) -> None:
+        for pk, row in rows.items():
             holders = [
                 name
                 for name, runner in self.runners.items()

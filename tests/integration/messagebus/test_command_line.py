@@ -1,0 +1,100 @@
+"""``manage.py messagebus``: Django's options anywhere, help, and one clear line when the
+database cannot be used."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from django.db import OperationalError
+
+from messagebus import worker as worker_module
+from messagebus.delivery import states
+from messagebus.worker import Worker
+from tests.conftest import ROOT
+
+UNREACHABLE = "postgres://root@127.0.0.1:1/test"  # nothing listens on port 1
+
+
+def manage(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("messagebus", "status"), ("messagebus", "worker", "--once"), ("messagebus", "retry", "1")],
+)
+def test_an_unreachable_database_is_one_line_and_a_failure(args):
+    done = manage(*args, database_url=UNREACHABLE)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("CommandError")]
+    assert line.startswith("CommandError: Cannot use the database 'default': connection failed")
+
+
+def test_a_database_never_migrated_says_so(tmp_path):
+    done = manage("messagebus", "status", database_url=f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("no such table: messagebus_delivery")
+
+
+def test_djangos_options_work_after_the_action(manage):
+    done = manage("messagebus", "worker", "--once", "-v", "2", "--settings", "tests.settings")
+    assert done.returncode == 0, done.stderr
+    assert "Processed 0 deliveries." in done.stdout
+
+
+def test_each_action_describes_itself(manage):
+    retry = manage("messagebus", "retry", "--help").stdout
+    assert "Run dead (or waiting) deliveries again." in retry
+    assert "Ids of the deliveries" in retry
+    worker = manage("messagebus", "worker", "--help").stdout
+    assert "--limit N" in worker and "Exit after N deliveries." in worker
+    assert "--max-deliveries" not in worker  # MAX_DELIVERIES is a setting: runs before dead
+
+
+def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monkeypatch, caplog):
+    monkeypatch.setattr(worker_module, "BACKOFF", 0.01)
+    tries = []
+
+    def unreachable(*args, **kwargs):
+        tries.append(1)
+        if len(tries) <= 4:
+            raise OperationalError("connection refused\nIs the server running?")
+        return []
+
+    monkeypatch.setattr(states, "claim", unreachable)
+    waits = []
+    worker = Worker(poll_interval=0)
+    real_wait = worker._stopping.wait
+
+    def wait(seconds):
+        waits.append(seconds)
+        if len(waits) == 5:
+            worker.stop()
+        return real_wait(0)
+
+    monkeypatch.setattr(worker._stopping, "wait", wait)
+    with caplog.at_level(logging.INFO, logger="messagebus"):
+        worker.run()
+    assert waits[:4] == [0.01, 0.02, 0.04, 0.08]  # doubling, from BACKOFF
+    failures = [r for r in caplog.records if "cannot reach the outbox" in r.getMessage()]
+    assert len(failures) == 4
+    assert [bool(r.exc_info) for r in failures] == [True, False, False, False]
+    assert all("connection refused" in r.getMessage() for r in failures)
+    assert all("Is the server running" not in r.getMessage() for r in failures)  # one line
+    assert "reached the outbox again" in caplog.text
+
+
+def test_a_worker_stops_on_a_misconfiguration_rather_than_waiting(transactional_db, monkeypatch):
+    def missing(*args, **kwargs):
+        raise OperationalError('database "nosuchdb" does not exist')
+
+    monkeypatch.setattr(states, "claim", missing)
+    with pytest.raises(OperationalError):
+        Worker(poll_interval=0).run()
