@@ -19,6 +19,16 @@ class DuplicateBatch(AllocationError):
         self.ref = ref
 
 
+class ProductChanged(AllocationError, messagebus.ConcurrencyError):
+    """Another transaction saved the product since it was loaded: the bus runs the
+    command again (MESSAGEBUS["COMMAND_RETRIES"]); after that, a conflict."""
+
+    def __init__(self, sku: str, version: int) -> None:
+        super().__init__(f"Product {sku} changed since version {version}; try again")
+        self.sku = sku
+        self.version = version
+
+
 class UnknownBatch(AllocationError):
     def __init__(self, ref: str) -> None:
         super().__init__(f"Unknown batch {ref}")

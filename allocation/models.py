@@ -4,15 +4,18 @@
 to its batches goes through its methods, which work on objects in memory and
 record events. Command handlers load a product with ``Product.objects.locked()``
 (its row locked for the transaction, its batches with the quantity allocated
-to each) and save what changed. A batch's order lines are read only when they
-are needed (to deallocate), so allocating costs the same however many lines a
-product holds. Unsaved instances start with no batches and no allocations, so
-the domain can be exercised without a database.
+to each) and save what changed; saving is a compare-and-set on the version
+besides, so a path that forgets the lock fails (``ProductChanged``, and the
+bus runs the command again) rather than losing an update. A batch's order
+lines are read only when they are needed (to deallocate), so allocating costs
+the same however many lines a product holds. Unsaved instances start with no
+batches and no allocations, so the domain can be exercised without a database.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from django.db import models
 from django.db.models import F, Prefetch, Q, Sum
@@ -22,7 +25,7 @@ from django.utils.functional import cached_property
 import messagebus
 
 from .events import Allocated, Deallocated, OutOfStock
-from .exceptions import LineAlreadyAllocated, LineDoesNotFit, UnknownBatch
+from .exceptions import LineAlreadyAllocated, LineDoesNotFit, ProductChanged, UnknownBatch
 from .validators import IDENTIFIER_MAX_LENGTH, quantity_validators, validate_identifier
 
 
@@ -47,12 +50,47 @@ class Product(messagebus.Aggregate, models.Model):
     version_number = models.PositiveIntegerField(default=0, editable=False)
 
     objects = ProductQuerySet.as_manager()
+    _loaded_version: int | None = None  # what the row held when read: saves compare to it
 
     class Meta:
         ordering = ["sku"]
 
     def __str__(self) -> str:
         return self.sku
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, unless another transaction saved it first: ``ProductChanged`` then.
+
+        An update is a compare-and-set on ``version_number``, so no code path
+        loses an update, whether or not it loaded the product ``locked()``.
+        """
+        super().save(*args, **kwargs)
+        self._loaded_version = self.version_number
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Product:
+        product = super().from_db(db, field_names, values)
+        product._loaded_version = product.__dict__.get("version_number")
+        return product
+
+    def _do_update(
+        self,
+        base_qs: Any,
+        using: Any,
+        pk_val: Any,
+        values: Any,
+        update_fields: Any,
+        forced_update: Any,
+    ) -> bool:
+        loaded = self._loaded_version
+        if loaded is not None:
+            base_qs = base_qs.filter(version_number=loaded)
+        updated = bool(
+            super()._do_update(base_qs, using, pk_val, values, update_fields, forced_update)
+        )
+        if not updated and loaded is not None:
+            raise ProductChanged(self.sku, loaded)
+        return updated
 
     @cached_property
     def batches(self) -> list[Batch]:

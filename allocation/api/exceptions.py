@@ -22,6 +22,7 @@ from ..exceptions import (
     DuplicateBatch,
     InvalidSku,
     LineAlreadyAllocated,
+    ProductChanged,
     UnknownBatch,
 )
 
@@ -30,6 +31,7 @@ STATUS_CODES: dict[type[AllocationError], int] = {
     UnknownBatch: status.HTTP_404_NOT_FOUND,
     DuplicateBatch: status.HTTP_409_CONFLICT,
     LineAlreadyAllocated: status.HTTP_409_CONFLICT,
+    ProductChanged: status.HTTP_409_CONFLICT,
 }
 
 
