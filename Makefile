@@ -36,6 +36,8 @@ test-postgres:
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_bus.py
 	$(BIN)/python bench/bench_http.py
+	$(BIN)/python bench/bench_worker.py
+	$(BIN)/python bench/bench_prune.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1

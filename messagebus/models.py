@@ -98,6 +98,11 @@ class Delivery(models.Model):
                 name="messagebus_delivery_due",
             ),
             models.Index(
+                fields=["finished_at"],
+                condition=Q(status__in=["done", "discarded"]),
+                name="messagebus_delivery_finished",
+            ),
+            models.Index(
                 fields=["lease_until"],
                 condition=Q(status="pending", lease_until__isnull=False),
                 name="messagebus_delivery_leased",

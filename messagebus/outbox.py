@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import sql
 from .delivery.reference import Reference
 from .envelope import Envelope
 from .messages import Event
+from .models import Delivery, StoredEvent
 from .registry import registry
 
 logger = logging.getLogger(__name__)
 
+PRUNE_CHUNK = 5000  # rows a DELETE takes on: short transactions, short locks
+
 # Called with each event stored, and its database (messagebus.testing captures with it).
 observers: list[Callable[[Event, str], None]] = []
+
+
+def prunable(using: str, before: dt.datetime) -> tuple[int, int]:
+    """How many deliveries and events ``prune`` would delete."""
+    deliveries = Delivery.objects.using(using)
+    staying = deliveries.filter(event=OuterRef("pk")).exclude(
+        status__in=Delivery.FINISHED, finished_at__lt=before
+    )
+    events = StoredEvent.objects.using(using).filter(created_at__lt=before)
+    return deliveries.finished_before(before).count(), events.exclude(Exists(staying)).count()
+
+
+def prune(using: str, before: dt.datetime, *, chunk: int = PRUNE_CHUNK) -> tuple[int, int]:
+    """Delete deliveries done or discarded before ``before``, and events left without any."""
+    return sql.prune(using, before, chunk)
 
 
 def store(event: Event, using: str) -> list[Reference]:

@@ -83,18 +83,28 @@ class Statements:
             ),
             lock,
         )
+        event_id = quote(_event_field("id").column)
         # The literal status, so PostgreSQL's planner can use the partial index.
         due = (
             f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
             f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
             f"ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
-        event_id = quote(_event_field("id").column)
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, "
             + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:5])
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
             f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
+        )
+        finished = ", ".join(f"'{status}'" for status in Delivery.FINISHED)
+        self.prune_deliveries = (
+            f"DELETE FROM {table} WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
+            f"WHERE {col['status']} IN ({finished}) AND {col['finished_at']} < %s LIMIT %s)"
+        )
+        self.prune_events = (
+            f"DELETE FROM {events} WHERE {event_id} IN (SELECT e.{event_id} FROM {events} e "
+            f"WHERE e.{quote(_event_field('created_at').column)} < %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {table} d WHERE d.{col['event']} = e.{event_id}) LIMIT %s)"
         )
         lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
         if connection.vendor == "postgresql":
@@ -210,6 +220,29 @@ def lock(using: str, ids: Sequence[int], lease: dt.datetime) -> set[int]:
             [PENDING, _WHEN.get_db_prep_value(lease, connection), *ids],
         )
         return {row[0] for row in cursor.fetchall()}
+
+
+def prune(using: str, before: dt.datetime, chunk: int) -> tuple[int, int]:
+    """Delete deliveries finished before ``before``, then the events left without any,
+    ``chunk`` rows a statement, each statement its own transaction: no long locks.
+
+    Returns (deliveries, events) deleted.
+    """
+    connection = connections[using]
+    sql = _statements(connection)
+    when = _WHEN.get_db_prep_value(before, connection)
+    counts = []
+    with connection.cursor() as cursor:
+        for statement in (sql.prune_deliveries, sql.prune_events):
+            total = 0
+            while True:
+                with transaction.atomic(using=using):
+                    cursor.execute(statement, [when, chunk])
+                    total += cursor.rowcount
+                if cursor.rowcount < chunk:
+                    break
+            counts.append(total)
+    return counts[0], counts[1]
 
 
 Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None]

@@ -10,12 +10,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from messagebus import executors
+from messagebus import executors, outbox
 from messagebus.delivery.policy import plural
-from messagebus.models import Delivery, StoredEvent
+from messagebus.models import Delivery
 from messagebus.worker import Worker, first_line
 
 
@@ -81,6 +81,9 @@ class Command(BaseCommand):
         prune = action("prune", "Delete finished deliveries and their events.")
         prune.add_argument(
             "--days", type=positive_int, default=30, help="Older than this (default 30)."
+        )
+        prune.add_argument(
+            "--dry-run", action="store_true", help="Say what would be deleted; delete nothing."
         )
 
     def handle(self, *args: Any, action: str, database: str, **options: Any) -> None:
@@ -165,23 +168,15 @@ class Command(BaseCommand):
         )
         self.stdout.write(", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
 
-    def handle_prune(self, using: str, *, days: int, **options: Any) -> None:
+    def handle_prune(self, using: str, *, days: int, dry_run: bool, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)
-        deliveries = Delivery.objects.using(using).finished_before(cutoff)
-        events = StoredEvent.objects.using(using).filter(
-            created_at__lt=cutoff, deliveries__isnull=True
-        )
-        deleted = _delete_in_chunks(deliveries)
-        pruned = _delete_in_chunks(events)  # after their deliveries
+        if dry_run:
+            deliveries, events = outbox.prunable(using, cutoff)
+            verb = "Would delete"
+        else:
+            deliveries, events = outbox.prune(using, cutoff)
+            verb = "Deleted"
         self.stdout.write(
-            f"Deleted {deleted} deliveries and {pruned} events finished over {days} days ago."
+            f"{verb} {plural(deliveries, 'delivery', 'deliveries')} and "
+            f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
-
-
-def _delete_in_chunks(rows: QuerySet[Any], size: int = 1000) -> int:
-    """Delete ``rows`` a thousand at a time, loading no more than their keys."""
-    total, label = 0, rows.model._meta.label
-    everything = rows.model._default_manager.using(rows.db)
-    while pks := list(rows.values_list("pk", flat=True)[:size]):
-        total += everything.filter(pk__in=pks).only("pk").delete()[1].get(label, 0)
-    return total

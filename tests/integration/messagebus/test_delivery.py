@@ -206,6 +206,8 @@ def test_prune_deletes_old_finished_deliveries_and_their_events():
     old = timezone.now() - timedelta(days=40)
     Delivery.objects.filter(status="done").update(finished_at=old)
     StoredEvent.objects.update(created_at=old)
+    assert "Would delete 3 deliveries and 2 events" in run("prune", "--days", "30", "--dry-run")
+    assert StoredEvent.objects.count() == 3  # a dry run deletes nothing
     assert "Deleted 3 deliveries and 2 events" in run("prune", "--days", "30")
     assert [str(pk) for pk in StoredEvent.objects.values_list("pk", flat=True)] == [pending.pk]
 
@@ -333,3 +335,20 @@ def test_an_event_that_could_not_be_read_back_is_refused_when_recorded():
     with pytest.raises(MessageEncodeError, match=r"Deposited\.amount: expected int, got '5'"):
         messagebus.bus.handle(Deposited(name="ned", amount="5"))  # type: ignore[arg-type]
     assert not StoredEvent.objects.exists()
+
+
+def test_prune_deletes_in_chunks_and_keeps_what_is_unfinished():
+    from messagebus import outbox
+
+    for n in range(5):
+        messagebus.bus.handle(Pinged(n=n))
+    with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"}):
+        messagebus.bus.handle(Pinged(n=99))  # pending: it and its event stay
+    old = timezone.now() - timedelta(days=2)
+    Delivery.objects.filter(status="done").update(finished_at=old)
+    StoredEvent.objects.update(created_at=old)
+    cutoff = timezone.now() - timedelta(days=1)
+    assert outbox.prunable("default", cutoff) == (5, 5)
+    assert outbox.prune("default", cutoff, chunk=2) == (5, 5)
+    assert list(StoredEvent.objects.values_list("payload", flat=True)) == [{"n": 99}]
+    assert Delivery.objects.get().status == "pending"
