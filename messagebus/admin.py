@@ -13,8 +13,8 @@ from django.utils.html import format_html
 
 from . import executors
 from .delivery import states
-from .delivery.policy import plural
 from .models import Delivery, StoredEvent
+from .wording import plural
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

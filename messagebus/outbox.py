@@ -15,6 +15,7 @@ from .envelope import Envelope
 from .messages import Event
 from .models import Delivery, StoredEvent
 from .registry import registry
+from .wording import plural
 
 logger = logging.getLogger(__name__)
 
@@ -51,5 +52,5 @@ def store(event: Event, using: str) -> list[Reference]:
         for observer in observers:
             observer(event, using)
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("Stored %s for %d handler(s)", event, len(handlers))
+        logger.debug("Stored %s for %s", event, plural(len(handlers), "handler"))
     return [Reference(using, envelope.id, h.name, envelope) for h in handlers]

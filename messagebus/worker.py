@@ -12,7 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
 from . import conf
 from .delivery import runner, states
-from .delivery.policy import plural
+from .wording import first_line, plural
 
 logger = logging.getLogger(__name__)
 BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the database
@@ -30,11 +30,6 @@ def lasting(exc: DatabaseError) -> bool:
         return True
     text = str(exc)
     return ("database" in text and "does not exist" in text) or "no such table" in text
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 class Worker:

@@ -18,6 +18,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from .. import conf
 from ..exceptions import RetryLater
+from ..wording import describe, plural
 
 # What a handler may override, and how to check a value:
 # @messagebus.handler(max_deliveries=10, batch=False).
@@ -124,12 +125,3 @@ _built: dict[tuple[tuple[str, Any], ...], Policy] = {}
 def reset() -> None:
     """Forget built policies (the settings changed)."""
     _built.clear()
-
-
-def describe(error: BaseException) -> str:
-    """``module.Class: message``, as kept in a delivery's last error."""
-    return f"{type(error).__module__}.{type(error).__qualname__}: {error}"
-
-
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"

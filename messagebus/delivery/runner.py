@@ -28,8 +28,9 @@ from ..messages import Event, current_message
 from ..models import StoredEvent
 from ..registry import Handler, registry
 from ..unit_of_work import UnitOfWork, savepoint
+from ..wording import describe
 from . import states
-from .policy import Dead, Policy, describe
+from .policy import Dead, Policy
 from .reference import Reference
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
         )
     elif not verdict.counts_a_run:
         states.postponed(task.ref, lease, verdict.delay, describe(exc))
-        logger.info("%s asked to run again in %.0fs: %s", task, verdict.delay, exc)
+        logger.info("Postponed %s by %.0fs, as its handler asked: %s", task, verdict.delay, exc)
     else:
         states.rescheduled(task.ref, lease, verdict.delay)
         logger.error(

@@ -29,7 +29,8 @@ from django.utils import timezone
 from .. import conf, sql
 from ..envelope import Envelope
 from ..models import Delivery, DeliveryQuerySet
-from .policy import Dead, Policy, describe
+from ..wording import describe
+from .policy import Dead, Policy
 from .reference import Reference
 
 Status = Delivery.Status

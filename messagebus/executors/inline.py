@@ -12,8 +12,8 @@ from django.db import DatabaseError, transaction
 
 from .. import conf
 from ..delivery import runner, states
-from ..delivery.policy import plural
 from ..delivery.reference import Reference
+from ..wording import plural
 
 logger = logging.getLogger(__name__)
 SWEEP_SIZE = 10  # deliveries a sweep takes on at most

@@ -14,9 +14,9 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from messagebus import executors, outbox
-from messagebus.delivery.policy import plural
 from messagebus.models import Delivery
-from messagebus.worker import Worker, first_line
+from messagebus.wording import first_line, plural
+from messagebus.worker import Worker
 
 
 def positive_int(value: str) -> int:
