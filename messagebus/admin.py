@@ -1,20 +1,32 @@
-"""Read-only admin for the outbox, with retry and discard actions."""
+"""Read-only admin for the outbox, with retry and discard: bulk, and on a delivery's page."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import display_for_value, unquote
+from django.core.exceptions import PermissionDenied
+from django.db import router
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
-from django.utils.html import format_html
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import Truncator
+from django.views.decorators.http import require_POST
 
 from . import executors
 from .delivery import states
 from .models import Delivery, StoredEvent
 from .wording import plural
+
+Status = Delivery.Status
+_ENDINGS = (Status.DONE, Status.PENDING, Status.DEAD, Status.DISCARDED)  # as a retry reports them
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -31,14 +43,44 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
-def _pretty(data: Any) -> str:
-    return format_html("<pre>{}</pre>", json.dumps(data, indent=2, sort_keys=True))
+def _pre(text: str) -> SafeString:
+    """Preformatted, but long lines wrap instead of widening the page."""
+    return format_html('<pre style="white-space: pre-wrap; word-break: break-word">{}</pre>', text)
 
 
-class DeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
+def _pretty(data: Any) -> SafeString:
+    return _pre(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _dotted(name: str) -> SafeString:
+    """A dotted name that may break after each dot in a narrow column."""
+    return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in name.split(".")))
+
+
+def _first_line(text: str, length: int = 200) -> str:
+    return Truncator(text.strip().partition("\n")[0]).chars(length)
+
+
+class DeliveryColumns:
+    """What the delivery list, a delivery's page and an event's deliveries show alike."""
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: Delivery) -> str:
+        """When a pending delivery is due; "-" once it is done, dead or discarded."""
+        return display_for_value(obj.next_attempt_at if obj.status == Status.PENDING else None, "-")
+
+    @admin.display(description="last error")
+    def error(self, obj: Delivery) -> str:
+        if not obj.last_error:
+            return ""
+        line = _first_line(obj.last_error)
+        return format_html('<span title="{}">{}</span>', line, _first_line(line, 80))
+
+
+class DeliveryInline(DeliveryColumns, admin.TabularInline):  # type: ignore[type-arg]
     model = Delivery
     fields = readonly_fields = (
-        "handler", "status", "attempts", "runs", "next_attempt_at", "lease_until", "last_error",
+        "handler", "status", "attempts", "runs", "next_attempt", "lease_until", "error",
     )  # fmt: skip
     extra = 0
     can_delete = False
@@ -65,21 +107,15 @@ class StoredEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "event_type",
-        "handler",
-        "status",
-        "attempts",
-        "runs",
-        "next_attempt_at",
-        "error",
-    ]
+class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
+    # Narrow columns first, so status, runs and the error fit at 1280 px.
+    list_display = ["id", "status", "runs", "error", "event_type", "handler_name", "created_at"]
+    list_display_links = ["id"]
     list_filter = ["status", "event__type", "handler"]
     search_fields = ["=event__id", "=event__correlation_id"]
     list_select_related = ["event"]
     actions = ["retry_now", "discard"]
+    change_form_template = "admin/messagebus/delivery/change_form.html"
     fields = readonly_fields = (
         "event_link",
         "event_type",
@@ -88,18 +124,23 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "attempts",
         "runs",
         "created_at",
-        "next_attempt_at",
+        "next_attempt",
         "lease_until",
         "finished_at",
         "correlation_id",
         "payload_json",
-        "last_error",
+        "last_error_text",
         "traceback_text",
     )
 
     @admin.display(description="event", ordering="event__type")
     def event_type(self, obj: Delivery) -> str:
-        return obj.event.type
+        return _dotted(obj.event.type)
+
+    @admin.display(description="handler", ordering="handler")
+    def handler_name(self, obj: Delivery) -> str:
+        short = ".".join(obj.handler.rsplit(".", 2)[-2:])
+        return format_html('<span title="{}">{}</span>', obj.handler, _dotted(short))
 
     @admin.display(description="event")
     def event_link(self, obj: Delivery) -> str:
@@ -114,24 +155,34 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def payload_json(self, obj: Delivery) -> str:
         return _pretty(obj.event.payload)
 
+    @admin.display(description="last error")
+    def last_error_text(self, obj: Delivery) -> str:
+        return _pre(obj.last_error) if obj.last_error else "-"
+
     @admin.display(description="traceback")
     def traceback_text(self, obj: Delivery) -> str:
-        return format_html("<pre>{}</pre>", obj.traceback) if obj.traceback else "-"
+        return _pre(obj.traceback) if obj.traceback else "-"
 
-    @admin.display(description="last error")
-    def error(self, obj: Delivery) -> str:
-        return obj.last_error.splitlines()[0][:120] if obj.last_error else ""
+    # Bulk actions on the list.
 
     @admin.action(description="Retry selected deliveries now", permissions=["retry"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
         pks = list(queryset.retryable().values_list("pk", flat=True))  # type: ignore[attr-defined]
         count = executors.retry(queryset.db, pks)
         skipped = queryset.count() - count
+        rows = list(Delivery.objects.using(queryset.db).filter(pk__in=pks))
+        ended = Counter(row.status for row in rows)
+        if all(_outcome(row) == "due" for row in rows):
+            how, level = "due now, for a worker to run", messages.SUCCESS
+        else:
+            how = ", ".join(f"{ended[status]} {status}" for status in _ENDINGS if ended[status])
+            level = messages.SUCCESS if set(ended) == {Status.DONE} else messages.WARNING
         self.message_user(
             request,
-            f"Requeued {plural(count, 'delivery', 'deliveries')}."
+            f"Requeued {plural(count, 'delivery', 'deliveries')}"
+            + (f": {how}." if count else ".")
             + (f" Skipped {skipped} done or discarded." if skipped else ""),
-            messages.SUCCESS,
+            level,
         )
 
     @admin.action(description="Discard selected deliveries (never run them)", permissions=["retry"])
@@ -143,3 +194,111 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("messagebus.change_delivery")
+
+    # The buttons on a delivery's page.
+
+    def get_urls(self) -> list[URLPattern]:
+        def button(action: str, view: Callable[..., HttpResponse]) -> URLPattern:
+            name = f"{self.opts.app_label}_{self.opts.model_name}_{action}"
+            wrapped = self.admin_site.admin_view(require_POST(view))
+            return path(f"<path:object_id>/{action}/", wrapped, name=name)
+
+        # Before the model's own URLs, whose last one takes any "<id>/...".
+        return [
+            button("retry", self.retry_view),
+            button("discard", self.discard_view),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Delivery | None = None,
+    ) -> HttpResponse:
+        context["show_delivery_buttons"] = (
+            obj is not None and obj.status in Delivery.UNFINISHED
+        ) and self.has_retry_permission(request)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        delivery, using = self._delivery(request, object_id)
+        if executors.retry(using, [delivery.pk]):
+            delivery.refresh_from_db(using=using)
+            self.message_user(request, *_retried(delivery))
+        else:
+            self._finished(request, delivery, using, "retried")
+        return HttpResponseRedirect(_page(object_id))
+
+    def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        delivery, using = self._delivery(request, object_id)
+        if states.discarded(Delivery.objects.using(using).filter(pk=delivery.pk)):
+            self.message_user(request, f"Delivery {delivery.pk} discarded.", messages.SUCCESS)
+        else:
+            self._finished(request, delivery, using, "discarded")
+        return HttpResponseRedirect(_page(object_id))
+
+    def _delivery(self, request: HttpRequest, object_id: str) -> tuple[Delivery, str]:
+        """The delivery a button acts on, and the database to change it in."""
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        delivery = self.get_object(request, unquote(object_id))
+        if delivery is None:
+            raise Http404(f"No delivery {object_id}")
+        return delivery, router.db_for_write(Delivery, instance=delivery)
+
+    def _finished(self, request: HttpRequest, delivery: Delivery, using: str, verb: str) -> None:
+        delivery.refresh_from_db(using=using, fields=["status"])
+        self.message_user(
+            request,
+            f"Delivery {delivery.pk} is {delivery.status}: "
+            f"only a pending or dead delivery can be {verb}.",
+            messages.WARNING,
+        )
+
+
+def _page(object_id: str) -> str:
+    return reverse("admin:messagebus_delivery_change", args=[object_id])
+
+
+def _outcome(row: Delivery) -> str:
+    """How a requeued delivery stands: its status, or what became of a pending one."""
+    if row.status != Status.PENDING:
+        return str(row.status)
+    if row.lease_until is not None:
+        return "running"
+    if row.runs:  # only a run that ended counts; the requeue set it to 0
+        return "failed"
+    return "later" if row.next_attempt_at > timezone.now() else "due"
+
+
+def _retried(row: Delivery) -> tuple[str, int]:
+    """The message, and its level, on how a retry of ``row`` (read back) ended."""
+    name, outcome = f"Delivery {row.pk}", _outcome(row)
+    if outcome == "done":
+        return f"{name} is done.", messages.SUCCESS
+    if outcome == "dead":
+        reason = Truncator(" ".join(row.last_error.split())).chars(300)
+        return f"{name} is dead: {reason}.", messages.ERROR
+    if outcome == "discarded":
+        return f"{name} was discarded meanwhile.", messages.WARNING
+    if outcome == "running":
+        return f"{name} is running in a worker.", messages.INFO
+    if outcome == "due":
+        return f"{name} is due now; a worker will run it.", messages.INFO
+    wait = _duration((row.next_attempt_at - timezone.now()).total_seconds())
+    error = _first_line(row.last_error)
+    if outcome == "failed":
+        return f"{name} failed again: {error}; next run in {wait}.", messages.WARNING
+    return f"{name} asked to run later ({error}); next run in {wait}.", messages.INFO
+
+
+def _duration(seconds: float) -> str:
+    """``30s``, ``4m``, ``2h``: a delay, rounded."""
+    whole = max(0, round(seconds))
+    if whole < 120:
+        return f"{whole}s"
+    return f"{round(whole / 60)}m" if whole < 7200 else f"{round(whole / 3600)}h"

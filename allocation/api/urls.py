@@ -5,6 +5,7 @@ from django.urls.converters import StringConverter
 from rest_framework.views import APIView
 
 from .book import AddBatchView, AllocateView, BookOrderAllocationsView
+from .root import RootView
 from .views import AllocationsView, BatchesView, BatchView, OrderAllocationsView
 
 app_name = "allocation"
@@ -28,6 +29,7 @@ def route(pattern: str, view: type[APIView], name: str) -> list[URLPattern]:
 
 
 urlpatterns = [
+    path("", RootView.as_view(), name="root"),
     *route("api/batches", BatchesView, "batches"),
     *route("api/batches/<identifier:ref>", BatchView, "batch"),
     *route("api/allocations", AllocationsView, "allocations"),
