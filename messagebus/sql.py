@@ -292,3 +292,18 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
 
 def _marks(values: Sequence[object]) -> str:
     return ", ".join(["%s"] * len(values))
+
+
+CHANNEL = "messagebus"  # what PostgreSQL's NOTIFY and LISTEN name
+
+
+def notify(using: str) -> None:
+    """Wake listening workers when the current transaction commits (PostgreSQL only)."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"NOTIFY {CHANNEL}")
+
+
+def listen_statement() -> str:
+    return f"LISTEN {CHANNEL}"

@@ -12,6 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
 from . import conf
 from .delivery import runner, states
+from .wakeup import Wakeup
 from .wording import first_line, plural
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = threading.Event()
         self._expiry_checked = 0.0
+        self._wakeup = Wakeup(using)
 
     def stop(self, *args: object) -> None:
         """Finish the running delivery, then stop; asked twice, stop at once."""
@@ -94,7 +96,8 @@ class Worker:
             if not claimed:
                 if self.once:
                     break
-                self._stopping.wait(self._interval())
+                self._wakeup.wait(self._interval(), self._stopping)
+        self._wakeup.close()
         logger.info(
             "Worker %s stopped after %s", self.id, plural(self.processed, "delivery", "deliveries")
         )

@@ -229,3 +229,30 @@ def test_only_delivery_transactions_skip_the_wal_flush_wait(transactional_db, me
     messagebus.bus.handle(OpenAccount("ola"))
     assert seen == {"command": "on", "delivery, during the handler": "off"}
     assert setting() == "on"  # SET LOCAL: gone with the delivery's transaction
+
+
+@postgres_only
+def test_a_notify_wakes_a_worker_long_before_its_poll_interval(transactional_db):
+    env = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO"}
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "worker", "--interval", "60"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "started" in worker.stderr.readline()
+        time.sleep(1)  # its first claim found nothing: it waits, listening
+        with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+            messagebus.bus.handle(Pinged(n=5))
+        committed = time.monotonic()
+        while not Entry.objects.exists() and time.monotonic() - committed < 10:
+            time.sleep(0.01)
+        waited = time.monotonic() - committed
+        worker.send_signal(signal.SIGTERM)  # noticed within a fraction of a second
+        stopped = time.monotonic()
+        worker.communicate(timeout=10)
+    finally:
+        worker.kill()
+    assert Entry.objects.filter(account="ping", amount=5).exists()
+    assert waited < 2, f"the delivery ran {waited:.2f}s after its commit, not at once"
+    assert time.monotonic() - stopped < 5
+    assert worker.returncode == 0
