@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_worker.py
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_latency.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1
