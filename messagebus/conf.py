@@ -47,6 +47,12 @@ def whole_number(value: Any) -> str | None:
     return "must be a whole number of at least 1"
 
 
+def at_least_zero(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return None
+    return "must be a whole number, 0 or more"
+
+
 def seconds(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return None
@@ -126,6 +132,11 @@ class Settings:
         60.0, seconds, "inline executor: look for overdue deliveries (0: never)"
     )
     WORKER_POLL_INTERVAL = Setting[float](1.0, seconds, "an idle worker sleeps this long")
+    HEALTH_MAX_LAG = Setting[float](
+        300.0, seconds, "health is degraded when a due delivery waited longer"
+    )
+    HEALTH_MAX_DEAD = Setting[int](0, at_least_zero, "health is degraded past this many dead")
+    HEALTH_TIMEOUT = Setting[float](3.0, seconds, "health: a statement's time limit (PostgreSQL)")
 
     @property
     def raw(self) -> dict[str, Any]:

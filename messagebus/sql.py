@@ -294,6 +294,15 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join(["%s"] * len(values))
 
 
+def bound_statements(using: str, seconds: float) -> None:
+    """Cut short any statement of the current transaction that runs past ``seconds``
+    (PostgreSQL; elsewhere nothing)."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL statement_timeout = {int(seconds * 1000)}")
+
+
 CHANNEL = "messagebus"  # what PostgreSQL's NOTIFY and LISTEN name
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import signal
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.db.models import Count, Min, Q
+from django.db.models import Count
 from django.utils import timezone
 
-from messagebus import executors, outbox
+from messagebus import executors, health, outbox
 from messagebus.models import Delivery
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
@@ -67,7 +68,10 @@ class Command(BaseCommand):
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
 
-        action("status", "Counts by status, oldest pending, dead by handler.")
+        status = action("status", "Counts by status, lag, rate, dead by handler and error.")
+        status.add_argument(
+            "--json", action="store_true", dest="json_output", help="One JSON object, for scripts."
+        )
 
         retry = action("retry", "Run dead (or waiting) deliveries again.")
         which = retry.add_mutually_exclusive_group(required=True)
@@ -110,33 +114,43 @@ class Command(BaseCommand):
         processed = worker.run()
         self.stdout.write(f"Processed {plural(processed, 'delivery', 'deliveries')}.")
 
-    def handle_status(self, using: str, **options: Any) -> None:
+    def handle_status(self, using: str, *, json_output: bool, **options: Any) -> None:
         deliveries = Delivery.objects.using(using)
         counts = dict(deliveries.values_list("status").annotate(n=Count("id")).order_by())
-        for status in Delivery.Status:
-            self.stdout.write(f"{status.label:<10} {counts.get(status.value, 0)}")
-        now = timezone.now()
-        pending = deliveries.pending().aggregate(
-            oldest=Min("created_at"), due=Count("id", filter=Q(next_attempt_at__lte=now))
-        )
-        if pending["oldest"] is not None:
-            age = (now - pending["oldest"]).total_seconds()
-            self.stdout.write(f"Oldest pending: {age:.0f}s old; {pending['due']} due now.")
-        dead = (
+        outbox = health.figures(using)
+        dead = list(
             deliveries.dead()
             .values("handler", "last_error")
             .annotate(n=Count("id"))
-            .order_by("-n", "handler")
+            .order_by("-n", "handler")[:20]
+        )
+        if json_output:
+            report = {
+                "statuses": {
+                    status.value: counts.get(status.value, 0) for status in Delivery.Status
+                },
+                **outbox,
+                "dead_by_handler": [
+                    {
+                        "handler": row["handler"],
+                        "error": _first(row["last_error"]),
+                        "count": row["n"],
+                    }
+                    for row in dead
+                ],
+            }
+            self.stdout.write(json.dumps(report, indent=2))
+            return
+        for status in Delivery.Status:
+            self.stdout.write(f"{status.label:<10} {counts.get(status.value, 0)}")
+        self.stdout.write(
+            f"Due now: {outbox['due']}; the oldest has waited {outbox['lag_seconds']:.0f}s. "
+            f"Done in the last minute: {outbox['done_last_minute']}."
         )
         if dead:
             self.stdout.write("Dead, by handler and error:")
-            for row in dead[:20]:
-                error = (
-                    row["last_error"].splitlines()[0]
-                    if row["last_error"]
-                    else "(no error recorded)"
-                )
-                self.stdout.write(f"  {row['n']:>5}  {row['handler']}: {error[:160]}")
+            for row in dead:
+                self.stdout.write(f"  {row['n']:>5}  {row['handler']}: {_first(row['last_error'])}")
 
     def handle_retry(
         self, using: str, *, ids: list[int], all_dead: bool, handler: str | None, **options: Any
@@ -180,3 +194,7 @@ class Command(BaseCommand):
             f"{verb} {plural(deliveries, 'delivery', 'deliveries')} and "
             f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
+
+
+def _first(error: str) -> str:
+    return error.splitlines()[0][:160] if error else "(no error recorded)"

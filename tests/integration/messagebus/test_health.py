@@ -1,0 +1,152 @@
+"""GET /health/: the database and the outbox, for a load balancer or a monitor."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+import messagebus
+from messagebus.models import Delivery
+from tests.busapp.events import Pinged
+from tests.conftest import ROOT, database_url, postgres_only
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_ok_without_logging_in_or_cookies(client):
+    messagebus.bus.handle(Pinged(n=1))  # delivered inline
+    response = client.get("/health/")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "outbox": {"pending": 0, "due": 0, "dead": 0, "lag_seconds": 0.0},
+    }
+    assert not response.cookies
+    assert "no-cache" in response["Cache-Control"]
+
+
+@override_settings(MESSAGEBUS={"EXECUTOR": "worker", "HEALTH_MAX_LAG": 30})
+def test_degraded_when_the_outbox_falls_behind(client):
+    messagebus.bus.handle(Pinged(n=1))
+    assert client.get("/health/").json()["status"] == "ok"  # due, but not late
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=45))
+    report = client.get("/health/").json()
+    assert report["status"] == "degraded"
+    assert (report["outbox"]["due"], report["outbox"]["pending"]) == (1, 1)
+    assert 45 <= report["outbox"]["lag_seconds"] < 60
+
+
+@override_settings(MESSAGEBUS={"EXECUTOR": "worker", "HEALTH_MAX_DEAD": 1})
+def test_degraded_past_the_dead_letters_allowed(client):
+    for n in range(2):
+        messagebus.bus.handle(Pinged(n=n))
+    Delivery.objects.filter(pk=Delivery.objects.first().pk).update(status="dead")
+    assert client.get("/health/").json()["status"] == "ok"  # one dead is allowed
+    Delivery.objects.update(status="dead")
+    response = client.get("/health/")
+    assert (response.status_code, response.json()["status"]) == (200, "degraded")
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL that the test can cut (it then swallows new
+    connections without answering, as a dead network does) and mend."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.cut = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            if self.cut.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+CHECK = "from messagebus.health import check; print(check('default')[0])"
+
+
+@postgres_only
+def test_down_within_seconds_when_the_database_is_cut_off_then_back():
+    settings = connection.settings_dict
+    proxy = Proxy(int(settings["PORT"] or 5432))
+    url = database_url().replace(f":{settings['PORT'] or 5432}/", f":{proxy.port}/")
+    if f":{proxy.port}/" not in url:  # no port in the URL: add the proxy's
+        url = url.replace(f"@{settings['HOST'] or '127.0.0.1'}/", f"@127.0.0.1:{proxy.port}/")
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+
+    def health() -> tuple[str, float]:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "-c", CHECK],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1], time.monotonic() - started
+
+    assert health()[0] == "ok"
+    proxy.cut.set()
+    status, took = health()
+    assert status == "down"
+    assert took < 15  # the connect timeout (5 s), plus starting Django
+    proxy.cut.clear()
+    assert health()[0] == "ok"
+
+
+@override_settings(MESSAGEBUS={"EXECUTOR": "worker", "MAX_DELIVERIES": 1})
+def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_registry):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from messagebus.worker import Worker
+
+    def broken(event: Pinged) -> None:
+        raise LookupError("no template")
+
+    messagebus_registry.register(None, broken)
+    for n in range(3):
+        messagebus.bus.handle(Pinged(n=n))
+    Worker(once=True).run()  # record_ping done thrice, broken dead thrice
+    messagebus.bus.handle(Pinged(n=9))
+    Delivery.objects.filter(status="pending").update(
+        next_attempt_at=timezone.now() - timedelta(seconds=90)
+    )
+
+    out = StringIO()
+    call_command("messagebus", "status", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["statuses"] == {"pending": 2, "done": 3, "dead": 3, "discarded": 0}
+    assert (report["due"], report["done_last_minute"]) == (2, 3)
+    assert 90 <= report["lag_seconds"] < 120
+    [dead] = report["dead_by_handler"]
+    assert dead["count"] == 3 and dead["error"].startswith("builtins.LookupError: no template")
+
+    out = StringIO()
+    call_command("messagebus", "status", stdout=out)
+    assert "Due now: 2; the oldest has waited 9" in out.getvalue()
+    assert "Done in the last minute: 3." in out.getvalue()
