@@ -28,15 +28,15 @@ RATE_WINDOW = dt.timedelta(minutes=1)
 
 
 def figures(using: str) -> dict[str, Any]:
-    """Counts by status, what is due, how late the oldest due one is, the rate done."""
+    """Counts by status, what is due (waiting for a runner), how long the oldest due one
+    has waited, and how many were done in the last minute."""
     now = timezone.now()
+    due = Q(status=Delivery.Status.PENDING, lease_until__isnull=True, next_attempt_at__lte=now)
     rows = Delivery.objects.using(using).aggregate(
         pending=Count("id", filter=Q(status=Delivery.Status.PENDING)),
         dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
-        due=Count("id", filter=Q(status=Delivery.Status.PENDING, next_attempt_at__lte=now)),
-        oldest_due=Min(
-            "next_attempt_at", filter=Q(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
-        ),
+        due=Count("id", filter=due),
+        oldest_due=Min("next_attempt_at", filter=due),
         done_last_minute=Count(
             "id", filter=Q(status=Delivery.Status.DONE, finished_at__gte=now - RATE_WINDOW)
         ),

@@ -77,7 +77,10 @@ class Delivery(models.Model):
     traceback = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(
-        null=True, blank=True, help_text="Done: when the successful call began. Dead: when it died."
+        null=True,
+        blank=True,
+        help_text="Done: when marked done (as its call began; in a batch, as the batch "
+        "committed). Dead: when it died.",
     )
 
     objects = DeliveryQuerySet.as_manager()
@@ -116,3 +119,20 @@ class Delivery(models.Model):
     def latency(self) -> dt.timedelta | None:
         """From storing the event to the start of the call that completed (or killed) it."""
         return self.finished_at - self.created_at if self.finished_at else None
+
+
+class WorkerBeat(models.Model):
+    """A ``messagebus worker`` process, as it last said it was alive."""
+
+    id = models.CharField(primary_key=True, max_length=255, help_text="host:pid")
+    database = models.CharField(max_length=100)
+    started_at = models.DateTimeField(default=timezone.now)
+    seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+    processed = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "worker"
+        ordering = ["-seen_at"]
+
+    def __str__(self) -> str:
+        return self.id

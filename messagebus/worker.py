@@ -7,16 +7,20 @@ import os
 import socket
 import threading
 import time
+from contextlib import suppress
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
+from django.utils import timezone
 
 from . import conf
 from .delivery import runner, states
+from .models import WorkerBeat
 from .wakeup import Wakeup
 from .wording import first_line, plural
 
 logger = logging.getLogger(__name__)
 BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the database
+BEAT = 5.0  # seconds between a worker's heartbeats
 
 # SQLSTATE classes of errors that waiting will not fix: no such database (3D),
 # refused credentials (28), no such table: not migrated (42P01).
@@ -58,7 +62,7 @@ class Worker:
         self.processed = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = threading.Event()
-        self._expiry_checked = 0.0
+        self._expiry_checked = self._beaten = float("-inf")  # both due at the first batch
         self._wakeup = Wakeup(using)
 
     def stop(self, *args: object) -> None:
@@ -98,6 +102,8 @@ class Worker:
                     break
                 self._wakeup.wait(self._interval(), self._stopping)
         self._wakeup.close()
+        with suppress(DatabaseError):  # stopped: no longer one of the workers seen
+            WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
         logger.info(
             "Worker %s stopped after %s", self.id, plural(self.processed, "delivery", "deliveries")
         )
@@ -105,6 +111,7 @@ class Worker:
 
     def run_batch(self) -> int:
         """Claim and run one batch; the number of deliveries it claimed."""
+        self._beat()
         self._end_lost_runs()
         limit = self._batch()
         if self.limit is not None:
@@ -114,6 +121,15 @@ class Worker:
             claims, seconds=conf.settings.BATCH_SECONDS, stopping=self._stopping.is_set
         )
         return len(claims)
+
+    def _beat(self) -> None:
+        """Every few seconds: say this worker is alive, for `messagebus status`."""
+        now = time.monotonic()
+        if now - self._beaten < BEAT:
+            return
+        self._beaten = now
+        alive = {"database": self.using, "seen_at": timezone.now(), "processed": self.processed}
+        WorkerBeat.objects.using(self.using).update_or_create(id=self.id, defaults=alive)
 
     def _end_lost_runs(self) -> None:
         """Every few seconds: deliveries whose runner's lease ran out are due again (or dead)."""

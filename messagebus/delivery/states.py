@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import conf, sql
@@ -116,19 +116,20 @@ def dead(ref: Reference, lease: dt.datetime | None, reason: str) -> int:
 
 def released(using: str, claims: Sequence[Claim]) -> int:
     """Hand back claimed deliveries that did not run (a runner stopping): due now."""
-    return (
-        Delivery.objects.using(using)
-        .pending()
-        .filter(pk__in=[c.id for c in claims], lease_until__in={c.lease for c in claims})
-        .update(lease_until=None)
-    )
+    if not claims:
+        return 0
+    held = Q()
+    for claim in claims:
+        held |= Q(pk=claim.id, lease_until=claim.lease)
+    return Delivery.objects.using(using).pending().filter(held).update(lease_until=None)
 
 
 def requeued(deliveries: DeliveryQuerySet) -> int:
     """Dead or waiting deliveries: due now, with a fresh run budget."""
     return deliveries.retryable().update(
-        status=Status.PENDING, runs=0, next_attempt_at=timezone.now(), lease_until=None
-    )
+        status=Status.PENDING, runs=0, next_attempt_at=timezone.now(), lease_until=None,
+        finished_at=None,
+    )  # fmt: skip
 
 
 def discarded(deliveries: DeliveryQuerySet) -> int:

@@ -15,9 +15,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from messagebus import executors, health, outbox
-from messagebus.models import Delivery
+from messagebus.models import Delivery, WorkerBeat
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
+
+SEEN_RECENTLY = timedelta(minutes=1)
 
 
 def positive_int(value: str) -> int:
@@ -124,21 +126,22 @@ class Command(BaseCommand):
             .annotate(n=Count("id"))
             .order_by("-n", "handler")[:20]
         )
+        beats = list(
+            WorkerBeat.objects.using(using).filter(seen_at__gte=timezone.now() - SEEN_RECENTLY)
+        )
         if json_output:
+            statuses = {status.value: counts.get(status.value, 0) for status in Delivery.Status}
+            by_handler = [
+                {"handler": row["handler"], "error": _first(row["last_error"]), "count": row["n"]}
+                for row in dead
+            ]
+            workers = [
+                {"id": w.id, "seen_at": w.seen_at.isoformat(), "processed": w.processed}
+                for w in beats
+            ]
             report = {
-                "statuses": {
-                    status.value: counts.get(status.value, 0) for status in Delivery.Status
-                },
-                **outbox,
-                "dead_by_handler": [
-                    {
-                        "handler": row["handler"],
-                        "error": _first(row["last_error"]),
-                        "count": row["n"],
-                    }
-                    for row in dead
-                ],
-            }
+                "statuses": statuses, **outbox, "workers": workers, "dead_by_handler": by_handler,
+            }  # fmt: skip
             self.stdout.write(json.dumps(report, indent=2))
             return
         for status in Delivery.Status:
@@ -147,6 +150,11 @@ class Command(BaseCommand):
             f"Due now: {outbox['due']}; the oldest has waited {outbox['lag_seconds']:.0f}s. "
             f"Done in the last minute: {outbox['done_last_minute']}."
         )
+        self.stdout.write(
+            f"Workers seen in the last minute: {len(beats)}"
+            + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
+                      f"seen {w.seen_at:%H:%M:%S}" for w in beats)
+        )  # fmt: skip
         if dead:
             self.stdout.write("Dead, by handler and error:")
             for row in dead:

@@ -14,7 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 import messagebus
-from messagebus.models import Delivery
+from messagebus.models import Delivery, WorkerBeat
 from tests.busapp.events import Pinged
 from tests.conftest import ROOT, database_url, postgres_only
 
@@ -132,7 +132,10 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     for n in range(3):
         messagebus.bus.handle(Pinged(n=n))
     Worker(once=True).run()  # record_ping done thrice, broken dead thrice
+    assert not WorkerBeat.objects.exists()  # a worker that stopped is not listed
     messagebus.bus.handle(Pinged(n=9))
+    running = Worker()
+    running._beat()  # as it does before each batch
     Delivery.objects.filter(status="pending").update(
         next_attempt_at=timezone.now() - timedelta(seconds=90)
     )
@@ -145,8 +148,10 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     assert 90 <= report["lag_seconds"] < 120
     [dead] = report["dead_by_handler"]
     assert dead["count"] == 3 and dead["error"].startswith("builtins.LookupError: no template")
+    assert [w["id"] for w in report["workers"]] == [running.id]
 
     out = StringIO()
     call_command("messagebus", "status", stdout=out)
     assert "Due now: 2; the oldest has waited 9" in out.getvalue()
     assert "Done in the last minute: 3." in out.getvalue()
+    assert f"Workers seen in the last minute: 1\n  {running.id}: 0 deliveries" in out.getvalue()

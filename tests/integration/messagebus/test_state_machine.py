@@ -1,14 +1,16 @@
 """The delivery state machine, driven by hypothesis: two workers race over three deliveries.
 
-Workers A and B claim deliveries and run them, alone or in a batch, while an
-inline runner (no lease: the default executor's) runs them too; calls fail,
-runs end as the policy says, workers stop and hand back what they hold, leases
-run out and the reaper ends the runs of the workers that vanished, delays
-pass, and an operator requeues or discards. Every step goes through the
-transitions of ``messagebus.delivery.states``, the way ``runner`` uses them,
-and checks what the transition did; after every step the rows must still make
-sense. A runner keeps what it got (claims, leases) even after it lost them:
-what it then does must change nothing.
+Workers A and B claim deliveries and run them, in a batch or alone, beside an
+inline runner (no lease: the default executor's). Calls fail, runs end as the
+policy says, workers stop and hand back what they did not start, leases run
+out and the reaper ends the runs of the workers that vanished, delays pass,
+and an operator requeues or discards. Every step goes through the transitions
+of ``messagebus.delivery.states`` the way ``runner`` uses them, and checks what
+the transition did; after every step the rows must still make sense.
+
+Steps a runner takes back to back are separate rules here, so that others'
+steps come between them: a runner may go on under a lease it lost, and then
+it must change nothing.
 """
 
 from __future__ import annotations
@@ -22,28 +24,29 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
-from hypothesis import HealthCheck, event, note
+from hypothesis import HealthCheck, Phase, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 
 import messagebus
 from messagebus.delivery import states
-from messagebus.delivery.policy import Dead, Policy, describe
+from messagebus.delivery.policy import Dead, Policy
 from messagebus.delivery.reference import Reference
 from messagebus.exceptions import RetryLater
 from messagebus.models import Delivery, StoredEvent
+from messagebus.wording import describe
 from tests.busapp.events import Pinged
 from tests.busapp.handlers import record_ping
 from tests.busapp.models import Entry
 
 pytestmark = pytest.mark.django_db(transaction=True)
-WHICH = st.integers(0, 8)  # picks among what there is to pick
 
 USING = "default"
 LIMIT = 3  # MAX_DELIVERIES
@@ -52,7 +55,8 @@ PENDING, DONE, DEAD = Delivery.Status.PENDING, Delivery.Status.DONE, Delivery.St
 DISCARDED = Delivery.Status.DISCARDED
 WORKERS, INLINE = ("A", "B"), "inline"
 FOREVER = dt.timedelta(days=3650).total_seconds()
-# The error a handler's last call raised, by name so a failing example reads well.
+WHICH = st.integers(0, 8)  # picks among what there is to pick
+# How a run's last call failed, by name so that a failing example reads well.
 ERRORS = {
     "connection refused": lambda: ConnectionError("connection refused"),
     "poison": lambda: IntegrityError("duplicate key value"),
@@ -73,6 +77,12 @@ def bus_settings(**changes: object) -> override_settings:
     )
 
 
+@pytest.fixture(autouse=True)
+def worker_settings():
+    with bus_settings():
+        yield
+
+
 def policy_of(handler: str) -> Policy:
     return Policy(max_deliveries=LIMIT)
 
@@ -88,10 +98,14 @@ def held(row: Delivery, lease: dt.datetime | None) -> bool:
 
 @dataclasses.dataclass
 class Runner:
-    """What one runner holds: its claims, and the lease each delivery runs under."""
+    """What a runner holds: claims not started yet, and the lease of each run going on."""
 
     claims: dict[int, states.Claim] = dataclasses.field(default_factory=dict)
     leases: dict[int, dt.datetime] = dataclasses.field(default_factory=dict)
+
+    def ended(self, pk: int) -> None:
+        self.claims.pop(pk, None)
+        self.leases.pop(pk, None)
 
     def relabel(self, pk: int, old: dt.datetime, new: dt.datetime) -> None:
         if self.leases.get(pk) == old:
@@ -105,26 +119,24 @@ class Runner:
     stateful_step_count=30,
     deadline=None,
     database=None,
+    phases=[Phase.generate, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow],
 )
 class DeliveryStates(RuleBasedStateMachine):
     def __init__(self) -> None:
+        """A clean slate: three pings, each with one delivery, to ``record_ping``."""
         super().__init__()
-        self.overridden = bus_settings()
-        self.overridden.enable()
         Entry.objects.all().delete()
         StoredEvent.objects.all().delete()  # and their deliveries
         self.numbers: dict[int, int] = {}  # delivery id: its Pinged's n
+        self.refs: dict[int, Reference] = {}
         for n in range(3):
             messagebus.bus.handle(Pinged(n=n))
-            [pk] = Delivery.objects.exclude(pk__in=self.numbers).values_list("pk", flat=True)
-            self.numbers[pk] = n
+            [row] = Delivery.objects.exclude(pk__in=self.numbers)
+            assert row.handler == "tests.busapp.handlers.record_ping"
+            self.numbers[row.pk] = n
+            self.refs[row.pk] = Reference(USING, row.event_id, row.handler)
         self.ids = sorted(self.numbers)
-        self.refs = {
-            row.pk: Reference(USING, row.event_id, row.handler)
-            for row in Delivery.objects.filter(handler="tests.busapp.handlers.record_ping")
-        }
-        assert sorted(self.refs) == self.ids
         self.runners = {name: Runner() for name in (*WORKERS, INLINE)}
         self.completions: Counter[int] = Counter()  # transitions that marked it done
         self.poisoned: set[int] = set()  # dead of a poison failure, not requeued since
@@ -132,12 +144,9 @@ class DeliveryStates(RuleBasedStateMachine):
 
     @initialize(runs=st.lists(st.integers(0, LIMIT - 1), min_size=3, max_size=3))
     def earlier_runs(self, runs: list[int]) -> None:
-        """Each delivery starts with a few failed runs behind it, maybe."""
+        """Each delivery may have failed runs behind it."""
         for pk, count in zip(self.ids, runs, strict=True):
             Delivery.objects.filter(pk=pk).update(runs=count)
-
-    def teardown(self) -> None:
-        self.overridden.disable()
 
     # What the runners see and do.
 
@@ -147,22 +156,77 @@ class DeliveryStates(RuleBasedStateMachine):
     def row(self, pk: int) -> Delivery:
         return Delivery.objects.get(pk=pk)
 
-    def pick(self, which: int) -> tuple[str, int, dt.datetime | None]:
-        """A runner, a delivery it runs and its lease: a worker runs only what it claimed."""
-        choices = [(name, pk) for name in WORKERS for pk in sorted(self.runners[name].leases)]
-        runner, pk = (choices + [(INLINE, pk) for pk in self.ids])[which % (len(choices) + 3)]
-        lease = self.runners[runner].leases.get(pk)
-        note(f"{runner} runs delivery {pk} under lease {lease}")
-        return runner, pk, lease
+    def claiming(self) -> list[str]:
+        """The workers holding claims they have not started."""
+        return [name for name in WORKERS if self.runners[name].claims]
+
+    def pick(self, which: int) -> tuple[Runner, int, dt.datetime | None]:
+        """A runner, a delivery it runs and its lease: a worker's run of a claim, or an inline run.
+
+        A worker's run of a claim is started by then (no longer one to hand back).
+        """
+        going = [(name, pk) for name in WORKERS for pk in sorted(self.runners[name].leases)]
+        name, pk = [*going, (INLINE, self.ids[which % 3])][which % (len(going) + 1)]
+        runner = self.runners[name]
+        runner.claims.pop(pk, None)
+        note(f"{name} runs delivery {pk} under lease {runner.leases.get(pk)}")
+        return runner, pk, runner.leases.get(pk)
 
     def handle(self, pk: int) -> None:
         """The handler's work, which must commit once at most, with the done-mark."""
         record_ping(Pinged(n=self.numbers[pk]))
 
-    # Rules: one runner's step each.
+    def stop(self, name: str) -> None:
+        """``name`` stops: it hands back the claims it did not start, and forgets them."""
+        note(f"{name} stops")
+        runner = self.runners[name]
+        claims = list(runner.claims.values())
+        before = self.rows()
+        back = {c.id for c in claims if held(before[c.id], c.lease)}
+        assert states.released(USING, claims) == len(back)
+        after = self.rows()
+        for pk in self.ids:
+            if pk in back:  # due again at once, as it was, no run counted
+                assert (after[pk].status, after[pk].lease_until) == (PENDING, None)
+                assert after[pk].runs == before[pk].runs
+                assert after[pk].next_attempt_at == before[pk].next_attempt_at <= timezone.now()
+            else:
+                assert state(after[pk]) == state(before[pk])
+        for c in claims:
+            runner.ended(c.id)
 
-    @rule(runner=st.sampled_from(WORKERS), limit=st.integers(1, 3))
-    def claim(self, runner: str, limit: int) -> None:
+    def reaper(self) -> None:
+        """``lease_expired`` ends the runs whose lease ran out: due again, or dead."""
+        now = timezone.now()
+        before = self.rows()
+        lost = {
+            pk
+            for pk, row in before.items()
+            if row.status == PENDING and row.lease_until is not None and row.lease_until <= now
+        }
+        dying = {pk for pk in lost if before[pk].runs + 1 >= LIMIT}
+        died = states.lease_expired(USING, policy_of)
+        assert {row.pk for row, _ in died} == dying
+        after = self.rows()
+        for pk in self.ids:
+            if pk in lost:
+                assert after[pk].status == (DEAD if pk in dying else PENDING)
+                assert (after[pk].runs, after[pk].lease_until) == (before[pk].runs + 1, None)
+            else:
+                assert state(after[pk]) == state(before[pk])
+
+    # Rules: a step of one runner, of time, or of an operator.
+
+    @rule(limit=st.integers(1, 3))
+    def worker_a_claims(self, limit: int) -> None:
+        self.claim("A", limit)
+
+    @rule(limit=st.integers(1, 3))
+    def worker_b_claims(self, limit: int) -> None:
+        self.claim("B", limit)
+
+    def claim(self, name: str, limit: int) -> None:
+        """What ``runner.claim`` leases: the due deliveries, the longest due first."""
         now = timezone.now()
         before = self.rows()
         due = sorted(
@@ -176,66 +240,62 @@ class DeliveryStates(RuleBasedStateMachine):
         for c in claims:
             assert c.runs == before[c.id].runs == after[c.id].runs
             assert after[c.id].lease_until == c.lease > now
-            self.runners[runner].claims[c.id] = c
-            self.runners[runner].leases[c.id] = c.lease
+            self.runners[name].claims[c.id] = c
+            self.runners[name].leases[c.id] = c.lease
 
-    @rule(which=WHICH, fails=st.booleans())
-    def run_in_a_batch(self, which: int, fails: bool) -> None:
-        """One claim run as ``runner._one_transaction`` runs a batch."""
-        choices = [(name, c) for name in WORKERS for c in self.runners[name].claims.values()]
-        if not choices:
-            return
-        runner, claim = choices[which % len(choices)]
-        note(f"{runner} runs delivery {claim.id} in a batch under lease {claim.lease}")
+    @precondition(lambda self: self.claiming())
+    @rule(which=WHICH, fails=st.booleans(), stopping=st.booleans())
+    def run_in_a_batch(self, which: int, fails: bool, stopping: bool) -> None:
+        """A claim run as ``runner.run_batch`` runs one; stopping, it hands back the rest."""
+        choices = [
+            (name, c) for name in self.claiming() for c in self.runners[name].claims.values()
+        ]
+        name, claim = choices[which % len(choices)]
+        note(f"{name} runs delivery {claim.id} in a batch under lease {claim.lease}")
+        runner = self.runners[name]
         before = self.row(claim.id)
         completed = []
         with transaction.atomic():
             ours = states.start(USING, [claim])
             assert ours == ({claim.id} if held(before, claim.lease) else set())
-            event(f"batch ours={bool(ours)} fails={fails}")
             if ours:
                 try:
                     with transaction.atomic():  # the handler's savepoint
                         self.handle(claim.id)
                         if fails:
                             raise ConnectionError("connection refused")
-                except ConnectionError as exc:
-                    renewed = states.failed_call(claim.ref, claim.lease, exc)
-                    self.runners[runner].leases[claim.id] = renewed
+                except ConnectionError as exc:  # its run goes on alone
+                    runner.leases[claim.id] = states.failed_call(claim.ref, claim.lease, exc)
                 else:
                     completed.append(claim.id)
             states.batch_done(USING, completed)
+        runner.claims.pop(claim.id)
         after = self.row(claim.id)
         if completed:
             self.completions[claim.id] += 1
             assert (after.status, after.runs, after.lease_until) == (DONE, before.runs + 1, None)
         elif ours:
             assert (after.status, after.runs) == (PENDING, before.runs)
-            assert after.lease_until == self.runners[runner].leases[claim.id] > before.lease_until
+            assert after.lease_until == runner.leases[claim.id] > before.lease_until
         else:
             assert state(after) == state(before)
+        if not ours or completed:
+            runner.ended(claim.id)
+        if stopping:
+            self.stop(name)
 
+    @precondition(lambda self: self.claiming())
     @rule(which=WHICH)
-    def run_alone(self, which: int) -> None:
-        """A call that succeeds, as ``runner._call`` makes it: marked done, then handled."""
-        _, pk, lease = self.pick(which)
-        before = self.row(pk)
-        with transaction.atomic():
-            marked = states.done(self.refs[pk], lease)
-            if marked:
-                self.handle(pk)
-        assert marked == held(before, lease)
-        event(f"run_alone {marked}")
-        after = self.row(pk)
-        if marked:
-            self.completions[pk] += 1
-            assert (after.status, after.runs, after.lease_until) == (DONE, before.runs + 1, None)
-        else:
-            assert state(after) == state(before)
+    def a_worker_stops(self, which: int) -> None:
+        self.stop(self.claiming()[which % len(self.claiming())])
 
-    @rule(which=WHICH)
-    def a_call_fails(self, which: int) -> None:
-        """A call fails: its work rolls back with the done-mark; the run goes on, re-leased."""
+    @rule(which=WHICH, fails=st.booleans())
+    def a_call(self, which: int, fails: bool) -> None:
+        """A call as ``runner._call`` makes it: marked done, then handled.
+
+        It succeeds: the run is over. It fails: its work rolls back with its
+        done-mark, and the run goes on under a renewed lease.
+        """
         runner, pk, lease = self.pick(which)
         before = self.row(pk)
         marked = False
@@ -243,24 +303,36 @@ class DeliveryStates(RuleBasedStateMachine):
             with transaction.atomic():
                 if marked := states.done(self.refs[pk], lease):
                     self.handle(pk)
-                    raise ConnectionError("connection refused")
+                    if fails:
+                        raise ConnectionError("connection refused")
         except ConnectionError:
             pass
         assert marked == held(before, lease)
-        assert state(self.row(pk)) == state(before)
-        # The runner renews its lease after the rollback; another may have taken it by then.
-        renewed = states.failed_call(self.refs[pk], lease, ConnectionError("connection refused"))
-        self.runners[runner].leases[pk] = renewed
         after = self.row(pk)
-        if held(before, lease):
-            assert (after.status, after.runs, after.lease_until) == (PENDING, before.runs, renewed)
-        else:
+        if marked and not fails:
+            self.completions[pk] += 1
+            assert (after.status, after.runs, after.lease_until) == (DONE, before.runs + 1, None)
+            runner.ended(pk)
+            return
+        assert state(after) == state(before)  # rolled back, or not its own
+        if fails:
+            # Not marked, the runner would stop here (not its own); recording the
+            # failure anyway, as it would had it lost the lease since the call,
+            # must change nothing.
+            renewed = states.failed_call(self.refs[pk], lease, ConnectionError("refused"))
+            after = self.row(pk)
+            if marked:
+                assert (after.status, after.runs) == (PENDING, before.runs)
+                assert after.lease_until == renewed
+                runner.leases[pk] = renewed
+                return
             assert state(after) == state(before)
+        runner.ended(pk)
 
     @rule(which=WHICH, error=st.sampled_from(sorted(ERRORS)), delay=st.sampled_from([0.0, 60.0]))
     def a_run_fails(self, which: int, error: str, delay: float) -> None:
         """The run's last call failed: ``runner.give_up`` ends it as the policy says."""
-        _, pk, lease = self.pick(which)
+        runner, pk, lease = self.pick(which)
         ref, exc = self.refs[pk], ERRORS[error]()
         policy = Policy(
             max_deliveries=LIMIT, redelivery_delay=delay, dead_at_once=(IntegrityError,)
@@ -273,48 +345,41 @@ class DeliveryStates(RuleBasedStateMachine):
             changed = states.postponed(ref, lease, verdict.delay, describe(exc))
         else:
             changed = states.rescheduled(ref, lease, verdict.delay)
+        runner.ended(pk)
         assert changed == held(before, lease)
-        event(f"run fails {type(verdict).__name__} {changed}")
         after = self.row(pk)
         if not changed:
             assert state(after) == state(before)
-            return
-        assert after.lease_until is None
-        if isinstance(verdict, Dead):
-            assert (after.status, after.runs) == (DEAD, before.runs + 1)
+        elif isinstance(verdict, Dead):
+            assert (after.status, after.runs, after.lease_until) == (DEAD, before.runs + 1, None)
             assert after.finished_at >= now
             if policy.is_poison(exc):
                 self.poisoned.add(pk)
         else:
-            assert after.status == PENDING
+            assert (after.status, after.lease_until) == (PENDING, None)
             assert after.runs == before.runs + verdict.counts_a_run
             assert after.next_attempt_at >= now + dt.timedelta(seconds=verdict.delay)
 
-    @rule(runner=st.sampled_from(WORKERS))
-    def stops(self, runner: str) -> None:
-        """A worker stops: it hands back its claims, and forgets everything."""
-        note(f"{runner} stops")
-        claims = list(self.runners[runner].claims.values())
-        before = self.rows()
-        back = {c.id for c in claims if held(before[c.id], c.lease)}
-        assert states.released(USING, claims) == len(back)
-        after = self.rows()
-        for pk in self.ids:
-            if pk in back:  # due again at once, as it was, no run counted
-                assert (after[pk].status, after[pk].lease_until) == (PENDING, None)
-                assert after[pk].runs == before[pk].runs
-                assert after[pk].next_attempt_at == before[pk].next_attempt_at <= timezone.now()
-            else:
-                assert state(after[pk]) == state(before[pk])
-        self.runners[runner] = Runner()
+    @rule(which=WHICH, a_lease_runs_out=st.booleans())
+    def time_passes(self, which: int, a_lease_runs_out: bool) -> None:
+        """The rescheduled and the postponed fall due; a lease may run out.
 
-    @rule(which=WHICH, reaper_comes=st.booleans())
-    def a_lease_runs_out(self, which: int, reaper_comes: bool) -> None:
-        """Time passes for one leased delivery: its lease is now in the past.
-
-        Its holder, if any, still holds it: the lease's new value is what it
-        remembers, so until the reaper comes it may still finish the run.
+        The holder of a lease that ran out still holds it (what it remembers
+        is the lease's new value, in the past), so until the reaper comes it
+        may still end its run.
         """
+        now = timezone.now()
+        Delivery.objects.pending().filter(next_attempt_at__gt=now).update(next_attempt_at=now)
+        if a_lease_runs_out:
+            self.lease_runs_out(which)
+
+    @rule(which=WHICH)
+    def a_runner_hangs(self, which: int) -> None:
+        """A lease runs out, and the reaper comes."""
+        self.lease_runs_out(which)
+        self.reaper()
+
+    def lease_runs_out(self, which: int) -> None:
         running = Delivery.objects.leased().filter(lease_until__gt=timezone.now()).order_by("pk")
         if leases := list(running.values_list("pk", "lease_until")):
             pk, old = leases[which % len(leases)]
@@ -322,77 +387,39 @@ class DeliveryStates(RuleBasedStateMachine):
             assert Delivery.objects.filter(pk=pk, lease_until=old).update(lease_until=new) == 1
             for runner in self.runners.values():
                 runner.relabel(pk, old, new)
-        if reaper_comes:
-            self.reaper()
 
-    @rule(reaper_comes=st.booleans())
-    def delays_pass(self, reaper_comes: bool) -> None:
-        """Time passes for the rescheduled and postponed: they are due."""
-        now = timezone.now()
-        Delivery.objects.pending().filter(next_attempt_at__gt=now).update(next_attempt_at=now)
-        if reaper_comes:
-            self.reaper()
-
-    def reaper(self) -> None:
-        """``lease_expired`` ends the runs whose lease ran out: due again, or dead."""
-        now = timezone.now()
-        before = self.rows()
-        lost = {
-            pk
-            for pk, row in before.items()
-            if row.status == PENDING and row.lease_until is not None and row.lease_until <= now
-        }
-        dying = {pk for pk in lost if before[pk].runs + 1 >= LIMIT}
-        died = states.lease_expired(USING, policy_of)
-        event(f"reaper lost={len(lost)} dying={len(dying)}")
-        assert {row.pk for row, _ in died} == dying
-        after = self.rows()
-        for pk in self.ids:
-            if pk in lost:
-                assert after[pk].status == (DEAD if pk in dying else PENDING)
-                assert (after[pk].runs, after[pk].lease_until) == (before[pk].runs + 1, None)
-            else:
-                assert state(after[pk]) == state(before[pk])
-
-    @rule(which=st.integers(0, 2))
-    def requeue(self, which: int) -> None:
+    @rule(which=st.integers(0, 2), requeue=st.booleans())
+    def an_operator(self, which: int, requeue: bool) -> None:
+        """Someone requeues a delivery, or discards it: only if dead or pending."""
         pk = self.ids[which]
         before = self.row(pk)
-        count = states.requeued(Delivery.objects.filter(pk=pk))
+        change = states.requeued if requeue else states.discarded
+        count = change(Delivery.objects.filter(pk=pk))
         after = self.row(pk)
         assert count == (before.status in (PENDING, DEAD))
-        if count:
+        if not count:
+            assert state(after) == state(before)
+        elif requeue:
             assert (after.status, after.runs, after.lease_until) == (PENDING, 0, None)
             assert after.next_attempt_at <= timezone.now()
             self.poisoned.discard(pk)
         else:
-            assert state(after) == state(before)
-
-    @rule(which=st.integers(0, 2))
-    def discard(self, which: int) -> None:
-        pk = self.ids[which]
-        before = self.row(pk)
-        count = states.discarded(Delivery.objects.filter(pk=pk))
-        after = self.row(pk)
-        assert count == (before.status in (PENDING, DEAD))
-        if count:
             assert (after.status, after.runs, after.lease_until) == (DISCARDED, before.runs, None)
-        else:
-            assert state(after) == state(before)
 
     # Invariants: what the rows say after every step.
 
     @invariant()
     def rows_make_sense(self) -> None:
-        rows = self.rows()  # read once: the checks below are on the same rows
+        rows = self.rows()  # read once for all the checks
         self.done_once_with_its_work(rows)
         self.runs_within_the_limit(rows)
         self.dead_only_past_the_limit_or_of_poison(rows)
         self.finished_rows_are_let_go(rows)
         self.held_by_one_runner_at_most(rows)
+        self.nothing_is_stuck(rows)
 
     def done_once_with_its_work(self, rows: dict[int, Delivery]) -> None:
-        """Done (and its work committed) at most once; done and discarded are final."""
+        """Done (its work committed with it) at most once; done and discarded are final."""
         work = Counter(Entry.objects.filter(account="ping").values_list("amount", flat=True))
         for pk, row in rows.items():
             assert self.completions[pk] == work[self.numbers[pk]] == (row.status == DONE)
@@ -425,18 +452,20 @@ class DeliveryStates(RuleBasedStateMachine):
             ]
             assert len(holders) <= 1, holders
 
-    @invariant()
-    def nothing_is_stuck(self) -> None:
+    def nothing_is_stuck(self, rows: dict[int, Delivery]) -> None:
         """Once every lease ran out and every delay passed, every pending delivery is claimed.
 
         Tried in a transaction that is rolled back.
         """
+        pending = [row for row in rows.values() if row.status == PENDING]
+        assert all(row.lease_until or row.next_attempt_at for row in pending)
+        if not pending:
+            return
         with transaction.atomic():
-            rows = list(Delivery.objects.pending())
-            assert all(row.lease_until or row.next_attempt_at for row in rows)
-            lapsed = timezone.now() - dt.timedelta(seconds=1)
-            Delivery.objects.leased().update(lease_until=lapsed)
-            states.lease_expired(USING, policy_of)
+            if any(row.lease_until for row in pending):
+                lapsed = timezone.now() - dt.timedelta(seconds=1)
+                Delivery.objects.leased().update(lease_until=lapsed)
+                states.lease_expired(USING, policy_of)
             waiting = set(Delivery.objects.pending().values_list("pk", flat=True))
             claimed = {c.id for c in states.claim(USING, 10, overdue=-FOREVER)}
             transaction.set_rollback(True)
@@ -450,8 +479,7 @@ TestDeliveryStates = DeliveryStates.TestCase
 
 
 def store(n: int) -> Reference:
-    with bus_settings():
-        messagebus.bus.handle(Pinged(n=n))
+    messagebus.bus.handle(Pinged(n=n))
     row = Delivery.objects.get(event__payload__n=n)
     return Reference(USING, row.event_id, row.handler)
 
@@ -461,20 +489,18 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing():
     with bus_settings(CLAIM_TIMEOUT=0):  # a lease that runs out at once: A hangs
         [a] = states.claim(USING, 5)
     assert states.lease_expired(USING, policy_of) == []  # A's run is lost: due again
-    with bus_settings():
-        [b] = states.claim(USING, 5)
+    [b] = states.claim(USING, 5)
     assert (b.id, b.runs) == (a.id, 1)
 
     # A wakes up: whatever it does, it finds the delivery is no longer its own.
     with transaction.atomic():
         assert states.start(USING, [a]) == set()
         assert states.done(ref, a.lease) is False
+    states.failed_call(ref, a.lease, ConnectionError("connection refused"))
     assert states.rescheduled(ref, a.lease, 0) == 0
-    assert states.dead(ref, a.lease, "gave up") == 0
     assert states.postponed(ref, a.lease, 0, "later") == 0
+    assert states.dead(ref, a.lease, "gave up") == 0
     assert states.released(USING, [a]) == 0
-    with bus_settings():
-        states.failed_call(ref, a.lease, ConnectionError("connection refused"))
     row = Delivery.objects.get()
     assert (row.status, row.runs, row.lease_until) == (PENDING, 1, b.lease)
 
@@ -486,25 +512,20 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing():
     assert Entry.objects.count() == 1
 
 
-def test_a_stopping_worker_hands_back_only_what_it_still_holds():
+def test_a_stopping_worker_hands_back_only_the_claims_it_still_holds():
     first, second = store(1), store(2)
-    with bus_settings():
-        claims = states.claim(USING, 5)
-        # The first is requeued by hand, and B claims it; A renews its lease on the second.
-        states.requeued(Delivery.objects.filter(event_id=first.event_id))
-        [b] = states.claim(USING, 5)
-        renewed = states.failed_call(second, claims[1].lease, ConnectionError("refused"))
-    assert b.ref == first
+    Delivery.objects.filter(event_id=second.event_id).update(runs=1)  # a failed run behind it
+    claims = states.claim(USING, 5)
+    assert [c.ref for c in claims] == [first, second]
+    states.requeued(Delivery.objects.filter(event_id=first.event_id))  # by hand
+    [b] = states.claim(USING, 5)  # and B claims it
 
-    assert states.released(USING, claims) == 0  # neither is A's to hand back as claimed
+    assert states.released(USING, claims) == 1  # A stops: the second is still A's
     rows = {row.event_id: row for row in Delivery.objects.all()}
     assert rows[first.event_id].lease_until == b.lease
-    assert rows[second.event_id].lease_until == renewed
-
-    assert states.released(USING, [b]) == 1  # B's: due again at once, no run counted
-    row = Delivery.objects.get(event_id=first.event_id)
-    assert (row.runs, row.lease_until) == (0, None)
-    assert row.next_attempt_at <= timezone.now()
+    handed_back = rows[second.event_id]
+    assert (handed_back.runs, handed_back.lease_until) == (1, None)  # no run counted
+    assert [c.ref for c in states.claim(USING, 5)] == [second]  # due again at once
 
 
 def test_a_lost_run_past_the_limit_is_dead_and_a_requeue_gives_a_fresh_budget():
@@ -515,15 +536,11 @@ def test_a_lost_run_past_the_limit_is_dead_and_a_requeue_gives_a_fresh_budget():
         assert claim.runs == runs
         died = states.lease_expired(USING, policy_of)
     [(row, reason)] = died
-    assert (row.pk, reason) == (
-        claim.id,
-        f"{LIMIT} runs started and none finished: did its process die?",
-    )
+    assert reason == f"{LIMIT} runs started and none finished: did its process die?"
     row.refresh_from_db()
     assert (row.status, row.runs, row.lease_until) == (DEAD, LIMIT, None)
     assert states.claim(USING, 5) == []
 
     assert states.requeued(Delivery.objects.all()) == 1
-    with bus_settings():
-        [again] = states.claim(USING, 5)
+    [again] = states.claim(USING, 5)
     assert (again.ref, again.runs) == (ref, 0)
