@@ -256,3 +256,45 @@ def test_a_notify_wakes_a_worker_long_before_its_poll_interval(transactional_db)
     assert waited < 2, f"the delivery ran {waited:.2f}s after its commit, not at once"
     assert time.monotonic() - stopped < 5
     assert worker.returncode == 0
+
+
+@postgres_only
+def test_three_workers_drain_the_queue_though_one_is_killed_mid_batch(transactional_db):
+    count = 5000
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}), transaction.atomic():
+        for n in range(count):
+            messagebus.bus.handle(Pinged(n=n))
+    env = {
+        **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "WARNING",
+        "BUSAPP_CLAIM_TIMEOUT": "3", "BUSAPP_PING_SLEEP": "0.001",
+    }  # fmt: skip
+    command = [
+        sys.executable, str(ROOT / "manage.py"), "messagebus", "worker",
+        "--batch", "50", "--interval", "0.2",
+    ]  # fmt: skip
+    workers = [
+        subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while Delivery.objects.filter(status="done").count() < count // 3:
+            assert time.monotonic() < deadline, "the workers made no headway"
+            time.sleep(0.05)
+        workers[0].send_signal(signal.SIGKILL)  # its batch in hand is lost with it
+        while Delivery.objects.exclude(status="done").exists():
+            assert time.monotonic() < deadline, "deliveries were left undone"
+            time.sleep(0.2)
+    finally:
+        for worker in workers[1:]:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+    assert workers[0].returncode == -signal.SIGKILL
+    assert [w.returncode for w in workers[1:]] == [0, 0], [w.stderr.read() for w in workers]
+    # Each handler's database work is there exactly once, its batch's lost work not at all.
+    amounts = list(Entry.objects.order_by("amount").values_list("amount", flat=True))
+    assert amounts == list(range(count))
+    assert not Delivery.objects.filter(runs__gt=2).exists()
+    assert Delivery.objects.filter(runs=2).count() <= 50  # at most the batch it held
