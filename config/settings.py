@@ -50,12 +50,15 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "messagebus",
     "allocation",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (collectstatic) so the admin and the API docs are styled under gunicorn.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -103,6 +106,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     database = Path(DATABASES["default"]["NAME"])
     if database.name != ":memory:":
         DATABASES["default"]["TEST"] = {"NAME": str(database.with_name(f"test_{database.name}"))}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A health check, a worker or a request learns within seconds that the server is gone.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -120,6 +126,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # In production: `manage.py collectstatic` writes hashed, compressed copies that
+    # whitenoise serves with far-future cache headers. Under DEBUG, runserver serves
+    # the apps' files as they are.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
@@ -142,6 +159,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_PATCH": False,
+    # /api/docs/ loads Swagger UI from this project's static files, not a CDN: it works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 API_ALLOW_ANONYMOUS = env_bool("API_ALLOW_ANONYMOUS")
 

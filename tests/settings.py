@@ -17,8 +17,21 @@ MESSAGEBUS = {
     "RETRY_WAIT": 0,
     "RETRY_WAIT_MAX": 0,
     "SWEEP_INTERVAL": 0,
+    # Worker subprocesses in crash tests lose their leases in seconds, not minutes.
+    "CLAIM_TIMEOUT": float(os.environ.get("BUSAPP_CLAIM_TIMEOUT", "300")),
     "DEPENDENCIES": {**MESSAGEBUS["DEPENDENCIES"], "clock": "tests.busapp.services.Clock"},  # noqa: F405
 }
+
+# Tests run with DEBUG off (as Django's test runner forces) and without collectstatic:
+# the manifest storage would fail every page with {% static %} on a missing manifest entry,
+# so templates get plain URLs, and whitenoise serves the apps' files as it does under DEBUG.
+# tests/e2e/test_static_files.py collects and serves with the production storage.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
