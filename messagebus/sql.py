@@ -307,7 +307,7 @@ CHANNEL = "messagebus"  # what PostgreSQL's NOTIFY and LISTEN name
 
 
 def notify(using: str) -> None:
-    """Wake listening workers when the current transaction commits (PostgreSQL only)."""
+    """Wake listening workers (PostgreSQL only; in a transaction, as it commits)."""
     connection = connections[using]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:

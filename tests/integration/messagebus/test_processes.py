@@ -298,3 +298,27 @@ def test_three_workers_drain_the_queue_though_one_is_killed_mid_batch(transactio
     assert amounts == list(range(count))
     assert not Delivery.objects.filter(runs__gt=2).exists()
     assert Delivery.objects.filter(runs=2).count() <= 50  # at most the batch it held
+
+
+@postgres_only
+def test_a_transaction_that_stores_many_events_notifies_once(transactional_db):
+    from django.test.utils import CaptureQueriesContext
+
+    with (
+        override_settings(MESSAGEBUS={"EXECUTOR": "worker"}),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        with messagebus.UnitOfWork() as uow:
+            for n in range(5):
+                uow.publish(Pinged(n=n))
+            assert not [q for q in queries if "NOTIFY" in q["sql"]]  # not before the commit
+        with transaction.atomic():
+            try:
+                with messagebus.UnitOfWork() as uow:
+                    uow.publish(Pinged(n=5))
+                    raise RuntimeError("rolled back, with the wake-up it asked for")
+            except RuntimeError:
+                pass
+            with messagebus.UnitOfWork() as uow:
+                uow.publish(Pinged(n=6))
+    assert [q["sql"] for q in queries if "NOTIFY" in q["sql"]] == ["NOTIFY messagebus"] * 2
