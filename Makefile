@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
+BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
+REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: run test test-postgres bench lint worker clean
 
@@ -28,17 +30,18 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## test-postgres: the suite against the local PostgreSQL
+## test-postgres: the suite against the local PostgreSQL, RabbitMQ and Redis
 test-postgres:
-	DATABASE_URL=$(POSTGRES_URL) $(MAKE) test
+	DATABASE_URL=$(POSTGRES_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) $(MAKE) test
 
-## bench: the bus against hand-written Django, per message and over HTTP (DATABASE_URL picks the database)
+## bench: the bus against hand-written Django, per message and over HTTP (DATABASE_URL picks the database; CELERY_BROKER_URL for Celery)
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_bus.py
 	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_worker.py
 	$(BIN)/python bench/bench_prune.py
 	$(BIN)/python bench/bench_latency.py
+	$(BIN)/python bench/bench_celery.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1

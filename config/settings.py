@@ -4,7 +4,8 @@ DATABASE_URL        default: a SQLite file beside manage.py
 DJANGO_SECRET_KEY   required unless DJANGO_DEBUG is on
 DJANGO_DEBUG        1/true/yes to enable
 DJANGO_ALLOWED_HOSTS comma-separated
-MESSAGEBUS_EXECUTOR inline (default) or worker
+MESSAGEBUS_EXECUTOR inline (default), worker or celery
+CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1:5672)
 LOG_LEVEL           root log level (default INFO)
 API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
 EMAIL_BACKEND       default: print emails to the console
@@ -142,6 +143,19 @@ MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
     "DEPENDENCIES": {"notifications": "allocation.notifications.EmailNotifications"},
 }
+
+# The celery executor (config/celery.py). The broker's connection timeout bounds how long
+# a commit waits on a broker that is down before leaving its deliveries to the relay.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# RabbitMQ confirms each task it has taken: a publish that returns was not lost on the way.
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"confirm_publish": True} if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")) else {}
+)
+CELERY_WORKER_PREFETCH_MULTIPLIER = int(os.environ.get("CELERY_WORKER_PREFETCH_MULTIPLIER", "4"))
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # Django's LOGGING stays in charge
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

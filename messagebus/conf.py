@@ -61,11 +61,11 @@ def seconds(value: Any) -> str | None:
 
 def executor(value: Any) -> str | None:
     if not isinstance(value, str):
-        return "must be 'inline', 'worker' or the dotted path of an executor class"
+        return "must be 'inline', 'worker', 'celery' or the dotted path of an executor class"
     try:
         import_string(EXECUTORS.get(value, value))
     except ImportError as exc:
-        return f"is {value!r}: not 'inline', 'worker' or an importable class ({exc})"
+        return f"is {value!r}: not 'inline', 'worker', 'celery' or an importable class ({exc})"
     return None
 
 
@@ -96,6 +96,7 @@ def exception_paths(value: Any) -> str | None:
 EXECUTORS = {
     "inline": "messagebus.executors.inline.InlineExecutor",
     "worker": "messagebus.executors.worker.WorkerExecutor",
+    "celery": "messagebus.executors.celery.CeleryExecutor",
 }
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",
@@ -108,7 +109,7 @@ class Settings:
     """Typed, lazy access to MESSAGEBUS; validated by the system checks."""
 
     EXECUTOR = Setting[str](
-        "inline", executor, '"inline", "worker", or a dotted path to an executor class'
+        "inline", executor, '"inline", "worker", "celery", or a dotted path to an executor class'
     )
     DEPENDENCIES = Setting[dict[str, str]](
         {}, dependency_paths, "handler parameter name -> dotted path of a factory"
@@ -131,7 +132,7 @@ class Settings:
     SWEEP_INTERVAL = Setting[float](
         60.0, seconds, "inline executor: look for overdue deliveries (0: never)"
     )
-    WORKER_POLL_INTERVAL = Setting[float](1.0, seconds, "an idle worker sleeps this long")
+    WORKER_POLL_INTERVAL = Setting[float](1.0, seconds, "an idle worker or relay sleeps this long")
     HEALTH_MAX_LAG = Setting[float](
         300.0, seconds, "health is degraded when a due delivery waited longer"
     )

@@ -76,3 +76,7 @@ class RetryLater(MessageBusError):
 
 class ConcurrencyError(MessageBusError):
     """Two transactions changed the same thing at once; the bus runs the command again."""
+
+
+class BrokerUnreachable(MessageBusError):
+    """Tasks could not be sent to the broker; their deliveries stay due for the relay."""

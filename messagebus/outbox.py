@@ -19,7 +19,7 @@ from .wording import plural
 
 logger = logging.getLogger(__name__)
 
-PRUNE_CHUNK = 5000  # rows a DELETE takes on: short transactions, short locks
+PRUNE_CHUNK = 20_000  # rows a transaction deletes: short transactions, short locks
 
 # Called with each event stored, and its database (messagebus.testing captures with it).
 observers: list[Callable[[Event, str], None]] = []

@@ -56,6 +56,10 @@ class Statements:
             f"INSERT INTO {table} ({', '.join(col[f] for f in DELIVERY_COLUMNS)}) VALUES "
         )
         self.delivery_values = f"({_marks(DELIVERY_COLUMNS)})"
+        self.load_event = (
+            f"SELECT {', '.join(quote(_event_field(f).column) for f in EVENT_COLUMNS[1:5])} "
+            f"FROM {events} WHERE {quote(_event_field('id').column)} = %s"
+        )
         # PostgreSQL runs an INSERT inside WITH; its foreign keys are checked at commit.
         self.one_statement = connection.vendor == "postgresql"
         # PostgreSQL: the delivery's transaction need not wait for its WAL flush.
@@ -84,6 +88,7 @@ class Statements:
             lock,
         )
         event_id = quote(_event_field("id").column)
+        created = quote(_event_field("created_at").column)
         # The literal status, so PostgreSQL's planner can use the partial index.
         due = (
             f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
@@ -97,13 +102,36 @@ class Statements:
             f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
         )
         finished = ", ".join(f"'{status}'" for status in Delivery.FINISHED)
-        self.prune_deliveries = (
+        # A chunk of finished deliveries (on PostgreSQL with the events among theirs
+        # left without any), then (``prune_events``) the old events left without any.
+        chunk = (
             f"DELETE FROM {table} WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
             f"WHERE {col['status']} IN ({finished}) AND {col['finished_at']} < %s LIMIT %s)"
         )
+        if connection.vendor == "postgresql":
+            # One statement, which still sees the deliveries it deletes: an event goes
+            # if it has none but those. Fresh statistics for its plan; no WAL flush
+            # per chunk (a crash loses at most the last chunks, pruned again next time).
+            # (Elsewhere a scan of the old events after the deliveries is cheaper:
+            # rows deleted are gone from the scan, where PostgreSQL's linger.)
+            self.prune_chunk = (
+                f"WITH gone AS ({chunk} RETURNING {col['id']}, {col['event']}), "
+                f"orphans AS (DELETE FROM {events} e "
+                f"USING (SELECT DISTINCT {col['event']} AS id FROM gone) g "
+                f"WHERE e.{event_id} = g.id AND NOT EXISTS (SELECT 1 FROM {table} d "
+                f"WHERE d.{col['event']} = e.{event_id} AND NOT EXISTS "
+                f"(SELECT 1 FROM gone WHERE gone.{col['id']} = d.{col['id']})) RETURNING 1) "
+                "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM orphans)"
+            )
+            self.prune_counts = True
+            self.prune_first = [f"ANALYZE {events}, {table}"]
+            self.prune_each = [lazy.lstrip("; ")]
+        else:
+            self.prune_chunk, self.prune_counts = chunk, False
+            self.prune_first = self.prune_each = []
         self.prune_events = (
             f"DELETE FROM {events} WHERE {event_id} IN (SELECT e.{event_id} FROM {events} e "
-            f"WHERE e.{quote(_event_field('created_at').column)} < %s AND NOT EXISTS "
+            f"WHERE e.{created} < %s AND NOT EXISTS "
             f"(SELECT 1 FROM {table} d WHERE d.{col['event']} = e.{event_id}) LIMIT %s)"
         )
         lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
@@ -139,6 +167,25 @@ def _many_statements(connection: BaseDatabaseWrapper) -> bool:
     """PostgreSQL with client-side binding (the default) runs two statements at once."""
     options = connection.settings_dict.get("OPTIONS", {})
     return connection.vendor == "postgresql" and not options.get("server_side_binding")
+
+
+def load_event(using: str, event: UUID) -> tuple[str, dict[str, Any], UUID, UUID | None] | None:
+    """An event's (type, payload, correlation id, causation id), or None if it is gone."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _statements(connection).load_event, [_ID.get_db_prep_value(event, connection)]
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    kind, payload, correlation, causation = row
+    return (
+        kind,
+        payload if isinstance(payload, dict) else json.loads(payload),
+        _CORRELATION.to_python(correlation),
+        _CAUSATION.to_python(causation),
+    )
 
 
 def store(
@@ -223,26 +270,43 @@ def lock(using: str, ids: Sequence[int], lease: dt.datetime) -> set[int]:
 
 
 def prune(using: str, before: dt.datetime, chunk: int) -> tuple[int, int]:
-    """Delete deliveries finished before ``before``, then the events left without any,
-    ``chunk`` rows a statement, each statement its own transaction: no long locks.
+    """Delete deliveries finished before ``before``, then old events left without any,
+    ``chunk`` rows a transaction: no long locks.
 
     Returns (deliveries, events) deleted.
     """
     connection = connections[using]
     sql = _statements(connection)
     when = _WHEN.get_db_prep_value(before, connection)
-    counts = []
+    deliveries = events = 0
     with connection.cursor() as cursor:
-        for statement in (sql.prune_deliveries, sql.prune_events):
-            total = 0
-            while True:
-                with transaction.atomic(using=using):
-                    cursor.execute(statement, [when, chunk])
-                    total += cursor.rowcount
-                if cursor.rowcount < chunk:
-                    break
-            counts.append(total)
-    return counts[0], counts[1]
+        for statement in sql.prune_first:
+            cursor.execute(statement)
+        while True:
+            with transaction.atomic(using=using):
+                for statement in sql.prune_each:
+                    cursor.execute(statement)
+                gone, left = _prune_chunk(cursor, sql, when, chunk)
+            deliveries, events = deliveries + gone, events + left
+            if gone < chunk:
+                break
+        while True:
+            with transaction.atomic(using=using):
+                cursor.execute(sql.prune_events, [when, chunk])
+                events += cursor.rowcount
+            if cursor.rowcount < chunk:
+                break
+    return deliveries, events
+
+
+def _prune_chunk(cursor: Any, sql: Statements, when: object, chunk: int) -> tuple[int, int]:
+    """Delete one chunk of finished deliveries (and, on PostgreSQL, the events they
+    leave without any): (deliveries, events) deleted."""
+    cursor.execute(sql.prune_chunk, [when, chunk])
+    if sql.prune_counts:
+        gone, left = cursor.fetchone()
+        return int(gone), int(left)
+    return cursor.rowcount, 0
 
 
 Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None]

@@ -45,6 +45,10 @@ class Worker:
     commits its batch and hands the other claimed ones back.
     """
 
+    role = "Worker"
+    # What it waits out, backing off: each with what could not be reached.
+    outages: dict[type[Exception], str] = {DatabaseError: "the outbox"}
+
     def __init__(
         self,
         *,
@@ -61,6 +65,8 @@ class Worker:
         self.using = using
         self.processed = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}"
+        if self.role != Worker.role:
+            self.id = f"{self.role.lower()}:{self.id}"
         self._stopping = threading.Event()
         self._expiry_checked = self._beaten = float("-inf")  # both due at the first batch
         self._wakeup = Wakeup(using)
@@ -68,34 +74,37 @@ class Worker:
     def stop(self, *args: object) -> None:
         """Finish the running delivery, then stop; asked twice, stop at once."""
         if self._stopping.is_set():
-            raise SystemExit(f"Worker {self.id} stopped at once: its running batch rolls back")
-        logger.info("Worker %s stopping after the current delivery", self.id)
+            raise SystemExit(f"{self.role} {self.id} stopped at once: its running batch rolls back")
+        logger.info("%s %s stopping after the current delivery", self.role, self.id)
         self._stopping.set()
 
     def run(self) -> int:
         """Run until stopped; the number of deliveries processed."""
         logger.info(
-            "Worker %s started on database %r (batch %d)", self.id, self.using, self._batch()
-        )
-        failures = 0
+            "%s %s started on database %r (batch %d)",
+            self.role, self.id, self.using, self._batch(),
+        )  # fmt: skip
+        failures, unreached = 0, ""
+        outages = tuple(self.outages)
         while not self._stopping.is_set() and not self._reached_limit():
             close_old_connections()
             try:
                 claimed = self.run_batch()
-            except DatabaseError as exc:
-                if self.once or lasting(exc):
+            except outages as exc:
+                if self.once or (isinstance(exc, DatabaseError) and lasting(exc)):
                     raise
                 failures += 1
                 delay = min(BACKOFF * 2 ** (failures - 1), BACKOFF_MAX)
+                unreached = next(w for kind, w in self.outages.items() if isinstance(exc, kind))
                 logger.error(
-                    "Worker %s cannot reach the outbox (failure %d, next try in %.0fs): %s",
-                    self.id, failures, delay, first_line(exc),
+                    "%s %s cannot reach %s (failure %d, next try in %.0fs): %s",
+                    self.role, self.id, unreached, failures, delay, first_line(exc),
                     exc_info=failures == 1,  # the traceback once, not on every try
                 )  # fmt: skip
                 self._stopping.wait(delay)
                 continue
             if failures:
-                logger.info("Worker %s reached the outbox again", self.id)
+                logger.info("%s %s reached %s again", self.role, self.id, unreached)
                 failures = 0
             if not claimed:
                 if self.once:
@@ -105,8 +114,9 @@ class Worker:
         with suppress(DatabaseError):  # stopped: no longer one of the workers seen
             WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
         logger.info(
-            "Worker %s stopped after %s", self.id, plural(self.processed, "delivery", "deliveries")
-        )
+            "%s %s stopped after %s",
+            self.role, self.id, plural(self.processed, "delivery", "deliveries"),
+        )  # fmt: skip
         return self.processed
 
     def run_batch(self) -> int:

@@ -21,6 +21,21 @@ postgres_only = pytest.mark.skipif(
 )
 
 
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+celery_on_postgres = pytest.mark.skipif(
+    not (on_postgres() and BROKER_URL.startswith(("amqp://", "pyamqp://"))),
+    reason="needs PostgreSQL and RabbitMQ: set DATABASE_URL=postgres://... and "
+    "CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
+)
+redis_on_postgres = pytest.mark.skipif(
+    not (on_postgres() and REDIS_URL),
+    reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://... and "
+    "REDIS_URL=redis://127.0.0.1:6379/0",
+)
+
+
 def database_url() -> str:
     """A URL for the test database, for subprocesses to share it."""
     settings = connection.settings_dict

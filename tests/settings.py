@@ -1,6 +1,7 @@
 """The project's settings plus a small app that exercises the bus."""
 
 import os
+import uuid
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key")
 
@@ -13,7 +14,7 @@ DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}  
 
 MESSAGEBUS = {
     **MESSAGEBUS,  # noqa: F405
-    "EXECUTOR": "inline",
+    "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
     "RETRY_WAIT": 0,
     "RETRY_WAIT_MAX": 0,
     "SWEEP_INTERVAL": 0,
@@ -38,3 +39,10 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 API_ALLOW_ANONYMOUS = False
 REST_FRAMEWORK = {**REST_FRAMEWORK, "TEST_REQUEST_DEFAULT_FORMAT": "json"}  # noqa: F405
 LOGGING["root"]["level"] = os.environ.get("LOG_LEVEL", "WARNING")  # noqa: F405
+
+# Celery tests send to a queue of this test run's own (their worker subprocesses
+# inherit the name), which RabbitMQ deletes after ten idle minutes.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault(
+    "BUSAPP_CELERY_QUEUE", f"messagebus-tests-{uuid.uuid4().hex[:8]}"
+)
+CELERY_TASK_QUEUES = {CELERY_TASK_DEFAULT_QUEUE: {"queue_arguments": {"x-expires": 600_000}}}

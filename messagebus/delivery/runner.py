@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import sql
 from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
 from ..message_bus import bus
 from ..messages import Event, current_message
-from ..models import StoredEvent
 from ..registry import Handler, registry
 from ..unit_of_work import UnitOfWork, savepoint
 from ..wording import describe
@@ -246,11 +246,11 @@ def _one_transaction(
 
 
 def _load(ref: Reference) -> Envelope | None:
-    try:
-        row = StoredEvent.objects.using(ref.using).get(pk=ref.event_id)
-    except StoredEvent.DoesNotExist:
+    row = sql.load_event(ref.using, ref.event_id)
+    if row is None:
         return None
-    return Envelope(row.type, row.id, row.correlation_id, row.causation_id, row.payload)
+    kind, payload, correlation, causation = row
+    return Envelope(kind, ref.event_id, correlation, causation, payload)
 
 
 def _dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,28 @@ def released(using: str, claims: Sequence[Claim]) -> int:
     for claim in claims:
         held |= Q(pk=claim.id, lease_until=claim.lease)
     return Delivery.objects.using(using).pending().filter(held).update(lease_until=None)
+
+
+def leased(using: str, events: Collection[uuid.UUID], lease: dt.datetime) -> list[Reference]:
+    """Lease the due, unleased deliveries of these events to tasks about to be sent.
+
+    Those already leased (a relay got there first) are left to their holder.
+    """
+    deliveries = Delivery.objects.using(using).pending().filter(event_id__in=events)
+    deliveries.due().update(lease_until=lease)
+    ours = deliveries.filter(lease_until=lease).values_list("event_id", "handler")
+    return [Reference(using, event, handler) for event, handler in ours]
+
+
+def unleased(refs: Sequence[Reference], lease: dt.datetime) -> int:
+    """Hand back deliveries leased to tasks that were never sent: due again now."""
+    if not refs:
+        return 0
+    held = Q()
+    for ref in refs:
+        held |= Q(event_id=ref.event_id, handler=ref.handler)
+    rows = Delivery.objects.using(refs[0].using).pending().filter(held, lease_until=lease)
+    return rows.update(lease_until=None)
 
 
 def requeued(deliveries: DeliveryQuerySet) -> int:

@@ -48,4 +48,5 @@ def record_ping(event: Pinged) -> None:
     if path := os.environ.get("BUSAPP_PING_LOG"):
         with open(path, "a") as log:
             log.write(f"{event.n} {os.getpid()}\n")
-    time.sleep(float(os.environ.get("BUSAPP_PING_SLEEP", "0")))
+    if pause := float(os.environ.get("BUSAPP_PING_SLEEP", "0")):
+        time.sleep(pause)

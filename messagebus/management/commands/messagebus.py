@@ -1,4 +1,4 @@
-"""``manage.py messagebus worker|status|retry|prune``."""
+"""``manage.py messagebus worker|relay|status|retry|prune``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from messagebus import executors, health, outbox
+from messagebus.exceptions import BrokerUnreachable, ConfigurationError
 from messagebus.models import Delivery, WorkerBeat
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
@@ -43,7 +44,7 @@ def seconds(value: str) -> float:
 
 
 class Command(BaseCommand):
-    help = "Run and inspect event deliveries: worker, status, retry, prune."
+    help = "Run and inspect event deliveries: worker, relay, status, retry, prune."
 
     def add_arguments(self, parser: CommandParser) -> None:
         common = CommandParser(add_help=False)
@@ -69,6 +70,10 @@ class Command(BaseCommand):
             "--limit", type=positive_int, metavar="N", help="Exit after N deliveries."
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
+
+        relay = action("relay", "Send due deliveries to Celery until stopped (executor 'celery').")
+        relay.add_argument("--once", action="store_true", help="One pass, then exit.")
+        relay.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
 
         status = action("status", "Counts by status, lag, rate, dead by handler and error.")
         status.add_argument(
@@ -115,6 +120,20 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, worker.stop)
         processed = worker.run()
         self.stdout.write(f"Processed {plural(processed, 'delivery', 'deliveries')}.")
+
+    def handle_relay(
+        self, using: str, *, once: bool, interval: float | None, **options: Any
+    ) -> None:
+        from messagebus.relay import Relay  # imports Celery
+
+        relay = Relay(once=once, poll_interval=interval, using=using)
+        signal.signal(signal.SIGTERM, relay.stop)
+        signal.signal(signal.SIGINT, relay.stop)
+        try:
+            sent = relay.run()
+        except (ConfigurationError, BrokerUnreachable) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Sent {plural(sent, 'delivery', 'deliveries')} to Celery.")
 
     def handle_status(self, using: str, *, json_output: bool, **options: Any) -> None:
         deliveries = Delivery.objects.using(using)

@@ -1,10 +1,8 @@
 """GET /health/: the database and the outbox, for a load balancer or a monitor."""
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 
@@ -17,6 +15,7 @@ import messagebus
 from messagebus.models import Delivery, WorkerBeat
 from tests.busapp.events import Pinged
 from tests.conftest import ROOT, database_url, postgres_only
+from tests.proxy import Proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,37 +55,6 @@ def test_degraded_past_the_dead_letters_allowed(client):
     assert (response.status_code, response.json()["status"]) == (200, "degraded")
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that the test can cut (it then swallows new
-    connections without answering, as a dead network does) and mend."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.cut = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.server.accept()
-            if self.cut.is_set():
-                continue  # accepted, never answered
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-
 CHECK = "from messagebus.health import check; print(check('default')[0])"
 
 
@@ -108,11 +76,11 @@ def test_down_within_seconds_when_the_database_is_cut_off_then_back():
         return done.stdout.strip().splitlines()[-1], time.monotonic() - started
 
     assert health()[0] == "ok"
-    proxy.cut.set()
+    proxy.cut()
     status, took = health()
     assert status == "down"
     assert took < 15  # the connect timeout (5 s), plus starting Django
-    proxy.cut.clear()
+    proxy.mend()
     assert health()[0] == "ok"
 
 

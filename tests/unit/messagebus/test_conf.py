@@ -51,4 +51,5 @@ def test_validators_name_the_problem():
         "names 'builtins.len', which is not an exception class"
     )
     assert conf.executor("inline") is None and conf.executor("worker") is None
-    assert "not 'inline', 'worker' or an importable class" in conf.executor("no.Such")
+    assert conf.executor("celery") is None
+    assert "not 'inline', 'worker', 'celery' or an importable class" in conf.executor("no.Such")

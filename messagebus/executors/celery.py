@@ -1,0 +1,129 @@
+"""Send deliveries to Celery workers: a task per delivery, carrying its reference.
+
+The task, ``messagebus.run_delivery``, is registered with the project's Celery
+app by ``app.autodiscover_tasks()`` (through ``messagebus.tasks``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from celery import shared_task
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from .. import conf
+from ..delivery import runner, states
+from ..delivery.reference import Reference
+from ..exceptions import BrokerUnreachable, MessageDecodeError
+from ..wording import first_line, plural
+
+logger = logging.getLogger(__name__)
+
+# A publish that fails is tried twice more, within about a second (each try
+# also bounded by CELERY_BROKER_CONNECTION_TIMEOUT): then the broker is down,
+# and the deliveries are left to `messagebus relay`.
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 0.6}
+
+
+@shared_task(
+    name="messagebus.run_delivery",
+    acks_late=True,  # acknowledged once run: a worker lost mid-task has it redelivered
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_delivery(reference: dict[str, Any], lease_until: str) -> bool:
+    """Run the delivery ``reference`` names, if it is still held until ``lease_until``.
+
+    Its retries, delays and dead letter are the bus's, as with every executor;
+    a duplicate (redelivered by the broker, or sent again by the relay) finds
+    it done, or held under another lease, and does nothing.
+    """
+    try:
+        ref = Reference.from_json(reference)
+        held = dt.datetime.fromisoformat(lease_until)
+    except (MessageDecodeError, TypeError, ValueError) as exc:
+        logger.error("Dropped a task that names no delivery: %s", exc)
+        return False
+    return runner.run(ref, lease=held)
+
+
+def lease() -> dt.datetime:
+    """A fresh lease. Two senders that happen to take the same one may send a task
+    twice: the second finds its delivery done and does nothing."""
+    return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
+
+
+def send(refs: Sequence[Reference], held: dt.datetime) -> int:
+    """Send a task per delivery, each to run it under the lease ``held``; how many.
+
+    Raises BrokerUnreachable once the broker stays out of reach, after handing
+    back the deliveries not sent.
+    """
+    sent = 0
+    try:
+        with run_delivery.app.producer_or_acquire() as producer:
+            for ref in refs:
+                run_delivery.apply_async(
+                    (ref.to_json(), held.isoformat()),
+                    producer=producer,
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                )
+                sent += 1
+    except (OperationalError, OSError) as exc:
+        states.unleased(refs[sent:], held)
+        raise BrokerUnreachable(
+            f"cannot send {plural(len(refs) - sent, 'task')} to the broker: {first_line(exc)}"
+        ) from exc
+    return sent
+
+
+class CeleryExecutor:
+    """Each delivery becomes a Celery task once the transaction that stored it commits.
+
+    The deliveries are leased first, so the relay leaves them alone while
+    their tasks are on their way; a task the broker loses lets its lease run
+    out, and the relay sends the delivery again. If the broker cannot be
+    reached, the commit still stands and its deliveries stay due.
+    """
+
+    def submit(self, refs: list[Reference]) -> None:
+        if not refs:
+            return
+        using = refs[0].using
+        events = self._events_in_transaction(using)
+        if events is None:
+            events = set()
+            transaction.on_commit(partial(self._committed, using, events), using=using)
+        events.update(ref.event_id for ref in refs)
+
+    def retried(self, refs: list[Reference]) -> None:
+        if refs:
+            self._committed(refs[0].using, {ref.event_id for ref in refs})
+
+    def _events_in_transaction(self, using: str) -> set[uuid.UUID] | None:
+        """The events this transaction stored so far, as its commit callback holds them."""
+        for entry in connections[using].run_on_commit:
+            callback = entry[1]
+            if isinstance(callback, partial) and callback.func == self._committed:
+                found: set[uuid.UUID] = callback.args[1]
+                return found
+        return None
+
+    def _committed(self, using: str, events: set[uuid.UUID]) -> None:
+        held = lease()
+        try:
+            refs = states.leased(using, events, held)
+            send(refs, held)
+        except (BrokerUnreachable, DatabaseError) as exc:
+            logger.warning(
+                "Deliveries of %s stay due for `messagebus relay`: %s",
+                plural(len(events), "event"), first_line(exc),
+            )  # fmt: skip

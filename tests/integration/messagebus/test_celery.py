@@ -1,0 +1,261 @@
+"""The celery executor on a real broker, with real `celery -A config worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+from django.utils import timezone
+
+import messagebus
+from allocation.commands import Allocate, CreateBatch
+from allocation.queries import allocations
+from config import celery_app
+from messagebus.models import Delivery
+from tests.busapp.commands import Deposit, OpenAccount
+from tests.busapp.events import Pinged
+from tests.busapp.models import Entry
+from tests.conftest import (
+    BROKER_URL,
+    REDIS_URL,
+    ROOT,
+    celery_on_postgres,
+    database_url,
+    redis_on_postgres,
+)
+from tests.proxy import Proxy
+
+DEPOSIT = """
+import time
+import messagebus
+from tests.busapp.commands import Deposit, OpenAccount
+
+messagebus.bus.handle(OpenAccount("ann"))
+started = time.monotonic()
+messagebus.bus.handle(Deposit("ann", 5))
+print(f"deposited in {time.monotonic() - started:.2f}s")
+"""
+
+
+class CeleryWorker:
+    """A `celery -A config worker` subprocess on the test database and this run's queue."""
+
+    def __init__(self, name: str, **env: str) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1",
+             "--hostname", f"{name}@%h", "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
+            env={**_env(), **env}, cwd=ROOT, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(60):
+            self.kill()
+            raise AssertionError("the Celery worker did not start:\n" + self.output)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def kill(self) -> None:
+        """SIGKILL, the worker and any child it has: no chance to acknowledge anything."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "MESSAGEBUS_EXECUTOR": "celery",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout:.0f}s for {what or condition}")
+        time.sleep(0.05)
+
+
+def all_done() -> bool:
+    return set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
+@contextmanager
+def celery_executor() -> Iterator[None]:
+    with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "celery"}):
+        yield
+
+
+@pytest.fixture
+def workers(transactional_db) -> Iterator[Callable[..., CeleryWorker]]:
+    """Start Celery workers (``workers("a", **env)``) on an empty queue; all stopped after."""
+    celery_app.control.purge()
+    started: list[CeleryWorker] = []
+
+    def start(name: str, **env: str) -> CeleryWorker:
+        started.append(CeleryWorker(name, **env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@celery_on_postgres
+def test_a_celery_worker_runs_the_handlers_and_the_read_model_shows_the_allocation(workers):
+    worker = workers("one")
+    with celery_executor():
+        messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+        messagebus.bus.handle(Allocate("o1", "LAMP", 2))
+
+    wait_for(lambda: allocations("o1") == [{"sku": "LAMP", "batchref": "b1"}], what="allocation")
+    wait_for(all_done, what="every delivery done")
+    assert "messagebus.run_delivery" in worker.output
+
+
+@celery_on_postgres
+def test_events_recorded_by_a_task_travel_on_as_tasks(workers):
+    workers("one")
+    with celery_executor():
+        messagebus.bus.handle(OpenAccount("ann"))
+        messagebus.bus.handle(Deposit("ann", 5))
+
+    # Deposited: written and audited; Audited, published by a handler in the worker: written
+    wait_for(lambda: Entry.objects.filter(note="audited").exists(), what="the audit entry")
+    wait_for(all_done, what="every delivery done")
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+
+
+@celery_on_postgres
+def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage):
+    proxy = Proxy(int(BROKER_URL.rsplit(":", 1)[1].split("/")[0]))
+    proxy.cut()
+    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=proxy.url(BROKER_URL)))
+
+    assert done.returncode == 0, done.stderr
+    took = float(done.stdout.split("deposited in ")[1].split("s")[0])
+    assert took < 10  # three tries of a 1 s connection timeout, not a hang
+    assert "stay due for `messagebus relay`" in done.stderr
+    pending = Delivery.objects.filter(status="pending")
+    assert pending.count() == 2 and not pending.filter(lease_until__isnull=False).exists()
+    assert not Entry.objects.exists()
+
+    proxy.mend()
+    workers("one")
+    relay = manage("messagebus", "relay", "--once", env=_env())
+    assert relay.returncode == 0, relay.stderr
+    assert "Sent 2 deliveries to Celery." in relay.stdout
+
+    wait_for(all_done, what="every delivery done")
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+    assert set(Delivery.objects.values_list("attempts", "runs")) == {(1, 1)}
+
+
+@celery_on_postgres
+def test_a_task_lost_in_the_broker_is_sent_again_once_its_lease_runs_out(workers, manage):
+    with override_settings(
+        MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "celery", "CLAIM_TIMEOUT": 5}
+    ):
+        messagebus.bus.handle(Pinged(n=4))
+    lease = Delivery.objects.get().lease_until
+    assert lease is not None  # its task carries it
+    assert celery_app.control.purge() == 1  # the broker loses the task
+    nothing = manage("messagebus", "relay", "--once", env=_env())
+    assert "Sent 0 deliveries" in nothing.stdout  # still leased to the lost task
+
+    wait_for(lambda: timezone.now() > lease, timeout=10, what="the lease to run out")
+    relay = manage("messagebus", "relay", "--once", env=_env())
+    assert "Sent 1 delivery to Celery." in relay.stdout, relay.stderr
+    workers("one")
+    wait_for(all_done, what="the delivery done")
+    assert list(Entry.objects.values_list("amount", flat=True)) == [4]
+    assert Delivery.objects.get().runs == 2  # the lost one counts
+
+
+@celery_on_postgres
+def test_a_worker_killed_mid_delivery_leaves_it_to_another_which_runs_it_once(
+    workers, tmp_path: Path
+):
+    log = tmp_path / "pings.log"
+    first = workers("first", BUSAPP_PING_LOG=str(log), BUSAPP_PING_SLEEP="60")
+    with celery_executor():
+        messagebus.bus.handle(Pinged(n=7))
+    wait_for(lambda: log.exists() and log.read_text().count("\n") == 1, what="the handler start")
+    first.kill()  # mid-handler: its transaction rolls back, its task was never acknowledged
+
+    workers("second", BUSAPP_PING_LOG=str(log))
+    wait_for(all_done, what="the delivery done by the second worker")
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert [n for n, _ in runs] == ["7", "7"]  # begun twice, by two processes
+    assert runs[0][1] != runs[1][1]
+    assert list(Entry.objects.values_list("amount", flat=True)) == [7]  # its effect, once
+    assert Delivery.objects.values_list("attempts", flat=True).get() == 1
+
+
+@redis_on_postgres
+def test_redis_works_as_the_broker_too(workers, manage):
+    redis = {"CELERY_BROKER_URL": REDIS_URL}
+    workers("one", **redis)
+    done = manage("shell", "-c", DEPOSIT, env=_env(**redis))
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: Entry.objects.count() == 2 and all_done(), what="both entries")
+    assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+
+
+def test_the_relay_refuses_to_run_for_another_executor(db):
+    with pytest.raises(CommandError, match="set it to 'celery'"):
+        call_command("messagebus", "relay", "--once")
+
+
+def test_a_commit_stands_when_no_broker_answers(manage):
+    nowhere = "amqp://guest:guest@127.0.0.1:9//"  # nothing listens there
+    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=nowhere))
+    assert done.returncode == 0, done.stderr
+    assert "Deliveries of 1 event stay due for `messagebus relay`" in done.stderr
+    assert Delivery.objects.filter(status="pending", lease_until=None).count() == 2
+
+
+def test_the_relay_says_when_the_broker_is_out_of_reach_and_leaves_the_deliveries_due(manage):
+    nowhere = {"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}
+    assert manage("shell", "-c", DEPOSIT, env=_env(**nowhere)).returncode == 0
+
+    relay = manage("messagebus", "relay", "--once", env=_env(**nowhere))
+    assert relay.returncode == 1
+    assert "cannot send 2 tasks to the broker" in relay.stderr
+    assert "Traceback" not in relay.stderr
+    assert Delivery.objects.filter(status="pending", lease_until=None).count() == 2

@@ -1,0 +1,62 @@
+"""A TCP proxy a test puts between the code and a server, to cut the network and mend it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class Proxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``.
+
+    ``cut()`` drops the open connections and swallows new ones without ever
+    answering, as a dead network does; ``mend()`` forwards again.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._cut = threading.Event()
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: str) -> str:
+        """``url`` with its port (that of the target) replaced by the proxy's."""
+        return url.replace(f":{self.target}", f":{self.port}", 1)
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def mend(self) -> None:
+        self._cut.clear()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            if self._cut.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.close()
