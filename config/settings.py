@@ -6,6 +6,7 @@ DJANGO_DEBUG        1/true/yes to enable
 DJANGO_ALLOWED_HOSTS comma-separated
 MESSAGEBUS_EXECUTOR inline (default), worker or celery
 CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1:5672)
+MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://... or amqp://...)
 LOG_LEVEL           root log level (default INFO)
 API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
 EMAIL_BACKEND       default: print emails to the console
@@ -142,6 +143,8 @@ STORAGES = {
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
     "DEPENDENCIES": {"notifications": "allocation.notifications.EmailNotifications"},
+    # Events for other services (allocation/external.py): redis://... or amqp://...
+    "EXTERNAL_URL": os.environ.get("MESSAGEBUS_EXTERNAL_URL") or None,
 }
 
 # The celery executor (config/celery.py). The broker's connection timeout bounds how long

@@ -30,6 +30,7 @@ from .messages import Command, Event, Message
 from .registry import Registry, handler, registry
 
 if TYPE_CHECKING:
+    from .external import publishes
     from .message_bus import MessageBus, bus
     from .unit_of_work import Aggregate, UnitOfWork
 
@@ -39,6 +40,7 @@ _LAZY = {
     "UnitOfWork": ".unit_of_work",
     "MessageBus": ".message_bus",
     "bus": ".message_bus",
+    "publishes": ".external",
 }
 
 
@@ -71,5 +73,6 @@ __all__ = [
     "bus",
     "dependencies",
     "handler",
+    "publishes",
     "registry",
 ]

@@ -12,6 +12,7 @@ class MessagebusConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the system checks)
 
         autodiscover_modules("handlers")
+        autodiscover_modules("external")  # what each app publishes to other services
         setting_changed.connect(_reset_on_setting_change, dispatch_uid="messagebus-settings")
 
 

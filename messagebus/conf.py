@@ -93,6 +93,15 @@ def exception_paths(value: Any) -> str | None:
     return None
 
 
+def external_url(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    schemes = ("redis://", "rediss://", "amqp://", "amqps://")
+    if isinstance(value, str) and value.startswith(schemes):
+        return None
+    return f"must be a redis://, rediss://, amqp:// or amqps:// URL (or empty), not {value!r}"
+
+
 EXECUTORS = {
     "inline": "messagebus.executors.inline.InlineExecutor",
     "worker": "messagebus.executors.worker.WorkerExecutor",
@@ -138,6 +147,9 @@ class Settings:
     )
     HEALTH_MAX_DEAD = Setting[int](0, at_least_zero, "health is degraded past this many dead")
     HEALTH_TIMEOUT = Setting[float](3.0, seconds, "health: a statement's time limit (PostgreSQL)")
+    EXTERNAL_URL = Setting[str | None](
+        None, external_url, "broker for messages to other services (None: publish nothing)"
+    )
 
     @property
     def raw(self) -> dict[str, Any]:

@@ -11,12 +11,14 @@ class Proxy:
     """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``.
 
     ``cut()`` drops the open connections and swallows new ones without ever
-    answering, as a dead network does; ``mend()`` forwards again.
+    answering, as a dead network does (``refuse=True``: closes them at once,
+    as a stopped server's host does); ``mend()`` forwards again.
     """
 
     def __init__(self, target: int) -> None:
         self.target = target
         self._cut = threading.Event()
+        self._refuse = False
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -27,7 +29,8 @@ class Proxy:
         """``url`` with its port (that of the target) replaced by the proxy's."""
         return url.replace(f":{self.target}", f":{self.port}", 1)
 
-    def cut(self) -> None:
+    def cut(self, *, refuse: bool = False) -> None:
+        self._refuse = refuse
         self._cut.set()
         with self._lock:
             for sock in self._open:
@@ -43,7 +46,9 @@ class Proxy:
         while True:
             client, _ = self.server.accept()
             if self._cut.is_set():
-                continue  # accepted, never answered
+                if self._refuse:
+                    client.close()
+                continue  # else accepted, never answered
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self._lock:
                 self._open += [client, upstream]
