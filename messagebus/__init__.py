@@ -30,7 +30,7 @@ from .messages import Command, Event, Message
 from .registry import Registry, handler, registry
 
 if TYPE_CHECKING:
-    from .external import publishes
+    from .external import consumes, publishes
     from .message_bus import MessageBus, bus
     from .unit_of_work import Aggregate, UnitOfWork
 
@@ -41,6 +41,7 @@ _LAZY = {
     "MessageBus": ".message_bus",
     "bus": ".message_bus",
     "publishes": ".external",
+    "consumes": ".external",
 }
 
 
@@ -71,6 +72,7 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkError",
     "bus",
+    "consumes",
     "dependencies",
     "handler",
     "publishes",

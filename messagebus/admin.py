@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 
 from . import executors
 from .delivery import states
-from .models import Delivery, StoredEvent
+from .models import Delivery, InboxMessage, StoredEvent
 from .wording import plural
 
 Status = Delivery.Status
@@ -104,6 +104,18 @@ class StoredEventAdmin(ReadOnlyAdmin):
     @admin.display(description="payload")
     def payload_json(self, obj: StoredEvent) -> str:
         return _pretty(obj.payload)
+
+
+@admin.register(InboxMessage)
+class InboxMessageAdmin(ReadOnlyAdmin):
+    """What came in from other services: handled once, or skipped with the reason."""
+
+    list_display = ["received_at", "channel", "status", "command", "message_id", "reason"]
+    list_filter = ["status", "channel"]
+    search_fields = ["=message_id"]
+    fields = readonly_fields = (
+        "message_id", "channel", "status", "command", "reason", "body", "received_at",
+    )  # fmt: skip
 
 
 @admin.register(Delivery)

@@ -53,6 +53,25 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return errors
 
 
+@checks.register("messagebus")
+def check_external(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """What apps take in from other services must end somewhere."""
+    from .external import subscriptions
+
+    errors: list[checks.CheckMessage] = []
+    for channel, subscription in sorted(subscriptions.items()):
+        command = subscription.command
+        if not _handled(command):
+            errors.append(checks.Error(
+                f"Messages on {channel!r} become {command.__qualname__} "
+                f"({subscription.name}), which has no handler.",
+                hint=f"Register a handler for {command.__qualname__} with @messagebus.handler.",
+                obj=subscription.translate,
+                id="messagebus.E007",
+            ))  # fmt: skip
+    return errors
+
+
 def _option_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
     if handler.options and issubclass(handler.message_type, Command):
         yield checks.Error(

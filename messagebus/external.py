@@ -1,25 +1,35 @@
-"""Events published to other services through a broker (the book's chapter 11).
+"""Messages to and from other services through a broker (the book's chapter 11).
 
-An app declares what it publishes, in a module ``external`` that is found as
-``handlers`` is::
+An app declares what it publishes and what it takes in, in a module
+``external`` that is found as ``handlers`` is::
 
     # orders/external.py
     messagebus.publishes(OrderPlaced, channel="order_placed")
+
+    @messagebus.consumes("cancel_order")
+    def cancel_order(body: dict[str, Any]) -> CancelOrder:
+        return CancelOrder(orderid=body["id"])
 
 Publishing is then a delivery like any event handler's, one per event and
 channel: it happens after commit, at least once, retried, and dead with the
 reason if the broker keeps refusing it. With no MESSAGEBUS["EXTERNAL_URL"],
 those deliveries are done without sending anything.
+
+What comes in is handled by ``manage.py messagebus consume`` (``inbox``): the
+translator turns a message's JSON body into a command, which the bus handles.
 """
 
 from __future__ import annotations
 
 import logging
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import transports
 from .envelope import Envelope
-from .messages import Event
+from .messages import Command, Event
 from .registry import registry
 
 logger = logging.getLogger(__name__)
@@ -28,6 +38,28 @@ logger = logging.getLogger(__name__)
 CHANNEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 publications: dict[str, type[Event]] = {}  # channel -> event type
+Translator = Callable[[dict[str, Any]], Command]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Messages on ``channel`` become ``command`` commands, through ``translate``."""
+
+    channel: str
+    command: type[Command]
+    translate: Translator
+
+    @property
+    def name(self) -> str:
+        return f"{self.translate.__module__}.{self.translate.__qualname__}"
+
+
+subscriptions: dict[str, Subscription] = {}  # channel -> how its messages are taken in
+
+
+def _check_channel(channel: str) -> None:
+    if not channel or not set(channel) <= CHANNEL_CHARACTERS:
+        raise ValueError(f"{channel!r} is not a channel name (letters, digits, _ - .)")
 
 
 def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
@@ -35,8 +67,7 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
 
     ``options`` are the delivery's policy, as for ``@messagebus.handler``.
     """
-    if not channel or not set(channel) <= CHANNEL_CHARACTERS:
-        raise ValueError(f"{channel!r} is not a channel name (letters, digits, _ - .)")
+    _check_channel(channel)
 
     def publish(event: Event) -> None:
         transport = transports.get()
@@ -48,3 +79,25 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
 
     registry.register(event_type, publish, name=f"publish:{channel}", **options)
     publications[channel] = event_type
+
+
+def consumes(channel: str) -> Callable[[Translator], Translator]:
+    """Take in messages on ``channel``: the decorated function turns a message's JSON
+    body into a command (its return annotation names the command's class).
+
+    A body it cannot translate (a missing key, a wrong value) is skipped with the reason.
+    """
+    _check_channel(channel)
+
+    def register(translate: Translator) -> Translator:
+        command = typing.get_type_hints(translate).get("return")
+        if not (isinstance(command, type) and issubclass(command, Command)):
+            raise TypeError(
+                f"{translate.__qualname__} must be annotated to return a messagebus.Command"
+            )
+        if channel in subscriptions:
+            raise ValueError(f"{channel!r} is already taken in by {subscriptions[channel].name}")
+        subscriptions[channel] = Subscription(channel, command, translate)
+        return translate
+
+    return register

@@ -136,3 +136,28 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class InboxMessage(models.Model):
+    """A message that came in from a broker: handled once, or skipped with the reason."""
+
+    class Status(models.TextChoices):
+        HANDLED = "handled", "Handled"
+        SKIPPED = "skipped", "Skipped"
+
+    message_id = models.CharField(
+        max_length=255, unique=True, help_text="The sender's id: a second copy is not handled."
+    )
+    channel = models.CharField(max_length=255)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    command = models.CharField(max_length=200, blank=True, help_text="What it was handled as.")
+    body = models.TextField()
+    reason = models.TextField(blank=True, help_text="Why it was skipped.")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "inbound message"
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.message_id}"

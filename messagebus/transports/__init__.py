@@ -1,6 +1,7 @@
 """Brokers that carry messages to other services, chosen by MESSAGEBUS["EXTERNAL_URL"].
 
-A transport is a small class with ``publish(channel, envelope)``: ``redis://``
+A transport is a small class with ``publish(channel, envelope)`` and
+``consume(channels, receive, stopping)``: ``redis://``
 URLs get Redis pub/sub, ``amqp://`` ones RabbitMQ through kombu. Another
 broker (Kafka, NATS) is another class with the same method, built from its
 URL, and a line in ``SCHEMES``: the bus does not change.
@@ -8,8 +9,10 @@ URL, and a line in ``SCHEMES``: the bus does not change.
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
+from collections.abc import Callable, Mapping
 from typing import Protocol, cast
 
 from django.utils.module_loading import import_string
@@ -17,6 +20,17 @@ from django.utils.module_loading import import_string
 from .. import conf
 from ..envelope import Envelope
 from ..exceptions import ConfigurationError
+
+
+class Verdict(enum.Enum):
+    """What a consumer does with a message it was given."""
+
+    ACK = "ack"  # done with: handled, a duplicate, or refused by the domain (recorded)
+    DEAD = "dead"  # malformed: dead-letter it where the broker can, else drop it
+
+
+# receive(channel, body, message id or None): what to do with the message.
+Receive = Callable[[str, bytes, "str | None"], Verdict]
 
 SCHEMES = {
     "redis": "messagebus.transports.redis.RedisTransport",
@@ -27,8 +41,17 @@ SCHEMES = {
 
 
 class Transport(Protocol):
+    # What it raises when the broker cannot be reached: the consumer backs off and retries.
+    connection_errors: tuple[type[Exception], ...]
+
     def publish(self, channel: str, envelope: Envelope) -> None:
         """Put ``envelope`` on ``channel``; return once the broker has it, else raise."""
+
+    def consume(
+        self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
+    ) -> None:
+        """Pass each message on ``channels`` (channel -> the label of the app that takes
+        it in) to ``receive``, one at a time, until ``stopping`` is set."""
 
 
 _built: dict[str, Transport] = {}

@@ -2,27 +2,38 @@
 
 Messages are persistent and confirmed by the broker before ``publish``
 returns; the message id, type and correlation id travel as AMQP properties,
-the causation id as a header.
+the causation id as a header. Coming in, each consuming app has a durable
+queue per channel (``<app label>.<channel>``), bound to the exchange; a
+message is acknowledged once its command committed, and a malformed one is
+rejected to the dead-letter queue ``messagebus.dead``, for an operator to read.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from kombu.connection import Connection
-from kombu.entity import Exchange
-from kombu.messaging import Producer
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Consumer, Producer
 
 from ..envelope import Envelope
-from . import body
+from . import Receive, Verdict, body
+
+logger = logging.getLogger(__name__)
 
 EXCHANGE = Exchange("messagebus", type="topic", durable=True)
 TIMEOUT = 5.0  # seconds to connect, or to wait for the broker's confirmation
+DEAD = Exchange("messagebus.dead", type="fanout", durable=True)
+DEAD_QUEUE = Queue("messagebus.dead", DEAD, durable=True)
 
 
 class AmqpTransport:
     def __init__(self, url: str) -> None:
         self.url = url
+        self.connection_errors = Connection(url).connection_errors
         self._local = threading.local()  # a connection per thread: kombu's are not shared
 
     def publish(self, channel: str, envelope: Envelope) -> None:
@@ -51,3 +62,33 @@ class AmqpTransport:
             )
             producer = self._local.producer = Producer(connection)
         return producer
+
+    def consume(
+        self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
+    ) -> None:
+        queues = [
+            Queue(f"{app}.{channel}", EXCHANGE, routing_key=channel, durable=True,
+                  queue_arguments={"x-dead-letter-exchange": DEAD.name})
+            for channel, app in channels.items()
+        ]  # fmt: skip
+
+        def on_message(message: Any) -> None:
+            channel = message.delivery_info.get("routing_key", "")
+            raw = message.body if isinstance(message.body, bytes) else message.body.encode()
+            verdict = receive(channel, raw, message.properties.get("message_id"))
+            if verdict is Verdict.ACK:
+                message.ack()
+            else:
+                message.reject(requeue=False)  # to messagebus.dead
+
+        with Connection(self.url, connect_timeout=TIMEOUT, heartbeat=30) as connection:
+            connection.connect()  # one try: the consumer backs off between tries
+            channel = connection.channel()
+            DEAD_QUEUE(channel).declare()
+            with Consumer(channel, queues, on_message=on_message, prefetch_count=1):
+                logger.info("Consuming %s from RabbitMQ", ", ".join(q.name for q in queues))
+                while not stopping.is_set():
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        connection.heartbeat_check()

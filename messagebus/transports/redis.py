@@ -2,20 +2,31 @@
 
 Pub/sub carries a body and nothing else, so the body is the event's fields,
 exactly what the book's clients read; the message id, type and correlation
-id stay in the outbox (and in this process's log), not on the wire.
+id stay in the outbox (and in this process's log), not on the wire. Coming
+in, a message's id is a fingerprint of its channel and body. Pub/sub keeps
+nothing for a subscriber that is away, and has no acknowledgement: what is
+published while no consumer listens is lost, as in the book.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Mapping
+
 import redis
 
 from ..envelope import Envelope
-from . import body
+from . import Receive, body
+
+logger = logging.getLogger(__name__)
 
 TIMEOUT = 5.0  # seconds to connect, or to wait for an answer
 
 
 class RedisTransport:
+    connection_errors = (redis.ConnectionError, redis.TimeoutError)
+
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(
             url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
@@ -23,3 +34,23 @@ class RedisTransport:
 
     def publish(self, channel: str, envelope: Envelope) -> None:
         self.client.publish(channel, body(envelope))
+
+    def consume(
+        self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
+    ) -> None:
+        pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(*channels)
+            confirmed = 0
+            while confirmed < len(channels):  # subscribed: nothing published from now is missed
+                reply = pubsub.get_message(timeout=TIMEOUT)
+                if reply is None:
+                    raise redis.TimeoutError("no answer to SUBSCRIBE")
+                confirmed += reply["type"] == "subscribe"
+            logger.info("Consuming %s from Redis", ", ".join(channels))
+            while not stopping.is_set():
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None and message["type"] == "message":
+                    receive(message["channel"].decode(), message["data"], None)
+        finally:
+            pubsub.close()

@@ -1,4 +1,4 @@
-"""``manage.py messagebus worker|relay|status|retry|prune``."""
+"""``manage.py messagebus worker|relay|consume|status|retry|prune``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from messagebus import executors, health, outbox
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError
-from messagebus.models import Delivery, WorkerBeat
+from messagebus.models import Delivery, InboxMessage, WorkerBeat
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
 
@@ -44,7 +44,7 @@ def seconds(value: str) -> float:
 
 
 class Command(BaseCommand):
-    help = "Run and inspect event deliveries: worker, relay, status, retry, prune."
+    help = "Run and inspect event deliveries: worker, relay, consume, status, retry, prune."
 
     def add_arguments(self, parser: CommandParser) -> None:
         common = CommandParser(add_help=False)
@@ -74,6 +74,8 @@ class Command(BaseCommand):
         relay = action("relay", "Send due deliveries to Celery until stopped (executor 'celery').")
         relay.add_argument("--once", action="store_true", help="One pass, then exit.")
         relay.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
+
+        action("consume", "Handle messages from other services' broker until stopped.")
 
         status = action("status", "Counts by status, lag, rate, dead by handler and error.")
         status.add_argument(
@@ -135,6 +137,18 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Sent {plural(sent, 'delivery', 'deliveries')} to Celery.")
 
+    def handle_consume(self, using: str, **options: Any) -> None:
+        from messagebus.consumer import Consumer
+
+        consumer = Consumer(using)
+        signal.signal(signal.SIGTERM, consumer.stop)
+        signal.signal(signal.SIGINT, consumer.stop)
+        try:
+            received = consumer.run()
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Received {plural(received, 'message')}.")
+
     def handle_status(self, using: str, *, json_output: bool, **options: Any) -> None:
         deliveries = Delivery.objects.using(using)
         outbox = health.figures(using)
@@ -147,6 +161,13 @@ class Command(BaseCommand):
         beats = list(
             WorkerBeat.objects.using(using).filter(seen_at__gte=timezone.now() - SEEN_RECENTLY)
         )
+        received = dict(
+            InboxMessage.objects.using(using)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        inbox = {status.value: received.get(status.value, 0) for status in InboxMessage.Status}
         if json_output:
             by_handler = [
                 {"handler": row["handler"], "error": _first(row["last_error"]), "count": row["n"]}
@@ -156,7 +177,7 @@ class Command(BaseCommand):
                 {"id": w.id, "seen_at": w.seen_at.isoformat(), "processed": w.processed}
                 for w in beats
             ]
-            report = {**outbox, "workers": workers, "dead_by_handler": by_handler}
+            report = {**outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox}
             self.stdout.write(json.dumps(report, indent=2))
             return
         for status in Delivery.Status:
@@ -170,6 +191,7 @@ class Command(BaseCommand):
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
                       f"seen {w.seen_at:%H:%M:%S}" for w in beats)
         )  # fmt: skip
+        self.stdout.write(f"Inbox: {inbox['handled']} handled, {inbox['skipped']} skipped.")
         if dead:
             self.stdout.write("Dead, by handler and error:")
             for row in dead:

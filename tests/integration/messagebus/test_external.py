@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from datetime import date, timedelta
+from types import SimpleNamespace
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
-from kombu import Connection, Queue
+from kombu import Connection, Producer, Queue
 
 import messagebus
 from allocation.commands import Allocate, CreateBatch
+from allocation.models import Batch
 from messagebus import executors
-from messagebus.models import Delivery, StoredEvent
+from messagebus.models import Delivery, InboxMessage, StoredEvent
 from messagebus.transports import amqp
-from tests.conftest import BROKER_URL, REDIS_URL
+from tests.conftest import BROKER_URL, REDIS_URL, ROOT, database_url
 from tests.proxy import Proxy
 
 needs_redis = pytest.mark.skipif(
@@ -127,3 +136,207 @@ def test_with_no_external_url_nothing_is_published_and_nothing_fails(messagebus_
     with external(None):
         allocate_the_books_order()
     assert Delivery.objects.get(handler="publish:line_allocated").status == "done"
+
+
+class ConsumerProcess:
+    """`manage.py messagebus consume` on the test database, listening once it says so."""
+
+    def __init__(self, url: str) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        env = {
+            **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
+            "DJANGO_SETTINGS_MODULE": "tests.settings", "MESSAGEBUS_EXTERNAL_URL": url,
+        }  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "messagebus", "consume"],
+            env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(30):
+            self.process.kill()
+            raise AssertionError("the consumer did not start:\n" + self.output)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "Consuming " in line:
+                self.ready.set()
+
+    def stop(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(30)
+        finally:
+            self.process.kill()
+        return code, self.output
+
+
+@pytest.fixture
+def consumer(transactional_db):
+    started: list[ConsumerProcess] = []
+
+    def start(url: str) -> ConsumerProcess:
+        started.append(ConsumerProcess(url))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def two_batches_and_an_order() -> None:
+    """The book's scenario: the order goes to the earlier batch."""
+    messagebus.bus.handle(CreateBatch("sooner", "RETRO-LAMP", 10, date.today()))
+    messagebus.bus.handle(CreateBatch("later", "RETRO-LAMP", 10, date.today() + timedelta(1)))
+    messagebus.bus.handle(Allocate("order1", "RETRO-LAMP", 10))
+
+
+@needs_redis
+def test_the_books_scenario_on_redis(consumer):
+    with external(REDIS_URL):
+        two_batches_and_an_order()
+    client = redis.Redis.from_url(REDIS_URL)
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe("line_allocated")
+    consumer(REDIS_URL)
+
+    client.publish("change_batch_quantity", json.dumps({"batchref": "sooner", "qty": 5}))
+
+    deadline = time.monotonic() + 3
+    seen = []
+    while time.monotonic() < deadline and not any(m["batchref"] == "later" for m in seen):
+        message = subscriber.get_message(timeout=deadline - time.monotonic())
+        if message is not None:
+            seen.append(json.loads(message["data"]))
+    assert {"orderid": "order1", "sku": "RETRO-LAMP", "qty": 10, "batchref": "later"} in seen
+
+
+@pytest.fixture
+def rabbitmq():
+    """Publish to the messagebus exchange; read a queue bound to line_allocated; read
+    (and empty first) the dead-letter queue."""
+    with Connection(BROKER_URL) as connection:
+        channel = connection.default_channel
+        allocated = Queue(
+            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
+            routing_key="line_allocated", auto_delete=True,
+        )(channel)  # fmt: skip
+        allocated.declare()
+        dead = amqp.DEAD_QUEUE(channel)
+        dead.declare()
+        dead.purge()
+        producer = Producer(channel, exchange=amqp.EXCHANGE)
+
+        def publish(body: str | bytes, message_id: str | None = None) -> None:
+            producer.publish(
+                body, routing_key="change_batch_quantity", declare=[amqp.EXCHANGE],
+                content_type="application/json", content_encoding="utf-8",
+                message_id=message_id or str(uuid.uuid4()),
+            )  # fmt: skip
+
+        yield SimpleNamespace(publish=publish, allocated=allocated, dead=dead)
+        allocated.delete()
+
+
+def wait_for(condition, timeout: float = 10, output: Callable[[], str] = str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out; {output()}"
+        time.sleep(0.05)
+
+
+def read_all(queue) -> list[dict]:
+    bodies = []
+    while (message := queue.get(no_ack=True)) is not None:
+        bodies.append(json.loads(message.body))
+    return bodies
+
+
+@needs_rabbitmq
+def test_the_books_scenario_on_rabbitmq(consumer, rabbitmq):
+    with external(BROKER_URL):
+        two_batches_and_an_order()
+    read_all(rabbitmq.allocated)  # order1 to "sooner"
+    process = consumer(BROKER_URL)
+
+    rabbitmq.publish(json.dumps({"batchref": "sooner", "qty": 5}))
+
+    seen: list[dict] = []
+    deadline = time.monotonic() + 3
+    while not seen and time.monotonic() < deadline:
+        seen.extend(read_all(rabbitmq.allocated))
+        time.sleep(0.05)
+    assert seen, process.output
+    assert seen == [{"orderid": "order1", "sku": "RETRO-LAMP", "qty": 10, "batchref": "later"}]
+
+
+@needs_rabbitmq
+def test_malformed_messages_are_dead_lettered_and_the_consumer_carries_on(consumer, rabbitmq):
+    with external(BROKER_URL):
+        messagebus.bus.handle(CreateBatch("b1", "RETRO-LAMP", 10))
+    process = consumer(BROKER_URL)
+
+    for body in ("not json", "[1]", '{"batchref": "b1"}', '{"batchref": "b1", "qty": "five"}'):
+        rabbitmq.publish(body)
+    rabbitmq.publish(json.dumps({"batchref": "b1", "qty": 7}))
+
+    wait_for(lambda: InboxMessage.objects.filter(status="handled").exists())
+    assert Batch.objects.get(reference="b1").purchased_quantity == 7
+    reasons = sorted(InboxMessage.objects.filter(status="skipped").values_list("reason", flat=True))
+    assert [r.split(":")[0] for r in reasons] == [
+        "no 'qty' in ['batchref']", "not JSON", "not a JSON object but list", "wrong type",
+    ]  # fmt: skip
+    dead = []
+    wait_for(
+        lambda: (
+            dead.extend(m.body for m in iter(lambda: rabbitmq.dead.get(no_ack=True), None))
+            or len(dead) >= 4
+        )
+    )
+    assert len(dead) == 4
+    assert process.process.poll() is None  # still running
+    assert process.output.count("Skipped message") == 4
+
+
+@needs_rabbitmq
+def test_a_message_delivered_twice_is_handled_once(consumer, rabbitmq):
+    with external(BROKER_URL):
+        messagebus.bus.handle(CreateBatch("b1", "RETRO-LAMP", 10))
+    process = consumer(BROKER_URL)
+
+    for _ in range(2):
+        rabbitmq.publish(json.dumps({"batchref": "b1", "qty": 7}), message_id="the-same-id")
+    wait_for(lambda: "Duplicate message the-same-id" in process.output)
+
+    assert list(InboxMessage.objects.values_list("message_id", "status")) == [
+        ("the-same-id", "handled")
+    ]
+    assert process.output.count("Handled message the-same-id") == 1
+    code, output = process.stop()
+    assert code == 0, output
+    assert "Received 2 messages." in output
+
+
+@needs_rabbitmq
+def test_the_consumer_waits_out_a_broker_that_goes_away(consumer, rabbitmq):
+    with external(BROKER_URL):
+        messagebus.bus.handle(CreateBatch("b1", "RETRO-LAMP", 10))
+    proxy = Proxy(int(BROKER_URL.rsplit(":", 1)[1].split("/")[0]))
+    process = consumer(proxy.url(BROKER_URL))
+
+    proxy.cut(refuse=True)
+    wait_for(lambda: "(failure 2, next try in 2s)" in process.output, output=lambda: process.output)
+    proxy.mend()
+    wait_for(lambda: process.output.count("Consuming ") == 2)
+    rabbitmq.publish(json.dumps({"batchref": "b1", "qty": 7}))
+    wait_for(lambda: InboxMessage.objects.filter(status="handled").exists())
+
+    assert "Traceback" not in process.output
+    failures = [line for line in process.output.splitlines() if "cannot go on" in line]
+    assert 2 <= len(failures) <= 4  # one line a try, the waits doubling

@@ -1,0 +1,76 @@
+"""The loop behind ``manage.py messagebus consume``: inbound messages, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
+
+from . import external, inbox, transports
+from .exceptions import ConfigurationError
+from .transports import Verdict
+from .wording import first_line
+
+logger = logging.getLogger(__name__)
+BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the broker
+
+
+class Consumer:
+    """Take in every declared channel's messages through the EXTERNAL_URL's transport.
+
+    ``stop()`` (SIGTERM, SIGINT) lets the message in hand finish, then stops.
+    A broker or a database that goes away is waited out: a line per try,
+    the waits doubling up to BACKOFF_MAX.
+    """
+
+    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        self.using = using
+        self.received = 0
+        self._stopping = threading.Event()
+
+    def stop(self, *args: object) -> None:
+        logger.info("Consumer stopping after the message in hand")
+        self._stopping.set()
+
+    def run(self) -> int:
+        """Consume until stopped; the number of messages received."""
+        transport = transports.get()
+        if transport is None:
+            raise ConfigurationError(
+                "MESSAGEBUS['EXTERNAL_URL'] is not set: there is no broker to consume from"
+            )
+        if not external.subscriptions:
+            raise ConfigurationError("No installed app takes in messages (messagebus.consumes)")
+        channels = {
+            channel: _app_label(subscription.translate.__module__)
+            for channel, subscription in sorted(external.subscriptions.items())
+        }
+        outages: tuple[type[Exception], ...] = (*transport.connection_errors, DatabaseError)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                transport.consume(channels, self._receive, self._stopping)
+            except outages as exc:
+                failures += 1
+                delay = min(BACKOFF * 2 ** (failures - 1), BACKOFF_MAX)
+                logger.error(
+                    "Consumer cannot go on (failure %d, next try in %.0fs): %s: %s",
+                    failures, delay, type(exc).__name__, first_line(exc),
+                )  # fmt: skip
+                self._stopping.wait(delay)
+            else:
+                failures = 0
+        logger.info("Consumer stopped after %d messages", self.received)
+        return self.received
+
+    def _receive(self, channel: str, body: bytes, message_id: str | None) -> Verdict:
+        close_old_connections()
+        self.received += 1
+        return inbox.receive(channel, body, message_id, using=self.using)
+
+
+def _app_label(module: str) -> str:
+    config = apps.get_containing_app_config(module)
+    return config.label if config else module.split(".")[0]

@@ -1,0 +1,105 @@
+"""Inbound broker messages -> commands, each handled once (an inbox keyed by message id).
+
+``receive`` takes one message and says what the transport should do with it:
+acknowledge it (handled, a duplicate, or refused by the domain: recorded
+either way), or dead-letter it (malformed: not JSON, not an object, an unknown
+channel, a body the translator cannot turn into a well-typed command). An
+error of the database's propagates: the transport hands the message back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
+
+from . import external
+from .exceptions import CommandRejected, MessageBusError, MessageEncodeError
+from .message_bus import bus
+from .messages import Command
+from .models import InboxMessage
+from .serialization import to_dict
+from .transports import Verdict
+from .wording import describe
+
+logger = logging.getLogger(__name__)
+Status = InboxMessage.Status
+
+
+class Malformed(MessageBusError, ValueError):
+    """An inbound message that cannot become a command."""
+
+
+def fingerprint(channel: str, body: bytes) -> str:
+    """The id of a message that came without one (Redis pub/sub): its channel and body."""
+    return "sha256:" + hashlib.sha256(channel.encode() + b"\0" + body).hexdigest()
+
+
+def receive(
+    channel: str, body: bytes, message_id: str | None, *, using: str = DEFAULT_DB_ALIAS
+) -> Verdict:
+    """Handle one inbound message, once: its inbox row commits with the command's work."""
+    message_id = message_id or fingerprint(channel, body)
+    text = body.decode("utf-8", errors="replace")
+    try:
+        command = translated(channel, body)
+    except Malformed as exc:
+        _skipped(using, channel, message_id, text, str(exc))
+        logger.warning("Skipped message %s on %s: %s", message_id, channel, exc)
+        return Verdict.DEAD
+    name = type(command).__qualname__
+    try:
+        with transaction.atomic(using=using):
+            InboxMessage.objects.using(using).create(
+                message_id=message_id, channel=channel, status=Status.HANDLED,
+                command=name, body=text,
+            )  # fmt: skip
+            bus.handle(command)
+    except IntegrityError:
+        if not InboxMessage.objects.using(using).filter(message_id=message_id).exists():
+            raise
+        logger.info("Duplicate message %s on %s: handled before", message_id, channel)
+        return Verdict.ACK
+    except CommandRejected as exc:
+        _skipped(using, channel, message_id, text, f"{name} refused: {describe(exc)}", name)
+        logger.warning("Message %s on %s: %s refused: %s", message_id, channel, name, exc)
+        return Verdict.ACK
+    logger.info("Handled message %s on %s as %s", message_id, channel, command)
+    return Verdict.ACK
+
+
+def translated(channel: str, body: bytes) -> Command:
+    """The command a message's body stands for; ``Malformed`` says why there is none."""
+    subscription = external.subscriptions.get(channel)
+    if subscription is None:
+        raise Malformed(f"no app takes in messages on {channel!r}")
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Malformed(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Malformed(f"not a JSON object but {type(data).__name__}")
+    try:
+        command = subscription.translate(data)
+    except KeyError as exc:
+        raise Malformed(f"no {exc} in {sorted(data)}") from None
+    except (TypeError, ValueError) as exc:
+        raise Malformed(f"{subscription.name}: {exc}") from None
+    try:
+        to_dict(command)  # each field checked against its annotation
+    except MessageEncodeError as exc:
+        raise Malformed(f"wrong type: {exc}") from None
+    return command
+
+
+def _skipped(
+    using: str, channel: str, message_id: str, text: str, reason: str, command: str = ""
+) -> None:
+    InboxMessage.objects.using(using).get_or_create(
+        message_id=message_id,
+        defaults={"channel": channel, "status": Status.SKIPPED, "command": command,
+                  "body": text, "reason": reason},
+    )  # fmt: skip

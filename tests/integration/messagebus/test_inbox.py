@@ -1,0 +1,118 @@
+"""Inbound messages become commands once each; malformed ones are skipped with the reason."""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+from django.urls import reverse
+
+import messagebus
+from allocation.commands import CreateBatch
+from allocation.models import Batch
+from messagebus import external
+from messagebus.checks import check_external
+from messagebus.inbox import Malformed, fingerprint, receive, translated
+from messagebus.models import InboxMessage
+from messagebus.transports import Verdict
+
+CHANNEL = "change_batch_quantity"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object but list"),
+        (b'{"batchref": "b1"}', "no 'qty'"),
+        (b'{"batchref": "b1", "qty": "five"}', "wrong type"),
+        (b'{"batchref": 7, "qty": 5}', "wrong type"),
+    ],
+)
+def test_a_malformed_body_says_why(body, reason):
+    with pytest.raises(Malformed, match=reason):
+        translated(CHANNEL, body)
+
+
+def test_a_channel_nobody_takes_in_is_malformed():
+    with pytest.raises(Malformed, match="no app takes in messages on 'nowhere'"):
+        translated("nowhere", b"{}")
+
+
+def test_a_good_body_is_the_declared_command():
+    command = translated(CHANNEL, b'{"batchref": "b1", "qty": 5}')
+    assert (type(command).__name__, command.ref, command.qty) == ("ChangeBatchQuantity", "b1", 5)
+
+
+def test_a_message_is_handled_once_whatever_the_copies(messagebus_deliver):
+    messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+    body = json.dumps({"batchref": "b1", "qty": 5}).encode()
+    assert receive(CHANNEL, body, "m-1") is Verdict.ACK
+    Batch.objects.filter(reference="b1").update(purchased_quantity=10)  # undone by hand
+    assert receive(CHANNEL, body, "m-1") is Verdict.ACK  # a copy: acknowledged, not handled
+
+    assert Batch.objects.get(reference="b1").purchased_quantity == 10
+    row = InboxMessage.objects.get()
+    assert (row.message_id, row.status, row.command) == ("m-1", "handled", "ChangeBatchQuantity")
+
+
+def test_a_malformed_message_is_recorded_as_skipped_and_dead_lettered(db):
+    assert receive(CHANNEL, b"not json", None) is Verdict.DEAD
+    row = InboxMessage.objects.get()
+    assert row.status == "skipped" and row.reason.startswith("not JSON")
+    assert row.message_id == fingerprint(CHANNEL, b"not json")  # no id came with it
+
+
+def test_a_command_the_domain_refuses_is_acknowledged_and_recorded(db):
+    body = b'{"batchref": "no-such-batch", "qty": 5}'
+    assert receive(CHANNEL, body, "m-2") is Verdict.ACK
+    row = InboxMessage.objects.get()
+    assert row.status == "skipped" and "refused" in row.reason and "no-such-batch" in row.reason
+
+
+def test_consume_needs_a_broker(db):
+    with (
+        override_settings(MESSAGEBUS={"EXTERNAL_URL": None}),
+        pytest.raises(CommandError, match="no broker to consume from"),
+    ):
+        call_command("messagebus", "consume")
+
+
+@dataclass(frozen=True)
+class Unhandled(messagebus.Command):
+    n: int
+
+
+def test_a_channel_whose_command_has_no_handler_fails_the_checks(monkeypatch):
+    monkeypatch.setattr(external, "subscriptions", dict(external.subscriptions))
+    assert check_external() == []
+
+    @messagebus.consumes("unhandled")
+    def unhandled(body: dict[str, Any]) -> Unhandled:
+        return Unhandled(n=body["n"])
+
+    [error] = check_external()
+    assert error.id == "messagebus.E007"
+    assert "Messages on 'unhandled' become Unhandled" in error.msg
+
+
+def test_a_translator_must_say_what_command_it_makes():
+    with pytest.raises(TypeError, match=r"annotated to return a messagebus\.Command"):
+
+        @messagebus.consumes("untyped")
+        def untyped(body):
+            return body
+
+
+def test_the_admin_and_status_show_the_inbox(admin_client, capsys):
+    receive(CHANNEL, b"not json", None)
+
+    page = admin_client.get(reverse("admin:messagebus_inboxmessage_changelist"))
+    assert page.status_code == 200
+    assert "not JSON" in page.content.decode()
+    call_command("messagebus", "status")
+    assert "Inbox: 0 handled, 1 skipped" in capsys.readouterr().out
+    call_command("messagebus", "status", "--json")
+    assert json.loads(capsys.readouterr().out)["inbox"] == {"handled": 0, "skipped": 1}
