@@ -20,13 +20,15 @@ BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the broker
 class Consumer:
     """Take in every declared channel's messages through the EXTERNAL_URL's transport.
 
-    ``stop()`` (SIGTERM, SIGINT) lets the message in hand finish, then stops.
+    ``limit``: stop after that many messages. ``stop()`` (SIGTERM, SIGINT) lets
+    the message in hand finish, then stops.
     A broker or a database that goes away is waited out: a line per try,
     the waits doubling up to BACKOFF_MAX.
     """
 
-    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+    def __init__(self, using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> None:
         self.using = using
+        self.limit = limit
         self.received = 0
         self._stopping = threading.Event()
 
@@ -68,7 +70,10 @@ class Consumer:
     def _receive(self, channel: str, body: bytes, message_id: str | None) -> Verdict:
         close_old_connections()
         self.received += 1
-        return inbox.receive(channel, body, message_id, using=self.using)
+        verdict = inbox.receive(channel, body, message_id, using=self.using)
+        if self.limit is not None and self.received >= self.limit:
+            self._stopping.set()
+        return verdict
 
 
 def _app_label(module: str) -> str:

@@ -9,9 +9,9 @@ error of the database's propagates: the transport hands the message back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import uuid
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
@@ -33,16 +33,17 @@ class Malformed(MessageBusError, ValueError):
     """An inbound message that cannot become a command."""
 
 
-def fingerprint(channel: str, body: bytes) -> str:
-    """The id of a message that came without one (Redis pub/sub): its channel and body."""
-    return "sha256:" + hashlib.sha256(channel.encode() + b"\0" + body).hexdigest()
+def new_id() -> str:
+    """The inbox key of a message that came without an id (Redis pub/sub, which never
+    delivers one twice): a key of its own, so two equal bodies are two commands."""
+    return f"no-id:{uuid.uuid4()}"
 
 
 def receive(
     channel: str, body: bytes, message_id: str | None, *, using: str = DEFAULT_DB_ALIAS
 ) -> Verdict:
     """Handle one inbound message, once: its inbox row commits with the command's work."""
-    message_id = message_id or fingerprint(channel, body)
+    message_id = message_id or new_id()
     text = body.decode("utf-8", errors="replace")
     try:
         command = translated(channel, body)

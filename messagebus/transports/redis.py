@@ -3,9 +3,10 @@
 Pub/sub carries a body and nothing else, so the body is the event's fields,
 exactly what the book's clients read; the message id, type and correlation
 id stay in the outbox (and in this process's log), not on the wire. Coming
-in, a message's id is a fingerprint of its channel and body. Pub/sub keeps
-nothing for a subscriber that is away, and has no acknowledgement: what is
-published while no consumer listens is lost, as in the book.
+in, a message has no id, and pub/sub never delivers one twice: each is taken
+as new. Pub/sub keeps nothing for a subscriber that is away, and has no
+acknowledgement: what is published while no consumer listens is lost, as in
+the book.
 """
 
 from __future__ import annotations

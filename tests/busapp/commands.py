@@ -16,3 +16,10 @@ class Deposit(messagebus.Command):
 
 class Overdrawn(messagebus.CommandRejected):
     pass
+
+
+@dataclass(frozen=True)
+class Record(messagebus.Command):
+    """Taken in from other services (tests/busapp/external.py)."""
+
+    n: int

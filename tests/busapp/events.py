@@ -32,3 +32,10 @@ class Pinged(messagebus.Event):
         super().__post_init__()
         if self.n < 0:
             raise ValueError(f"a ping is numbered from 0, not {self.n}")
+
+
+@dataclass(frozen=True)
+class Announced(messagebus.Event):
+    """Published to other services (tests/busapp/external.py); no handler of its own."""
+
+    n: int

@@ -4,7 +4,7 @@ import time
 import messagebus
 from messagebus.unit_of_work import UnitOfWork
 
-from .commands import Deposit, OpenAccount, Overdrawn
+from .commands import Deposit, OpenAccount, Overdrawn, Record
 from .events import Audited, Deposited, Pinged
 from .models import Account, Entry
 
@@ -50,3 +50,8 @@ def record_ping(event: Pinged) -> None:
             log.write(f"{event.n} {os.getpid()}\n")
     if pause := float(os.environ.get("BUSAPP_PING_SLEEP", "0")):
         time.sleep(pause)
+
+
+@messagebus.handler
+def record(cmd: Record) -> None:
+    Entry.objects.create(account="record", amount=cmd.n)

@@ -75,7 +75,10 @@ class Command(BaseCommand):
         relay.add_argument("--once", action="store_true", help="One pass, then exit.")
         relay.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
 
-        action("consume", "Handle messages from other services' broker until stopped.")
+        consume = action("consume", "Handle messages from other services' broker until stopped.")
+        consume.add_argument(
+            "--limit", type=positive_int, metavar="N", help="Exit after N messages."
+        )
 
         status = action("status", "Counts by status, lag, rate, dead by handler and error.")
         status.add_argument(
@@ -137,10 +140,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Sent {plural(sent, 'delivery', 'deliveries')} to Celery.")
 
-    def handle_consume(self, using: str, **options: Any) -> None:
+    def handle_consume(self, using: str, *, limit: int | None, **options: Any) -> None:
         from messagebus.consumer import Consumer
 
-        consumer = Consumer(using)
+        consumer = Consumer(using, limit=limit)
         signal.signal(signal.SIGTERM, consumer.stop)
         signal.signal(signal.SIGINT, consumer.stop)
         try:

@@ -231,6 +231,12 @@ def rabbitmq():
         dead = amqp.DEAD_QUEUE(channel)
         dead.declare()
         dead.purge()
+        inbound = Queue(
+            "allocation.change_batch_quantity", amqp.EXCHANGE, routing_key="change_batch_quantity",
+            durable=True, queue_arguments={"x-dead-letter-exchange": amqp.DEAD.name},
+        )(channel)  # fmt: skip
+        inbound.declare()
+        inbound.purge()  # nothing left over from an earlier run
         producer = Producer(channel, exchange=amqp.EXCHANGE)
 
         def publish(body: str | bytes, message_id: str | None = None) -> None:
@@ -340,3 +346,18 @@ def test_the_consumer_waits_out_a_broker_that_goes_away(consumer, rabbitmq):
     assert "Traceback" not in process.output
     failures = [line for line in process.output.splitlines() if "cannot go on" in line]
     assert 2 <= len(failures) <= 4  # one line a try, the waits doubling
+
+
+@needs_rabbitmq
+def test_consume_with_a_limit_exits_after_that_many(manage, rabbitmq):
+    with external(BROKER_URL):
+        messagebus.bus.handle(CreateBatch("b1", "RETRO-LAMP", 10))
+    rabbitmq.publish(json.dumps({"batchref": "b1", "qty": 7}))
+
+    done = manage(
+        "messagebus", "consume", "--limit", "1",
+        env={"MESSAGEBUS_EXTERNAL_URL": BROKER_URL, "LOG_LEVEL": "INFO"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Received 1 message." in done.stdout
+    assert Batch.objects.get(reference="b1").purchased_quantity == 7

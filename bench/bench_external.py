@@ -1,0 +1,182 @@
+"""External messages on RabbitMQ against plain kombu, in one process (PostgreSQL or SQLite).
+
+    CELERY_BROKER_URL=amqp://... make bench
+    .venv/bin/python bench/bench_external.py [--count 2000] [--rounds 3]
+
+On a throwaway test database, in alternating rounds:
+
+- publish: ``--count`` Announced events stored with the worker executor,
+  each with one delivery that publishes it on ``busapp_announced`` (the
+  outbox: claimed in batches, published with confirms, marked done), run by
+  ``messagebus worker`` in this process; against a plain kombu loop that
+  publishes the same bodies, persistent, with confirms, to the same exchange.
+- consume: ``--count`` messages on ``busapp_record``, each taken in by the
+  inbox (a row per message id, the Record command, its one-row insert, one
+  transaction, acknowledged after commit); against a plain kombu consumer of
+  the same messages that inserts the same row and acknowledges it.
+
+Ratios are of the median rates, bus over plain (targets: publish >= 0.5x,
+consume >= 0.7x). Needs CELERY_BROKER_URL (RabbitMQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.test.utils import override_settings, setup_databases, teardown_databases  # noqa: E402
+from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
+
+import messagebus  # noqa: E402
+from messagebus import external, inbox  # noqa: E402
+from messagebus.consumer import Consumer as BusConsumer  # noqa: E402
+from messagebus.models import Delivery, InboxMessage  # noqa: E402
+from messagebus.transports import amqp  # noqa: E402
+from messagebus.worker import Worker  # noqa: E402
+from tests.busapp.events import Announced  # noqa: E402
+from tests.busapp.models import Entry  # noqa: E402
+
+URL = os.environ.get("CELERY_BROKER_URL", "")
+
+
+def publish_bus(count: int) -> float:
+    stored_only = override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "worker"})
+    with stored_only, messagebus.UnitOfWork() as uow:
+        for n in range(count):
+            uow.publish(Announced(n=n))
+    begin = time.perf_counter()
+    Worker(once=True).run()
+    elapsed = time.perf_counter() - begin
+    if Delivery.objects.exclude(status="done").exists():
+        raise RuntimeError("publish: deliveries left undone")
+    Delivery.objects.all().delete()
+    return elapsed
+
+
+def publish_plain(count: int) -> float:
+    bodies = [json.dumps({"n": n}, separators=(",", ":")).encode() for n in range(count)]
+    with Connection(URL, transport_options={"confirm_publish": True}) as connection:
+        producer = Producer(connection)
+        begin = time.perf_counter()
+        for data in bodies:
+            producer.publish(
+                data, exchange=amqp.EXCHANGE, routing_key="busapp_announced",
+                declare=[amqp.EXCHANGE], delivery_mode="persistent",
+                content_type="application/json", content_encoding="utf-8",
+                message_id=str(uuid.uuid4()),
+            )  # fmt: skip
+        return time.perf_counter() - begin
+
+
+def fill(queue_name: str, count: int) -> None:
+    with Connection(URL, transport_options={"confirm_publish": True}) as connection:
+        queue = Queue(queue_name, amqp.EXCHANGE, routing_key="busapp_record", durable=True,
+                      queue_arguments={"x-dead-letter-exchange": amqp.DEAD.name})  # fmt: skip
+        queue(connection.default_channel).declare()
+        queue(connection.default_channel).purge()
+        producer = Producer(connection)
+        for n in range(count):
+            producer.publish(
+                {"n": n}, exchange=amqp.EXCHANGE, routing_key="busapp_record",
+                serializer="json", message_id=str(uuid.uuid4()), delivery_mode="persistent",
+            )  # fmt: skip
+
+
+def consume_bus(count: int) -> float:
+    fill("busapp.busapp_record", count)
+    with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXTERNAL_URL": URL}):
+        begin = time.perf_counter()
+        BusConsumer(limit=count).run()
+        elapsed = time.perf_counter() - begin
+    check_and_clear("consume", count, InboxMessage.objects.count())
+    return elapsed
+
+
+def consume_plain(count: int) -> float:
+    name = "bench.plain_record"
+    fill(name, count)
+    received = 0
+    with Connection(URL) as connection:
+        queue = Queue(name, amqp.EXCHANGE, routing_key="busapp_record", durable=True,
+                      queue_arguments={"x-dead-letter-exchange": amqp.DEAD.name})  # fmt: skip
+
+        def on_message(message: object) -> None:
+            nonlocal received
+            data = json.loads(message.body)  # type: ignore[attr-defined]
+            Entry.objects.create(account="record", amount=data["n"])
+            message.ack()  # type: ignore[attr-defined]
+            received += 1
+
+        begin = time.perf_counter()
+        with Consumer(connection.default_channel, [queue], on_message=on_message,
+                      prefetch_count=1):  # fmt: skip
+            while received < count:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=1)
+        elapsed = time.perf_counter() - begin
+    check_and_clear("plain consume", count, count)
+    return elapsed
+
+
+def check_and_clear(label: str, count: int, inbox_rows: int) -> None:
+    rows = Entry.objects.values("amount").distinct().count()
+    if rows != count or inbox_rows != count:
+        raise RuntimeError(f"{label}: {rows} rows, {inbox_rows} inbox rows; expected {count}")
+    Entry.objects.all().delete()
+    InboxMessage.objects.all().delete()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not URL.startswith("amqp"):
+        print("bench_external: skipped; set CELERY_BROKER_URL=amqp://...")
+        return
+    assert "busapp_record" in external.subscriptions and inbox  # declared by tests.busapp
+    config = setup_databases(verbosity=0, interactive=False)
+    try:
+        from django.db import connection
+
+        print(f"external messages, {connection.vendor}, RabbitMQ, "
+              f"{args.rounds} rounds x {args.count} messages")  # fmt: skip
+        cases = {
+            "publish": (publish_bus, publish_plain),
+            "consume": (consume_bus, consume_plain),
+        }
+        for name, (bus_case, plain_case) in cases.items():
+            rates: dict[str, list[float]] = {"bus": [], "plain": []}
+            for r in range(args.rounds):
+                order = [("bus", bus_case), ("plain", plain_case)]
+                for label, case in order if r % 2 == 0 else reversed(order):
+                    rates[label].append(args.count / case(args.count))
+            bus, plain = (statistics.median(rates[k]) for k in ("bus", "plain"))
+            target = {"publish": 0.5, "consume": 0.7}[name]
+            print(f"  {name}: bus {bus:.0f}/s, plain kombu {plain:.0f}/s, "
+                  f"ratio {bus / plain:.2f}x (target >= {target}x)")  # fmt: skip
+    finally:
+        teardown_databases(config, verbosity=0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""What the busapp says to other services and takes from them (bench/bench_external.py)."""
+
+from typing import Any
+
+import messagebus
+
+from .commands import Record
+from .events import Announced
+
+messagebus.publishes(Announced, channel="busapp_announced")
+
+
+@messagebus.consumes("busapp_record")
+def record(body: dict[str, Any]) -> Record:
+    return Record(n=body["n"])
