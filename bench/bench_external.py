@@ -61,12 +61,14 @@ def publish_bus(count: int) -> float:
     with stored_only, messagebus.UnitOfWork() as uow:
         for n in range(count):
             uow.publish(Announced(n=n))
-    begin = time.perf_counter()
-    Worker(once=True).run()
-    elapsed = time.perf_counter() - begin
+    with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXTERNAL_URL": URL}):
+        begin = time.perf_counter()
+        Worker(once=True).run()
+        elapsed = time.perf_counter() - begin
     if Delivery.objects.exclude(status="done").exists():
         raise RuntimeError("publish: deliveries left undone")
     Delivery.objects.all().delete()
+    arrived("publish", count)
     return elapsed
 
 
@@ -82,7 +84,22 @@ def publish_plain(count: int) -> float:
                 content_type="application/json", content_encoding="utf-8",
                 message_id=str(uuid.uuid4()),
             )  # fmt: skip
-        return time.perf_counter() - begin
+        elapsed = time.perf_counter() - begin
+    arrived("plain publish", count)
+    return elapsed
+
+
+ANNOUNCED = Queue("bench.announced", amqp.EXCHANGE, routing_key="busapp_announced", durable=True)
+
+
+def arrived(label: str, count: int) -> None:
+    """Raise unless ``count`` messages reached the queue bound to busapp_announced; empty it."""
+    with Connection(URL) as connection:
+        queue = ANNOUNCED(connection.default_channel)
+        _, messages, _ = queue.queue_declare(passive=True)
+        queue.purge()
+    if messages != count:
+        raise RuntimeError(f"{label}: {messages} messages arrived, expected {count}")
 
 
 def fill(queue_name: str, count: int) -> None:
@@ -155,6 +172,9 @@ def main() -> None:
         return
     assert "busapp_record" in external.subscriptions and inbox  # declared by tests.busapp
     config = setup_databases(verbosity=0, interactive=False)
+    with Connection(URL) as connection:  # where what is published arrives, to be counted
+        ANNOUNCED(connection.default_channel).declare()
+        ANNOUNCED(connection.default_channel).purge()
     try:
         from django.db import connection
 

@@ -10,7 +10,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
 from . import external, inbox, transports
 from .exceptions import ConfigurationError
-from .transports import Verdict
+from .transports import Inbound, Verdict
 from .wording import first_line
 
 logger = logging.getLogger(__name__)
@@ -20,8 +20,9 @@ BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the broker
 class Consumer:
     """Take in every declared channel's messages through the EXTERNAL_URL's transport.
 
-    ``limit``: stop after that many messages. ``stop()`` (SIGTERM, SIGINT) lets
-    the message in hand finish, then stops.
+    ``limit``: stop after that many messages (or more: the last batch is taken
+    whole). ``stop()`` (SIGTERM, SIGINT) lets the messages in hand finish, then
+    stops.
     A broker or a database that goes away is waited out: a line per try,
     the waits doubling up to BACKOFF_MAX.
     """
@@ -67,13 +68,13 @@ class Consumer:
         logger.info("Consumer stopped after %d messages", self.received)
         return self.received
 
-    def _receive(self, channel: str, body: bytes, message_id: str | None) -> Verdict:
+    def _receive(self, messages: list[Inbound]) -> list[Verdict]:
         close_old_connections()
-        self.received += 1
-        verdict = inbox.receive(channel, body, message_id, using=self.using)
+        verdicts = inbox.receive_batch(messages, using=self.using)
+        self.received += len(messages)
         if self.limit is not None and self.received >= self.limit:
             self._stopping.set()
-        return verdict
+        return verdicts
 
 
 def _app_label(module: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
@@ -21,6 +22,22 @@ from .exceptions import UnitOfWorkError
 from .messages import Event
 
 logger = logging.getLogger(__name__)
+_joining: ContextVar[bool] = ContextVar("messagebus_joining", default=False)
+
+
+@contextmanager
+def joined() -> Iterator[None]:
+    """Units of work opened in the block join the open transaction instead of taking a
+    savepoint each: they commit with it, and one that fails rolls it all back.
+
+    For many commands in one transaction that stand or fall together (a batch
+    of inbound messages, handled again one by one if any fails).
+    """
+    token = _joining.set(True)
+    try:
+        yield
+    finally:
+        _joining.reset(token)
 
 
 class UnitOfWork(transaction.Atomic):
@@ -34,7 +51,8 @@ class UnitOfWork(transaction.Atomic):
     """
 
     def __init__(self, using: str | None = None) -> None:
-        super().__init__(using or DEFAULT_DB_ALIAS, True, False)  # savepoint, not durable
+        # A savepoint when nested (unless joined()), never durable.
+        super().__init__(using or DEFAULT_DB_ALIAS, not _joining.get(), False)
 
     def __enter__(self) -> UnitOfWork:  # type: ignore[override]
         super().__enter__()

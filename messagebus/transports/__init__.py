@@ -29,8 +29,11 @@ class Verdict(enum.Enum):
     DEAD = "dead"  # malformed: dead-letter it where the broker can, else drop it
 
 
-# receive(channel, body, message id or None): what to do with the message.
-Receive = Callable[[str, bytes, "str | None"], Verdict]
+# A message that came in: (channel, body, its id, or None if it came without one).
+Inbound = tuple[str, bytes, str | None]
+# receive(messages at hand): what to do with each.
+Receive = Callable[[list[Inbound]], list[Verdict]]
+BATCH = 100  # messages a consumer takes at a time, at most
 
 SCHEMES = {
     "redis": "messagebus.transports.redis.RedisTransport",
@@ -50,8 +53,9 @@ class Transport(Protocol):
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
     ) -> None:
-        """Pass each message on ``channels`` (channel -> the label of the app that takes
-        it in) to ``receive``, one at a time, until ``stopping`` is set."""
+        """Pass the messages on ``channels`` (channel -> the label of the app that takes
+        them in) to ``receive``, as many as are at hand (up to BATCH) at a time, and
+        settle each as it says, until ``stopping`` is set."""
 
 
 _built: dict[str, Transport] = {}

@@ -20,7 +20,7 @@ from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
 from ..envelope import Envelope
-from . import Receive, Verdict, body
+from . import BATCH, Receive, Verdict, body
 
 logger = logging.getLogger(__name__)
 
@@ -72,23 +72,34 @@ class AmqpTransport:
             for channel, app in channels.items()
         ]  # fmt: skip
 
-        def on_message(message: Any) -> None:
-            channel = message.delivery_info.get("routing_key", "")
-            raw = message.body if isinstance(message.body, bytes) else message.body.encode()
-            verdict = receive(channel, raw, message.properties.get("message_id"))
-            if verdict is Verdict.ACK:
-                message.ack()
-            else:
-                message.reject(requeue=False)  # to messagebus.dead
+        at_hand: list[Any] = []
+
+        def settle() -> None:
+            messages = [
+                (m.delivery_info.get("routing_key", ""),
+                 m.body if isinstance(m.body, bytes) else m.body.encode(),
+                 m.properties.get("message_id"))
+                for m in at_hand
+            ]  # fmt: skip
+            for message, verdict in zip(at_hand, receive(messages), strict=True):
+                if verdict is Verdict.ACK:
+                    message.ack()
+                else:
+                    message.reject(requeue=False)  # to messagebus.dead
+            at_hand.clear()
 
         with Connection(self.url, connect_timeout=TIMEOUT, heartbeat=30) as connection:
             connection.connect()  # one try: the consumer backs off between tries
             channel = connection.channel()
             DEAD_QUEUE(channel).declare()
-            with Consumer(channel, queues, on_message=on_message, prefetch_count=1):
+            with Consumer(channel, queues, on_message=at_hand.append, prefetch_count=BATCH):
                 logger.info("Consuming %s from RabbitMQ", ", ".join(q.name for q in queues))
                 while not stopping.is_set():
                     try:
                         connection.drain_events(timeout=0.5)
+                        while len(at_hand) < BATCH:  # and whatever else is already here
+                            connection.drain_events(timeout=0.001)
                     except TimeoutError:
                         connection.heartbeat_check()
+                    if at_hand:
+                        settle()

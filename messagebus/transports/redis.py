@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import redis
 
 from ..envelope import Envelope
-from . import Receive, body
+from . import BATCH, Inbound, Receive, body
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,16 @@ class RedisTransport:
                 confirmed += reply["type"] == "subscribe"
             logger.info("Consuming %s from Redis", ", ".join(channels))
             while not stopping.is_set():
-                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                if message is not None and message["type"] == "message":
-                    receive(message["channel"].decode(), message["data"], None)
+                at_hand: list[Inbound] = []
+                wait = 0.5  # for the first; the others only if already here
+                while len(at_hand) < BATCH:
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    if message is None:
+                        break
+                    if message["type"] == "message":
+                        at_hand.append((message["channel"].decode(), message["data"], None))
+                        wait = 0.0
+                if at_hand:
+                    receive(at_hand)  # pub/sub has nothing to acknowledge
         finally:
             pubsub.close()

@@ -14,7 +14,7 @@ from allocation.commands import CreateBatch
 from allocation.models import Batch
 from messagebus import external
 from messagebus.checks import check_external
-from messagebus.inbox import Malformed, receive, translated
+from messagebus.inbox import Malformed, receive, receive_batch, translated
 from messagebus.models import InboxMessage
 from messagebus.transports import Verdict
 
@@ -125,3 +125,41 @@ def test_messages_without_ids_are_each_handled(messagebus_deliver):
     assert receive(CHANNEL, body, None) is Verdict.ACK
     assert receive(CHANNEL, body, None) is Verdict.ACK
     assert InboxMessage.objects.filter(status="handled").count() == 2
+
+
+def test_a_batch_is_handled_in_one_transaction_each_message_once(messagebus_deliver):
+    messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+    messagebus.bus.handle(CreateBatch("b2", "LAMP", 10))
+    assert receive(CHANNEL, b'{"batchref": "b1", "qty": 9}', "seen") is Verdict.ACK
+
+    verdicts = receive_batch([
+        (CHANNEL, b'{"batchref": "b1", "qty": 3}', "seen"),  # handled before
+        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1"),
+        (CHANNEL, b"not json", "m-2"),
+        (CHANNEL, b'{"batchref": "b2", "qty": 5}', "m-3"),
+        (CHANNEL, b'{"batchref": "b2", "qty": 6}', "m-3"),  # a copy in the same batch
+    ])  # fmt: skip
+
+    assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.DEAD, Verdict.ACK, Verdict.ACK]
+    quantities = dict(Batch.objects.values_list("reference", "purchased_quantity"))
+    assert quantities == {"b1": 4, "b2": 5}
+    statuses = dict(InboxMessage.objects.values_list("message_id", "status"))
+    assert statuses == {"seen": "handled", "m-1": "handled", "m-2": "skipped", "m-3": "handled"}
+
+
+def test_a_command_refused_in_a_batch_leaves_the_others_handled(messagebus_deliver):
+    messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+
+    verdicts = receive_batch([
+        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1"),
+        (CHANNEL, b'{"batchref": "no-such-batch", "qty": 4}', "m-2"),
+        (CHANNEL, b'{"batchref": "b1", "qty": 6}', "m-3"),
+    ])  # fmt: skip
+
+    assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.ACK]
+    assert Batch.objects.get(reference="b1").purchased_quantity == 6  # in order
+    rows = {
+        m: (s, r) for m, s, r in InboxMessage.objects.values_list("message_id", "status", "reason")
+    }
+    assert rows["m-1"][0] == rows["m-3"][0] == "handled"
+    assert rows["m-2"][0] == "skipped" and "no-such-batch" in rows["m-2"][1]
