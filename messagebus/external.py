@@ -29,6 +29,7 @@ from typing import Any
 
 from . import transports
 from .envelope import Envelope
+from .exceptions import RegistrationError
 from .messages import Command, Event
 from .registry import registry
 
@@ -59,7 +60,7 @@ subscriptions: dict[str, Subscription] = {}  # channel -> how its messages are t
 
 def _check_channel(channel: str) -> None:
     if not channel or not set(channel) <= CHANNEL_CHARACTERS:
-        raise ValueError(f"{channel!r} is not a channel name (letters, digits, _ - .)")
+        raise RegistrationError(f"{channel!r} is not a channel name (letters, digits, _ - .)")
 
 
 def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
@@ -68,6 +69,10 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
     ``options`` are the delivery's policy, as for ``@messagebus.handler``.
     """
     _check_channel(channel)
+    if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+        raise RegistrationError(
+            f"{event_type!r} is not an event: what is published is a messagebus.Event"
+        )
 
     def publish(event: Event) -> None:
         transport = transports.get()
@@ -92,11 +97,13 @@ def consumes(channel: str) -> Callable[[Translator], Translator]:
     def register(translate: Translator) -> Translator:
         command = typing.get_type_hints(translate).get("return")
         if not (isinstance(command, type) and issubclass(command, Command)):
-            raise TypeError(
+            raise RegistrationError(
                 f"{translate.__qualname__} must be annotated to return a messagebus.Command"
             )
         if channel in subscriptions:
-            raise ValueError(f"{channel!r} is already taken in by {subscriptions[channel].name}")
+            raise RegistrationError(
+                f"{channel!r} is already taken in by {subscriptions[channel].name}"
+            )
         subscriptions[channel] = Subscription(channel, command, translate)
         return translate
 

@@ -4,6 +4,7 @@ from django.urls import URLPattern, path, register_converter
 from django.urls.converters import StringConverter
 from rest_framework.views import APIView
 
+from ..validators import IDENTIFIER_CHARACTERS
 from .book import AddBatchView, AllocateView, BookOrderAllocationsView
 from .root import RootView
 from .views import AllocationsView, BatchesView, BatchView, OrderAllocationsView
@@ -14,7 +15,7 @@ app_name = "allocation"
 class IdentifierConverter(StringConverter):
     """A reference, SKU or order id; a path segment that is not one names nothing (404)."""
 
-    regex = r"[\w.-]+"
+    regex = f"[{IDENTIFIER_CHARACTERS}]+"
 
 
 register_converter(IdentifierConverter, "identifier")

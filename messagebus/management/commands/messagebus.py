@@ -77,8 +77,9 @@ class Command(BaseCommand):
 
         consume = action("consume", "Handle messages from other services' broker until stopped.")
         consume.add_argument(
-            "--limit", type=positive_int, metavar="N", help="Exit after N messages."
-        )
+            "--limit", type=positive_int, metavar="N",
+            help="Exit once N messages have come in (the last batch is taken whole).",
+        )  # fmt: skip
 
         status = action("status", "Counts by status, lag, rate, dead by handler and error.")
         status.add_argument(

@@ -232,3 +232,12 @@ def test_quantities_are_json_numbers(api, method, path, valid, qty):
     assert response.status_code == 400
     assert response.json() == {"qty": ["A valid integer is required."]}
     assert_nothing_changed()
+
+
+@pytest.mark.parametrize("ref", ["mark¯", "¼-lot", "lot…2"])
+def test_what_the_validator_takes_its_route_takes_too(api, ref):
+    """Found by schemathesis: a reference the validator took had no URL (a 500)."""
+    batch = api.post("/api/batches", {"ref": ref, "sku": "LAMP", "qty": 5})
+
+    assert batch.status_code == 201, batch.content
+    assert api.get(batch["Location"]).json()["ref"] == ref

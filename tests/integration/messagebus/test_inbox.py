@@ -14,9 +14,11 @@ from allocation.commands import CreateBatch
 from allocation.models import Batch
 from messagebus import external
 from messagebus.checks import check_external
+from messagebus.exceptions import RegistrationError
 from messagebus.inbox import Malformed, receive, receive_batch, translated
 from messagebus.models import InboxMessage
 from messagebus.transports import Verdict
+from tests.busapp.events import Announced
 
 CHANNEL = "change_batch_quantity"
 
@@ -99,7 +101,7 @@ def test_a_channel_whose_command_has_no_handler_fails_the_checks(monkeypatch):
 
 
 def test_a_translator_must_say_what_command_it_makes():
-    with pytest.raises(TypeError, match=r"annotated to return a messagebus\.Command"):
+    with pytest.raises(RegistrationError, match=r"annotated to return a messagebus\.Command"):
 
         @messagebus.consumes("untyped")
         def untyped(body):
@@ -163,3 +165,15 @@ def test_a_command_refused_in_a_batch_leaves_the_others_handled(messagebus_deliv
     }
     assert rows["m-1"][0] == rows["m-3"][0] == "handled"
     assert rows["m-2"][0] == "skipped" and "no-such-batch" in rows["m-2"][1]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "channel", "reason"),
+    [
+        (CreateBatch, "batches", "is not an event"),
+        (Announced, "no spaces", "is not a channel name"),
+    ],
+)
+def test_what_is_published_is_an_event_on_a_named_channel(event_type, channel, reason):
+    with pytest.raises(RegistrationError, match=reason):
+        messagebus.publishes(event_type, channel)
