@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,12 +26,12 @@ from tests.busapp.models import Entry
 from tests.conftest import (
     BROKER_URL,
     REDIS_URL,
-    ROOT,
     celery_on_postgres,
     database_url,
     redis_on_postgres,
 )
 from tests.proxy import Proxy
+from tests.subprocesses import Watched
 
 DEPOSIT = """
 import time
@@ -48,48 +45,16 @@ print(f"deposited in {time.monotonic() - started:.2f}s")
 """
 
 
-class CeleryWorker:
+class CeleryWorker(Watched):
     """A `celery -A config worker` subprocess on the test database and this run's queue."""
 
     def __init__(self, name: str, **env: str) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.process = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1",
              "--hostname", f"{name}@%h", "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            env={**_env(), **env}, cwd=ROOT, text=True, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**_env(), **env}, ready=" ready.", what="the Celery worker",
         )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(60):
-            self.kill()
-            raise AssertionError("the Celery worker did not start:\n" + self.output)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if " ready." in line:
-                self.ready.set()
-
-    def kill(self) -> None:
-        """SIGKILL, the worker and any child it has: no chance to acknowledge anything."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def _env(**extra: str) -> dict[str, str]:

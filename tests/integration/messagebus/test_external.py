@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +28,7 @@ from messagebus.transports import amqp
 from messagebus.worker import Worker
 from tests.conftest import BROKER_URL, REDIS_URL, ROOT, database_url
 from tests.proxy import Proxy
+from tests.subprocesses import Watched
 
 needs_redis = pytest.mark.skipif(
     not REDIS_URL, reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/0"
@@ -142,43 +140,20 @@ def test_with_no_external_url_nothing_is_published_and_nothing_fails(messagebus_
     assert Delivery.objects.get(handler="publish:line_allocated").status == "done"
 
 
-class ConsumerProcess:
+class ConsumerProcess(Watched):
     """`manage.py messagebus consume` on the test database, listening once it says so."""
 
     def __init__(self, url: str) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
         env = {
             **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
             "DJANGO_SETTINGS_MODULE": "tests.settings", "MESSAGEBUS_EXTERNAL_URL": url,
         }  # fmt: skip
-        self.process = subprocess.Popen(
+        super().__init__(
             [sys.executable, str(ROOT / "manage.py"), "messagebus", "consume"],
-            env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(30):
-            self.process.kill()
-            raise AssertionError("the consumer did not start:\n" + self.output)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-            if "Consuming " in line:
-                self.ready.set()
-
-    def stop(self) -> tuple[int, str]:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(30)
-        finally:
-            self.process.kill()
-        return code, self.output
+            env=env,
+            ready="Consuming ",
+            what="the consumer",
+        )
 
 
 @pytest.fixture

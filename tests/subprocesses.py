@@ -1,0 +1,55 @@
+"""A long-running subprocess of a test (a worker, a consumer), watched as it writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+from tests.conftest import ROOT
+
+
+class Watched:
+    """Starts ``args`` (in a process group of its own) and returns once a line of its
+    output holds ``ready``; ``output`` is what it wrote so far."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], ready: str, what: str) -> None:
+        self.lines: list[str] = []
+        self._ready = ready
+        self._started = threading.Event()
+        self.process = subprocess.Popen(
+            args, env=env, cwd=ROOT, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._started.wait(60):
+            self.kill()
+            raise AssertionError(f"{what} did not start:\n{self.output}")
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self._ready in line:
+                self._started.set()
+
+    def kill(self) -> None:
+        """SIGKILL, the process and any child it has: no chance to finish anything."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then its exit status and output (SIGKILL if it takes over 30 s)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode, self.output
