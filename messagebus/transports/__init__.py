@@ -1,10 +1,10 @@
 """Brokers that carry messages to other services, chosen by MESSAGEBUS["EXTERNAL_URL"].
 
 A transport is a small class with ``publish(channel, envelope)`` and
-``consume(channels, receive, stopping)``: ``redis://``
-URLs get Redis pub/sub, ``amqp://`` ones RabbitMQ through kombu. Another
-broker (Kafka, NATS) is another class with the same method, built from its
-URL, and a line in ``SCHEMES``: the bus does not change.
+``consume(channels, receive, stopping)``: ``redis://`` URLs get Redis pub/sub,
+``amqp://`` ones RabbitMQ through kombu. Another broker (Kafka, NATS) is
+another class with the same methods, built from its URL, and a line in
+``SCHEMES``: the bus does not change.
 """
 
 from __future__ import annotations
