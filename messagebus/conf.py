@@ -96,16 +96,23 @@ def exception_paths(value: Any) -> str | None:
 def external_url(value: Any) -> str | None:
     if value in (None, ""):
         return None
-    schemes = ("redis://", "rediss://", "amqp://", "amqps://")
-    if isinstance(value, str) and value.startswith(schemes):
+    if isinstance(value, str) and "://" in value and value.split("://", 1)[0] in TRANSPORTS:
         return None
-    return f"must be a redis://, rediss://, amqp:// or amqps:// URL (or empty), not {value!r}"
+    schemes = ", ".join(f"{scheme}://" for scheme in TRANSPORTS)
+    return f"must be a URL of {schemes} (or empty), not {value!r}"
 
 
 EXECUTORS = {
     "inline": "messagebus.executors.inline.InlineExecutor",
     "worker": "messagebus.executors.worker.WorkerExecutor",
     "celery": "messagebus.executors.celery.CeleryExecutor",
+}
+# MESSAGEBUS["EXTERNAL_URL"]'s scheme -> the transport class (messagebus.transports).
+TRANSPORTS = {
+    "redis": "messagebus.transports.redis.RedisTransport",
+    "rediss": "messagebus.transports.redis.RedisTransport",
+    "amqp": "messagebus.transports.amqp.AmqpTransport",
+    "amqps": "messagebus.transports.amqp.AmqpTransport",
 }
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",

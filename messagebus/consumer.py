@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 
-from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
 from . import external, inbox, transports
 from .exceptions import ConfigurationError
 from .transports import Inbound, Verdict
 from .wording import first_line
+from .worker import backoff
 
 logger = logging.getLogger(__name__)
-BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the broker
 
 
 class Consumer:
@@ -24,7 +23,7 @@ class Consumer:
     whole). ``stop()`` (SIGTERM, SIGINT) lets the messages in hand finish, then
     stops.
     A broker or a database that goes away is waited out: a line per try,
-    the waits doubling up to BACKOFF_MAX.
+    the waits doubling up to worker.BACKOFF_MAX.
     """
 
     def __init__(self, using: str = DEFAULT_DB_ALIAS, *, limit: int | None = None) -> None:
@@ -46,10 +45,7 @@ class Consumer:
             )
         if not external.subscriptions:
             raise ConfigurationError("No installed app takes in messages (messagebus.consumes)")
-        channels = {
-            channel: _app_label(subscription.translate.__module__)
-            for channel, subscription in sorted(external.subscriptions.items())
-        }
+        channels = external.consumed()
         outages: tuple[type[Exception], ...] = (*transport.connection_errors, DatabaseError)
         failures = 0
         while not self._stopping.is_set():
@@ -57,7 +53,7 @@ class Consumer:
                 transport.consume(channels, self._receive, self._stopping)
             except outages as exc:
                 failures += 1
-                delay = min(BACKOFF * 2 ** (failures - 1), BACKOFF_MAX)
+                delay = backoff(failures)
                 logger.error(
                     "Consumer cannot go on (failure %d, next try in %.0fs): %s: %s",
                     failures, delay, type(exc).__name__, first_line(exc),
@@ -75,8 +71,3 @@ class Consumer:
         if self.limit is not None and self.received >= self.limit:
             self._stopping.set()
         return verdicts
-
-
-def _app_label(module: str) -> str:
-    config = apps.get_containing_app_config(module)
-    return config.label if config else module.split(".")[0]

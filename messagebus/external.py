@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
+
 from . import transports
 from .envelope import Envelope
 from .exceptions import RegistrationError
@@ -53,6 +55,18 @@ class Subscription:
     @property
     def name(self) -> str:
         return f"{self.translate.__module__}.{self.translate.__qualname__}"
+
+    @property
+    def app(self) -> str:
+        """The label of the app that takes these messages in (its module's app)."""
+        module = self.translate.__module__
+        config = apps.get_containing_app_config(module)
+        return config.label if config else module.split(".")[0]
+
+
+def consumed() -> dict[str, str]:
+    """Each channel taken in -> the label of the app that takes it in."""
+    return {channel: sub.app for channel, sub in sorted(subscriptions.items())}
 
 
 subscriptions: dict[str, Subscription] = {}  # channel -> how its messages are taken in

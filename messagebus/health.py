@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import conf, sql
+from . import conf, models, sql
 from .models import Delivery
 from .wording import first_line
 
@@ -31,7 +31,7 @@ def figures(using: str) -> dict[str, Any]:
     """Counts by status, what is due (waiting for a runner), how long the oldest due one
     has waited, and how many were done in the last minute: one query."""
     now = timezone.now()
-    due = Q(status=Delivery.Status.PENDING, lease_until__isnull=True, next_attempt_at__lte=now)
+    due = models.due(now)
     by_status = {status.value: Count("id", filter=Q(status=status)) for status in Delivery.Status}
     rows = Delivery.objects.using(using).aggregate(
         **by_status,

@@ -25,15 +25,17 @@ class StoredEvent(models.Model):
         return f"{self.type} {self.id}"
 
 
+def due(now: dt.datetime) -> Q:
+    """A delivery that is due: pending, not leased to a runner, and its time has come."""
+    return Q(status="pending", lease_until__isnull=True, next_attempt_at__lte=now)
+
+
 class DeliveryQuerySet(models.QuerySet["Delivery"]):
     def pending(self) -> DeliveryQuerySet:
         return self.filter(status=Delivery.Status.PENDING)
 
     def due(self, now: dt.datetime | None = None) -> DeliveryQuerySet:
-        """Pending, not leased to a runner, and its time has come."""
-        return self.pending().filter(
-            lease_until__isnull=True, next_attempt_at__lte=now or timezone.now()
-        )
+        return self.filter(due(now or timezone.now()))
 
     def leased(self) -> DeliveryQuerySet:
         return self.pending().filter(lease_until__isnull=False)

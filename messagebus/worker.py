@@ -19,12 +19,17 @@ from .wakeup import Wakeup
 from .wording import first_line, plural
 
 logger = logging.getLogger(__name__)
-BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach the database
+BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach a database or broker
 BEAT = 5.0  # seconds between a worker's heartbeats
 
 # SQLSTATE classes of errors that waiting will not fix: no such database (3D),
 # refused credentials (28), no such table: not migrated (42P01).
 LASTING = ("3D", "28", "42P01")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after this many failures in a row: doubling, capped."""
+    return min(BACKOFF * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
 def lasting(exc: DatabaseError) -> bool:
@@ -94,7 +99,7 @@ class Worker:
                 if self.once or (isinstance(exc, DatabaseError) and lasting(exc)):
                     raise
                 failures += 1
-                delay = min(BACKOFF * 2 ** (failures - 1), BACKOFF_MAX)
+                delay = backoff(failures)
                 unreached = next(w for kind, w in self.outages.items() if isinstance(exc, kind))
                 logger.error(
                     "%s %s cannot reach %s (failure %d, next try in %.0fs): %s",

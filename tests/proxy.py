@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379}
 
 
 class Proxy:
@@ -25,9 +28,14 @@ class Proxy:
         self.port = self.server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def url(self, url: str) -> str:
-        """``url`` with its port (that of the target) replaced by the proxy's."""
-        return url.replace(f":{self.target}", f":{self.port}", 1)
+    @classmethod
+    def to(cls, url: str) -> tuple[Proxy, str]:
+        """A proxy to the (local) server ``url`` names, and ``url`` through the proxy."""
+        parts = urlsplit(url)
+        proxy = cls(parts.port or DEFAULT_PORTS[parts.scheme])
+        credentials, _, _ = parts.netloc.rpartition("@")
+        netloc = (f"{credentials}@" if credentials else "") + f"127.0.0.1:{proxy.port}"
+        return proxy, urlunsplit(parts._replace(netloc=netloc))
 
     def cut(self, *, refuse: bool = False) -> None:
         self._refuse = refuse

@@ -9,10 +9,13 @@ path of a class with the same two methods.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Protocol, cast
 
+from django.db import connections, transaction
 from django.utils.module_loading import import_string
 
 from .. import conf
@@ -54,6 +57,22 @@ def use(executor: Executor) -> Iterator[Executor]:
         yield executor
     finally:
         _overrides.remove(executor)
+
+
+def committing(using: str, callback: Callable[[str, set[uuid.UUID]], None]) -> set[uuid.UUID]:
+    """The events the current transaction stored, which ``callback(using, events)`` gets
+    once it commits: one callback per transaction, however many events ask.
+
+    A savepoint rolled back drops the callback with it; the next event registers anew.
+    """
+    for entry in connections[using].run_on_commit:
+        registered = entry[1]
+        if isinstance(registered, partial) and registered.func == callback:
+            events: set[uuid.UUID] = registered.args[1]
+            return events
+    events = set()
+    transaction.on_commit(partial(callback, using, events), using=using, robust=True)
+    return events
 
 
 def reset() -> None:

@@ -10,11 +10,10 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 from celery import shared_task
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
@@ -23,6 +22,7 @@ from ..delivery import runner, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
 from ..wording import first_line, plural
+from . import committing
 
 logger = logging.getLogger(__name__)
 
@@ -95,27 +95,12 @@ class CeleryExecutor:
     """
 
     def submit(self, refs: list[Reference]) -> None:
-        if not refs:
-            return
-        using = refs[0].using
-        events = self._events_in_transaction(using)
-        if events is None:
-            events = set()
-            transaction.on_commit(partial(self._committed, using, events), using=using)
-        events.update(ref.event_id for ref in refs)
+        if refs:
+            committing(refs[0].using, self._committed).update(ref.event_id for ref in refs)
 
     def retried(self, refs: list[Reference]) -> None:
         if refs:
             self._committed(refs[0].using, {ref.event_id for ref in refs})
-
-    def _events_in_transaction(self, using: str) -> set[uuid.UUID] | None:
-        """The events this transaction stored so far, as its commit callback holds them."""
-        for entry in connections[using].run_on_commit:
-            callback = entry[1]
-            if isinstance(callback, partial) and callback.func == self._committed:
-                found: set[uuid.UUID] = callback.args[1]
-                return found
-        return None
 
     def _committed(self, using: str, events: set[uuid.UUID]) -> None:
         held = lease()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-
-from django.db import connections, transaction
+import uuid
 
 from .. import sql
 from ..delivery.reference import Reference
+from . import committing
 
 
 class WorkerExecutor:
@@ -18,17 +16,14 @@ class WorkerExecutor:
     transaction, however many events it stored), so a waiting worker wakes at once.
     """
 
-    def __init__(self) -> None:
-        self._wakers: dict[str, Callable[[], None]] = {}
-
     def submit(self, refs: list[Reference]) -> None:
-        if not refs:
-            return
-        using = refs[0].using
-        waker = self._wakers.setdefault(using, partial(sql.notify, using))
-        # A savepoint rolled back drops the callback with it: the next event registers again.
-        if all(entry[1] is not waker for entry in connections[using].run_on_commit):
-            transaction.on_commit(waker, using=using, robust=True)
+        if refs:
+            committing(refs[0].using, self._notify)
 
     def retried(self, refs: list[Reference]) -> None:
-        self.submit(refs)
+        if refs:
+            sql.notify(refs[0].using)
+
+    @staticmethod
+    def _notify(using: str, events: set[uuid.UUID]) -> None:
+        sql.notify(using)

@@ -4,7 +4,7 @@ A transport is a small class with ``publish(channel, envelope)`` and
 ``consume(channels, receive, stopping)``: ``redis://`` URLs get Redis pub/sub,
 ``amqp://`` ones RabbitMQ through kombu. Another broker (Kafka, NATS) is
 another class with the same methods, built from its URL, and a line in
-``SCHEMES``: the bus does not change.
+``conf.TRANSPORTS``: the bus does not change.
 """
 
 from __future__ import annotations
@@ -35,13 +35,6 @@ Inbound = tuple[str, bytes, str | None]
 Receive = Callable[[list[Inbound]], list[Verdict]]
 BATCH = 100  # messages a consumer takes at a time, at most
 
-SCHEMES = {
-    "redis": "messagebus.transports.redis.RedisTransport",
-    "rediss": "messagebus.transports.redis.RedisTransport",
-    "amqp": "messagebus.transports.amqp.AmqpTransport",
-    "amqps": "messagebus.transports.amqp.AmqpTransport",
-}
-
 
 class Transport(Protocol):
     # What it raises when the broker cannot be reached: the consumer backs off and retries.
@@ -67,14 +60,17 @@ def get() -> Transport | None:
     url = conf.settings.EXTERNAL_URL
     if not url:
         return None
+    built = _built.get(url)  # every publish asks: no lock once built
+    if built is not None:
+        return built
     with _lock:
         if url not in _built:
             scheme = url.split(":", 1)[0]
-            if scheme not in SCHEMES:
+            if scheme not in conf.TRANSPORTS:
                 raise ConfigurationError(
                     f"MESSAGEBUS['EXTERNAL_URL'] {url!r}: no transport for {scheme!r}"
                 )
-            _built[url] = cast(Transport, import_string(SCHEMES[scheme])(url))
+            _built[url] = cast(Transport, import_string(conf.TRANSPORTS[scheme])(url))
         return _built[url]
 
 

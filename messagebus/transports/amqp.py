@@ -30,6 +30,14 @@ DEAD = Exchange("messagebus.dead", type="fanout", durable=True)
 DEAD_QUEUE = Queue("messagebus.dead", DEAD, durable=True)
 
 
+def inbound_queue(channel: str, app: str) -> Queue:
+    """The durable queue where ``app`` takes in ``channel``'s messages."""
+    return Queue(
+        f"{app}.{channel}", EXCHANGE, routing_key=channel, durable=True,
+        queue_arguments={"x-dead-letter-exchange": DEAD.name},
+    )  # fmt: skip
+
+
 class AmqpTransport:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -66,11 +74,7 @@ class AmqpTransport:
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
     ) -> None:
-        queues = [
-            Queue(f"{app}.{channel}", EXCHANGE, routing_key=channel, durable=True,
-                  queue_arguments={"x-dead-letter-exchange": DEAD.name})
-            for channel, app in channels.items()
-        ]  # fmt: skip
+        queues = [inbound_queue(channel, app) for channel, app in channels.items()]
 
         at_hand: list[Any] = []
 

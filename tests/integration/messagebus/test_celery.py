@@ -128,9 +128,9 @@ def test_events_recorded_by_a_task_travel_on_as_tasks(workers):
 
 @celery_on_postgres
 def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage):
-    proxy = Proxy(int(BROKER_URL.rsplit(":", 1)[1].split("/")[0]))
+    proxy, through_proxy = Proxy.to(BROKER_URL)
     proxy.cut()
-    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=proxy.url(BROKER_URL)))
+    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=through_proxy))
 
     assert done.returncode == 0, done.stderr
     took = float(done.stdout.split("deposited in ")[1].split("s")[0])

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-from django.apps import apps
 from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
@@ -22,7 +21,7 @@ from kombu import Connection, Producer, Queue
 import messagebus
 from allocation.commands import Allocate, CreateBatch
 from allocation.models import Batch
-from messagebus.external import subscriptions
+from messagebus.external import consumed
 from messagebus.models import Delivery, InboxMessage, StoredEvent
 from messagebus.transports import amqp
 from messagebus.worker import Worker
@@ -113,10 +112,9 @@ def test_a_command_rolled_back_publishes_nothing(messagebus_deliver, rabbitmq_qu
 def test_a_publish_refused_by_the_broker_is_retried_by_the_outbox(
     messagebus_deliver, rabbitmq_queue
 ):
-    port = int(BROKER_URL.rsplit(":", 1)[1].split("/")[0])
-    proxy = Proxy(port)
+    proxy, through_proxy = Proxy.to(BROKER_URL)
     proxy.cut(refuse=True)
-    again_soon = {"EXTERNAL_URL": proxy.url(BROKER_URL), "REDELIVERY_DELAY": 0}
+    again_soon = {"EXTERNAL_URL": through_proxy, "REDELIVERY_DELAY": 0}
     with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, **again_soon}):
         allocate_the_books_order()
         publishing = Delivery.objects.get(handler="publish:line_allocated")
@@ -210,11 +208,8 @@ def rabbitmq():
         dead = amqp.DEAD_QUEUE(channel)
         dead.declare()
         dead.purge()
-        for name, app in consumer_apps().items():  # what a consumer will read: nothing old
-            inbound = Queue(
-                f"{app}.{name}", amqp.EXCHANGE, routing_key=name, durable=True,
-                queue_arguments={"x-dead-letter-exchange": amqp.DEAD.name},
-            )(channel)  # fmt: skip
+        for name, app in consumed().items():  # what a consumer will read: nothing old
+            inbound = amqp.inbound_queue(name, app)(channel)
             inbound.declare()
             inbound.purge()
         producer = Producer(channel, exchange=amqp.EXCHANGE)
@@ -228,14 +223,6 @@ def rabbitmq():
 
         yield SimpleNamespace(publish=publish, allocated=allocated, dead=dead)
         allocated.delete()
-
-
-def consumer_apps() -> dict[str, str]:
-    """Each channel taken in, with the label of the app that takes it in."""
-    return {
-        name: apps.get_containing_app_config(sub.translate.__module__).label
-        for name, sub in subscriptions.items()
-    }
 
 
 def wait_for(condition, timeout: float = 10, output: Callable[[], str] = str) -> None:
@@ -321,8 +308,8 @@ def test_a_message_delivered_twice_is_handled_once(consumer, rabbitmq):
 def test_the_consumer_waits_out_a_broker_that_goes_away(consumer, rabbitmq):
     with external(BROKER_URL):
         messagebus.bus.handle(CreateBatch("b1", "RETRO-LAMP", 10))
-    proxy = Proxy(int(BROKER_URL.rsplit(":", 1)[1].split("/")[0]))
-    process = consumer(proxy.url(BROKER_URL))
+    proxy, through_proxy = Proxy.to(BROKER_URL)
+    process = consumer(through_proxy)
 
     proxy.cut(refuse=True)
     wait_for(lambda: "(failure 2, next try in 2s)" in process.output, output=lambda: process.output)

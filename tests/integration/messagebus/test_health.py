@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -60,11 +59,7 @@ CHECK = "from messagebus.health import check; print(check('default')[0])"
 
 @postgres_only
 def test_down_within_seconds_when_the_database_is_cut_off_then_back():
-    settings = connection.settings_dict
-    proxy = Proxy(int(settings["PORT"] or 5432))
-    url = database_url().replace(f":{settings['PORT'] or 5432}/", f":{proxy.port}/")
-    if f":{proxy.port}/" not in url:  # no port in the URL: add the proxy's
-        url = url.replace(f"@{settings['HOST'] or '127.0.0.1'}/", f"@127.0.0.1:{proxy.port}/")
+    proxy, url = Proxy.to(database_url())
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
 
     def health() -> tuple[str, float]:
