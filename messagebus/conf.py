@@ -59,6 +59,14 @@ def seconds(value: Any) -> str | None:
     return f"must be a number of seconds, not {value!r}"
 
 
+def seconds_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return None
+    return f"must be a number of seconds above 0, or None, not {value!r}"
+
+
 def executor(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be 'inline', 'worker', 'celery' or the dotted path of an executor class"
@@ -154,6 +162,12 @@ class Settings:
     )
     HEALTH_MAX_DEAD = Setting[int](0, at_least_zero, "health is degraded past this many dead")
     HEALTH_TIMEOUT = Setting[float](3.0, seconds, "health: a statement's time limit (PostgreSQL)")
+    HANDLER_TIMEOUT = Setting[float | None](
+        None, seconds_or_none, "async handlers: cancelled and retried after this long (None: never)"
+    )
+    SHUTDOWN_GRACE = Setting[float](
+        25.0, seconds, "a stopping worker waits this long for running deliveries"
+    )
     EXTERNAL_URL = Setting[str | None](
         None, external_url, "broker for messages to other services (None: publish nothing)"
     )

@@ -80,3 +80,11 @@ class ConcurrencyError(MessageBusError):
 
 class BrokerUnreachable(MessageBusError):
     """Tasks could not be sent to the broker; their deliveries stay due for the relay."""
+
+
+class HandlerTimeout(MessageBusError):
+    """An async handler ran past its timeout and was cancelled; the delivery is retried."""
+
+    def __init__(self, handler: str, seconds: float) -> None:
+        super().__init__(f"{handler} did not finish within {seconds:g}s and was cancelled")
+        self.seconds = seconds

@@ -7,17 +7,28 @@ on PostgreSQL, or a ``ConcurrencyError``) runs again, up to
 MESSAGEBUS["COMMAND_RETRIES"] times in all, when it is the outermost one. An event (one arriving
 from outside: aggregates record theirs) is stored in a unit of work and
 delivered to its handlers after commit.
+
+``await bus.ahandle(message)`` is the same for async code. Django's
+transactions are sync and bound to a thread, so a sync handler's unit of
+work runs in the thread Django's async ORM uses (``sync_to_async``), and
+the deliveries the inline executor runs after its commit are awaited on the
+caller's event loop: async handlers of one event at once. An async command
+handler is awaited on the loop, outside any transaction (``bus.handle``
+runs it through asgiref's ``async_to_sync``); it does its database work in
+commands of its own or in ``sync_to_async`` functions.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import conf
+from . import conf, executors
 from .dependencies import dependencies
 from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from .messages import Command, Event, Message, current_message
@@ -35,26 +46,48 @@ class MessageBus:
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
         """Handle a command (returning its result) or publish an event."""
-        if observers:
-            for observer in observers:
-                observer(message)
+        _observe(message)
         if not isinstance(message, Command):
             return self._publish(message, using)
         handler = registry.command_handler(type(message))
-        token = current_message.set(message)
+        with self._handling(handler, message):
+            if handler.is_async:
+                return async_to_sync(self._await)(handler, message)
+            return self._run(handler, message, using)
+
+    async def ahandle(self, message: Message, *, using: str | None = None) -> Any:
+        """``handle()`` for async code: await it from an async view, task or handler."""
+        if isinstance(message, Command):
+            handler = registry.command_handler(type(message))
+            if handler.is_async:
+                _observe(message)
+                with self._handling(handler, message):
+                    return await self._await(handler, message)
+        async with executors.here():
+            return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
+
+    @contextmanager
+    def _handling(self, handler: Handler, command: Command) -> Iterator[None]:
+        """While ``handler`` handles ``command``: its lineage set, its failure logged."""
+        token = current_message.set(command)
         try:
-            result = self._run(handler, message, using)
+            yield
         except CommandRejected as exc:
-            logger.info("Rejected %s: %s", message, exc)
+            logger.info("Rejected %s: %s", command, exc)
             raise
         except Exception:
-            logger.exception("Handler %s failed on %s", handler, message)
+            logger.exception("Handler %s failed on %s", handler, command)
             raise
         finally:
             current_message.reset(token)
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Handled %s with %s", message, handler)
-        return result
+            logger.debug("Handled %s with %s", command, handler)
+
+    async def _await(self, handler: Handler, command: Command) -> Any:
+        """An async command handler, on this loop, with no unit of work."""
+        if not handler.parameters:
+            return await handler.func(command)
+        return await handler.func(command, **dependencies.kwargs(handler, None, self))
 
     def _run(self, handler: Handler, command: Command, using: str | None) -> Any:
         """The handler in a unit of work, run again after losing a race, if outermost."""
@@ -77,6 +110,11 @@ class MessageBus:
             raise NotAMessage(event)
         with UnitOfWork(using) as uow:
             uow.publish(event)
+
+
+def _observe(message: Message) -> None:
+    for observer in observers:
+        observer(message)
 
 
 def _lost_a_race(exc: BaseException) -> bool:

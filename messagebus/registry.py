@@ -4,6 +4,8 @@ Each installed app's ``handlers`` module is imported from ``ready()``; its
 ``@handler`` functions register themselves here. The message type is the
 first parameter's annotation unless given; the other parameters name the
 dependencies the bus passes in (``uow``, ``bus``, MESSAGEBUS["DEPENDENCIES"]).
+A handler may be ``async def``: it runs on an event loop, outside any
+transaction, so it cannot take ``uow``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Handler:
     parameters: tuple[tuple[str, bool], ...]
     # Its delivery policy's overrides (event handlers): @handler(max_deliveries=10).
     options: tuple[tuple[str, Any], ...] = ()
+    # ``async def``: awaited on an event loop, never inside a transaction.
+    is_async: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -40,6 +44,7 @@ class Registry:
     def __init__(self) -> None:
         self._commands: dict[type[Message], Handler] = {}
         self._events: dict[type[Message], tuple[Handler, ...]] = {}
+        self._by_name: dict[str, Handler] | None = None  # built on first use
 
     def register(
         self,
@@ -54,8 +59,9 @@ class Registry:
         ``name`` is what deliveries remember the handler by (default: its
         dotted path); give one to keep pending deliveries when it moves.
         ``options`` override an event handler's delivery policy:
-        ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``, and
-        ``batch=False`` for a transaction of its own per delivery.
+        ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``,
+        ``batch=False`` for a transaction of its own per delivery, and
+        ``timeout`` (seconds) for an async one.
         """
         handler = _inspect(func, message_type, name, options)
         cls = handler.message_type
@@ -74,6 +80,7 @@ class Registry:
                     f"{handler} is already registered for the event {cls.__qualname__}"
                 )
             self._events[cls] = (*current, handler)
+        self._by_name = None
         return func
 
     def unregister(self, func: Callable[..., Any]) -> None:
@@ -81,6 +88,7 @@ class Registry:
         self._events = {
             t: tuple(h for h in hs if h.func is not func) for t, hs in self._events.items()
         }
+        self._by_name = None
 
     def command_handler(self, cls: type[Message]) -> Handler:
         handler = self._commands.get(cls)
@@ -96,11 +104,9 @@ class Registry:
 
     def named(self, name: str) -> Handler | None:
         """The event handler registered under ``name``, whatever its event."""
-        for handlers in self._events.values():
-            for handler in handlers:
-                if handler.name == name:
-                    return handler
-        return None
+        if self._by_name is None:
+            self._by_name = {h.name: h for hs in reversed(self._events.values()) for h in hs}
+        return self._by_name.get(name)
 
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
@@ -109,7 +115,7 @@ class Registry:
 
     def reset(self) -> None:
         """Forget every handler (tests; autodiscovery does not run again)."""
-        self._commands, self._events = {}, {}
+        self._commands, self._events, self._by_name = {}, {}, None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
@@ -121,6 +127,7 @@ class Registry:
             yield self
         finally:
             self._commands, self._events = saved
+            self._by_name = None
 
 
 def _inspect(
@@ -134,8 +141,9 @@ def _inspect(
         if qualname is None:
             raise RegistrationError(f"{func!r} has no __qualname__: register it with a name=")
         name = f"{func.__module__}.{qualname}"
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-        raise RegistrationError(f"{name} is async: handlers run in a transaction, synchronously")
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        raise RegistrationError(f"{name} is a generator: a handler returns, it does not yield")
+    is_async = inspect.iscoroutinefunction(func)
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:
@@ -166,12 +174,22 @@ def _inspect(
     variadic = [p.name for p in params[1:] if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if variadic:
         raise RegistrationError(f"{name}: *{variadic[0]} cannot be injected; name each dependency")
+    if is_async and "uow" in dict(rest):
+        raise RegistrationError(
+            f"{name} is async, so it runs outside any transaction and cannot take 'uow': "
+            "do its database work in a command (await bus.ahandle(...)) or in a sync "
+            "function called with asgiref's sync_to_async"
+        )
+    if not is_async and "timeout" in options:
+        raise RegistrationError(
+            f"{name}: timeout is for async handlers; a sync one cannot be cancelled"
+        )
     unknown = sorted(set(options) - set(OVERRIDABLE))
     if unknown:
         raise RegistrationError(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
-    return Handler(func, message_type, name, rest, tuple(sorted(options.items())))
+    return Handler(func, message_type, name, rest, tuple(sorted(options.items())), is_async)
 
 
 registry = Registry()

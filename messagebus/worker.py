@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from contextlib import suppress
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
+import anyio
+from anyio import from_thread, to_thread
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from . import conf
-from .delivery import runner, states
+from .delivery import concurrent, runner, states
 from .models import WorkerBeat
 from .wakeup import Wakeup
 from .wording import first_line, plural
@@ -46,8 +51,15 @@ class Worker:
     """Claim due deliveries in batches and run them until stopped.
 
     ``once``: stop when nothing is due. ``limit``: stop after that many
-    deliveries. ``stop()`` (SIGTERM, SIGINT) lets the running delivery finish,
-    commits its batch and hands the other claimed ones back.
+    deliveries. ``concurrency``: run up to that many at once (async handlers
+    on an event loop, sync ones in threads, each in a transaction of its own),
+    claiming more as they finish; at 1, a batch runs in one transaction.
+
+    ``stop()`` (SIGTERM, SIGINT) claims no more. At 1, the running delivery
+    finishes, its batch commits and the other claimed ones are handed back.
+    Above 1, running deliveries have ``grace`` seconds to finish; then the
+    async ones are cancelled and handed back (a sync one cannot be cancelled:
+    it rolls back with the process, and runs again when its lease runs out).
     """
 
     role = "Worker"
@@ -62,8 +74,12 @@ class Worker:
         limit: int | None = None,
         poll_interval: float | None = None,
         using: str = DEFAULT_DB_ALIAS,
+        concurrency: int = 1,
+        grace: float | None = None,
     ) -> None:
         self.batch = batch
+        self.concurrency = concurrency
+        self.grace = conf.settings.SHUTDOWN_GRACE if grace is None else grace
         self.once = once
         self.limit = limit
         self.poll_interval = poll_interval
@@ -75,20 +91,66 @@ class Worker:
         self._stopping = threading.Event()
         self._expiry_checked = self._beaten = float("-inf")  # both due at the first batch
         self._wakeup = Wakeup(using)
+        self._pool: concurrent.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def stop(self, *args: object) -> None:
-        """Finish the running delivery, then stop; asked twice, stop at once."""
+        """Finish the running deliveries, then stop; asked twice, stop at once."""
         if self._stopping.is_set():
             raise SystemExit(f"{self.role} {self.id} stopped at once: its running batch rolls back")
-        logger.info("%s %s stopping after the current delivery", self.role, self.id)
+        if self._pool is None:
+            logger.info("%s %s stopping after the current delivery", self.role, self.id)
+        else:
+            logger.info(
+                "%s %s stopping: running deliveries have %gs to finish",
+                self.role, self.id, self.grace,
+            )  # fmt: skip
         self._stopping.set()
+        if self._loop is not None and self._pool is not None:  # one waiting for a free slot
+            self._loop.call_soon_threadsafe(self._pool.wake)
 
     def run(self) -> int:
         """Run until stopped; the number of deliveries processed."""
         logger.info(
-            "%s %s started on database %r (batch %d)",
-            self.role, self.id, self.using, self._batch(),
+            "%s %s started on database %r (batch %d, concurrency %d)",
+            self.role, self.id, self.using, self._batch(), self.concurrency,
         )  # fmt: skip
+        try:
+            if self.concurrency == 1:
+                self._claiming()
+            else:
+                anyio.run(self._serve)
+        finally:
+            self._wakeup.close()
+            with suppress(DatabaseError):  # stopped: no longer one of the workers seen
+                WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
+        logger.info(
+            "%s %s stopped after %s",
+            self.role, self.id, plural(self.processed, "delivery", "deliveries"),
+        )  # fmt: skip
+        return self.processed
+
+    async def _serve(self) -> None:
+        """Claim in a thread while the pool runs the deliveries on this loop."""
+        self._loop = asyncio.get_running_loop()
+        async with concurrent.Pool(self.concurrency) as pool:
+            self._pool = pool
+            try:
+                await to_thread.run_sync(self._claiming_here)
+            finally:
+                await pool.stop(self.grace if self._stopping.is_set() else math.inf)
+        await sync_to_async(connections.close_all, thread_sensitive=True)()  # the pool's
+        self.processed = pool.ended
+
+    def _claiming_here(self) -> None:
+        """``_claiming()`` in a thread of its own, which closes its connections after."""
+        try:
+            self._claiming()
+        finally:
+            connections.close_all()
+
+    def _claiming(self) -> None:
+        """Claim and run batches until stopped, waiting out outages."""
         failures, unreached = 0, ""
         outages = tuple(self.outages)
         while not self._stopping.is_set() and not self._reached_limit():
@@ -112,17 +174,11 @@ class Worker:
                 logger.info("%s %s reached %s again", self.role, self.id, unreached)
                 failures = 0
             if not claimed:
-                if self.once:
-                    break
+                if self.once:  # done when nothing is due and nothing runs that could add any
+                    if self._pool is None or not from_thread.run(self._pool.wait_running):
+                        break
+                    continue
                 self._wakeup.wait(self._interval(), self._stopping)
-        self._wakeup.close()
-        with suppress(DatabaseError):  # stopped: no longer one of the workers seen
-            WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
-        logger.info(
-            "%s %s stopped after %s",
-            self.role, self.id, plural(self.processed, "delivery", "deliveries"),
-        )  # fmt: skip
-        return self.processed
 
     def run_batch(self) -> int:
         """Claim and run one batch; the number of deliveries it claimed."""
@@ -131,10 +187,26 @@ class Worker:
         limit = self._batch()
         if self.limit is not None:
             limit = min(limit, self.limit - self.processed)
+        if self._pool is not None:  # as many as there are free slots, once one is
+            limit = min(limit, from_thread.run(self._pool.wait_free, self._stopping.is_set))
+            if not limit:
+                return 0
+            from_thread.run(concurrent.refresh)
         claims = states.claim(self.using, limit)
+        if self._pool is not None:
+            from_thread.run_sync(self._pool.start, claims)
+            self.processed += len(claims)
+            return len(claims)
+        batch: list[states.Claim] = []
+        awaited: list[states.Claim] = []
+        for claim in claims:
+            (awaited if concurrent.awaited(claim.ref) else batch).append(claim)
+        stopping = self._stopping.is_set
         self.processed += runner.run_batch(
-            claims, seconds=conf.settings.BATCH_SECONDS, stopping=self._stopping.is_set
+            batch, seconds=conf.settings.BATCH_SECONDS, stopping=stopping
         )
+        if awaited:  # on an event loop, one at a time; handed back if stopping
+            self.processed += concurrent.run_now(awaited, concurrency=1, stopping=stopping).started
         return len(claims)
 
     def _beat(self) -> None:

@@ -13,8 +13,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from django.utils.module_loading import import_string
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from .. import conf
 from ..exceptions import RetryLater
@@ -27,6 +34,7 @@ OVERRIDABLE: dict[str, conf.Validator] = {
     "max_deliveries": conf.whole_number,
     "redelivery_delay": conf.seconds,
     "batch": lambda value: None if isinstance(value, bool) else "must be True or False",
+    "timeout": conf.seconds_or_none,
 }
 
 
@@ -55,6 +63,8 @@ class Policy:
     dead_at_once: tuple[type[BaseException], ...] = ()
     # False: this handler's deliveries each get a transaction of their own.
     batch: bool = True
+    # Seconds an async handler's call may take before it is cancelled (None: no limit).
+    timeout: float | None = None
 
     @classmethod
     def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:
@@ -77,6 +87,7 @@ class Policy:
             redelivery_delay=settings.REDELIVERY_DELAY,
             redelivery_delay_max=settings.REDELIVERY_DELAY_MAX,
             dead_at_once=tuple(import_string(path) for path in settings.DEAD_AT_ONCE),
+            timeout=settings.HANDLER_TIMEOUT,
         ).replace(**overrides)
 
     def replace(self, **changes: Any) -> Policy:
@@ -91,12 +102,19 @@ class Policy:
 
     def retrying(self, attempts: int | None = None) -> Retrying:
         """Tenacity's loop for the calls of one run (``attempts`` left, default all)."""
-        return Retrying(
-            stop=stop_after_attempt(self.retry_attempts if attempts is None else attempts),
-            wait=wait_exponential(multiplier=self.retry_wait, max=self.retry_wait_max),
-            retry=retry_if_exception(self.retries),
-            reraise=True,
-        )
+        return Retrying(**self._calls(attempts))
+
+    def aretrying(self, attempts: int | None = None) -> AsyncRetrying:
+        """``retrying()`` for async handlers: the waits are AnyIO sleeps."""
+        return AsyncRetrying(sleep=anyio.sleep, **self._calls(attempts))
+
+    def _calls(self, attempts: int | None) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retry_attempts if attempts is None else attempts),
+            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_wait_max),
+            "retry": retry_if_exception(self.retries),
+            "reraise": True,
+        }
 
     def redelivery(self, runs: int) -> float:
         """Seconds to wait after the ``runs``-th failed run before the next."""

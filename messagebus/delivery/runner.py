@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .. import sql
@@ -75,12 +75,14 @@ def run(
     task = resolve(ref, lease)
     if task is None:
         return False
+    if task.handler.is_async:
+        raise TypeError(f"{task.handler} is async: run it with delivery.concurrent.run_any()")
     if first_error is None:  # the first call, as cheap as can be
         try:
             return _call(task, lease)
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
             first_error = exc
-            lease = _failed_call(task, lease, exc)
+            lease = failed_call(task, lease, exc)
     attempts = task.policy.retry_attempts if calls is None else calls
     try:
         for attempt in task.policy.retrying(attempts):
@@ -90,7 +92,7 @@ def run(
                 try:
                     return _call(task, lease)
                 except Exception as exc:
-                    lease = _failed_call(task, lease, exc)
+                    lease = failed_call(task, lease, exc)
                     raise
     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
         give_up(task, lease, exc, runs)
@@ -99,20 +101,30 @@ def run(
 
 def resolve(ref: Reference, lease: dt.datetime | None) -> Task | None:
     """The event and handler ``ref`` names; None, after marking it dead, if they're gone."""
-    envelope = ref.envelope or _load(ref)
-    if envelope is None:
-        logger.warning("No event %s for %s: pruned?", ref.event_id, ref)
+    if ref.envelope is None:
+        envelope = _load(ref)
+        if envelope is None:
+            logger.warning("No event %s for %s: pruned?", ref.event_id, ref)
+            return None
+        ref = ref.with_envelope(envelope)
+    task = opened(ref)
+    if isinstance(task, str):
+        dead_on_arrival(ref, lease, task)
         return None
+    return task
+
+
+def opened(ref: Reference) -> Task | str:
+    """The task of a reference that holds its envelope, or why there can be none."""
+    assert ref.envelope is not None
     try:
-        event = envelope.open(Event)
+        event = ref.envelope.open(Event)
     except MessageDecodeError as exc:
-        _dead_on_arrival(ref, lease, f"cannot decode the event: {exc}")
-        return None
+        return f"cannot decode the event: {exc}"
     assert isinstance(event, Event)
     handler = registry.event_handler(type(event), ref.handler)
     if handler is None:
-        _dead_on_arrival(ref, lease, f"no handler {ref.handler} is registered for {envelope.type}")
-        return None
+        return f"no handler {ref.handler} is registered for {ref.envelope.type}"
     return Task(ref, event, handler, policy_of(handler))
 
 
@@ -140,7 +152,7 @@ def _handle(task: Task, uow: UnitOfWork) -> None:
         logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
 
 
-def _failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime:
+def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime:
     """Record a failed call, one line in the log (a failed run logs the traceback).
 
     The rest of the run holds the renewed lease this returns.
@@ -178,15 +190,15 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
 
 
 def run_batch(
-    claims: list[states.Claim],
+    claims: Sequence[states.Claim],
     *,
     seconds: float,
     stopping: Callable[[], bool] = lambda: False,
 ) -> int:
     """Run claimed deliveries, batched in transactions of at most ``seconds``.
 
-    Returns how many ran (completed or not). Once ``stopping()`` is true, the
-    ones not started are handed back.
+    Sync handlers only. Returns how many ran (completed or not). Once
+    ``stopping()`` is true, the ones not started are handed back.
     """
     if not claims:
         return 0
@@ -236,7 +248,7 @@ def _one_transaction(
                 with savepoint(using):
                     _handle(task, uow)
             except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
-                failed.append((claim, exc, _failed_call(task, claim.lease, exc)))
+                failed.append((claim, exc, failed_call(task, claim.lease, exc)))
             else:
                 completed.append(claim.id)
             finally:
@@ -253,6 +265,6 @@ def _load(ref: Reference) -> Envelope | None:
     return Envelope(kind, ref.event_id, correlation, causation, payload)
 
 
-def _dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:
+def dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:
     states.dead(ref, lease, reason)
     logger.error("Dead: %s: %s", ref, reason)

@@ -84,6 +84,41 @@ def batch_done(using: str, ids: Sequence[int]) -> None:
     sql.done_many(using, ids, timezone.now())
 
 
+def finished(claims: Sequence[Claim]) -> set[int]:
+    """Mark done, in one transaction, the claims whose handler has returned (async
+    handlers: after their work, not with it); the ids of those still ours."""
+    if not claims:
+        return set()
+    using = claims[0].ref.using
+    leases: dict[dt.datetime, list[Claim]] = {}
+    for claim in claims:
+        leases.setdefault(claim.lease, []).append(claim)
+    ours: set[int] = set()
+    with transaction.atomic(using=using):
+        for group in leases.values():
+            ours |= start(using, group)
+        batch_done(using, sorted(ours))
+    return ours
+
+
+def taken(refs: Sequence[Reference]) -> list[Claim]:
+    """Lease these pending, unleased deliveries to this runner, for an async handler's
+    run (which holds no row lock); those another runner holds are left out."""
+    if not refs:
+        return []
+    using = refs[0].using
+    lease = timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
+    by_key = {(ref.event_id, ref.handler): ref for ref in refs}
+    rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
+    rows.filter(lease_until__isnull=True).update(lease_until=lease)
+    return [
+        Claim(by_key[event, handler], pk, runs, lease)
+        for pk, event, handler, runs in rows.filter(lease_until=lease).values_list(
+            "pk", "event_id", "handler", "runs"
+        )
+    ]
+
+
 def failed_call(ref: Reference, lease: dt.datetime | None, error: BaseException) -> dt.datetime:
     """Record a failed call; the run goes on, under a fresh lease, which is returned."""
     renewed = timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
@@ -140,10 +175,7 @@ def unleased(refs: Sequence[Reference], lease: dt.datetime) -> int:
     """Hand back deliveries leased to tasks that were never sent: due again now."""
     if not refs:
         return 0
-    held = Q()
-    for ref in refs:
-        held |= Q(event_id=ref.event_id, handler=ref.handler)
-    rows = Delivery.objects.using(refs[0].using).pending().filter(held, lease_until=lease)
+    rows = Delivery.objects.using(refs[0].using).pending().filter(_any_of(refs), lease_until=lease)
     return rows.update(lease_until=None)
 
 
@@ -197,6 +229,18 @@ def runs(ref: Reference) -> int:
     """Runs ended so far (0 if the delivery is gone)."""
     found = _row(ref).values_list("runs", flat=True).first()
     return int(found or 0)
+
+
+def held(ref: Reference, lease: dt.datetime) -> list[Claim]:
+    """The claim on a delivery still pending under ``lease`` (a list of one), or none."""
+    return [Claim(ref, pk, runs, lease) for pk, runs in _held(ref, lease).values_list("pk", "runs")]
+
+
+def _any_of(refs: Sequence[Reference]) -> Q:
+    held = Q()
+    for ref in refs:
+        held |= Q(event_id=ref.event_id, handler=ref.handler)
+    return held
 
 
 def _row(ref: Reference) -> DeliveryQuerySet:

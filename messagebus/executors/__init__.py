@@ -4,14 +4,16 @@ The unit of work hands each executor the references of the deliveries it
 stored, inside their transaction (``submit``); the executor decides what to
 do about them: ``inline`` runs them in this thread after commit, ``worker``
 leaves them to ``manage.py messagebus worker``. Name another by the dotted
-path of a class with the same two methods.
+path of a class with the same two methods (and ``arun``, to run deliveries
+on an event loop, if it runs any in the caller's thread).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Protocol, cast
 
@@ -34,6 +36,8 @@ class Executor(Protocol):
 
 _built: dict[str, Executor] = {}
 _overrides: list[Executor] = []
+# Inside ``here()``: where deliveries that would run in this thread go instead.
+_here: ContextVar[list[Reference] | None] = ContextVar("messagebus_here", default=None)
 
 
 def get() -> Executor:
@@ -73,6 +77,26 @@ def committing(using: str, callback: Callable[[str, set[uuid.UUID]], None]) -> s
     events = set()
     transaction.on_commit(partial(callback, using, events), using=using, robust=True)
     return events
+
+
+def later() -> list[Reference] | None:
+    """Where deliveries go that ``here()`` runs on its event loop; None outside it."""
+    return _here.get()
+
+
+@asynccontextmanager
+async def here() -> AsyncIterator[None]:
+    """Deliveries the executor would run in a thread inside the block (the inline one,
+    after a commit in ``sync_to_async``) are awaited on this event loop after it."""
+    refs: list[Reference] = []
+    token = _here.set(refs)
+    try:
+        yield
+        run_here = getattr(get(), "arun", None)  # the executors that fill it have one
+        if refs and run_here is not None:
+            await run_here(refs)
+    finally:
+        _here.reset(token)
 
 
 def reset() -> None:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from .. import conf
-from ..delivery import runner, states
+from ..delivery import concurrent, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
 from ..wording import first_line, plural
@@ -51,7 +51,7 @@ def run_delivery(reference: dict[str, Any], lease_until: str) -> bool:
     except (MessageDecodeError, TypeError, ValueError) as exc:
         logger.error("Dropped a task that names no delivery: %s", exc)
         return False
-    return runner.run(ref, lease=held)
+    return concurrent.run_any(ref, lease=held)
 
 
 def lease() -> dt.datetime:

@@ -39,3 +39,11 @@ class Announced(messagebus.Event):
     """Published to other services (tests/busapp/external.py); no handler of its own."""
 
     n: int
+
+
+@dataclass(frozen=True)
+class Napped(messagebus.Event):
+    """Handled by an async handler that sleeps ``seconds`` on the event loop."""
+
+    n: int
+    seconds: float

@@ -1,11 +1,13 @@
 import os
 import time
 
+import anyio
+
 import messagebus
 from messagebus.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn, Record
-from .events import Audited, Deposited, Pinged
+from .events import Audited, Deposited, Napped, Pinged
 from .models import Account, Entry
 
 
@@ -55,3 +57,17 @@ def record_ping(event: Pinged) -> None:
 @messagebus.handler
 def record(cmd: Record) -> None:
     Entry.objects.create(account="record", amount=cmd.n)
+
+
+@messagebus.handler
+async def nap(event: Napped) -> None:
+    """Sleep on the event loop; a line to $BUSAPP_NAP_LOG as it starts and as it ends."""
+    log(f"start {event.n} {time.time()}")
+    await anyio.sleep(event.seconds)
+    log(f"end {event.n} {time.time()}")
+
+
+def log(line: str) -> None:
+    if path := os.environ.get("BUSAPP_NAP_LOG"):
+        with open(path, "a") as file:
+            file.write(f"{line}\n")

@@ -70,6 +70,16 @@ class Command(BaseCommand):
             "--limit", type=positive_int, metavar="N", help="Exit after N deliveries."
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
+        worker.add_argument(
+            "--concurrency", type=positive_int, default=1, metavar="N",
+            help="Deliveries run at once: async handlers on an event loop, sync ones in "
+            "threads, each in a transaction of its own (default 1: a batch in one).",
+        )  # fmt: skip
+        worker.add_argument(
+            "--grace", type=seconds, metavar="SECONDS",
+            help="On SIGTERM, how long running deliveries may take to finish before the "
+            "async ones are cancelled and handed back (default: MESSAGEBUS['SHUTDOWN_GRACE']).",
+        )  # fmt: skip
 
         relay = action("relay", "Send due deliveries to Celery until stopped (executor 'celery').")
         relay.add_argument("--once", action="store_true", help="One pass, then exit.")
@@ -119,9 +129,14 @@ class Command(BaseCommand):
         batch: int | None,
         limit: int | None,
         interval: float | None,
+        concurrency: int,
+        grace: float | None,
         **options: Any,
     ) -> None:
-        worker = Worker(batch=batch, once=once, limit=limit, poll_interval=interval, using=using)
+        worker = Worker(
+            batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
+            concurrency=concurrency, grace=grace,
+        )  # fmt: skip
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
         processed = worker.run()

@@ -128,11 +128,44 @@ def test_the_decorator_takes_an_explicit_type():
         assert messagebus.registry.command_handler(Ping).func is ping
 
 
-def test_async_handlers_are_refused(registry):
-    async def ping(cmd: Ping) -> None: ...
+def test_async_handlers_register_like_sync_ones(registry):
+    async def ping(cmd: Ping, bus) -> int:
+        return 1
 
-    with pytest.raises(RegistrationError, match="is async"):
-        registry.register(None, ping)
+    async def on_deposit(event: Deposited, notifications=None) -> None: ...
+
+    registry.register(None, ping)
+    registry.register(None, on_deposit, timeout=2.5)
+    assert registry.command_handler(Ping).is_async
+    assert registry.command_handler(Ping).parameters == (("bus", False),)
+    [handler] = registry.event_handlers(Deposited)
+    assert handler.is_async and dict(handler.options) == {"timeout": 2.5}
+
+
+def test_an_async_handler_cannot_take_a_unit_of_work(registry):
+    async def on_deposit(event: Deposited, uow) -> None: ...
+
+    with pytest.raises(RegistrationError, match="outside any transaction and cannot take 'uow'"):
+        registry.register(None, on_deposit)
+
+
+def test_a_timeout_is_for_async_handlers(registry):
+    def on_deposit(event: Deposited) -> None: ...
+
+    with pytest.raises(RegistrationError, match="a sync one cannot be cancelled"):
+        registry.register(None, on_deposit, timeout=1)
+
+
+def test_generators_are_refused(registry):
+    async def stream(event: Deposited):
+        yield 1
+
+    def chunks(event: Deposited):
+        yield 1
+
+    for func in (stream, chunks):
+        with pytest.raises(RegistrationError, match="is a generator"):
+            registry.register(None, func)
 
 
 def test_a_handler_may_be_given_the_name_deliveries_know_it_by(registry):

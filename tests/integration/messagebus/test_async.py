@@ -1,0 +1,282 @@
+"""Async handlers: awaited on an event loop, the handlers of one event at once, each
+delivery with its own bookkeeping, from sync and async code alike."""
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import anyio
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import override_settings
+
+import messagebus
+from messagebus import executors
+from messagebus.delivery import concurrent, states
+from messagebus.delivery.reference import Reference
+from messagebus.exceptions import HandlerTimeout
+from messagebus.executors.worker import WorkerExecutor
+from messagebus.models import Delivery
+from messagebus.worker import Worker
+from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
+from tests.busapp.events import Opened
+from tests.busapp.models import Account, Entry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass(frozen=True)
+class Double(messagebus.Command):
+    n: int
+
+
+NAP = 0.2  # seconds each handler awaits
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class Timeline:
+    """When each handler's calls started and ended."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    async def nap(self, name: str, seconds: float = NAP) -> None:
+        started = time.monotonic()
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            self.spans[name].append((started, time.monotonic()))
+
+    def overlap(self, a: str, b: str) -> bool:
+        (start_a, end_a), (start_b, end_b) = self.spans[a][0], self.spans[b][0]
+        return start_a < end_b and start_b < end_a
+
+
+@pytest.fixture
+def timeline(messagebus_registry):
+    """Two async handlers of Opened that each await NAP seconds; ``crm`` fails while
+    ``timeline.crm_down`` is true."""
+    timeline = Timeline()
+    timeline.crm_down = False
+
+    async def send_welcome(event: Opened) -> None:
+        await timeline.nap("welcome")
+        await sync_to_async(Entry.objects.create)(account=event.name, amount=0, note="welcome")
+
+    async def notify_crm(event: Opened) -> None:
+        await timeline.nap("crm")
+        if timeline.crm_down:
+            raise ConnectionError("crm down")
+
+    messagebus_registry.register(None, send_welcome)
+    messagebus_registry.register(None, notify_crm)
+    return timeline
+
+
+def deliveries() -> dict[str, Delivery]:
+    return {d.handler.rsplit(".", 1)[-1]: d for d in Delivery.objects.all()}
+
+
+def test_two_async_handlers_of_one_event_run_at_once_from_sync_code(timeline):
+    account = messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert Account.objects.get(pk=account).name == "ann"
+    assert timeline.overlap("welcome", "crm")
+    found = deliveries()
+    assert found["send_welcome"].status == found["notify_crm"].status == Delivery.Status.DONE
+    assert found["send_welcome"].lease_until is None and found["send_welcome"].runs == 1
+    assert Entry.objects.filter(note="welcome").count() == 1
+
+
+def test_one_failing_leaves_the_other_done_and_is_retried_itself(timeline):
+    timeline.crm_down = True
+
+    messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert timeline.overlap("welcome", "crm")
+    found = deliveries()
+    assert found["send_welcome"].status == Delivery.Status.DONE
+    crm = found["notify_crm"]
+    assert crm.status == Delivery.Status.PENDING and crm.runs == 1
+    assert crm.attempts == 3 and len(timeline.spans["crm"]) == 3  # RETRY_ATTEMPTS calls
+    assert "crm down" in crm.last_error and crm.lease_until is None
+    assert len(timeline.spans["welcome"]) == 1
+
+    timeline.crm_down = False
+    Delivery.objects.filter(pk=crm.pk).update(next_attempt_at=crm.created_at)
+    assert Worker(once=True).run() == 1
+    assert deliveries()["notify_crm"].status == Delivery.Status.DONE
+
+
+def test_a_handler_past_its_timeout_is_cancelled_and_retried_the_others_unaffected(
+    messagebus_registry,
+):
+    calls = []
+
+    async def slow(event: Opened) -> None:
+        calls.append("slow")
+        await anyio.sleep(0 if len(calls) > 1 else 10)
+
+    async def quick(event: Opened) -> None:
+        await anyio.sleep(0.05)
+        calls.append("quick")
+
+    messagebus_registry.register(None, slow, timeout=0.3)
+    messagebus_registry.register(None, quick)
+    started = time.monotonic()
+
+    messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert time.monotonic() - started < 5  # not the 10 s it asked for
+    found = deliveries()
+    assert found["quick"].status == Delivery.Status.DONE
+    assert found["slow"].status == Delivery.Status.DONE  # the second call, within time
+    assert found["slow"].attempts == 2  # calls, the one that finished included
+    assert "did not finish within 0.3s and was cancelled" in found["slow"].last_error
+    assert HandlerTimeout.__name__ in found["slow"].last_error
+    assert calls.count("slow") == 2 and calls.count("quick") == 1
+
+
+@override_settings(MESSAGEBUS={"HANDLER_TIMEOUT": 0.2, "RETRY_ATTEMPTS": 1, "SWEEP_INTERVAL": 0})
+def test_the_timeout_setting_applies_to_every_async_handler(messagebus_registry):
+    async def stuck(event: Opened) -> None:
+        await anyio.sleep(10)
+
+    messagebus_registry.register(None, stuck)
+    messagebus.bus.handle(OpenAccount(name="ann"))
+
+    found = deliveries()["stuck"]
+    assert found.status == Delivery.Status.PENDING and found.runs == 1
+    assert "did not finish within 0.2s" in found.last_error
+
+
+@pytest.mark.anyio
+async def test_ahandle_commits_the_command_and_delivers_its_events_on_this_loop(timeline):
+    account = await messagebus.bus.ahandle(OpenAccount(name="ann"))
+
+    assert (await Account.objects.aget(pk=account)).name == "ann"
+    assert timeline.overlap("welcome", "crm")
+    found = await sync_to_async(deliveries)()
+    assert {d.status for d in found.values()} == {Delivery.Status.DONE}
+    assert await Entry.objects.filter(note="welcome").acount() == 1
+
+
+@pytest.mark.anyio
+async def test_ahandle_raises_the_command_handlers_error_and_rolls_back():
+    await messagebus.bus.ahandle(OpenAccount(name="ann"))
+    await messagebus.bus.ahandle(Deposit(name="ann", amount=10))
+
+    with pytest.raises(Overdrawn, match="cannot go below zero"):
+        await messagebus.bus.ahandle(Deposit(name="ann", amount=-11))
+
+    assert (await Account.objects.aget(name="ann")).balance == 10
+    assert await Entry.objects.filter(note="deposited").acount() == 1  # the first one's
+
+
+@pytest.mark.anyio
+async def test_ahandle_runs_sync_event_handlers_and_the_events_they_record():
+    await messagebus.bus.ahandle(OpenAccount(name="ann"))
+    await messagebus.bus.ahandle(Deposit(name="ann", amount=5))
+
+    # write_entry (Deposited), audit (records Audited), write_audit_entry (Audited)
+    notes = [e async for e in Entry.objects.order_by("note").values_list("note", flat=True)]
+    assert notes == ["audited", "deposited"]
+
+
+@pytest.mark.anyio
+async def test_an_async_command_handler_is_awaited_and_its_result_returned(messagebus_registry):
+    async def double(cmd: Double, bus) -> int:
+        await anyio.sleep(0)
+        if cmd.n < 0:
+            raise Overdrawn("no")
+        await bus.ahandle(OpenAccount(name=f"n{cmd.n}"))  # database work: a command of its own
+        return cmd.n * 2
+
+    messagebus_registry.register(None, double)
+
+    assert await messagebus.bus.ahandle(Double(n=4)) == 8
+    assert await Account.objects.filter(name="n4").aexists()
+    with pytest.raises(Overdrawn):
+        await messagebus.bus.ahandle(Double(n=-1))
+
+
+def test_sync_handle_awaits_an_async_command_handler(messagebus_registry):
+    async def double(cmd: Double) -> int:
+        await anyio.sleep(0)
+        return cmd.n * 2
+
+    messagebus_registry.register(None, double)
+    assert messagebus.bus.handle(Double(n=1)) == 2
+
+
+def test_an_async_handlers_done_mark_does_not_commit_with_its_database_work(
+    messagebus_registry,
+):
+    """What the docs say: its writes are its own, so a failure after them keeps them,
+    and the delivery runs again (at least once, not exactly once)."""
+
+    async def welcome(event: Opened) -> None:
+        await sync_to_async(Entry.objects.create)(account=event.name, amount=0, note="welcome")
+        raise ConnectionError("mail server down")
+
+    messagebus_registry.register(None, welcome)
+    with override_settings(MESSAGEBUS={"RETRY_ATTEMPTS": 1, "SWEEP_INTERVAL": 0}):
+        messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert Entry.objects.filter(note="welcome").count() == 1  # committed without the mark
+    assert deliveries()["welcome"].status == Delivery.Status.PENDING
+
+
+def test_a_sync_handlers_work_rolls_back_with_its_failure(messagebus_registry):
+    """The contrast: a sync handler's writes and its done-mark share one transaction."""
+
+    def welcome(event: Opened) -> None:
+        Entry.objects.create(account=event.name, amount=0, note="welcome")
+        raise ConnectionError("mail server down")
+
+    messagebus_registry.register(None, welcome)
+    with override_settings(MESSAGEBUS={"RETRY_ATTEMPTS": 1, "SWEEP_INTERVAL": 0}):
+        messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert not Entry.objects.filter(note="welcome").exists()
+    assert deliveries()["welcome"].status == Delivery.Status.PENDING
+
+
+def test_an_async_delivery_held_by_another_runner_is_left_to_it(timeline):
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(OpenAccount(name="ann"))
+    [held] = states.claim("default", 1)
+    [free] = Delivery.objects.exclude(pk=held.id)
+
+    assert not concurrent.run_any(held.ref)
+    assert concurrent.run_any(Reference("default", free.event_id, free.handler))
+
+    assert Delivery.objects.get(pk=held.id).lease_until == held.lease
+    assert Delivery.objects.get(pk=free.pk).status == Delivery.Status.DONE
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_worker_runs_async_and_sync_handlers_with_their_own_bookkeeping(timeline, concurrency):
+    timeline.crm_down = True
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(OpenAccount(name="ann"))
+        messagebus.bus.handle(OpenAccount(name="bob"))
+        messagebus.bus.handle(Deposit(name="bob", amount=3))  # sync handlers, and one more event
+
+        processed = Worker(once=True, concurrency=concurrency).run()
+
+    assert processed == 7  # 2 x (welcome, crm), write_entry, audit, then write_audit_entry
+    found = Delivery.objects.values_list("handler", "status", "runs", "attempts")
+    by_handler = defaultdict(list)
+    for handler, status, runs, attempts in found:
+        by_handler[handler.rsplit(".", 1)[-1]].append((status, runs, attempts))
+    assert by_handler["notify_crm"] == [(Delivery.Status.PENDING, 1, 3)] * 2
+    assert by_handler["send_welcome"] == [(Delivery.Status.DONE, 1, 1)] * 2
+    assert by_handler["write_audit_entry"] == [(Delivery.Status.DONE, 1, 1)]
+    if concurrency > 1:  # both accounts' handlers at once
+        spans = sorted(timeline.spans["welcome"] + timeline.spans["crm"])
+        assert spans[1][0] < spans[0][1]
