@@ -14,6 +14,7 @@ from .events import Allocated, Deallocated, OutOfStock
 from .exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch
 from .models import AllocationView, Batch, OrderLine, Product
 from .notifications import Notifications
+from .webhooks import post_to_all
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,21 @@ def show_where_the_line_is(orderid: str, sku: str) -> None:
         AllocationView.objects.update_or_create(
             orderid=orderid, sku=sku, defaults={"batchref": batchref}
         )
+
+
+async def post_allocation(event: Allocated) -> None:
+    """POST the allocation as JSON to every URL in ALLOCATION_WEBHOOK_URLS (other services)."""
+    body = {
+        "orderid": event.orderid,
+        "sku": event.sku,
+        "qty": event.qty,
+        "batchref": event.batchref,
+    }
+    await post_to_all(settings.ALLOCATION_WEBHOOK_URLS, body, key=str(event.message_id))
+
+
+if settings.ALLOCATION_WEBHOOK_URLS:  # none: no delivery to it is stored
+    messagebus.handler(post_allocation)
 
 
 @messagebus.handler

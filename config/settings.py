@@ -11,6 +11,7 @@ LOG_LEVEL           root log level (default INFO)
 API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
 EMAIL_BACKEND       default: print emails to the console
 ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
+ALLOCATION_WEBHOOK_URLS comma-separated http(s) URLs each allocation is POSTed to
 """
 
 import os
@@ -185,6 +186,10 @@ API_ALLOW_ANONYMOUS = env_bool("API_ALLOW_ANONYMOUS")
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 ALLOCATION_STOCK_EMAIL = os.environ.get("ALLOCATION_STOCK_EMAIL", "stock@example.com")
+ALLOCATION_WEBHOOK_URLS = env_list("ALLOCATION_WEBHOOK_URLS")
+for _url in ALLOCATION_WEBHOOK_URLS:
+    if not _url.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r} is not an http(s) URL")
 
 LOGGING: dict[str, Any] = {
     "version": 1,

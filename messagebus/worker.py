@@ -91,6 +91,7 @@ class Worker:
         self._stopping = threading.Event()
         self._expiry_checked = self._beaten = float("-inf")  # both due at the first batch
         self._wakeup = Wakeup(using)
+        self.abandoned = 0  # sync deliveries still running in threads when it stopped
         self._pool: concurrent.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -141,6 +142,7 @@ class Worker:
                 await pool.stop(self.grace if self._stopping.is_set() else math.inf)
         await sync_to_async(connections.close_all, thread_sensitive=True)()  # the pool's
         self.processed = pool.ended
+        self.abandoned = pool.abandoned
 
     def _claiming_here(self) -> None:
         """``_claiming()`` in a thread of its own, which closes its connections after."""

@@ -159,7 +159,7 @@ class Pool:
         self._running: set[int] = set()
         self._threads = anyio.CapacityLimiter(concurrency)
         self._used: set[BaseDatabaseWrapper] = set()  # by sync deliveries' threads
-        self._abandoned = 0
+        self.abandoned = 0  # sync deliveries left running in their threads
         self._changed = anyio.Event()
         self._group = anyio.create_task_group()
         self._writer = anyio.create_task_group()
@@ -181,7 +181,7 @@ class Pool:
         finally:
             self.marks.close()
             await self._writer.__aexit__(None, None, None)
-            if self._used and not self._abandoned:  # else in use: they close with the process
+            if self._used and not self.abandoned:  # else in use: they close with the process
                 await to_thread.run_sync(_close, self._used)
 
     @property
@@ -241,7 +241,7 @@ class Pool:
                         limiter=self._threads, abandon_on_cancel=True,
                     )  # fmt: skip
                 except anyio.get_cancelled_exc_class():
-                    self._abandoned += 1
+                    self.abandoned += 1
                     logger.warning(
                         "Left %s running in its thread: it commits if it finishes, "
                         "else it rolls back with this process and runs again later",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -141,6 +143,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, worker.stop)
         processed = worker.run()
         self.stdout.write(f"Processed {plural(processed, 'delivery', 'deliveries')}.")
+        if worker.abandoned:  # a thread cannot be stopped: exit without it, rolling it back
+            self.stdout.flush()
+            logging.shutdown()
+            os._exit(0)
 
     def handle_relay(
         self, using: str, *, once: bool, interval: float | None, **options: Any

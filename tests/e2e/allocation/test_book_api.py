@@ -1,4 +1,5 @@
-"""The book's end-to-end tests (chapter 13's test_api.py), over HTTP against a live server."""
+"""The book's end-to-end tests (chapter 13's test_api.py), over HTTP against a live server:
+Django's own (WSGI), and uvicorn serving config.asgi (ASGI)."""
 
 import json
 import urllib.error
@@ -62,8 +63,10 @@ class ApiClient:
         return self.request("GET", f"/allocations/{orderid}")
 
 
-@pytest.fixture
-def api_client(live_server, settings) -> ApiClient:
+@pytest.fixture(params=["wsgi", "asgi"])
+def api_client(request, live_server, settings) -> ApiClient:
+    if request.param == "asgi":
+        return ApiClient(request.getfixturevalue("uvicorn")())
     settings.API_ALLOW_ANONYMOUS = True
     return ApiClient(live_server.url)
 

@@ -1,9 +1,12 @@
 """Async handlers: awaited on an event loop, the handlers of one event at once, each
 delivery with its own bookkeeping, from sync and async code alike."""
 
+import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import pytest
@@ -19,8 +22,10 @@ from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
 from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
-from tests.busapp.events import Opened
+from tests.busapp.events import Napped, Opened, Pinged
 from tests.busapp.models import Account, Entry
+from tests.conftest import ROOT, database_url, postgres_only
+from tests.subprocesses import Watched
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -280,3 +285,94 @@ def test_the_worker_runs_async_and_sync_handlers_with_their_own_bookkeeping(time
     if concurrency > 1:  # both accounts' handlers at once
         spans = sorted(timeline.spans["welcome"] + timeline.spans["crm"])
         assert spans[1][0] < spans[0][1]
+
+
+def start_worker(*options: str, env: dict[str, str]) -> Watched:
+    return Watched(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "worker", *options],
+        env={**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO", **env},
+        ready="started on database",
+        what="the worker",
+    )
+
+
+def wait_for(check, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def lines(log: Path, word: str) -> list[str]:
+    return (
+        [line for line in log.read_text().splitlines() if line.startswith(word)]
+        if log.exists()
+        else []
+    )
+
+
+def test_sigterm_lets_running_deliveries_finish_within_the_grace_period(tmp_path):
+    log = tmp_path / "naps.log"
+    with executors.use(WorkerExecutor()):
+        for n in range(3):
+            messagebus.bus.handle(Napped(n=n, seconds=1.0))
+    worker = start_worker("--concurrency", "3", "--grace", "20", env={"BUSAPP_NAP_LOG": str(log)})
+    try:
+        wait_for(lambda: len(lines(log, "start")) == 3)
+        code, output = worker.stop()
+    finally:
+        worker.kill()
+
+    assert code == 0, output
+    assert len(lines(log, "end")) == 3
+    assert "Processed 3 deliveries." in output
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Delivery.Status.DONE}
+
+
+def test_past_the_grace_period_async_deliveries_are_cancelled_and_handed_back(tmp_path):
+    log = tmp_path / "naps.log"
+    with executors.use(WorkerExecutor()):
+        for n in range(4):
+            messagebus.bus.handle(Napped(n=n, seconds=60))
+    worker = start_worker("--concurrency", "4", "--grace", "0.5", env={"BUSAPP_NAP_LOG": str(log)})
+    try:
+        wait_for(lambda: len(lines(log, "start")) == 4)
+        stopped = time.monotonic()
+        code, output = worker.stop()
+        took = time.monotonic() - stopped
+    finally:
+        worker.kill()
+
+    assert code == 0, output
+    assert took < 20  # not the 60 s the handlers asked for
+    assert "Grace period of 0.5s over: cancelling 4 running deliveries" in output
+    assert lines(log, "end") == []
+    assert "Processed 0 deliveries." in output
+    rows = Delivery.objects.values_list("status", "lease_until", "runs", "attempts")
+    assert list(rows) == [(Delivery.Status.PENDING, None, 0, 0)] * 4  # due again, no run counted
+
+
+@postgres_only  # on SQLite its transaction holds the one write lock: the worker waits on it
+def test_a_sync_delivery_still_running_past_the_grace_period_rolls_back_with_the_process(
+    tmp_path,
+):
+    log = tmp_path / "pings.log"
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(Pinged(n=1))
+    worker = start_worker(
+        "--concurrency", "2", "--grace", "0.5",
+        env={"BUSAPP_PING_LOG": str(log), "BUSAPP_PING_SLEEP": "60"},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: log.exists() and log.read_text())
+        code, output = worker.stop()
+    finally:
+        worker.kill()
+
+    assert code == 0, output
+    assert "Left delivery of busapp.Pinged" in output
+    assert not Entry.objects.filter(account="ping").exists()  # its write rolled back
+    [row] = Delivery.objects.all()
+    assert (
+        row.status == Delivery.Status.PENDING and row.lease_until is not None
+    )  # until it runs out
