@@ -43,6 +43,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_celery.py
 	$(BIN)/python bench/bench_external.py
+	$(BIN)/python bench/bench_async.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1

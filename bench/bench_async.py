@@ -88,7 +88,8 @@ def name(func: Callable[..., Any]) -> str:
 
 
 def store(events: Sequence[messagebus.Event], handler: Callable[..., Any]) -> None:
-    """Store ``events`` for workers: each must get one delivery, to ``handler``."""
+    """Store ``events`` for workers, each with one delivery, to ``handler``; then mark every
+    delivery done (each case makes its own pending again)."""
     with executors.use(WorkerExecutor()):
         for start in range(0, len(events), STORE_CHUNK):
             with messagebus.UnitOfWork() as uow:
@@ -193,7 +194,10 @@ def main() -> None:
         for handler in (noop, anoop):
             with messagebus.registry.temporary(handler):
                 store([Idled(n=n) for n in range(args.count)], handler)
-        print(f"async handlers on the worker, {connection.vendor}, {args.rounds} rounds")
+        print(
+            f"async handlers on the worker, {connection.vendor}, {args.rounds} rounds; "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
         naps(args.naps, args.concurrency, args.rounds)
         with messagebus.registry.temporary(noop, anoop):
             overhead(args.count, args.concurrency, args.rounds)

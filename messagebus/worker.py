@@ -58,8 +58,9 @@ class Worker:
     ``stop()`` (SIGTERM, SIGINT) claims no more. At 1, the running delivery
     finishes, its batch commits and the other claimed ones are handed back.
     Above 1, running deliveries have ``grace`` seconds to finish; then the
-    async ones are cancelled and handed back (a sync one cannot be cancelled:
-    it rolls back with the process, and runs again when its lease runs out).
+    async ones are cancelled and handed back. A sync one cannot be cancelled:
+    ``abandoned`` counts them, and ``messagebus worker`` exits without them,
+    so their transactions roll back and they run again once their leases run out.
     """
 
     role = "Worker"

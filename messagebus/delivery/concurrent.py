@@ -213,6 +213,12 @@ class Pool:
             self._group.start_soon(self._deliver, claim, calls)
         self.started += len(claims)
 
+    async def run_here(self, claim: states.Claim, *, calls: int | None = None) -> None:
+        """Run one claimed delivery in the calling task, to the end of its run."""
+        self._running.add(claim.id)
+        self.started += 1
+        await self._deliver(claim, calls)
+
     async def stop(self, grace: float) -> None:
         """Let running deliveries finish for up to ``grace`` seconds, then cancel the rest."""
         with anyio.move_on_after(grace):
@@ -316,6 +322,9 @@ async def deliver(
     """
     waiting = list(claims)
     async with Pool(concurrency or len(waiting) or 1) as pool:
+        if pool.concurrency == 1:  # one after another, in this task: none of a task's cost
+            while waiting and not stopping():
+                await pool.run_here(waiting.pop(0), calls=calls)
         while waiting and not stopping():
             free = await pool.wait_free()
             pool.start(waiting[:free], calls=calls)

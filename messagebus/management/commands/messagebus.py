@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +44,15 @@ def seconds(value: str) -> float:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
     return number
+
+
+def _exit(code: int) -> None:
+    """Exit without waiting for threads (a handler's cannot be stopped): their open
+    transactions roll back as the connections close."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 class Command(BaseCommand):
@@ -141,12 +151,14 @@ class Command(BaseCommand):
         )  # fmt: skip
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)
-        processed = worker.run()
+        try:
+            processed = worker.run()
+        except SystemExit as exc:  # asked twice: exit now, whatever threads still run
+            self.stderr.write(str(exc))
+            _exit(1)
         self.stdout.write(f"Processed {plural(processed, 'delivery', 'deliveries')}.")
         if worker.abandoned:  # a thread cannot be stopped: exit without it, rolling it back
-            self.stdout.flush()
-            logging.shutdown()
-            os._exit(0)
+            _exit(0)
 
     def handle_relay(
         self, using: str, *, once: bool, interval: float | None, **options: Any

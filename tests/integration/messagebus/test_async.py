@@ -2,6 +2,7 @@
 delivery with its own bookkeeping, from sync and async code alike."""
 
 import os
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -376,3 +377,23 @@ def test_a_sync_delivery_still_running_past_the_grace_period_rolls_back_with_the
     assert (
         row.status == Delivery.Status.PENDING and row.lease_until is not None
     )  # until it runs out
+
+
+def test_a_second_sigterm_stops_the_worker_at_once_whatever_still_runs(tmp_path):
+    log = tmp_path / "naps.log"
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(Napped(n=1, seconds=60))
+    worker = start_worker("--concurrency", "2", "--grace", "60", env={"BUSAPP_NAP_LOG": str(log)})
+    try:
+        wait_for(lambda: lines(log, "start"))
+        os.killpg(worker.process.pid, signal.SIGTERM)
+        wait_for(lambda: "running deliveries have 60s to finish" in worker.output)
+        os.killpg(worker.process.pid, signal.SIGTERM)
+        code = worker.process.wait(20)
+    finally:
+        worker.kill()
+
+    assert code == 1
+    assert "stopped at once" in worker.output
+    [row] = Delivery.objects.all()
+    assert row.status == Delivery.Status.PENDING  # its lease runs out, then it runs again

@@ -21,7 +21,7 @@ from allocation.queries import allocations
 from config import celery_app
 from messagebus.models import Delivery
 from tests.busapp.commands import Deposit, OpenAccount
-from tests.busapp.events import Pinged
+from tests.busapp.events import Napped, Pinged
 from tests.busapp.models import Entry
 from tests.conftest import (
     BROKER_URL,
@@ -124,6 +124,20 @@ def test_events_recorded_by_a_task_travel_on_as_tasks(workers):
     wait_for(lambda: Entry.objects.filter(note="audited").exists(), what="the audit entry")
     wait_for(all_done, what="every delivery done")
     assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
+
+
+@celery_on_postgres
+def test_a_celery_task_awaits_an_async_handler(workers, tmp_path):
+    log = tmp_path / "naps.log"
+    workers("one", BUSAPP_NAP_LOG=str(log))
+    with celery_executor():
+        messagebus.bus.handle(Napped(n=7, seconds=0.1))
+
+    wait_for(all_done, what="the delivery done")
+    assert [line.split()[:2] for line in log.read_text().splitlines()] == [
+        ["start", "7"],
+        ["end", "7"],
+    ]
 
 
 @celery_on_postgres

@@ -24,6 +24,22 @@ def test_deliver_fixture_runs_after_commit_work_as_each_command_ends(messagebus_
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
+def test_deliver_fixture_awaits_async_handlers_inside_the_tests_transaction(
+    messagebus_deliver, messagebus_registry
+):
+    seen = []
+
+    async def remember(event: Deposited) -> None:
+        seen.append(event.amount)
+
+    messagebus_registry.register(None, remember)
+    messagebus.bus.handle(OpenAccount("a"))
+    messagebus.bus.handle(Deposit("a", 5))
+
+    assert seen == [5]
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
 def test_deliver_fixture_does_not_deliver_what_a_failed_command_recorded(messagebus_deliver):
     messagebus.bus.handle(OpenAccount("a"))
     with pytest.raises(Exception, match="below zero"):
