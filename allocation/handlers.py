@@ -106,7 +106,7 @@ async def post_allocation(event: Allocated) -> None:
 
 
 if settings.ALLOCATION_WEBHOOK_URLS:  # none: no delivery to it is stored
-    messagebus.handler(post_allocation)
+    messagebus.handler(timeout=60)(post_allocation)
 
 
 @messagebus.handler

@@ -17,6 +17,7 @@ ALLOCATION_WEBHOOK_URLS comma-separated http(s) URLs each allocation is POSTed t
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -188,7 +189,12 @@ EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.conso
 ALLOCATION_STOCK_EMAIL = os.environ.get("ALLOCATION_STOCK_EMAIL", "stock@example.com")
 ALLOCATION_WEBHOOK_URLS = env_list("ALLOCATION_WEBHOOK_URLS")
 for _url in ALLOCATION_WEBHOOK_URLS:
-    if not _url.startswith(("http://", "https://")):
+    try:
+        _parts = urlsplit(_url)
+        _parts.port  # noqa: B018  (raises ValueError when out of range)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r}: {exc}") from None
+    if _parts.scheme not in ("http", "https") or not _parts.hostname:
         raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r} is not an http(s) URL")
 
 LOGGING: dict[str, Any] = {

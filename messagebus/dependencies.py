@@ -8,6 +8,7 @@ factory, called once per process on first use. Tests swap them with
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from . import conf
-from .exceptions import ConfigurationError, UnknownDependency
+from .exceptions import ConfigurationError, RegistrationError, UnknownDependency
 from .registry import Handler
 
 BUILTIN = frozenset({"uow", "bus"})
@@ -50,10 +51,19 @@ class Dependencies:
             raise ConfigurationError(f"MESSAGEBUS['DEPENDENCIES'][{name!r}]: {exc}") from exc
 
     def call(self, handler: Handler, message: Any, uow: Any, bus: Any) -> Any:
-        """Call ``handler`` with ``message`` and the dependencies it names."""
-        if not handler.parameters:
-            return handler.func(message)
-        return handler.func(message, **self.kwargs(handler, uow, bus))
+        """Call sync ``handler`` with ``message`` and the dependencies it names."""
+        if handler.parameters:
+            result = handler.func(message, **self.kwargs(handler, uow, bus))
+        else:
+            result = handler.func(message)
+        if inspect.isawaitable(result):  # async, though it did not look it when registered
+            if inspect.iscoroutine(result):
+                result.close()
+            raise RegistrationError(
+                f"{handler.name} returned an awaitable: register it as an async def "
+                "(or mark it with asgiref.sync.markcoroutinefunction)"
+            )
+        return result
 
     def kwargs(self, handler: Handler, uow: Any, bus: Any) -> dict[str, Any]:
         """The keyword arguments ``handler`` takes after its message."""

@@ -21,8 +21,7 @@ commands of its own or in ``sync_to_async`` functions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -46,42 +45,43 @@ class MessageBus:
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
         """Handle a command (returning its result) or publish an event."""
-        _observe(message)
+        if observers:
+            _observe(message)
         if not isinstance(message, Command):
             return self._publish(message, using)
         handler = registry.command_handler(type(message))
-        with self._handling(handler, message):
+        token = current_message.set(message)
+        try:
             if handler.is_async:
-                return async_to_sync(self._await)(handler, message)
-            return self._run(handler, message, using)
+                result = async_to_sync(self._await)(handler, message)
+            else:
+                result = self._run(handler, message, using)
+        except Exception as exc:
+            _failed(handler, message, exc)
+            raise
+        finally:
+            current_message.reset(token)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Handled %s with %s", message, handler)
+        return result
 
     async def ahandle(self, message: Message, *, using: str | None = None) -> Any:
         """``handle()`` for async code: await it from an async view, task or handler."""
         if isinstance(message, Command):
             handler = registry.command_handler(type(message))
             if handler.is_async:
-                _observe(message)
-                with self._handling(handler, message):
+                if observers:
+                    _observe(message)
+                token = current_message.set(message)
+                try:
                     return await self._await(handler, message)
+                except Exception as exc:
+                    _failed(handler, message, exc)
+                    raise
+                finally:
+                    current_message.reset(token)
         async with executors.here():
             return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
-
-    @contextmanager
-    def _handling(self, handler: Handler, command: Command) -> Iterator[None]:
-        """While ``handler`` handles ``command``: its lineage set, its failure logged."""
-        token = current_message.set(command)
-        try:
-            yield
-        except CommandRejected as exc:
-            logger.info("Rejected %s: %s", command, exc)
-            raise
-        except Exception:
-            logger.exception("Handler %s failed on %s", handler, command)
-            raise
-        finally:
-            current_message.reset(token)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Handled %s with %s", command, handler)
 
     async def _await(self, handler: Handler, command: Command) -> Any:
         """An async command handler, on this loop, with no unit of work."""
@@ -115,6 +115,13 @@ class MessageBus:
 def _observe(message: Message) -> None:
     for observer in observers:
         observer(message)
+
+
+def _failed(handler: Handler, command: Command, exc: Exception) -> None:
+    if isinstance(exc, CommandRejected):
+        logger.info("Rejected %s: %s", command, exc)
+    else:
+        logger.error("Handler %s failed on %s", handler, command, exc_info=exc)
 
 
 def _lost_a_race(exc: BaseException) -> bool:

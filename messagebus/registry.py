@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from asgiref.sync import iscoroutinefunction
+
 from .delivery.policy import OVERRIDABLE
 from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
 from .messages import BASES, Command, Event, Message
@@ -143,7 +145,7 @@ def _inspect(
         name = f"{func.__module__}.{qualname}"
     if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
         raise RegistrationError(f"{name} is a generator: a handler returns, it does not yield")
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = _is_async(func)
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:
@@ -190,6 +192,13 @@ def _inspect(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
     return Handler(func, message_type, name, rest, tuple(sorted(options.items())), is_async)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """``async def``, seen through decorators that wrap it and on callable objects."""
+    target = inspect.unwrap(func)
+    call = target if inspect.isroutine(target) else getattr(target, "__call__", None)  # noqa: B004
+    return iscoroutinefunction(target) or (call is not None and iscoroutinefunction(call))
 
 
 registry = Registry()

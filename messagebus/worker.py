@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import threading
@@ -108,8 +107,10 @@ class Worker:
                 self.role, self.id, self.grace,
             )  # fmt: skip
         self._stopping.set()
-        if self._loop is not None and self._pool is not None:  # one waiting for a free slot
-            self._loop.call_soon_threadsafe(self._pool.wake)
+        loop, pool = self._loop, self._pool
+        if loop is not None and pool is not None:  # waiting for a slot, or for the last ones
+            with suppress(RuntimeError):  # the loop closed meanwhile: nothing waits
+                loop.call_soon_threadsafe(pool.wake)
 
     def run(self) -> int:
         """Run until stopped; the number of deliveries processed."""
@@ -140,7 +141,8 @@ class Worker:
             try:
                 await to_thread.run_sync(self._claiming_here)
             finally:
-                await pool.stop(self.grace if self._stopping.is_set() else math.inf)
+                await pool.stop(self.grace, self._stopping.is_set)
+                self._pool = self._loop = None
         await sync_to_async(connections.close_all, thread_sensitive=True)()  # the pool's
         self.processed = pool.ended
         self.abandoned = pool.abandoned

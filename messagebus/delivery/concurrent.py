@@ -32,6 +32,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .. import conf, executors
 from ..dependencies import dependencies
 from ..exceptions import HandlerTimeout
 from ..message_bus import bus
@@ -48,16 +49,47 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Held:
+    """A claimed delivery as this runner holds it: its lease, renewed while it runs.
+
+    Read and changed only by the bookkeeping functions, which ``_db()`` runs one
+    at a time in one thread, so a renewal never races a mark.
+    """
+
+    __slots__ = ("claim", "lease", "lost", "scope")
+
+    def __init__(self, claim: states.Claim) -> None:
+        self.claim = claim
+        self.lease = claim.lease
+        self.lost = False  # another runner has it: stop, record nothing
+        self.scope = anyio.CancelScope()  # cancelled if the lease is lost while it runs
+
+    def current(self) -> states.Claim:
+        claim = self.claim
+        return claim if claim.lease == self.lease else dataclasses.replace(claim, lease=self.lease)
+
+
 async def call(task: Task) -> None:
-    """One call of an async handler, cancelled if it runs past its timeout."""
+    """One call of an async handler, cancelled if it runs past its timeout.
+
+    Deliveries that the commands it awaits store (``bus.ahandle``) run after it,
+    outside its time (``executors.here()``).
+    """
     token = current_message.set(task.event)
     try:
         started = time.perf_counter()
         kwargs = dependencies.kwargs(task.handler, None, bus) if task.handler.parameters else {}
-        with anyio.move_on_after(task.policy.timeout or math.inf) as scope:
-            await task.handler.func(task.event, **kwargs)
-        if scope.cancelled_caught:
-            raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
+        async with executors.here():
+            scope = anyio.move_on_after(task.policy.timeout or math.inf)
+            try:
+                with scope:
+                    await task.handler.func(task.event, **kwargs)
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise
+                # The timeout's, let through by code of the handler's: still a timeout.
+            if scope.cancel_called:
+                raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
         if logger.isEnabledFor(logging.INFO):
             elapsed = (time.perf_counter() - started) * 1000
             logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
@@ -65,43 +97,90 @@ async def call(task: Task) -> None:
         current_message.reset(token)
 
 
-async def run(task: Task, claim: states.Claim, marks: Marks, *, calls: int | None = None) -> bool:
-    """Run an async handler's delivery, leased by ``claim``, to the end of its run.
+async def run(task: Task, held: Held, marks: Marks, *, calls: int | None = None) -> bool:
+    """Run an async handler's delivery, ``held`` under a lease, to the end of its run.
 
     True if it completed (its done-mark handed to ``marks``). Cancelled (a
     worker out of grace), it is handed back, due again at once, no run counted.
+    Its lease lost (it ran past ``CLAIM_TIMEOUT`` unrenewed), it stops, recording nothing.
     """
-    lease = claim.lease
     try:
-        try:
-            await call(task)
-        except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
-            lease = await _db(runner.failed_call, task, lease, exc)
-            attempts = task.policy.retry_attempts if calls is None else calls
+        with held.scope:
+            error = await _attempt(task)
+            if error is None:
+                marks.add(held)
+                return True
+            if not await _db(_failed, task, held, error):
+                return False
+            final = None
             try:
+                attempts = task.policy.retry_attempts if calls is None else calls
                 async for attempt in task.policy.aretrying(attempts):
                     with attempt:
-                        if attempt.retry_state.attempt_number == 1:
-                            raise exc from None
-                        try:
-                            await call(task)
-                        except Exception as again:
-                            lease = await _db(runner.failed_call, task, lease, again)
-                            raise
-            except Exception as error:  # noqa: BLE001
-                await _db(runner.give_up, task, lease, error, claim.runs)
+                        if attempt.retry_state.attempt_number > 1:
+                            error = await _attempt(task)
+                            if error is not None and not await _db(_failed, task, held, error):
+                                return False
+                        if error is not None:
+                            raise error
+            except Exception as exc:  # noqa: BLE001  (the run's last failure)
+                final = exc
+            if final is not None:
+                await _db(_give_up, task, held, final)
                 return False
+            marks.add(held)
+            return True
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            await _db(states.released, claim.ref.using, [_holding(claim, lease)])
+            await _db(_hand_back, held)
         logger.warning("Handed back %s, cancelled before it finished", task)
         raise
-    marks.add(_holding(claim, lease))
+    finally:
+        if held.lost:
+            logger.warning("Stopped %s: its lease ran out and another runner has it", task)
+    return False
+
+
+async def _attempt(task: Task) -> Exception | None:
+    """One call; the error it raised, if any (kept out of ``except`` blocks, so that
+    the bookkeeping awaited after it is not chained to it)."""
+    try:
+        await call(task)
+    except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+        return exc
+    return None
+
+
+def _failed(task: Task, held: Held, error: Exception) -> bool:
+    """Record a failed call; False if the lease is lost."""
+    renewed = runner.failed_call(task, held.lease, error)
+    if renewed is None:
+        held.lost = True
+        return False
+    held.lease = renewed
     return True
 
 
-def _holding(claim: states.Claim, lease: dt.datetime) -> states.Claim:
-    return claim if claim.lease == lease else dataclasses.replace(claim, lease=lease)
+def _give_up(task: Task, held: Held, error: Exception) -> None:
+    runner.give_up(task, held.lease, error, held.claim.runs)
+
+
+def _hand_back(held: Held) -> None:
+    states.released(held.claim.ref.using, [held.current()])
+
+
+def _finish(held: list[Held]) -> set[int]:
+    return states.finished([h.current() for h in held if not h.lost])
+
+
+def _renew(held: list[Held]) -> None:
+    for one in held:
+        if not one.lost:
+            renewed = states.renewed(one.current())
+            if renewed is None:
+                one.lost = True
+            else:
+                one.lease = renewed
 
 
 class Marks:
@@ -109,10 +188,10 @@ class Marks:
     every mark that came in while the last was being written (a group commit)."""
 
     def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[states.Claim](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[Held](math.inf)
 
-    def add(self, claim: states.Claim) -> None:
-        self._send.send_nowait(claim)
+    def add(self, held: Held) -> None:
+        self._send.send_nowait(held)
 
     def close(self) -> None:
         """No more marks: ``write()`` returns once it has written the ones it has."""
@@ -120,25 +199,25 @@ class Marks:
 
     async def write(self) -> None:
         async with self._receive:
-            async for claim in self._receive:
-                claims = [claim]
+            async for first in self._receive:
+                held = [first]
                 while True:
                     try:
-                        claims.append(self._receive.receive_nowait())
+                        held.append(self._receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 try:
-                    with anyio.CancelScope(shield=True):  # a mark is never dropped half-way
-                        ours = await _db(states.finished, claims)
+                    ours = await _db(_finish, held)
                 except DatabaseError:
                     logger.exception(
                         "Could not mark %s done: they run again when their lease runs out",
-                        plural(len(claims), "finished delivery", "finished deliveries"),
+                        plural(len(held), "finished delivery", "finished deliveries"),
                     )
                     continue
-                for lost in (c for c in claims if c.id not in ours):
+                for lost in (h for h in held if h.claim.id not in ours):
                     logger.warning(
-                        "%s finished after its lease ran out; another runner has it", lost.ref
+                        "%s finished after its lease ran out; another runner has it",
+                        lost.claim.ref,
                     )
 
 
@@ -146,27 +225,33 @@ class Pool:
     """Up to ``concurrency`` deliveries at once on this event loop.
 
     ``async with Pool(n) as pool: pool.start(claims)``; leaving the block waits
-    for them all. ``stop(grace)`` waits up to ``grace`` seconds, then cancels
-    the async ones still running (handed back); a sync one cannot be cancelled:
-    it is left to finish in its thread, or to roll back with the process.
+    for them all. While they wait or run, the leases of the async ones are
+    renewed every third of ``CLAIM_TIMEOUT`` (a sync one holds its row locked).
+    ``stop(grace, stopping)`` waits until ``stopping()``, then up to ``grace``
+    seconds, then cancels the async ones still running (handed back); a sync
+    one cannot be cancelled: it is left to finish in its thread, or to roll
+    back with the process (``abandoned`` counts them).
     """
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         # Started; whose run ended (completed or not, not cancelled); completed.
         self.started = self.ended = self.completed = 0
+        self.abandoned = 0
         self.marks = Marks()
+        self._held: dict[int, Held] = {}  # async deliveries waiting or running
         self._running: set[int] = set()
         self._threads = anyio.CapacityLimiter(concurrency)
         self._used: set[BaseDatabaseWrapper] = set()  # by sync deliveries' threads
-        self.abandoned = 0  # sync deliveries left running in their threads
         self._changed = anyio.Event()
         self._group = anyio.create_task_group()
         self._writer = anyio.create_task_group()
+        self._keeper = anyio.CancelScope()
 
     async def __aenter__(self) -> Pool:
         await self._writer.__aenter__()
         self._writer.start_soon(self.marks.write)
+        self._writer.start_soon(self._keep_leases)
         await self._group.__aenter__()
         return self
 
@@ -179,7 +264,8 @@ class Pool:
         try:
             return await self._group.__aexit__(kind, error, traceback)
         finally:
-            self.marks.close()
+            self.marks.close()  # the writer ends once it has written them
+            self._keeper.cancel()
             await self._writer.__aexit__(None, None, None)
             if self._used and not self.abandoned:  # else in use: they close with the process
                 await to_thread.run_sync(_close, self._used)
@@ -206,21 +292,30 @@ class Pool:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def hold(self, claims: Sequence[states.Claim]) -> list[Held]:
+        """Keep the leases of claims waiting their turn."""
+        held = [Held(claim) for claim in claims]
+        self._held.update((h.claim.id, h) for h in held)
+        return held
+
     def start(self, claims: Sequence[states.Claim], *, calls: int | None = None) -> None:
         """Start these claimed deliveries (no more than ``free``)."""
-        for claim in claims:
-            self._running.add(claim.id)
-            self._group.start_soon(self._deliver, claim, calls)
+        for held in self.hold(claims):
+            self._running.add(held.claim.id)
+            self._group.start_soon(self._deliver, held, calls)
         self.started += len(claims)
 
-    async def run_here(self, claim: states.Claim, *, calls: int | None = None) -> None:
-        """Run one claimed delivery in the calling task, to the end of its run."""
-        self._running.add(claim.id)
+    async def run_here(self, held: Held, *, calls: int | None = None) -> None:
+        """Run one held delivery in the calling task, to the end of its run."""
+        self._running.add(held.claim.id)
         self.started += 1
-        await self._deliver(claim, calls)
+        await self._deliver(held, calls)
 
-    async def stop(self, grace: float) -> None:
-        """Let running deliveries finish for up to ``grace`` seconds, then cancel the rest."""
+    async def stop(self, grace: float, stopping: Callable[[], bool] = lambda: True) -> None:
+        """Wait for the running deliveries; once ``stopping()``, for ``grace`` seconds more
+        at most, then cancel the rest. ``wake()`` when ``stopping()`` turns true."""
+        while self._running and not stopping():
+            await self._changed.wait()
         with anyio.move_on_after(grace):
             while self._running:
                 await self._changed.wait()
@@ -232,18 +327,31 @@ class Pool:
             )
             self._group.cancel_scope.cancel()
 
-    async def _deliver(self, claim: states.Claim, calls: int | None) -> None:
+    async def _keep_leases(self) -> None:
+        every = conf.settings.CLAIM_TIMEOUT / 3
+        with self._keeper:
+            while True:
+                await anyio.sleep(every)
+                held = list(self._held.values())
+                if held:
+                    await _db(_renew, held)
+                for lost in (h for h in held if h.lost):
+                    lost.scope.cancel()
+
+    async def _deliver(self, held: Held, calls: int | None) -> None:
+        claim = held.claim
         try:
-            task = await _task(claim)
+            task = None if held.lost else await _task(held)
             if task is None:
                 self.ended += 1
-                return
-            if task.handler.is_async:
-                completed = await run(task, claim, self.marks, calls=calls)
+            elif task.handler.is_async:
+                self.completed += await run(task, held, self.marks, calls=calls)
+                self.ended += 1
             else:
+                del self._held[claim.id]  # its row lock keeps it
                 try:
-                    completed = await to_thread.run_sync(
-                        _run_sync, claim, calls, self._used,
+                    self.completed += await to_thread.run_sync(
+                        _run_sync, held.current(), calls, self._used,
                         limiter=self._threads, abandon_on_cancel=True,
                     )  # fmt: skip
                 except anyio.get_cancelled_exc_class():
@@ -254,11 +362,11 @@ class Pool:
                         task,
                     )
                     raise
-            self.ended += 1
-            self.completed += completed
+                self.ended += 1
         except DatabaseError:
             logger.exception("Could not run %s; it runs again when its lease runs out", claim.ref)
         finally:
+            self._held.pop(claim.id, None)
             self._running.discard(claim.id)
             self.wake()
 
@@ -269,13 +377,14 @@ def awaited(ref: Reference) -> bool:
     return handler is not None and handler.is_async
 
 
-async def _task(claim: states.Claim) -> Task | None:
+async def _task(held: Held) -> Task | None:
     """The claim's task: opened here if it carries its event, else read in a thread."""
-    if claim.ref.envelope is None:
-        return await _db(runner.resolve, claim.ref, claim.lease)
-    task = runner.opened(claim.ref)
+    ref = held.claim.ref
+    if ref.envelope is None:
+        return await _db(runner.resolve, ref, held.lease)
+    task = runner.opened(ref)
     if isinstance(task, str):
-        await _db(runner.dead_on_arrival, claim.ref, claim.lease, task)
+        await _db(runner.dead_on_arrival, ref, held.lease, task)
         return None
     return task
 
@@ -290,8 +399,11 @@ def _run_sync(claim: states.Claim, calls: int | None, used: set[BaseDatabaseWrap
 
 async def _db(func: Callable[..., T], *args: object) -> T:
     """``func(*args)`` where Django runs sync code for async code: in the thread that
-    waits in ``async_to_sync`` (the inline executor's), else in asgiref's one thread."""
-    return await sync_to_async(func, thread_sensitive=True)(*args)
+    waits in ``async_to_sync`` (the inline executor's), else in asgiref's one thread.
+    Shielded: bookkeeping, once begun, is not cancelled half-way."""
+    with anyio.CancelScope(shield=True):
+        result = await sync_to_async(func, thread_sensitive=True)(*args)
+    return result
 
 
 async def refresh() -> None:
@@ -321,14 +433,17 @@ async def deliver(
     Once ``stopping()`` is true, those not started are handed back.
     """
     waiting = list(claims)
+    held: list[Held] = []
     async with Pool(concurrency or len(waiting) or 1) as pool:
         if pool.concurrency == 1:  # one after another, in this task: none of a task's cost
-            while waiting and not stopping():
-                await pool.run_here(waiting.pop(0), calls=calls)
+            held, waiting = pool.hold(waiting), []
+            while held and not stopping():
+                await pool.run_here(held.pop(0), calls=calls)
         while waiting and not stopping():
             free = await pool.wait_free()
             pool.start(waiting[:free], calls=calls)
             del waiting[:free]
+    waiting += [h.current() for h in held if not h.lost]
     if waiting:
         await _db(states.released, waiting[0].ref.using, waiting)
     return pool

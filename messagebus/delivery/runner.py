@@ -83,6 +83,8 @@ def run(
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
             first_error = exc
             lease = failed_call(task, lease, exc)
+            if lease is None:  # not ours any more: its holder records it
+                return False
     attempts = task.policy.retry_attempts if calls is None else calls
     try:
         for attempt in task.policy.retrying(attempts):
@@ -93,6 +95,8 @@ def run(
                     return _call(task, lease)
                 except Exception as exc:
                     lease = failed_call(task, lease, exc)
+                    if lease is None:
+                        return False
                     raise
     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
         give_up(task, lease, exc, runs)
@@ -152,10 +156,11 @@ def _handle(task: Task, uow: UnitOfWork) -> None:
         logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
 
 
-def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime:
+def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime | None:
     """Record a failed call, one line in the log (a failed run logs the traceback).
 
-    The rest of the run holds the renewed lease this returns.
+    The rest of the run holds the renewed lease this returns; None: the run's
+    lease is lost (another runner holds the delivery), so the run ends.
     """
     if not isinstance(exc, RetryLater):
         logger.warning("Handler %s failed on %s: %r", task.handler, task.event, exc)
@@ -214,7 +219,8 @@ def run_batch(
         count, failed = _one_transaction(using, batched, seconds, stopping)
         ran, batched = ran + count, batched[count:]
         for claim, exc, lease in failed:
-            run(claim.ref, lease=lease, runs=claim.runs, first_error=exc)
+            if lease is not None:
+                run(claim.ref, lease=lease, runs=claim.runs, first_error=exc)
     while alone and not stopping():
         claim, _ = alone.pop(0)
         run(claim.ref, lease=claim.lease, runs=claim.runs)
@@ -229,11 +235,11 @@ def _one_transaction(
     tasks: list[tuple[states.Claim, Task]],
     seconds: float,
     stopping: Callable[[], bool],
-) -> tuple[int, list[tuple[states.Claim, Exception, dt.datetime]]]:
+) -> tuple[int, list[tuple[states.Claim, Exception, dt.datetime | None]]]:
     """Run tasks from the front in one transaction until done, out of time, or stopping."""
     deadline = time.monotonic() + seconds
     completed: list[int] = []
-    failed: list[tuple[states.Claim, Exception, dt.datetime]] = []
+    failed: list[tuple[states.Claim, Exception, dt.datetime | None]] = []
     count = 0
     with UnitOfWork(using) as uow:
         ours = states.start(using, [claim for claim, _ in tasks])

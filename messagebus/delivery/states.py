@@ -107,7 +107,7 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
     if not refs:
         return []
     using = refs[0].using
-    lease = timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
+    lease = _lease()
     by_key = {(ref.event_id, ref.handler): ref for ref in refs}
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
     rows.filter(lease_until__isnull=True).update(lease_until=lease)
@@ -119,16 +119,27 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
     ]
 
 
-def failed_call(ref: Reference, lease: dt.datetime | None, error: BaseException) -> dt.datetime:
-    """Record a failed call; the run goes on, under a fresh lease, which is returned."""
-    renewed = timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
-    _held(ref, lease).update(
+def failed_call(
+    ref: Reference, lease: dt.datetime | None, error: BaseException
+) -> dt.datetime | None:
+    """Record a failed call; the run goes on, under a fresh lease, which is returned
+    (None: not held under ``lease`` any more, so nothing is recorded)."""
+    renewed = _lease()
+    held = _held(ref, lease).update(
         attempts=F("attempts") + 1,
         last_error=describe(error),
         traceback="".join(traceback.format_exception(error)),
         lease_until=renewed,
     )
-    return renewed
+    return renewed if held else None
+
+
+def renewed(claim: Claim) -> dt.datetime | None:
+    """Extend a lease still held (a long run); the new one, or None if it is lost."""
+    lease = _lease()
+    rows = Delivery.objects.using(claim.ref.using).pending()
+    held = rows.filter(pk=claim.id, lease_until=claim.lease).update(lease_until=lease)
+    return lease if held else None
 
 
 def rescheduled(ref: Reference, lease: dt.datetime | None, delay: float) -> int:
@@ -234,6 +245,10 @@ def runs(ref: Reference) -> int:
 def held(ref: Reference, lease: dt.datetime) -> list[Claim]:
     """The claim on a delivery still pending under ``lease`` (a list of one), or none."""
     return [Claim(ref, pk, runs, lease) for pk, runs in _held(ref, lease).values_list("pk", "runs")]
+
+
+def _lease() -> dt.datetime:
+    return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
 
 
 def _any_of(refs: Sequence[Reference]) -> Q:

@@ -87,16 +87,26 @@ def later() -> list[Reference] | None:
 @asynccontextmanager
 async def here() -> AsyncIterator[None]:
     """Deliveries the executor would run in a thread inside the block (the inline one,
-    after a commit in ``sync_to_async``) are awaited on this event loop after it."""
+    after a commit in ``sync_to_async``) are awaited on this event loop after it, even
+    if it raises; inside another ``here()``, after that one's block instead."""
+    if _here.get() is not None:
+        yield
+        return
     refs: list[Reference] = []
     token = _here.set(refs)
+    failed: Exception | None = None
     try:
-        yield
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001  (re-raised once what committed has run)
+            failed = exc
         run_here = getattr(get(), "arun", None)  # the executors that fill it have one
         if refs and run_here is not None:
             await run_here(refs)
     finally:
         _here.reset(token)
+    if failed is not None:
+        raise failed
 
 
 def reset() -> None:

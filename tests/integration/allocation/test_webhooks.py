@@ -95,3 +95,14 @@ def test_twenty_deliveries_to_a_slow_server_overlap_under_concurrency_20(webhook
     assert slow.most_at_once() == 20
     assert sorted(r.body["orderid"] for r in slow.received) == sorted(f"o{n}" for n in range(20))
     assert Delivery.objects.filter(handler=HANDLER, status="done").count() == 20
+
+
+@override_settings(MESSAGEBUS={"RETRY_ATTEMPTS": 1, "SWEEP_INTERVAL": 0})
+def test_every_url_that_fails_is_named_whatever_went_wrong(webhook):
+    down = nothing_listens()
+    with override_settings(ALLOCATION_WEBHOOK_URLS=[down, "http://[::1"]):
+        messagebus.bus.handle(Allocated(orderid="o1", sku="LAMP", qty=1, batchref="b1"))
+
+    error = delivery().last_error
+    assert error.startswith("allocation.webhooks.WebhookFailed: ")
+    assert f"{down}: ConnectError" in error and "http://[::1: InvalidURL" in error

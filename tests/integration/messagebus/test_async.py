@@ -4,6 +4,7 @@ delivery with its own bookkeeping, from sync and async code alike."""
 import os
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,14 +17,14 @@ from django.test import override_settings
 
 import messagebus
 from messagebus import executors
-from messagebus.delivery import concurrent, states
+from messagebus.delivery import concurrent, runner, states
 from messagebus.delivery.reference import Reference
 from messagebus.exceptions import HandlerTimeout
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
 from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
-from tests.busapp.events import Napped, Opened, Pinged
+from tests.busapp.events import Deposited, Napped, Opened, Pinged
 from tests.busapp.models import Account, Entry
 from tests.conftest import ROOT, database_url, postgres_only
 from tests.subprocesses import Watched
@@ -252,6 +253,67 @@ def test_a_sync_handlers_work_rolls_back_with_its_failure(messagebus_registry):
     assert deliveries()["welcome"].status == Delivery.Status.PENDING
 
 
+def test_an_async_handler_running_past_the_claim_timeout_keeps_its_lease(messagebus_registry):
+    calls = []
+
+    async def slow(event: Opened) -> None:
+        calls.append(time.monotonic())
+        await anyio.sleep(1.5)
+
+    messagebus_registry.register(None, slow)
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(OpenAccount(name="ann"))
+    worker = Worker(once=True, concurrency=2)
+    with override_settings(MESSAGEBUS={"CLAIM_TIMEOUT": 0.6, "SWEEP_INTERVAL": 0}):
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        time.sleep(1.2)  # twice the lease it was claimed with
+        ended = states.lease_expired("default", runner.policy_of)  # another worker's sweep
+        thread.join(10)
+
+    assert ended == [] and len(calls) == 1
+    row = deliveries()["slow"]
+    assert (row.status, row.runs, row.attempts) == (Delivery.Status.DONE, 1, 1)
+
+
+def test_a_timeout_the_handlers_own_code_lets_through_is_still_a_timeout(messagebus_registry):
+    async def records_failure(event: Opened) -> None:
+        try:
+            raise ConnectionError("api down")
+        except ConnectionError:
+            await sync_to_async(time.sleep)(0.5)  # writing the failure down, say
+
+    messagebus_registry.register(None, records_failure, timeout=0.2)
+    with override_settings(MESSAGEBUS={"RETRY_ATTEMPTS": 1, "SWEEP_INTERVAL": 0}):
+        messagebus.bus.handle(OpenAccount(name="ann"))  # returns: the failure is the delivery's
+
+    row = deliveries()["records_failure"]
+    assert (row.status, row.runs, row.attempts) == (Delivery.Status.PENDING, 1, 1)
+    assert "did not finish within 0.2s" in row.last_error
+
+
+def test_what_an_async_handlers_commands_store_runs_after_it_outside_its_timeout(
+    messagebus_registry,
+):
+    async def deposit_bonus(event: Opened, bus) -> None:
+        await bus.ahandle(Deposit(name=event.name, amount=5))
+
+    async def slow_receipt(event: Deposited) -> None:
+        await anyio.sleep(0.6)
+
+    messagebus_registry.register(None, deposit_bonus, timeout=0.3)
+    messagebus_registry.register(None, slow_receipt)
+
+    messagebus.bus.handle(OpenAccount(name="ann"))
+
+    assert Account.objects.get(name="ann").balance == 5  # deposited once
+    statuses = {name: d.status for name, d in deliveries().items()}
+    assert set(statuses) == {
+        "deposit_bonus", "slow_receipt", "write_entry", "audit", "write_audit_entry"
+    }  # fmt: skip
+    assert set(statuses.values()) == {Delivery.Status.DONE}
+
+
 def test_an_async_delivery_held_by_another_runner_is_left_to_it(timeline):
     with executors.use(WorkerExecutor()):
         messagebus.bus.handle(OpenAccount(name="ann"))
@@ -397,3 +459,25 @@ def test_a_second_sigterm_stops_the_worker_at_once_whatever_still_runs(tmp_path)
     assert "stopped at once" in worker.output
     [row] = Delivery.objects.all()
     assert row.status == Delivery.Status.PENDING  # its lease runs out, then it runs again
+
+
+def test_sigterm_after_the_limit_is_reached_still_gets_only_the_grace_period(tmp_path):
+    log = tmp_path / "naps.log"
+    with executors.use(WorkerExecutor()):
+        for n in range(2):
+            messagebus.bus.handle(Napped(n=n, seconds=60))
+    worker = start_worker(
+        "--limit", "2", "--concurrency", "2", "--grace", "0.5",
+        env={"BUSAPP_NAP_LOG": str(log)},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(lines(log, "start")) == 2)
+        stopped = time.monotonic()
+        code, output = worker.stop()
+        took = time.monotonic() - stopped
+    finally:
+        worker.kill()
+
+    assert code == 0, output
+    assert took < 20
+    assert "Grace period of 0.5s over: cancelling 2 running deliveries" in output

@@ -142,6 +142,30 @@ def test_async_handlers_register_like_sync_ones(registry):
     assert handler.is_async and dict(handler.options) == {"timeout": 2.5}
 
 
+def test_an_async_handler_is_known_through_a_decorator_and_as_a_callable_object(registry):
+    import functools
+
+    def logged(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    async def on_deposit(event: Deposited) -> None: ...
+
+    class OnOpened:
+        __qualname__ = "OnOpened"
+
+        async def __call__(self, event: Opened) -> None: ...
+
+    registry.register(None, on_deposit)
+    registry.register(Opened, OnOpened(), name="on_opened")
+    assert registry.event_handlers(Deposited)[0].is_async
+    assert registry.event_handler(Opened, "on_opened").is_async
+
+
 def test_an_async_handler_cannot_take_a_unit_of_work(registry):
     async def on_deposit(event: Deposited, uow) -> None: ...
 
