@@ -8,6 +8,7 @@ MESSAGEBUS_EXECUTOR inline (default), worker or celery
 CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1:5672)
 MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://... or amqp://...)
 LOG_LEVEL           root log level (default INFO)
+LOG_FORMAT          text (default) or json: one JSON object a line, with message fields
 API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
 EMAIL_BACKEND       default: print emails to the console
 ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
@@ -197,14 +198,28 @@ for _url in ALLOCATION_WEBHOOK_URLS:
     if _parts.scheme not in ("http", "https") or not _parts.hostname:
         raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r} is not an http(s) URL")
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "console": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # One JSON object a line, with the message's fields (messagebus.logs) as keys.
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
+    # Every record (a handler's own lines too) gets the fields of the message being handled.
+    "filters": {"message": {"()": "messagebus.logs.MessageFields"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "console"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "console",
+            "filters": ["message"],
+        },
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {

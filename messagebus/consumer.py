@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections
 
-from . import external, inbox, transports
+from . import external, inbox, logs, transports
 from .exceptions import ConfigurationError
 from .transports import Inbound, Verdict
 from .wording import first_line
 from .worker import backoff
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 class Consumer:

@@ -21,7 +21,6 @@ translator turns a message's JSON body into a command, which the bus handles.
 
 from __future__ import annotations
 
-import logging
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +28,13 @@ from typing import Any
 
 from django.apps import apps
 
-from . import transports
+from . import logs, transports
 from .envelope import Envelope
 from .exceptions import RegistrationError
 from .messages import Command, Event
 from .registry import registry
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # Channel names: what Redis and RabbitMQ both take as a channel or a routing key.
 CHANNEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")

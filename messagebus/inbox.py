@@ -14,14 +14,13 @@ the batch rolls back and each message is taken again on its own.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, transaction
 
-from . import external
+from . import external, logs
 from .exceptions import CommandRejected, MessageBusError, MessageEncodeError
 from .message_bus import bus
 from .messages import Command
@@ -31,7 +30,7 @@ from .transports import Inbound, Verdict
 from .unit_of_work import joined
 from .wording import describe
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 Status = InboxMessage.Status
 
 

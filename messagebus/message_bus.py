@@ -27,14 +27,14 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import conf, executors
+from . import conf, executors, logs
 from .dependencies import dependencies
 from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from .messages import Command, Event, Message, current_message
 from .registry import Handler, registry
 from .unit_of_work import UnitOfWork
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # Called with each message handed to a bus (messagebus.testing captures with it).
 observers: list[Callable[[Message], None]] = []
@@ -50,7 +50,7 @@ class MessageBus:
         if not isinstance(message, Command):
             return self._publish(message, using)
         handler = registry.command_handler(type(message))
-        token = current_message.set(message)
+        token, named = current_message.set(message), logs.current_handler.set(handler.name)
         try:
             if handler.is_async:
                 result = async_to_sync(self._await)(handler, message)
@@ -60,6 +60,7 @@ class MessageBus:
             _failed(handler, message, exc)
             raise
         finally:
+            logs.current_handler.reset(named)
             current_message.reset(token)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Handled %s with %s", message, handler)
@@ -72,14 +73,12 @@ class MessageBus:
             if handler.is_async:
                 if observers:
                     _observe(message)
-                token = current_message.set(message)
-                try:
-                    return await self._await(handler, message)
-                except Exception as exc:
-                    _failed(handler, message, exc)
-                    raise
-                finally:
-                    current_message.reset(token)
+                with logs.handling(message, handler.name):
+                    try:
+                        return await self._await(handler, message)
+                    except Exception as exc:
+                        _failed(handler, message, exc)
+                        raise
         async with executors.here():
             return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
 

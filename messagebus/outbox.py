@@ -9,7 +9,7 @@ from collections.abc import Callable
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import sql
+from . import logs, sql
 from .delivery.reference import Reference
 from .envelope import Envelope
 from .messages import Event
@@ -17,7 +17,7 @@ from .models import Delivery, StoredEvent
 from .registry import registry
 from .wording import plural
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 PRUNE_CHUNK = 20_000  # rows a transaction deletes: short transactions, short locks
 

@@ -8,7 +8,6 @@ deliveries are handed to the executor when the transaction commits.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,11 +16,11 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.db.transaction import TransactionManagementError
 
-from . import executors, outbox
+from . import executors, logs, outbox
 from .exceptions import UnitOfWorkError
 from .messages import Event
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _joining: ContextVar[bool] = ContextVar("messagebus_joining", default=False)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import threading
@@ -16,13 +15,13 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from . import conf
+from . import conf, logs
 from .delivery import concurrent, runner, states
 from .models import WorkerBeat
 from .wakeup import Wakeup
 from .wording import first_line, plural
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach a database or broker
 BEAT = 5.0  # seconds between a worker's heartbeats
 
@@ -229,9 +228,14 @@ class Worker:
             return
         self._expiry_checked = time.monotonic()
         for row, reason in states.lease_expired(self.using, runner.policy_of):
+            about = {
+                "message_type": row.event.type, "message_id": str(row.event_id),
+                "correlation_id": str(row.event.correlation_id), "handler": row.handler,
+            }  # fmt: skip
             logger.error(
                 "Dead: delivery %s of %s %s (correlation %s) to %s: %s",
                 row.pk, row.event.type, row.event_id, row.event.correlation_id, row.handler, reason,
+                extra=about,
             )  # fmt: skip
 
     def _reached_limit(self) -> bool:

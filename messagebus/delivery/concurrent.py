@@ -32,7 +32,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .. import conf, executors
+from .. import conf, executors, logs
 from ..dependencies import dependencies
 from ..exceptions import HandlerTimeout
 from ..message_bus import bus
@@ -45,7 +45,7 @@ from .reference import Reference
 if TYPE_CHECKING:
     from .runner import Task
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -345,7 +345,8 @@ class Pool:
             if task is None:
                 self.ended += 1
             elif task.handler.is_async:
-                self.completed += await run(task, held, self.marks, calls=calls)
+                with logs.handling(task.event, task.handler.name):
+                    self.completed += await run(task, held, self.marks, calls=calls)
                 self.ended += 1
             else:
                 del self._held[claim.id]  # its row lock keeps it

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .. import sql
+from .. import logs, sql
 from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
@@ -33,7 +33,7 @@ from . import states
 from .policy import Dead, Policy
 from .reference import Reference
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,17 @@ def run(
         return False
     if task.handler.is_async:
         raise TypeError(f"{task.handler} is async: run it with delivery.concurrent.run_any()")
+    with logs.handling(task.event, task.handler.name):
+        return _run(task, lease, calls, runs, first_error)
+
+
+def _run(
+    task: Task,
+    lease: dt.datetime | None,
+    calls: int | None,
+    runs: int | None,
+    first_error: Exception | None,
+) -> bool:
     if first_error is None:  # the first call, as cheap as can be
         try:
             return _call(task, lease)
@@ -137,14 +148,10 @@ def _call(task: Task, lease: dt.datetime | None) -> bool:
 
     False: not ours to run (another runner completed it, or holds it).
     """
-    token = current_message.set(task.event)
-    try:
-        with UnitOfWork(task.ref.using) as uow:
-            if not states.done(task.ref, lease):
-                return False
-            _handle(task, uow)
-    finally:
-        current_message.reset(token)
+    with UnitOfWork(task.ref.using) as uow:
+        if not states.done(task.ref, lease):
+            return False
+        _handle(task, uow)
     return True
 
 
@@ -250,6 +257,7 @@ def _one_transaction(
             if claim.id not in ours:
                 continue
             token = current_message.set(task.event)
+            named = logs.current_handler.set(task.handler.name)
             try:
                 with savepoint(using):
                     _handle(task, uow)
@@ -258,6 +266,7 @@ def _one_transaction(
             else:
                 completed.append(claim.id)
             finally:
+                logs.current_handler.reset(named)
                 current_message.reset(token)
         states.batch_done(using, completed)
     return count, failed

@@ -7,7 +7,6 @@ app by ``app.autodiscover_tasks()`` (through ``messagebus.tasks``).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -17,14 +16,14 @@ from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from .. import conf
+from .. import conf, logs
 from ..delivery import concurrent, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
 from ..wording import first_line, plural
 from . import committing
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 # A publish that fails is tried twice more, within about a second (each try
 # also bounded by CELERY_BROKER_CONNECTION_TIMEOUT): then the broker is down,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -11,13 +10,13 @@ from functools import partial
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, transaction
 
-from .. import conf
+from .. import conf, logs
 from ..delivery import concurrent, runner, states
 from ..delivery.reference import Reference
 from ..wording import plural
 from . import later
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 SWEEP_SIZE = 10  # deliveries a sweep takes on at most
 
 # A delivery to run: just stored (no claim), or swept (claimed, one call).
