@@ -9,6 +9,7 @@ CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1
 MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://... or amqp://...)
 LOG_LEVEL           root log level (default INFO)
 LOG_FORMAT          text (default) or json: one JSON object a line, with message fields
+METRICS_ALLOWED_IPS comma-separated addresses or networks GET /metrics answers (none: off)
 API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo only)
 EMAIL_BACKEND       default: print emails to the console
 ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
@@ -145,6 +146,7 @@ STORAGES = {
 
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
+    "METRICS_ALLOWED_IPS": env_list("METRICS_ALLOWED_IPS"),
     "DEPENDENCIES": {"notifications": "allocation.notifications.EmailNotifications"},
     # Events for other services (allocation/external.py): redis://... or amqp://...
     "EXTERNAL_URL": os.environ.get("MESSAGEBUS_EXTERNAL_URL") or None,

@@ -1,4 +1,5 @@
-"""Read-only admin for the outbox, with retry and discard: bulk, and on a delivery's page."""
+"""Read-only admin for the outbox, with retry and discard: bulk, and on a delivery's page;
+and the outbox's dashboard."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_value, unquote
 from django.core.exceptions import PermissionDenied
 from django.db import router
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -20,7 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 
-from . import executors
+from . import dashboard, executors
 from .delivery import states
 from .models import Delivery, InboxMessage, StoredEvent
 from .wording import plural
@@ -118,16 +120,35 @@ class InboxMessageAdmin(ReadOnlyAdmin):
     )  # fmt: skip
 
 
+class ErrorFilter(admin.SimpleListFilter):
+    """Deliveries whose last error's first line is the one given, as the dashboard groups
+    dead letters (``health.dead_by_handler``). Shown only while in use: errors are many."""
+
+    title = "last error"
+    parameter_name = "error"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        line = self.value()
+        return [] if line is None else [(line, _first_line(line, 80) or "(none)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
+        line = self.value()
+        if line is None:
+            return queryset
+        return queryset.filter(Q(last_error=line) | Q(last_error__startswith=f"{line}\n"))
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
     # Narrow columns first, so status, runs and the error fit at 1280 px.
     list_display = ["id", "status", "runs", "error", "event_type", "handler_name", "created_at"]
     list_display_links = ["id"]
-    list_filter = ["status", "event__type", "handler"]
+    list_filter = ["status", "event__type", "handler", ErrorFilter]
     search_fields = ["=event__id", "=event__correlation_id"]
     list_select_related = ["event"]
     actions = ["retry_now", "discard"]
     change_form_template = "admin/messagebus/delivery/change_form.html"
+    change_list_template = "admin/messagebus/delivery/change_list.html"  # + Dashboard
     fields = readonly_fields = (
         "event_link",
         "event_type",
@@ -207,20 +228,39 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("messagebus.change_delivery")
 
-    # The buttons on a delivery's page.
+    # The dashboard, and the buttons on a delivery's page.
 
     def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+
         def button(action: str, view: Callable[..., HttpResponse]) -> URLPattern:
-            name = f"{self.opts.app_label}_{self.opts.model_name}_{action}"
             wrapped = self.admin_site.admin_view(require_POST(view))
-            return path(f"<path:object_id>/{action}/", wrapped, name=name)
+            return path(f"<path:object_id>/{action}/", wrapped, name=f"{prefix}_{action}")
 
         # Before the model's own URLs, whose last one takes any "<id>/...".
         return [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name=f"{prefix}_dashboard",
+            ),
             button("retry", self.retry_view),
             button("discard", self.discard_view),
             *super().get_urls(),
         ]
+
+    def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
+        """The outbox at a glance, for whoever may view deliveries."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            **dashboard.report(router.db_for_read(Delivery)),
+            "title": "Outbox dashboard",
+            "opts": self.opts,
+            "can_retry": self.has_retry_permission(request),
+        }
+        return TemplateResponse(request, "admin/messagebus/delivery/dashboard.html", context)
 
     def render_change_form(
         self,

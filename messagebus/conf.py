@@ -8,6 +8,7 @@ from it. Values are read lazily, so ``override_settings`` works.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
@@ -65,6 +66,17 @@ def seconds_or_none(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return None
     return f"must be a number of seconds above 0, or None, not {value!r}"
+
+
+def networks(value: Any) -> str | None:
+    if not isinstance(value, list | tuple):
+        return "must be a list of IP addresses or networks"
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            return f"holds {item!r}, which is not an IP address or network"
+    return None
 
 
 def executor(value: Any) -> str | None:
@@ -167,6 +179,9 @@ class Settings:
     )
     SHUTDOWN_GRACE = Setting[float](
         25.0, seconds, "a stopping worker waits this long for running deliveries"
+    )
+    METRICS_ALLOWED_IPS = Setting[list[str]](
+        [], networks, "addresses or networks /metrics answers (none: it is off)"
     )
     EXTERNAL_URL = Setting[str | None](
         None, external_url, "broker for messages to other services (None: publish nothing)"

@@ -56,9 +56,8 @@ class Dependencies:
             result = handler.func(message, **self.kwargs(handler, uow, bus))
         else:
             result = handler.func(message)
-        if inspect.isawaitable(result):  # async, though it did not look it when registered
-            if inspect.iscoroutine(result):
-                result.close()
+        if inspect.iscoroutine(result):  # async, though it did not look it when registered
+            result.close()
             raise RegistrationError(
                 f"{handler.name} returned an awaitable: register it as an async def "
                 "(or mark it with asgiref.sync.markcoroutinefunction)"

@@ -1,5 +1,5 @@
 """The outbox's health, for a load balancer or a monitor: ``GET /health/``,
-``messagebus status``.
+``messagebus status``, the admin's outbox dashboard.
 
 "ok" while the database answers and the outbox keeps up; "degraded" when the
 oldest due delivery has waited longer than HEALTH_MAX_LAG seconds or more than
@@ -14,17 +14,20 @@ import json
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Count, Min, Q
+from django.db.models import Case, Count, F, Max, Min, Q, QuerySet, TextField, Value, When
+from django.db.models.functions import StrIndex, Substr
+from django.db.models.lookups import GreaterThan
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import conf, models, sql
-from .models import Delivery
+from .models import Delivery, WorkerBeat
 from .wording import first_line
 
 RATE_WINDOW = dt.timedelta(minutes=1)
+SEEN_RECENTLY = dt.timedelta(minutes=1)  # a worker seen longer ago may be gone
 
 
 def figures(using: str) -> dict[str, Any]:
@@ -49,6 +52,44 @@ def figures(using: str) -> dict[str, Any]:
     }
 
 
+def dead_by_handler(using: str) -> QuerySet[Delivery, dict[str, Any]]:
+    """Dead deliveries by handler and the first line of their last error, the largest
+    groups first: rows of ``handler``, ``error``, ``count`` and ``latest`` (finished_at)."""
+    newline = StrIndex("last_error", Value("\n"))
+    error = Case(
+        When(GreaterThan(newline, 0), then=Substr("last_error", 1, newline - 1)),
+        default=F("last_error"),
+        output_field=TextField(),
+    )
+    return (
+        Delivery.objects.using(using)
+        .dead()
+        .annotate(error=error)
+        .values("handler", "error")
+        .annotate(count=Count("id"), latest=Max("finished_at"))
+        .order_by("-count", "handler", "error")
+    )
+
+
+def workers_seen(using: str, within: dt.timedelta = SEEN_RECENTLY) -> QuerySet[WorkerBeat]:
+    """The workers (and relays, consumers) that said they were alive within ``within``."""
+    return WorkerBeat.objects.using(using).filter(seen_at__gte=timezone.now() - within)
+
+
+def problems(outbox: dict[str, Any]) -> list[str]:
+    """Why the outbox is degraded (none while it keeps up), from ``check``'s public figures."""
+    max_lag, max_dead = conf.settings.HEALTH_MAX_LAG, conf.settings.HEALTH_MAX_DEAD
+    found = []
+    if outbox["lag_seconds"] > max_lag:
+        found.append(
+            f"the oldest due delivery has waited {outbox['lag_seconds']:.0f}s, "
+            f"more than HEALTH_MAX_LAG ({max_lag}s)"
+        )
+    if outbox["dead"] > max_dead:
+        found.append(f"{outbox['dead']} dead, more than HEALTH_MAX_DEAD ({max_dead})")
+    return found
+
+
 def check(using: str) -> tuple[str, dict[str, Any]]:
     """("ok" | "degraded" | "down", the report)."""
     try:
@@ -57,14 +98,12 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
             outbox = figures(using)
     except DatabaseError as exc:
         return "down", {"status": "down", "database": first_line(exc)}
-    settings = conf.settings
     statuses = outbox["statuses"]
-    late = outbox["lag_seconds"] > settings.HEALTH_MAX_LAG
-    status = "degraded" if late or statuses["dead"] > settings.HEALTH_MAX_DEAD else "ok"
     public = {
         "pending": statuses["pending"], "due": outbox["due"], "dead": statuses["dead"],
         "lag_seconds": outbox["lag_seconds"],
     }  # fmt: skip
+    status = "degraded" if problems(public) else "ok"
     return status, {"status": status, "database": "ok", "outbox": public}
 
 

@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from .messages import Message, current_message, message_type_name
+from .exceptions import HandlerNotFound
+from .messages import Command, Message, current_message, message_type_name
+from .registry import registry
 
 FIELDS = ("message_type", "message_id", "correlation_id", "handler")
 
@@ -32,9 +34,18 @@ def fields() -> dict[str, str]:
         return {}
     found = of(message)
     handler = current_handler.get()
+    if handler is None and isinstance(message, Command):  # a command names its one handler
+        handler = _command_handler(type(message))
     if handler is not None:
         found["handler"] = handler
     return found
+
+
+def _command_handler(cls: type[Message]) -> str | None:
+    try:
+        return registry.command_handler(cls).name
+    except HandlerNotFound:
+        return None
 
 
 def of(message: Message, handler: str | None = None) -> dict[str, str]:

@@ -27,10 +27,10 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import conf, executors, logs
+from . import conf, executors, logs, metrics
 from .dependencies import dependencies
 from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
-from .messages import Command, Event, Message, current_message
+from .messages import Command, Event, Message, current_message, message_type_name
 from .registry import Handler, registry
 from .unit_of_work import UnitOfWork
 
@@ -50,7 +50,7 @@ class MessageBus:
         if not isinstance(message, Command):
             return self._publish(message, using)
         handler = registry.command_handler(type(message))
-        token, named = current_message.set(message), logs.current_handler.set(handler.name)
+        token = current_message.set(message)  # logs name its handler from it too
         try:
             if handler.is_async:
                 result = async_to_sync(self._await)(handler, message)
@@ -60,8 +60,8 @@ class MessageBus:
             _failed(handler, message, exc)
             raise
         finally:
-            logs.current_handler.reset(named)
             current_message.reset(token)
+        metrics.handled(type(message))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Handled %s with %s", message, handler)
         return result
@@ -75,10 +75,12 @@ class MessageBus:
                     _observe(message)
                 with logs.handling(message, handler.name):
                     try:
-                        return await self._await(handler, message)
+                        result = await self._await(handler, message)
                     except Exception as exc:
                         _failed(handler, message, exc)
                         raise
+                metrics.handled(type(message))
+                return result
         async with executors.here():
             return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
 
@@ -117,7 +119,9 @@ def _observe(message: Message) -> None:
 
 
 def _failed(handler: Handler, command: Command, exc: Exception) -> None:
-    if isinstance(exc, CommandRejected):
+    rejected = isinstance(exc, CommandRejected)
+    metrics.command(message_type_name(type(command)), "rejected" if rejected else "failed")
+    if rejected:
         logger.info("Rejected %s: %s", command, exc)
     else:
         logger.error("Handler %s failed on %s", handler, command, exc_info=exc)

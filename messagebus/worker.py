@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from . import conf, logs
+from . import conf, logs, metrics
 from .delivery import concurrent, runner, states
 from .models import WorkerBeat
 from .wakeup import Wakeup
@@ -228,6 +228,7 @@ class Worker:
             return
         self._expiry_checked = time.monotonic()
         for row, reason in states.lease_expired(self.using, runner.policy_of):
+            metrics.ended(row.handler, "dead")
             about = {
                 "message_type": row.event.type, "message_id": str(row.event_id),
                 "correlation_id": str(row.event.correlation_id), "handler": row.handler,

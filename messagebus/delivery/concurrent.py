@@ -32,7 +32,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .. import conf, executors, logs
+from .. import conf, executors, logs, metrics
 from ..dependencies import dependencies
 from ..exceptions import HandlerTimeout
 from ..message_bus import bus
@@ -90,9 +90,10 @@ async def call(task: Task) -> None:
                 # The timeout's, let through by code of the handler's: still a timeout.
             if scope.cancel_called:
                 raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
+        elapsed = time.perf_counter() - started
+        metrics.call(task.handler.name, elapsed)
         if logger.isEnabledFor(logging.INFO):
-            elapsed = (time.perf_counter() - started) * 1000
-            logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
+            logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
     finally:
         current_message.reset(token)
 
@@ -214,6 +215,8 @@ class Marks:
                         plural(len(held), "finished delivery", "finished deliveries"),
                     )
                     continue
+                for done in (h for h in held if h.claim.id in ours):
+                    metrics.ended(done.claim.ref.handler, "done")
                 for lost in (h for h in held if h.claim.id not in ours):
                     logger.warning(
                         "%s finished after its lease ran out; another runner has it",

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .. import logs, sql
+from .. import logs, metrics, sql
 from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
@@ -77,8 +77,13 @@ def run(
         return False
     if task.handler.is_async:
         raise TypeError(f"{task.handler} is async: run it with delivery.concurrent.run_any()")
-    with logs.handling(task.event, task.handler.name):
+    token = current_message.set(task.event)
+    named = logs.current_handler.set(task.handler.name)
+    try:
         return _run(task, lease, calls, runs, first_error)
+    finally:
+        logs.current_handler.reset(named)
+        current_message.reset(token)
 
 
 def _run(
@@ -152,15 +157,17 @@ def _call(task: Task, lease: dt.datetime | None) -> bool:
         if not states.done(task.ref, lease):
             return False
         _handle(task, uow)
+    metrics.ended(task.handler.name, "done")
     return True
 
 
 def _handle(task: Task, uow: UnitOfWork) -> None:
     started = time.perf_counter()
     dependencies.call(task.handler, task.event, uow, bus)
+    elapsed = time.perf_counter() - started
+    metrics.call(task.handler.name, elapsed)
     if logger.isEnabledFor(logging.INFO):
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed)
+        logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
 
 
 def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime | None:
@@ -170,6 +177,7 @@ def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt
     lease is lost (another runner holds the delivery), so the run ends.
     """
     if not isinstance(exc, RetryLater):
+        metrics.failed(task.handler.name)
         logger.warning("Handler %s failed on %s: %r", task.handler, task.event, exc)
     return states.failed_call(task.ref, lease, exc)
 
@@ -180,6 +188,7 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
     verdict = task.policy.after_failed_run(ended, exc)
     if isinstance(verdict, Dead):
         states.dead(task.ref, lease, verdict.reason)
+        metrics.ended(task.handler.name, "dead")
         logger.error(
             "Dead: %s: %s; retry it in the admin or with `messagebus retry`",
             task,
@@ -188,9 +197,11 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
         )
     elif not verdict.counts_a_run:
         states.postponed(task.ref, lease, verdict.delay, describe(exc))
+        metrics.ended(task.handler.name, "postponed")
         logger.info("Postponed %s by %.0fs, as its handler asked: %s", task, verdict.delay, exc)
     else:
         states.rescheduled(task.ref, lease, verdict.delay)
+        metrics.ended(task.handler.name, "rescheduled")
         logger.error(
             "Failed run %d of %s; next run in %.0fs: %r",
             ended,
@@ -246,6 +257,7 @@ def _one_transaction(
     """Run tasks from the front in one transaction until done, out of time, or stopping."""
     deadline = time.monotonic() + seconds
     completed: list[int] = []
+    handlers: list[str] = []
     failed: list[tuple[states.Claim, Exception, dt.datetime | None]] = []
     count = 0
     with UnitOfWork(using) as uow:
@@ -265,10 +277,13 @@ def _one_transaction(
                 failed.append((claim, exc, failed_call(task, claim.lease, exc)))
             else:
                 completed.append(claim.id)
+                handlers.append(task.handler.name)
             finally:
                 logs.current_handler.reset(named)
                 current_message.reset(token)
         states.batch_done(using, completed)
+    for handler in handlers:  # committed
+        metrics.ended(handler, "done")
     return count, failed
 
 
@@ -282,4 +297,5 @@ def _load(ref: Reference) -> Envelope | None:
 
 def dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:
     states.dead(ref, lease, reason)
+    metrics.ended(ref.handler, "dead")
     logger.error("Dead: %s: %s", ref, reason)

@@ -17,13 +17,11 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Count
 from django.utils import timezone
 
-from messagebus import executors, health, outbox
+from messagebus import executors, health, metrics, outbox
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError
-from messagebus.models import Delivery, InboxMessage, WorkerBeat
+from messagebus.models import Delivery, InboxMessage
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
-
-SEEN_RECENTLY = timedelta(minutes=1)
 
 
 def positive_int(value: str) -> int:
@@ -88,6 +86,10 @@ class Command(BaseCommand):
             "threads, each in a transaction of its own (default 1: a batch in one).",
         )  # fmt: skip
         worker.add_argument(
+            "--metrics-port", type=positive_int, metavar="PORT",
+            help="Serve this worker's Prometheus metrics on this port (all addresses).",
+        )  # fmt: skip
+        worker.add_argument(
             "--grace", type=seconds, metavar="SECONDS",
             help="On SIGTERM, how long running deliveries may take to finish before the "
             "async ones are cancelled and handed back (default: MESSAGEBUS['SHUTDOWN_GRACE']).",
@@ -143,8 +145,14 @@ class Command(BaseCommand):
         interval: float | None,
         concurrency: int,
         grace: float | None,
+        metrics_port: int | None,
         **options: Any,
     ) -> None:
+        if metrics_port is not None:
+            try:
+                metrics.serve(metrics_port)
+            except (ImportError, OSError) as exc:
+                raise CommandError(f"Cannot serve metrics on port {metrics_port}: {exc}") from exc
         worker = Worker(
             batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
             concurrency=concurrency, grace=grace,
@@ -187,17 +195,9 @@ class Command(BaseCommand):
         self.stdout.write(f"Received {plural(received, 'message')}.")
 
     def handle_status(self, using: str, *, json_output: bool, **options: Any) -> None:
-        deliveries = Delivery.objects.using(using)
         outbox = health.figures(using)
-        dead = list(
-            deliveries.dead()
-            .values("handler", "last_error")
-            .annotate(n=Count("id"))
-            .order_by("-n", "handler")[:20]
-        )
-        beats = list(
-            WorkerBeat.objects.using(using).filter(seen_at__gte=timezone.now() - SEEN_RECENTLY)
-        )
+        dead = list(health.dead_by_handler(using)[:20])
+        beats = list(health.workers_seen(using))
         received = dict(
             InboxMessage.objects.using(using)
             .values_list("status")
@@ -207,7 +207,7 @@ class Command(BaseCommand):
         inbox = {status.value: received.get(status.value, 0) for status in InboxMessage.Status}
         if json_output:
             by_handler = [
-                {"handler": row["handler"], "error": _first(row["last_error"]), "count": row["n"]}
+                {"handler": row["handler"], "error": _first(row["error"]), "count": row["count"]}
                 for row in dead
             ]
             workers = [
@@ -232,7 +232,7 @@ class Command(BaseCommand):
         if dead:
             self.stdout.write("Dead, by handler and error:")
             for row in dead:
-                self.stdout.write(f"  {row['n']:>5}  {row['handler']}: {_first(row['last_error'])}")
+                self.stdout.write(f"  {row['count']:>5}  {row['handler']}: {_first(row['error'])}")
 
     def handle_retry(
         self, using: str, *, ids: list[int], all_dead: bool, handler: str | None, **options: Any

@@ -1,15 +1,21 @@
 """The outbox in the admin: read-only, filterable, with retry and discard."""
 
 import re
+import uuid
+from datetime import datetime, timedelta
+from html import unescape
+from itertools import pairwise
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import ERROR, INFO, SUCCESS, WARNING, get_messages
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 
 import messagebus
-from messagebus.models import Delivery, StoredEvent
+from messagebus import dashboard, health
+from messagebus.models import Delivery, StoredEvent, WorkerBeat
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
 from tests.busapp.models import Entry
@@ -377,3 +383,221 @@ def test_traceback_payload_and_error_wrap(admin_client, dead_delivery):
     ]:
         assert readonly_value(page, field).startswith(wrapping), field
         assert text in readonly_value(page, field)
+
+
+# The dashboard: the verdict, two charts, the dead letters by group, the workers.
+
+DASHBOARD = "/admin/messagebus/delivery/dashboard/"
+
+
+def stored_event() -> StoredEvent:
+    return StoredEvent.objects.create(
+        id=uuid.uuid4(), type="busapp.Opened", payload={"name": "ann"}, correlation_id=uuid.uuid4()
+    )
+
+
+def finished(handler: str, status: str, at: datetime, **fields) -> Delivery:
+    """A delivery (of an event of its own) that finished, done or dead, at ``at``."""
+    return Delivery.objects.create(
+        event=stored_event(), handler=handler, status=status, finished_at=at, **fields
+    )
+
+
+def minute_ago(n: int) -> datetime:
+    return timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=n)
+
+
+def hhmm(when: datetime) -> str:
+    return f"{timezone.localtime(when):%H:%M}"
+
+
+def chart(page: str, figure: str) -> str:
+    found = re.search(rf'<figure id="{figure}">\s*(<svg .*?</svg>)', page, re.S)
+    assert found, f"no chart in {figure}"
+    return found[1]
+
+
+def bars(svg: str) -> list[str]:
+    """Each bar's tooltip, left to right."""
+    return re.findall(r'<rect class="bar"[^>]*><title>(.*?)</title></rect>', svg)
+
+
+def test_the_dashboard_is_for_those_who_may_view_deliveries(client, viewer, django_user_model, db):
+    assert viewer.get(DASHBOARD).status_code == 200
+    assert reverse("admin:messagebus_delivery_dashboard") == DASHBOARD
+
+    viewer.logout()
+    response = viewer.get(DASHBOARD)
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(DASHBOARD).status_code == 403
+
+
+def test_the_delivery_list_and_the_app_page_link_to_the_dashboard(viewer, db):
+    link = f'<a href="{DASHBOARD}">Dashboard</a>'
+
+    for page in (reverse("admin:messagebus_delivery_changelist"), "/admin/messagebus/"):
+        response = viewer.get(page)
+        assert response.status_code == 200
+        assert link in response.content.decode(), page
+
+
+def test_a_quiet_bus_is_healthy(viewer, db):
+    response = viewer.get(DASHBOARD)
+
+    page = response.content.decode()
+    assert re.search(
+        r'<li class="success" id="verdict">\s*The bus is <strong>healthy</strong>.', page
+    )
+    assert '<svg class="chart"' in page
+    # Empty minutes have no bar: zero.
+    assert bars(chart(page, "done-chart")) == bars(chart(page, "lag-chart")) == []
+    assert 'aria-label="Deliveries done per minute"' in page
+    assert '<div class="breadcrumbs">' in page and "&rsaquo; Dashboard" in page
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu"])  # +05:45: whole minutes still
+def test_the_charts_have_a_bar_per_minute_with_deliveries_done(viewer, settings, zone):
+    settings.TIME_ZONE = zone
+    minute = {n: minute_ago(n) for n in (1, 2, 5)}
+    for n, (ago, lag) in enumerate([(5, 1), (5, 3), (2, 0.25), (1, 2), (1, 4), (1, 6)]):
+        at = minute[ago] + timedelta(seconds=10 + n)
+        finished("tests.done", "done", at, created_at=at - timedelta(seconds=lag))
+    finished("tests.done", "done", minute_ago(60))  # before the hour
+    finished("tests.dead", "dead", minute[1])  # not done
+    Delivery.objects.create(event=stored_event(), handler="tests.waiting")  # not finished
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    assert bars(chart(page, "done-chart")) == [
+        f"{hhmm(minute[5])}: 2 done",
+        f"{hhmm(minute[2])}: 1 done",
+        f"{hhmm(minute[1])}: 3 done",
+    ]
+    assert bars(chart(page, "lag-chart")) == [
+        f"{hhmm(minute[5])}: longest 3.000 s, average 2.000 s, of 2 done",
+        f"{hhmm(minute[2])}: longest 0.250 s, average 0.250 s, of 1 done",
+        f"{hhmm(minute[1])}: longest 6.000 s, average 4.000 s, of 3 done",
+    ]
+    done = chart(page, "done-chart")
+    assert f"time ({zone})" in done
+    times = [
+        int(hours) * 60 + int(minutes)
+        for hours, minutes in re.findall(r'text-anchor="middle">(\d\d):(\d\d)</text>', done)
+    ]
+    assert [(b - a) % 1440 for a, b in pairwise(times)] == [15, 15, 15]  # every quarter hour
+    content = page[page.index('<div id="content-main">') :]
+    assert "<script" not in content and "<link" not in content  # nothing but the admin's own
+    assert all(
+        src.startswith("/static/admin/")
+        for src in re.findall(r' (?:src|href)="([^"]*\.(?:js|css))"', page)
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "verdict", "why"),
+    [
+        ({}, "degraded", "3 dead, more than HEALTH_MAX_DEAD (0)"),
+        ({"HEALTH_MAX_DEAD": 5}, "healthy", ""),
+    ],
+)
+def test_the_verdict_follows_the_health_check(viewer, settings, limits, verdict, why):
+    settings.MESSAGEBUS = {**settings.MESSAGEBUS, **limits}
+    for _ in range(3):
+        finished("tests.dead", "dead", minute_ago(1), last_error="boom")
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    found = re.search(r'id="verdict">\s*The bus is <strong>(\w+)</strong>:? ?(.*?)\.\s*</li>', page)
+    assert found and (found[1], found[2]) == (verdict, why)
+    figures = re.findall(r"<li(?: class=\"bad\")?><strong>([^<]*)</strong>", page)
+    assert figures == ["0", "0", "3", "0", "0"]  # pending, due, dead, lag, workers
+
+
+def test_down_when_the_outbox_database_does_not_answer(viewer, monkeypatch):
+    down = ("down", {"status": "down", "database": "connection refused"})
+    monkeypatch.setattr(health, "check", lambda using: down)
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    assert re.search(
+        r'<li class="error" id="verdict">\s*The bus is <strong>down</strong>: '
+        r"the database does not answer: connection refused\.",
+        page,
+    )
+    assert '<svg class="chart"' not in page
+
+
+def test_dead_letters_are_grouped_by_handler_and_first_line_with_links(viewer, db):
+    greet, other = "tests.greet", "tests.other"
+    lookup = "builtins.LookupError: no template"
+    for n in range(2):  # the same first line, then the traceback's
+        finished(greet, "dead", minute_ago(3 - n), last_error=f"{lookup}\nline {n}")
+    finished(greet, "dead", minute_ago(5), last_error=lookup)
+    finished(greet, "dead", minute_ago(4), last_error=f"{lookup} either")  # not the same
+    finished(greet, "dead", minute_ago(1), last_error="builtins.OSError: no voice")
+    finished(other, "dead", minute_ago(4), last_error=lookup)
+    finished(greet, "done", minute_ago(1), last_error=lookup)  # failed, then done
+
+    response = viewer.get(DASHBOARD)
+
+    groups = [(row["handler"], row["error"], row["count"]) for row in response.context["dead"]]
+    assert groups == [
+        (greet, lookup, 3),
+        (greet, f"{lookup} either", 1),
+        (greet, "builtins.OSError: no voice", 1),
+        (other, lookup, 1),
+    ]
+    assert response.context["dead"][0]["latest"] == minute_ago(2)
+    page = response.content.decode()
+    links = re.findall(r'<a class="dead-group" href="([^"]+)">(\d+)</a>', page)
+    assert [int(count) for _, count in links] == [3, 1, 1, 1]
+    for (handler, error, _), (href, count) in zip(groups, links, strict=True):
+        listed = viewer.get(unescape(href)).context["cl"]
+        assert listed.result_count == int(count), href
+        assert {row.handler for row in listed.result_list} == {handler}
+        assert {row.last_error.split("\n")[0] for row in listed.result_list} == {error}
+        assert [spec.title for spec in listed.filter_specs][-1] == "last error"  # shown in use
+
+
+def test_workers_seen_lately_with_their_role_and_the_stale_ones_marked(viewer, db):
+    now = timezone.now()
+    for id_, seen, processed in [
+        ("web-1:100", 10, 7),
+        ("relay:web-1:101", 300, 0),
+        ("consumer:web-2:5", 20, 3),
+        ("web-3:9", 1800, 40),  # half an hour ago: not listed
+    ]:
+        WorkerBeat.objects.create(
+            id=id_, database="default", seen_at=now - timedelta(seconds=seen), processed=processed
+        )
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    rows = re.findall(r'<tr class="worker( stale)?">(.*?)</tr>', page, re.S)
+    cells = [re.findall(r"<td>(.*?)</td>", row, re.S) for _, row in rows]
+    assert [(id_, role, database, processed) for id_, role, database, _, processed in cells] == [
+        ("web-1:100", "worker", "default", "7"),
+        ("consumer:web-2:5", "consumer", "default", "3"),
+        ("relay:web-1:101", "relay", "default", "0"),
+    ]
+    assert [bool(stale) for stale, _ in rows] == [False, False, True]
+    seen = [re.sub(r"<[^>]+>", "", cell[3]) for cell in cells]
+    assert re.fullmatch(r"1\d s ago", seen[0]) and seen[2] == "5 min ago (stale)", seen
+    assert "<strong>2</strong> workers seen in the last minute" in page
+
+
+def test_the_dashboard_takes_a_few_queries_however_many_deliveries(
+    viewer, django_assert_max_num_queries
+):
+    for ago in range(0, 60, 3):
+        finished("tests.done", "done", minute_ago(ago))
+        finished(f"tests.dead{ago}", "dead", minute_ago(ago), last_error=f"error {ago}")
+
+    # health (in a transaction with a time limit, on PostgreSQL), the minutes, the dead, the workers
+    with django_assert_max_num_queries(8):
+        report = dashboard.report("default")
+
+    assert len(bars(report["done_chart"])) == 20 and len(report["dead"]) == 20

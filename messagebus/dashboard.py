@@ -1,0 +1,142 @@
+"""The admin's outbox dashboard: ``health.check``'s verdict and figures, the deliveries
+done and their lag minute by minute over the last hour (as ``charts``), the dead letters
+by handler and error, the workers seen lately."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Avg, Count, F, Max
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.text import Truncator
+
+from . import health
+from .charts import bar_chart, hhmm
+from .models import Delivery, WorkerBeat
+
+WINDOW = 60  # minutes the charts cover, the current one last
+WORKERS_LISTED = dt.timedelta(minutes=10)  # older beats are not listed at all
+DEAD_GROUPS = 20
+VERDICTS = {"ok": "healthy", "degraded": "degraded", "down": "down"}  # health.check's words
+MINUTE = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Minute:
+    """The deliveries done in one minute, and their lag: finished_at - created_at."""
+
+    start: dt.datetime
+    done: int = 0
+    longest: float = 0.0  # seconds
+    average: float = 0.0
+
+
+def minutes(using: str, now: dt.datetime) -> list[Minute]:
+    """The last WINDOW minutes up to ``now``'s, oldest first, empty ones too: one query."""
+    last = now.replace(second=0, microsecond=0)
+    first = last - (WINDOW - 1) * MINUTE
+    lag = F("finished_at") - F("created_at")
+    rows = (
+        Delivery.objects.using(using)
+        .filter(status=Delivery.Status.DONE, finished_at__gte=first, finished_at__lt=last + MINUTE)
+        .annotate(minute=TruncMinute("finished_at"))
+        .values("minute")
+        .annotate(done=Count("id"), longest=Max(lag), average=Avg(lag))
+        .order_by("minute")
+    )
+    found = {
+        row["minute"]: Minute(
+            row["minute"], row["done"], _seconds(row["longest"]), _seconds(row["average"])
+        )
+        for row in rows
+    }
+    starts = (first + n * MINUTE for n in range(WINDOW))
+    return [found.get(start, Minute(start)) for start in starts]
+
+
+def report(using: str) -> dict[str, Any]:
+    """What the dashboard shows: the verdict and why, and, while the database answers,
+    the headline figures, the two charts, the dead letters and the workers."""
+    status, checked = health.check(using)
+    verdict = {"status": status, "verdict": VERDICTS[status]}
+    if status == "down":
+        return {**verdict, "reasons": [f"the database does not answer: {checked['database']}"]}
+    now = timezone.now()
+    series = minutes(using, now)
+    workers = [_worker(beat, now) for beat in health.workers_seen(using, WORKERS_LISTED)]
+    return {
+        **verdict,
+        "reasons": health.problems(checked["outbox"]),
+        "outbox": checked["outbox"],
+        "lag": span(checked["outbox"]["lag_seconds"]),
+        "alive": sum(not worker["stale"] for worker in workers),
+        "done_chart": bar_chart(
+            "Deliveries done per minute",
+            "done",
+            [
+                (m.start, m.done, f"{hhmm(m.start)}: {m.done} done" if m.done else None)
+                for m in series
+            ],
+            lambda value: f"{value:g}",
+            least=2,
+        ),
+        "lag_chart": bar_chart(
+            "Lag per minute: the longest",
+            "lag",
+            [(m.start, m.longest, _lag_tooltip(m) if m.done else None) for m in series],
+            span,
+        ),
+        "dead": [_dead_group(row) for row in health.dead_by_handler(using)[:DEAD_GROUPS]],
+        "workers": workers,
+        "listed_minutes": int(WORKERS_LISTED / MINUTE),
+    }
+
+
+def _dead_group(row: dict[str, Any]) -> dict[str, Any]:
+    """A group of dead letters, with the delivery list's query string for it (its
+    ``error`` is ``admin.ErrorFilter``'s)."""
+    dead = Delivery.Status.DEAD.value
+    query = {"status__exact": dead, "handler__exact": row["handler"], "error": row["error"]}
+    return {
+        **row,
+        "short_error": Truncator(row["error"]).chars(160) or "(no error recorded)",
+        "query": urlencode(query),
+    }
+
+
+def _worker(beat: WorkerBeat, now: dt.datetime) -> dict[str, Any]:
+    """A beat's row: its role is the id's prefix ("relay:host:pid"); a worker's has none."""
+    parts = beat.id.split(":")
+    ago = (now - beat.seen_at).total_seconds()
+    return {
+        "beat": beat,
+        "role": parts[0] if len(parts) > 2 else "worker",
+        "ago": span(max(0.0, ago)),
+        "stale": now - beat.seen_at > health.SEEN_RECENTLY,
+    }
+
+
+def _seconds(lag: dt.timedelta | None) -> float:
+    return lag.total_seconds() if lag else 0.0
+
+
+def _lag_tooltip(m: Minute) -> str:
+    return (
+        f"{hhmm(m.start)}: longest {m.longest:.3f} s, average {m.average:.3f} s, of {m.done} done"
+    )
+
+
+def span(seconds: float) -> str:
+    """``0``, ``850 ms``, ``4.2 s``, ``38 s``, ``1.5 min``, ``2 h``: a lag, to about two figures."""
+    for unit, size in (("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{_figures(seconds / size)} {unit}"
+    return f"{_figures(seconds * 1000)} ms" if seconds > 0 else "0"
+
+
+def _figures(value: float) -> str:
+    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
