@@ -180,6 +180,11 @@ class Settings:
     SHUTDOWN_GRACE = Setting[float](
         25.0, seconds, "a stopping worker waits this long for running deliveries"
     )
+    TRACING = Setting[bool](
+        True,
+        lambda value: None if isinstance(value, bool) else "must be True or False",
+        "OpenTelemetry spans, once a tracer provider is set (False: none)",
+    )
     METRICS_ALLOWED_IPS = Setting[list[str]](
         [], networks, "addresses or networks /metrics answers (none: it is off)"
     )

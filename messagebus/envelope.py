@@ -25,9 +25,11 @@ class Envelope:
     payload: dict[str, Any]
     # The message it was made from, while in the same process: opened without decoding.
     message: Message | None = field(default=None, compare=False, repr=False)
+    # The trace it was stored in (messagebus.tracing), for its deliveries' spans.
+    trace: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, message: Message) -> Envelope:
+    def of(cls, message: Message, trace: dict[str, str] | None = None) -> Envelope:
         return cls(
             type=message_type_name(type(message)),
             id=message.message_id,
@@ -36,6 +38,7 @@ class Envelope:
             causation_id=message.causation_id,
             payload=to_dict(message),
             message=message,
+            trace=trace,
         )
 
     def open(self, kind: builtins.type[Message] = Message) -> Message:

@@ -28,7 +28,7 @@ from typing import Any
 
 from django.apps import apps
 
-from . import logs, transports
+from . import logs, tracing, transports
 from .envelope import Envelope
 from .exceptions import RegistrationError
 from .messages import Command, Event
@@ -92,7 +92,9 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
         if transport is None:
             logger.debug("Not published (no EXTERNAL_URL): %s on %s", event, channel)
             return
-        transport.publish(channel, Envelope.of(event))
+        carrier: dict[str, str] = {}
+        with tracing.published(channel, carrier):  # its context goes with the message
+            transport.publish(channel, Envelope.of(event, carrier or None))
         logger.info("Published %s on %s", event, channel)
 
     registry.register(event_type, publish, name=f"publish:{channel}", **options)

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, transaction
 
-from . import external, logs
+from . import external, logs, tracing
 from .exceptions import CommandRejected, MessageBusError, MessageEncodeError
 from .message_bus import bus
 from .messages import Command
@@ -45,9 +45,19 @@ def new_id() -> str:
 
 
 def receive(
-    channel: str, body: bytes, message_id: str | None, *, using: str = DEFAULT_DB_ALIAS
+    channel: str,
+    body: bytes,
+    message_id: str | None,
+    trace: dict[str, str] | None = None,
+    *,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> Verdict:
     """Handle one inbound message, once: its inbox row commits with the command's work."""
+    with tracing.consumed(channel, trace):
+        return _receive(channel, body, message_id, using)
+
+
+def _receive(channel: str, body: bytes, message_id: str | None, using: str) -> Verdict:
     message_id = message_id or new_id()
     text = body.decode("utf-8", errors="replace")
     try:
@@ -89,11 +99,11 @@ def receive_batch(messages: Sequence[Inbound], *, using: str = DEFAULT_DB_ALIAS)
         return [receive(*messages[0], using=using)]
     verdicts: list[Verdict | None] = [None] * len(messages)
     fresh: dict[str, tuple[int, Command]] = {}  # message id -> (index, command)
-    for index, (channel, body, message_id) in enumerate(messages):
+    for index, (channel, body, message_id, trace) in enumerate(messages):
         try:
             command = translated(channel, body)
         except Malformed:
-            verdicts[index] = receive(channel, body, message_id, using=using)  # skipped
+            verdicts[index] = receive(channel, body, message_id, trace, using=using)  # skipped
             continue
         key = message_id or new_id()
         if key in fresh:
@@ -116,8 +126,9 @@ def receive_batch(messages: Sequence[Inbound], *, using: str = DEFAULT_DB_ALIAS)
                 )
                 for key, (index, command) in fresh.items()
             )  # fmt: skip
-            for _, command in fresh.values():
-                bus.handle(command, using=using)
+            for index, command in fresh.values():
+                with tracing.consumed(messages[index][0], messages[index][3]):
+                    bus.handle(command, using=using)
     except Exception:  # noqa: BLE001  (one of them failed: each is taken on its own)
         logger.info("A batch of %d messages rolled back: taking them one by one", len(fresh))
         return [

@@ -27,7 +27,7 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import conf, executors, logs, metrics
+from . import conf, executors, logs, metrics, tracing
 from .dependencies import dependencies
 from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from .messages import Command, Event, Message, current_message, message_type_name
@@ -52,10 +52,11 @@ class MessageBus:
         handler = registry.command_handler(type(message))
         token = current_message.set(message)  # logs name its handler from it too
         try:
-            if handler.is_async:
-                result = async_to_sync(self._await)(handler, message)
-            else:
-                result = self._run(handler, message, using)
+            with tracing.command(message, handler.name):
+                if handler.is_async:
+                    result = async_to_sync(self._await)(handler, message)
+                else:
+                    result = self._run(handler, message, using)
         except Exception as exc:
             _failed(handler, message, exc)
             raise
@@ -73,7 +74,7 @@ class MessageBus:
             if handler.is_async:
                 if observers:
                     _observe(message)
-                with logs.handling(message, handler.name):
+                with logs.handling(message, handler.name), tracing.command(message, handler.name):
                     try:
                         result = await self._await(handler, message)
                     except Exception as exc:

@@ -16,6 +16,9 @@ class StoredEvent(models.Model):
     correlation_id = models.UUIDField(db_index=True)
     causation_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    trace_context = models.JSONField(
+        null=True, blank=True, help_text="The trace it was stored in (W3C traceparent)."
+    )
 
     class Meta:
         verbose_name = "event"

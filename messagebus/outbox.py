@@ -9,7 +9,7 @@ from collections.abc import Callable
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import logs, sql
+from . import logs, sql, tracing
 from .delivery.reference import Reference
 from .envelope import Envelope
 from .messages import Event
@@ -43,10 +43,10 @@ def prune(using: str, before: dt.datetime, *, chunk: int = PRUNE_CHUNK) -> tuple
 def store(event: Event, using: str) -> list[Reference]:
     """Write ``event`` and one delivery per handler in the current transaction."""
     handlers = registry.event_handlers(type(event))
-    envelope = Envelope.of(event)
+    envelope = Envelope.of(event, tracing.stored(event))
     sql.store(
         using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
-        envelope.causation_id, [h.name for h in handlers], timezone.now(),
+        envelope.causation_id, envelope.trace, [h.name for h in handlers], timezone.now(),
     )  # fmt: skip
     if observers:
         for observer in observers:

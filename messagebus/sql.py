@@ -20,7 +20,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .models import Delivery, StoredEvent
 
-EVENT_COLUMNS = ("id", "type", "payload", "correlation_id", "causation_id", "created_at")
+EVENT_COLUMNS = (
+    "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"
+)  # fmt: skip
 DELIVERY_COLUMNS = (
     "event", "handler", "status", "attempts", "runs",
     "next_attempt_at", "last_error", "traceback", "created_at",
@@ -57,7 +59,7 @@ class Statements:
         )
         self.delivery_values = f"({_marks(DELIVERY_COLUMNS)})"
         self.load_event = (
-            f"SELECT {', '.join(quote(_event_field(f).column) for f in EVENT_COLUMNS[1:5])} "
+            f"SELECT {', '.join(quote(_event_field(f).column) for f in EVENT_COLUMNS[1:6])} "
             f"FROM {events} WHERE {quote(_event_field('id').column)} = %s"
         )
         # PostgreSQL runs an INSERT inside WITH; its foreign keys are checked at commit.
@@ -97,7 +99,7 @@ class Statements:
         )
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, "
-            + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:5])
+            + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:6])
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
             f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
         )
@@ -150,6 +152,14 @@ _ID = _event_field("id")
 _PAYLOAD = _event_field("payload")
 _CORRELATION = _event_field("correlation_id")
 _CAUSATION = _event_field("causation_id")
+_TRACE = _event_field("trace_context")
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as read raw: decoded already (PostgreSQL) or text (SQLite)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 _WHEN = _delivery_field("created_at")
 _built: dict[str, Statements] = {}
 
@@ -169,8 +179,12 @@ def _many_statements(connection: BaseDatabaseWrapper) -> bool:
     return connection.vendor == "postgresql" and not options.get("server_side_binding")
 
 
-def load_event(using: str, event: UUID) -> tuple[str, dict[str, Any], UUID, UUID | None] | None:
-    """An event's (type, payload, correlation id, causation id), or None if it is gone."""
+Loaded = tuple[str, dict[str, Any], UUID, UUID | None, dict[str, str] | None]
+
+
+def load_event(using: str, event: UUID) -> Loaded | None:
+    """An event's (type, payload, correlation id, causation id, trace context), or None
+    if it is gone."""
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(
@@ -179,12 +193,13 @@ def load_event(using: str, event: UUID) -> tuple[str, dict[str, Any], UUID, UUID
         row = cursor.fetchone()
     if row is None:
         return None
-    kind, payload, correlation, causation = row
+    kind, payload, correlation, causation, trace = row
     return (
         kind,
-        payload if isinstance(payload, dict) else json.loads(payload),
+        _json(payload),
         _CORRELATION.to_python(correlation),
         _CAUSATION.to_python(causation),
+        _json(trace),
     )
 
 
@@ -195,6 +210,7 @@ def store(
     payload: dict[str, Any],
     correlation_id: UUID | None,
     causation_id: UUID | None,
+    trace: dict[str, str] | None,
     handlers: Sequence[str],
     now: dt.datetime,
 ) -> None:
@@ -206,7 +222,8 @@ def store(
     params = [
         event, type_name, _PAYLOAD.get_db_prep_value(payload, connection),
         _CORRELATION.get_db_prep_value(correlation_id, connection),
-        _CAUSATION.get_db_prep_value(causation_id, connection), when,
+        _CAUSATION.get_db_prep_value(causation_id, connection),
+        _TRACE.get_db_prep_value(trace, connection), when,
     ]  # fmt: skip
     with connection.cursor() as cursor:
         if not handlers:
@@ -309,13 +326,14 @@ def _prune_chunk(cursor: Any, sql: Statements, when: object, chunk: int) -> tupl
     return cursor.rowcount, 0
 
 
-Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None]
+Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None]
 
 
 def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, in the order they fell due, with their events.
 
-    Each row: (id, handler, runs, event id, type, payload, correlation id, causation id).
+    Each row: (id, handler, runs, event id, type, payload, correlation id, causation id,
+    trace context).
     """
     connection = connections[using]
     params = [
@@ -346,11 +364,12 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
             runs,
             _ID.to_python(event),
             kind,
-            payload if isinstance(payload, dict) else json.loads(payload),
+            _json(payload),
             _CORRELATION.to_python(correlation),
             _CAUSATION.to_python(causation),
+            _json(trace),
         )
-        for pk, handler, runs, event, kind, payload, correlation, causation in rows
+        for pk, handler, runs, event, kind, payload, correlation, causation, trace in rows
     ]
 
 

@@ -32,7 +32,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .. import conf, executors, logs, metrics
+from .. import conf, executors, logs, metrics, tracing
 from ..dependencies import dependencies
 from ..exceptions import HandlerTimeout
 from ..message_bus import bus
@@ -110,6 +110,7 @@ async def run(task: Task, held: Held, marks: Marks, *, calls: int | None = None)
             error = await _attempt(task)
             if error is None:
                 marks.add(held)
+                tracing.ended("done")
                 return True
             if not await _db(_failed, task, held, error):
                 return False
@@ -130,6 +131,7 @@ async def run(task: Task, held: Held, marks: Marks, *, calls: int | None = None)
                 await _db(_give_up, task, held, final)
                 return False
             marks.add(held)
+            tracing.ended("done")
             return True
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
@@ -348,7 +350,8 @@ class Pool:
             if task is None:
                 self.ended += 1
             elif task.handler.is_async:
-                with logs.handling(task.event, task.handler.name):
+                span = tracing.delivery(task.event, task.handler.name, task.trace, claim.runs + 1)
+                with logs.handling(task.event, task.handler.name), span:
                     self.completed += await run(task, held, self.marks, calls=calls)
                 self.ended += 1
             else:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .. import logs, metrics, sql
+from .. import logs, metrics, sql, tracing
 from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
@@ -47,6 +47,11 @@ class Task:
 
     def __str__(self) -> str:
         return f"delivery of {self.event} to {self.handler}"
+
+    @property
+    def trace(self) -> dict[str, str] | None:
+        """The trace its event was stored in."""
+        return self.ref.envelope.trace if self.ref.envelope else None
 
 
 def policy_of(handler: Handler | str) -> Policy:
@@ -80,7 +85,8 @@ def run(
     token = current_message.set(task.event)
     named = logs.current_handler.set(task.handler.name)
     try:
-        return _run(task, lease, calls, runs, first_error)
+        with tracing.delivery(task.event, task.handler.name, task.trace, _number(runs)):
+            return _run(task, lease, calls, runs, first_error)
     finally:
         logs.current_handler.reset(named)
         current_message.reset(token)
@@ -157,7 +163,7 @@ def _call(task: Task, lease: dt.datetime | None) -> bool:
         if not states.done(task.ref, lease):
             return False
         _handle(task, uow)
-    metrics.ended(task.handler.name, "done")
+    run_ended(task.handler.name, "done")
     return True
 
 
@@ -170,6 +176,16 @@ def _handle(task: Task, uow: UnitOfWork) -> None:
         logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
 
 
+def run_ended(handler: str, outcome: str) -> None:
+    """Count a run's end, and record it on its span."""
+    metrics.ended(handler, outcome)
+    tracing.ended(outcome)
+
+
+def _number(runs: int | None) -> int | None:
+    return None if runs is None else runs + 1
+
+
 def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt.datetime | None:
     """Record a failed call, one line in the log (a failed run logs the traceback).
 
@@ -178,6 +194,7 @@ def failed_call(task: Task, lease: dt.datetime | None, exc: BaseException) -> dt
     """
     if not isinstance(exc, RetryLater):
         metrics.failed(task.handler.name)
+        tracing.failed(exc)
         logger.warning("Handler %s failed on %s: %r", task.handler, task.event, exc)
     return states.failed_call(task.ref, lease, exc)
 
@@ -188,7 +205,7 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
     verdict = task.policy.after_failed_run(ended, exc)
     if isinstance(verdict, Dead):
         states.dead(task.ref, lease, verdict.reason)
-        metrics.ended(task.handler.name, "dead")
+        run_ended(task.handler.name, "dead")
         logger.error(
             "Dead: %s: %s; retry it in the admin or with `messagebus retry`",
             task,
@@ -197,11 +214,11 @@ def give_up(task: Task, lease: dt.datetime | None, exc: BaseException, runs: int
         )
     elif not verdict.counts_a_run:
         states.postponed(task.ref, lease, verdict.delay, describe(exc))
-        metrics.ended(task.handler.name, "postponed")
+        run_ended(task.handler.name, "postponed")
         logger.info("Postponed %s by %.0fs, as its handler asked: %s", task, verdict.delay, exc)
     else:
         states.rescheduled(task.ref, lease, verdict.delay)
-        metrics.ended(task.handler.name, "rescheduled")
+        run_ended(task.handler.name, "rescheduled")
         logger.error(
             "Failed run %d of %s; next run in %.0fs: %r",
             ended,
@@ -270,9 +287,11 @@ def _one_transaction(
                 continue
             token = current_message.set(task.event)
             named = logs.current_handler.set(task.handler.name)
+            span = tracing.delivery(task.event, task.handler.name, task.trace, claim.runs + 1)
             try:
-                with savepoint(using):
+                with span, savepoint(using):
                     _handle(task, uow)
+                    tracing.ended("done")  # with the batch's commit
             except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
                 failed.append((claim, exc, failed_call(task, claim.lease, exc)))
             else:
@@ -291,11 +310,11 @@ def _load(ref: Reference) -> Envelope | None:
     row = sql.load_event(ref.using, ref.event_id)
     if row is None:
         return None
-    kind, payload, correlation, causation = row
-    return Envelope(kind, ref.event_id, correlation, causation, payload)
+    kind, payload, correlation, causation, trace = row
+    return Envelope(kind, ref.event_id, correlation, causation, payload, trace=trace)
 
 
 def dead_on_arrival(ref: Reference, lease: dt.datetime | None, reason: str) -> None:
     states.dead(ref, lease, reason)
-    metrics.ended(ref.handler, "dead")
+    run_ended(ref.handler, "dead")
     logger.error("Dead: %s: %s", ref, reason)

@@ -54,9 +54,10 @@ def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
     lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
     due = now - dt.timedelta(seconds=overdue)
     return [
-        Claim(Reference(using, event, handler, Envelope(kind, event, corr, cause, payload)),
+        Claim(Reference(using, event, handler,
+                        Envelope(kind, event, corr, cause, payload, trace=trace)),
               pk, runs, lease)
-        for pk, handler, runs, event, kind, payload, corr, cause in sql.claim(
+        for pk, handler, runs, event, kind, payload, corr, cause, trace in sql.claim(
             using, limit, lease, due
         )
     ]  # fmt: skip

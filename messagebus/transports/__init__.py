@@ -29,8 +29,9 @@ class Verdict(enum.Enum):
     DEAD = "dead"  # malformed: dead-letter it where the broker can, else drop it
 
 
-# A message that came in: (channel, body, its id, or None if it came without one).
-Inbound = tuple[str, bytes, str | None]
+# A message that came in: (channel, body, its id or None if it came without one, the
+# trace context it carried or None: messagebus.tracing).
+Inbound = tuple[str, bytes, str | None, dict[str, str] | None]
 # receive(messages at hand): what to do with each.
 Receive = Callable[[list[Inbound]], list[Verdict]]
 BATCH = 100  # messages a consumer takes at a time, at most

@@ -56,7 +56,7 @@ class AmqpTransport:
             message_id=str(envelope.id),
             type=envelope.type,
             correlation_id=str(envelope.correlation_id),
-            headers={"causation_id": str(envelope.causation_id or "")},
+            headers={"causation_id": str(envelope.causation_id or ""), **(envelope.trace or {})},
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2},
             timeout=TIMEOUT,
@@ -82,7 +82,7 @@ class AmqpTransport:
             messages = [
                 (m.delivery_info.get("routing_key", ""),
                  m.body if isinstance(m.body, bytes) else m.body.encode(),
-                 m.properties.get("message_id"))
+                 m.properties.get("message_id"), _trace(m.headers))
                 for m in at_hand
             ]  # fmt: skip
             for message, verdict in zip(at_hand, receive(messages), strict=True):
@@ -107,3 +107,10 @@ class AmqpTransport:
                         connection.heartbeat_check()
                     if at_hand:
                         settle()
+
+
+def _trace(headers: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The W3C trace context a message carried in its headers, if any."""
+    headers = headers or {}
+    found = {key: str(headers[key]) for key in ("traceparent", "tracestate") if key in headers}
+    return found or None

@@ -57,7 +57,7 @@ class RedisTransport:
                     if message is None:
                         break
                     if message["type"] == "message":
-                        at_hand.append((message["channel"].decode(), message["data"], None))
+                        at_hand.append((message["channel"].decode(), message["data"], None, None))
                         wait = 0.0
                 if at_hand:
                     receive(at_hand)  # pub/sub has nothing to acknowledge

@@ -135,11 +135,11 @@ def test_a_batch_is_handled_in_one_transaction_each_message_once(messagebus_deli
     assert receive(CHANNEL, b'{"batchref": "b1", "qty": 9}', "seen") is Verdict.ACK
 
     verdicts = receive_batch([
-        (CHANNEL, b'{"batchref": "b1", "qty": 3}', "seen"),  # handled before
-        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1"),
-        (CHANNEL, b"not json", "m-2"),
-        (CHANNEL, b'{"batchref": "b2", "qty": 5}', "m-3"),
-        (CHANNEL, b'{"batchref": "b2", "qty": 6}', "m-3"),  # a copy in the same batch
+        (CHANNEL, b'{"batchref": "b1", "qty": 3}', "seen", None),  # handled before
+        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1", None),
+        (CHANNEL, b"not json", "m-2", None),
+        (CHANNEL, b'{"batchref": "b2", "qty": 5}', "m-3", None),
+        (CHANNEL, b'{"batchref": "b2", "qty": 6}', "m-3", None),  # a copy in the same batch
     ])  # fmt: skip
 
     assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.DEAD, Verdict.ACK, Verdict.ACK]
@@ -153,9 +153,9 @@ def test_a_command_refused_in_a_batch_leaves_the_others_handled(messagebus_deliv
     messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
 
     verdicts = receive_batch([
-        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1"),
-        (CHANNEL, b'{"batchref": "no-such-batch", "qty": 4}', "m-2"),
-        (CHANNEL, b'{"batchref": "b1", "qty": 6}', "m-3"),
+        (CHANNEL, b'{"batchref": "b1", "qty": 4}', "m-1", None),
+        (CHANNEL, b'{"batchref": "no-such-batch", "qty": 4}', "m-2", None),
+        (CHANNEL, b'{"batchref": "b1", "qty": 6}', "m-3", None),
     ])  # fmt: skip
 
     assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.ACK]
