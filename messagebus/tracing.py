@@ -39,8 +39,15 @@ def on() -> bool:
     return conf.settings.TRACING
 
 
+_tracers: dict[int, Any] = {}  # by the provider's id: one tracer each, not one a span
+
+
 def _tracer() -> Any:
-    return trace.get_tracer("messagebus")
+    provider = trace.get_tracer_provider()
+    tracer = _tracers.get(id(provider))
+    if tracer is None:
+        tracer = _tracers[id(provider)] = provider.get_tracer("messagebus")
+    return tracer
 
 
 def _about(message: Message, handler: str | None = None) -> dict[str, str]:
@@ -54,13 +61,9 @@ def _about(message: Message, handler: str | None = None) -> dict[str, str]:
     return found
 
 
-@contextmanager
-def _span(name: str, attributes: dict[str, Any], **options: Any) -> Iterator[Any]:
-    with _tracer().start_as_current_span(
-        name, attributes=attributes, record_exception=True, set_status_on_exception=True,
-        **options,
-    ) as span:  # fmt: skip
-        yield span
+def _span(name: str, attributes: dict[str, Any], **options: Any) -> Any:
+    """A span, current inside its ``with`` block; an error escaping it is recorded."""
+    return _tracer().start_as_current_span(name, attributes=attributes, **options)
 
 
 def command(message: Message, handler: str) -> Any:
