@@ -7,7 +7,9 @@ What the bus counts as it goes, in every process that handles messages:
   rescheduled, postponed or dead;
 - ``messagebus_delivery_duration_seconds{handler}``: a handler's call;
 - ``messagebus_retries_total{handler}``: failed calls (each retried, or ending its run);
-- ``messagebus_dead_letters_total{handler}``.
+- ``messagebus_dead_letters_total{handler}``;
+- ``messagebus_commit_to_handler_seconds{handler}``: from an event's storing to
+  the start of its delivery's first run, for deliveries that a worker claims.
 
 And what the scraping process reads from the outbox, at most every
 ``OUTBOX_EVERY`` seconds (one query, cached): ``messagebus_outbox_deliveries{status}``,
@@ -23,6 +25,7 @@ process writes its counts there and whichever answers a scrape adds them up.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import threading
@@ -86,6 +89,11 @@ _deliveries = _counter(
 _calls = _histogram("messagebus_delivery_duration_seconds", "A handler's call", ["handler"])
 _retries = _counter("messagebus_retries", "Failed calls of event handlers", ["handler"])
 _dead = _counter("messagebus_dead_letters", "Deliveries that died", ["handler"])
+_waited = _histogram(
+    "messagebus_commit_to_handler_seconds",
+    "From an event's storing to its delivery's first run, for deliveries a worker claims",
+    ["handler"],
+)
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
@@ -123,6 +131,23 @@ def call(handler: str, seconds: float) -> None:
     if child is None:
         child = _timed[handler] = _calls.labels(handler)
     child.observe(seconds)
+
+
+_waits: dict[str, Any] = {}
+
+
+def waited(handler: str, seconds: float) -> None:
+    """A claimed delivery's first run starting ``seconds`` after its event was stored."""
+    child = _waits.get(handler)
+    if child is None:
+        child = _waits[handler] = _waited.labels(handler)
+    child.observe(seconds)
+
+
+def claimed(claim: Any, now: dt.datetime) -> None:
+    """Time a claimed delivery's wait, if this is its first run."""
+    if claim.runs == 0 and claim.stored is not None:
+        waited(claim.ref.handler, max(0.0, (now - claim.stored).total_seconds()))
 
 
 def failed(handler: str) -> None:

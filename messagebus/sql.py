@@ -100,6 +100,7 @@ class Statements:
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, "
             + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:6])
+            + f", c.{col['created_at']}"
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
             f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
         )
@@ -153,6 +154,13 @@ _PAYLOAD = _event_field("payload")
 _CORRELATION = _event_field("correlation_id")
 _CAUSATION = _event_field("causation_id")
 _TRACE = _event_field("trace_context")
+
+
+def _datetime(value: Any) -> dt.datetime:
+    """A datetime column's value as read raw: aware already (PostgreSQL), or naive UTC
+    (SQLite: as Django writes it, parsed by its converter, or text)."""
+    when: dt.datetime = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _json(value: Any) -> Any:
@@ -326,14 +334,17 @@ def _prune_chunk(cursor: Any, sql: Statements, when: object, chunk: int) -> tupl
     return cursor.rowcount, 0
 
 
-Claimed = tuple[int, str, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None]
+Claimed = tuple[
+    int, str, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None,
+    dt.datetime,
+]  # fmt: skip
 
 
 def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, in the order they fell due, with their events.
 
     Each row: (id, handler, runs, event id, type, payload, correlation id, causation id,
-    trace context).
+    trace context, when the delivery was stored).
     """
     connection = connections[using]
     params = [
@@ -368,8 +379,9 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
             _CORRELATION.to_python(correlation),
             _CAUSATION.to_python(causation),
             _json(trace),
+            _datetime(stored),
         )
-        for pk, handler, runs, event, kind, payload, correlation, causation, trace in rows
+        for pk, handler, runs, event, kind, payload, correlation, causation, trace, stored in rows
     ]
 
 

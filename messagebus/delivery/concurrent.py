@@ -31,6 +31,7 @@ from anyio import to_thread
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 
 from .. import conf, executors, logs, metrics, tracing
 from ..dependencies import dependencies
@@ -345,6 +346,7 @@ class Pool:
 
     async def _deliver(self, held: Held, calls: int | None) -> None:
         claim = held.claim
+        metrics.claimed(claim, timezone.now())
         try:
             task = None if held.lost else await _task(held)
             if task is None:

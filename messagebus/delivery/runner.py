@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from django.utils import timezone
+
 from .. import logs, metrics, sql, tracing
 from ..dependencies import dependencies
 from ..envelope import Envelope
@@ -243,6 +245,9 @@ def run_batch(
     if not claims:
         return 0
     using = claims[0].ref.using
+    now = timezone.now()
+    for claim in claims:
+        metrics.claimed(claim, now)
     batched: list[tuple[states.Claim, Task]] = []
     alone: list[tuple[states.Claim, Task]] = []
     for claim in claims:

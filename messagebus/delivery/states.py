@@ -20,7 +20,7 @@ import datetime as dt
 import traceback
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
@@ -40,12 +40,14 @@ _END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "lease_until": None}
 
 @dataclass(frozen=True)
 class Claim:
-    """A delivery leased to this runner until ``lease``; ``runs``: runs ended before."""
+    """A delivery leased to this runner until ``lease``; ``runs``: runs ended before;
+    ``stored``: when its event was stored, if read with it."""
 
     ref: Reference
     id: int
     runs: int
     lease: dt.datetime
+    stored: dt.datetime | None = field(default=None, compare=False)
 
 
 def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
@@ -56,8 +58,8 @@ def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
     return [
         Claim(Reference(using, event, handler,
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
-              pk, runs, lease)
-        for pk, handler, runs, event, kind, payload, corr, cause, trace in sql.claim(
+              pk, runs, lease, stored)
+        for pk, handler, runs, event, kind, payload, corr, cause, trace, stored in sql.claim(
             using, limit, lease, due
         )
     ]  # fmt: skip

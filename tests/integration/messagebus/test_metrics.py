@@ -16,6 +16,7 @@ import messagebus
 from messagebus import executors, metrics
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
+from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Pinged
 from tests.conftest import ROOT, database_url
@@ -179,3 +180,25 @@ def test_processes_sharing_a_multiprocess_directory_are_added_up(tmp_path):
 
     key = (("outcome", "ok"), ("type", "busapp.OpenAccount"))
     assert found["messagebus_commands_total", key] == 5
+
+
+def test_the_wait_from_commit_to_a_workers_first_run_is_timed():
+    handler = "tests.busapp.handlers.record_ping"
+    before = now("messagebus_commit_to_handler_seconds_count", handler=handler)
+    with executors.use(WorkerExecutor()):
+        for n in range(3):
+            messagebus.bus.handle(Pinged(n=n))
+    time.sleep(0.2)
+
+    assert Worker(once=True).run() == 3
+
+    assert now("messagebus_commit_to_handler_seconds_count", handler=handler) == before + 3
+    waited = CollectorRegistry()
+    waited.register(metrics.Collector())
+    small = waited.get_sample_value(
+        "messagebus_commit_to_handler_seconds_bucket", {"handler": handler, "le": "0.1"}
+    )
+    large = waited.get_sample_value(
+        "messagebus_commit_to_handler_seconds_bucket", {"handler": handler, "le": "10.0"}
+    )
+    assert large - small >= 3  # each waited more than the 0.2 s slept, and not for ever
