@@ -143,7 +143,7 @@ class Statements:
             self.claim = [
                 f"WITH claimed AS ({lease}({due} FOR UPDATE SKIP LOCKED) RETURNING "
                 f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, "
-                f"{col['next_attempt_at']}) " + read.format("claimed", "")
+                f"{col['next_attempt_at']}, {col['created_at']}) " + read.format("claimed", "")
             ]
         else:  # one writer at a time: pick, lease, read
             self.claim = [due, lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
