@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import django
 
 django.setup()
 
+from bench_bus import Nothing, Open, do_nothing, on_made, open_account  # noqa: E402  (the same messages)
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test import override_settings  # noqa: E402
@@ -55,34 +55,6 @@ from opentelemetry.sdk.trace.export import (  # noqa: E402
 )
 
 import messagebus  # noqa: E402
-from tests.busapp.models import Account, Entry  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Nothing(messagebus.Command):
-    n: int
-
-
-@dataclass(frozen=True)
-class Open(messagebus.Command):
-    name: str
-
-
-@dataclass(frozen=True)
-class Made(messagebus.Event):
-    name: str
-
-
-def do_nothing(cmd: Nothing) -> int:
-    return cmd.n
-
-
-def open_account(cmd: Open) -> None:
-    Account.objects.create(name=cmd.name).record(Made(name=cmd.name))
-
-
-def on_made(event: Made) -> None:
-    Entry.objects.create(account=event.name, amount=0)
 
 
 class Dropped(SpanExporter):

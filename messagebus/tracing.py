@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from . import conf
+from . import conf, logs
 from .messages import Message, message_type_name
 
 try:
@@ -50,15 +50,17 @@ def _tracer() -> Any:
     return tracer
 
 
-def _about(message: Message, handler: str | None = None) -> dict[str, str]:
-    found = {
-        "messagebus.message.type": message_type_name(type(message)),
-        "messagebus.message.id": str(message.message_id),
-        "messagebus.correlation_id": str(message.correlation_id),
-    }
-    if handler is not None:
-        found["messagebus.handler"] = handler
-    return found
+# logs.of()'s fields, as span attributes.
+_ATTRIBUTES = {
+    "message_type": "messagebus.message.type",
+    "message_id": "messagebus.message.id",
+    "correlation_id": "messagebus.correlation_id",
+    "handler": "messagebus.handler",
+}
+
+
+def _about(message: Message, handler: str | None = None) -> dict[str, Any]:
+    return {_ATTRIBUTES[key]: value for key, value in logs.of(message, handler).items()}
 
 
 def _span(name: str, attributes: dict[str, Any], **options: Any) -> Any:
