@@ -30,7 +30,7 @@ import ipaddress
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -55,7 +55,7 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 class _Off:
     """Stands in for a metric when prometheus-client is not installed."""
 
-    def labels(self, *values: str) -> _Off:
+    def __call__(self, *labels: str) -> _Off:
         return self
 
     def inc(self, amount: float = 1) -> None:
@@ -65,21 +65,33 @@ class _Off:
         pass
 
 
+class _Kept:
+    """A metric whose labelled children are kept (``metric(*labels)``): the bus counts
+    on every message, and ``labels()`` would check and look them up each time."""
+
+    def __init__(self, metric: Any) -> None:
+        _mine.append(metric)
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = self.metric.labels(*labels)
+        return child
+
+
 _mine: list[Any] = []  # in no registry of prometheus-client's: see registry()
 
 
-def _counter(name: str, text: str, labels: Iterable[str]) -> Any:
-    if prometheus is None:
-        return _Off()
-    _mine.append(prometheus.Counter(name, text, list(labels), registry=None))
-    return _mine[-1]
+def _counter(name: str, text: str, labels: list[str]) -> Any:
+    return _Kept(prometheus.Counter(name, text, labels, registry=None)) if prometheus else _Off()
 
 
-def _histogram(name: str, text: str, labels: Iterable[str]) -> Any:
+def _histogram(name: str, text: str, labels: list[str]) -> Any:
     if prometheus is None:
         return _Off()
-    _mine.append(prometheus.Histogram(name, text, list(labels), buckets=BUCKETS, registry=None))
-    return _mine[-1]
+    return _Kept(prometheus.Histogram(name, text, labels, buckets=BUCKETS, registry=None))
 
 
 _commands = _counter("messagebus_commands", "Commands handled, by outcome", ["type", "outcome"])
@@ -94,72 +106,39 @@ _waited = _histogram(
     "From an event's storing to its delivery's first run, for deliveries a worker claims",
     ["handler"],
 )
-_children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-
-def _child(metric: Any, *labels: str) -> Any:
-    """``metric.labels(*labels)``, kept: the bus counts on every message."""
-    key = (id(metric), labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
 
 
 def command(type_name: str, outcome: str) -> None:
     """A command handled: ``ok``, ``rejected`` or ``failed``."""
-    _child(_commands, type_name, outcome).inc()
-
-
-_ok: dict[type, Any] = {}
+    _commands(type_name, outcome).inc()
 
 
 def handled(cls: type[Message]) -> None:
-    """A command of class ``cls`` handled without error (``command(name, "ok")``, cheaper)."""
-    child = _ok.get(cls)
-    if child is None:
-        child = _ok[cls] = _child(_commands, message_type_name(cls), "ok")
-    child.inc()
-
-
-_timed: dict[str, Any] = {}
+    """A command of class ``cls`` handled without error."""
+    _commands(message_type_name(cls), "ok").inc()
 
 
 def call(handler: str, seconds: float) -> None:
     """A call of an event handler that returned."""
-    child = _timed.get(handler)
-    if child is None:
-        child = _timed[handler] = _calls.labels(handler)
-    child.observe(seconds)
-
-
-_waits: dict[str, Any] = {}
-
-
-def waited(handler: str, seconds: float) -> None:
-    """A claimed delivery's first run starting ``seconds`` after its event was stored."""
-    child = _waits.get(handler)
-    if child is None:
-        child = _waits[handler] = _waited.labels(handler)
-    child.observe(seconds)
+    _calls(handler).observe(seconds)
 
 
 def claimed(claim: Any, now: dt.datetime) -> None:
-    """Time a claimed delivery's wait, if this is its first run."""
+    """Time a claimed delivery's wait from its event's storing, if this is its first run."""
     if claim.runs == 0 and claim.stored is not None:
-        waited(claim.ref.handler, max(0.0, (now - claim.stored).total_seconds()))
+        _waited(claim.ref.handler).observe(max(0.0, (now - claim.stored).total_seconds()))
 
 
 def failed(handler: str) -> None:
     """A call of an event handler that raised."""
-    _child(_retries, handler).inc()
+    _retries(handler).inc()
 
 
 def ended(handler: str, outcome: str) -> None:
     """A delivery run ended: ``done``, ``rescheduled``, ``postponed`` or ``dead``."""
-    _child(_deliveries, handler, outcome).inc()
+    _deliveries(handler, outcome).inc()
     if outcome == "dead":
-        _child(_dead, handler).inc()
+        _dead(handler).inc()
 
 
 class OutboxCollector:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import conf, logs
 from .messages import Message, message_type_name
+
+if TYPE_CHECKING:
+    from .delivery.runner import Task
 
 try:
     from opentelemetry import propagate, trace
@@ -88,13 +91,12 @@ def stored(message: Message) -> dict[str, str] | None:
     return carrier or None
 
 
-def delivery(
-    message: Message, handler: str, carried: Mapping[str, str] | None, run: int | None = None
-) -> Any:
+def delivery(task: Task, run: int | None = None) -> Any:
     """The span of a delivery's run, child of the span its event was stored in (``run``:
     its number, counting the runs that ended before it, when known)."""
     if not on():
         return _off
+    message, handler, carried = task.event, task.handler.name, task.trace
     attributes: dict[str, Any] = _about(message, handler)
     if run is not None:
         attributes["messagebus.run"] = run

@@ -1,10 +1,14 @@
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from django.db import connection
+from kombu import Connection, Queue
+
+from messagebus.transports import amqp
 
 pytest_plugins = ["messagebus.testing"]
 
@@ -29,11 +33,28 @@ celery_on_postgres = pytest.mark.skipif(
     reason="needs PostgreSQL and RabbitMQ: set DATABASE_URL=postgres://... and "
     "CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
 )
+needs_rabbitmq = pytest.mark.skipif(
+    not BROKER_URL.startswith("amqp://"),
+    reason="needs RabbitMQ: set CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
+)
 redis_on_postgres = pytest.mark.skipif(
     not (on_postgres() and REDIS_URL),
     reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://... and "
     "REDIS_URL=redis://127.0.0.1:6379/0",
 )
+
+
+@pytest.fixture
+def rabbitmq_queue():
+    """A queue of the test's own, bound to line_allocated on the messagebus exchange."""
+    with Connection(BROKER_URL) as connection:
+        queue = Queue(
+            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
+            routing_key="line_allocated", auto_delete=True,
+        )(connection.default_channel)  # fmt: skip
+        queue.declare()
+        yield queue
+        queue.delete()
 
 
 def database_url() -> str:

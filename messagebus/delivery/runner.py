@@ -87,7 +87,7 @@ def run(
     token = current_message.set(task.event)
     named = logs.current_handler.set(task.handler.name)
     try:
-        with tracing.delivery(task.event, task.handler.name, task.trace, _number(runs)):
+        with tracing.delivery(task, _number(runs)):
             return _run(task, lease, calls, runs, first_error)
     finally:
         logs.current_handler.reset(named)
@@ -292,9 +292,8 @@ def _one_transaction(
                 continue
             token = current_message.set(task.event)
             named = logs.current_handler.set(task.handler.name)
-            span = tracing.delivery(task.event, task.handler.name, task.trace, claim.runs + 1)
             try:
-                with span, savepoint(using):
+                with tracing.delivery(task, claim.runs + 1), savepoint(using):
                     _handle(task, uow)
                     tracing.ended("done")  # with the batch's commit
             except Exception as exc:  # noqa: BLE001  (a handler may raise anything)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from django.conf import settings
 from django.test import override_settings
-from kombu import Connection, Producer, Queue
+from kombu import Connection, Producer
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,7 +27,7 @@ from messagebus.transports import amqp
 from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
-from tests.conftest import BROKER_URL
+from tests.conftest import BROKER_URL, needs_rabbitmq
 from tests.e2e.allocation.conftest import WRITE_PERMISSIONS
 from tests.factories import UserFactory
 
@@ -119,27 +119,14 @@ def test_with_tracing_off_nothing_is_recorded_or_stored(spans):
     assert StoredEvent.objects.get().trace_context is None
 
 
-needs_rabbitmq = pytest.mark.skipif(
-    not BROKER_URL.startswith("amqp://"),
-    reason="needs RabbitMQ: set CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
-)
-
-
 @needs_rabbitmq
 @pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**TRACED, "EXTERNAL_URL": BROKER_URL})
-def test_a_message_sent_to_rabbitmq_carries_the_trace(spans):
-    with Connection(BROKER_URL) as connection:
-        queue = Queue(
-            f"test-traced-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
-            routing_key="line_allocated", auto_delete=True,
-        )(connection.default_channel)  # fmt: skip
-        queue.declare()
-        messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
-        messagebus.bus.handle(Allocate("o1", "LAMP", 2))
-        Worker(once=True).run()
-        message = queue.get(no_ack=True)
-        queue.delete()
+def test_a_message_sent_to_rabbitmq_carries_the_trace(spans, rabbitmq_queue):
+    messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+    messagebus.bus.handle(Allocate("o1", "LAMP", 2))
+    Worker(once=True).run()
+    message = rabbitmq_queue.get(no_ack=True)
 
     found = spans.get_finished_spans()
     [publish] = [s for s in found if s.name == "publish line_allocated"]

@@ -374,17 +374,29 @@ def lines(log: Path, word: str) -> list[str]:
     )
 
 
-def test_sigterm_lets_running_deliveries_finish_within_the_grace_period(tmp_path):
+def stopped_while_napping(
+    tmp_path: Path, naps: int, seconds: float, *options: str
+) -> tuple[int, str, float, Path]:
+    """Store ``naps`` Napped events, start a worker with ``options``, SIGTERM it once every
+    nap has started; its exit status, output, seconds taken to stop, and the nap log."""
     log = tmp_path / "naps.log"
     with executors.use(WorkerExecutor()):
-        for n in range(3):
-            messagebus.bus.handle(Napped(n=n, seconds=1.0))
-    worker = start_worker("--concurrency", "3", "--grace", "20", env={"BUSAPP_NAP_LOG": str(log)})
+        for n in range(naps):
+            messagebus.bus.handle(Napped(n=n, seconds=seconds))
+    worker = start_worker(*options, env={"BUSAPP_NAP_LOG": str(log)})
     try:
-        wait_for(lambda: len(lines(log, "start")) == 3)
+        wait_for(lambda: len(lines(log, "start")) == naps)
+        stopped = time.monotonic()
         code, output = worker.stop()
+        return code, output, time.monotonic() - stopped, log
     finally:
         worker.kill()
+
+
+def test_sigterm_lets_running_deliveries_finish_within_the_grace_period(tmp_path):
+    code, output, _, log = stopped_while_napping(
+        tmp_path, 3, 1.0, "--concurrency", "3", "--grace", "20"
+    )
 
     assert code == 0, output
     assert len(lines(log, "end")) == 3
@@ -393,18 +405,9 @@ def test_sigterm_lets_running_deliveries_finish_within_the_grace_period(tmp_path
 
 
 def test_past_the_grace_period_async_deliveries_are_cancelled_and_handed_back(tmp_path):
-    log = tmp_path / "naps.log"
-    with executors.use(WorkerExecutor()):
-        for n in range(4):
-            messagebus.bus.handle(Napped(n=n, seconds=60))
-    worker = start_worker("--concurrency", "4", "--grace", "0.5", env={"BUSAPP_NAP_LOG": str(log)})
-    try:
-        wait_for(lambda: len(lines(log, "start")) == 4)
-        stopped = time.monotonic()
-        code, output = worker.stop()
-        took = time.monotonic() - stopped
-    finally:
-        worker.kill()
+    code, output, took, log = stopped_while_napping(
+        tmp_path, 4, 60, "--concurrency", "4", "--grace", "0.5"
+    )
 
     assert code == 0, output
     assert took < 20  # not the 60 s the handlers asked for
@@ -462,21 +465,9 @@ def test_a_second_sigterm_stops_the_worker_at_once_whatever_still_runs(tmp_path)
 
 
 def test_sigterm_after_the_limit_is_reached_still_gets_only_the_grace_period(tmp_path):
-    log = tmp_path / "naps.log"
-    with executors.use(WorkerExecutor()):
-        for n in range(2):
-            messagebus.bus.handle(Napped(n=n, seconds=60))
-    worker = start_worker(
-        "--limit", "2", "--concurrency", "2", "--grace", "0.5",
-        env={"BUSAPP_NAP_LOG": str(log)},
-    )  # fmt: skip
-    try:
-        wait_for(lambda: len(lines(log, "start")) == 2)
-        stopped = time.monotonic()
-        code, output = worker.stop()
-        took = time.monotonic() - stopped
-    finally:
-        worker.kill()
+    code, output, took, _ = stopped_while_napping(
+        tmp_path, 2, 60, "--limit", "2", "--concurrency", "2", "--grace", "0.5"
+    )
 
     assert code == 0, output
     assert took < 20

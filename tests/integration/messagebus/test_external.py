@@ -25,16 +25,12 @@ from messagebus.external import consumed
 from messagebus.models import Delivery, InboxMessage, StoredEvent
 from messagebus.transports import amqp
 from messagebus.worker import Worker
-from tests.conftest import BROKER_URL, REDIS_URL, ROOT, database_url
+from tests.conftest import BROKER_URL, REDIS_URL, ROOT, database_url, needs_rabbitmq
 from tests.proxy import Proxy
 from tests.subprocesses import Watched
 
 needs_redis = pytest.mark.skipif(
     not REDIS_URL, reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/0"
-)
-needs_rabbitmq = pytest.mark.skipif(
-    not BROKER_URL.startswith("amqp://"),
-    reason="needs RabbitMQ: set CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
 )
 
 
@@ -45,19 +41,6 @@ def external(url: str | None):
 def allocate_the_books_order() -> None:
     messagebus.bus.handle(CreateBatch("batch1", "RETRO-CLOCK", 10))
     messagebus.bus.handle(Allocate("order1", "RETRO-CLOCK", 3))
-
-
-@pytest.fixture
-def rabbitmq_queue():
-    """A queue of the test's own, bound to line_allocated on the messagebus exchange."""
-    with Connection(BROKER_URL) as connection:
-        queue = Queue(
-            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
-            routing_key="line_allocated", auto_delete=True,
-        )(connection.default_channel)  # fmt: skip
-        queue.declare()
-        yield queue
-        queue.delete()
 
 
 @needs_redis

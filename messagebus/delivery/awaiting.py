@@ -1,0 +1,228 @@
+"""One delivery to an async handler, awaited on an AnyIO event loop.
+
+An async handler runs on the loop, outside any transaction (Django's are
+sync and bound to a thread), under a lease on its delivery, renewed while it
+runs: no other runner takes it meanwhile. When it returns, its delivery is
+marked done in a transaction of its own, shared with the other deliveries
+that finished meanwhile (``Marks``). So the mark does *not* commit with
+whatever the handler wrote: a process that dies between the two leaves the
+delivery to run again once its lease runs out. Async handlers are
+at-least-once, and should be idempotent; sync handlers keep their
+exactly-once transaction.
+
+Its bookkeeping runs in a thread (``db``), one call at a time, in Django's
+thread for sync code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError
+
+from .. import executors, logs, metrics, tracing
+from ..dependencies import dependencies
+from ..exceptions import HandlerTimeout
+from ..message_bus import bus
+from ..messages import current_message
+from ..wording import plural
+from . import runner, states
+
+if TYPE_CHECKING:
+    from .runner import Task
+
+logger = logs.get_logger(__name__)
+T = TypeVar("T")
+
+
+class Held:
+    """A claimed delivery as this runner holds it: its lease, renewed while it runs.
+
+    Read and changed only by the bookkeeping functions, which ``db()`` runs one
+    at a time in one thread, so a renewal never races a mark.
+    """
+
+    __slots__ = ("claim", "lease", "lost", "scope")
+
+    def __init__(self, claim: states.Claim) -> None:
+        self.claim = claim
+        self.lease = claim.lease
+        self.lost = False  # another runner has it: stop, record nothing
+        self.scope = anyio.CancelScope()  # cancelled if the lease is lost while it runs
+
+    def current(self) -> states.Claim:
+        claim = self.claim
+        return claim if claim.lease == self.lease else dataclasses.replace(claim, lease=self.lease)
+
+
+async def call(task: Task) -> None:
+    """One call of an async handler, cancelled if it runs past its timeout.
+
+    Deliveries that the commands it awaits store (``bus.ahandle``) run after it,
+    outside its time (``executors.here()``).
+    """
+    token = current_message.set(task.event)
+    try:
+        started = time.perf_counter()
+        kwargs = dependencies.kwargs(task.handler, None, bus) if task.handler.parameters else {}
+        async with executors.here():
+            scope = anyio.move_on_after(task.policy.timeout or math.inf)
+            try:
+                with scope:
+                    await task.handler.func(task.event, **kwargs)
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise
+                # The timeout's, let through by code of the handler's: still a timeout.
+            if scope.cancel_called:
+                raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
+        elapsed = time.perf_counter() - started
+        metrics.call(task.handler.name, elapsed)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
+    finally:
+        current_message.reset(token)
+
+
+async def run(task: Task, held: Held, marks: Marks, *, calls: int | None = None) -> bool:
+    """Run an async handler's delivery, ``held`` under a lease, to the end of its run.
+
+    True if it completed (its done-mark handed to ``marks``). Cancelled (a
+    worker out of grace), it is handed back, due again at once, no run counted.
+    Its lease lost (it ran past ``CLAIM_TIMEOUT`` unrenewed), it stops, recording nothing.
+    """
+    try:
+        with held.scope:
+            error = await _attempt(task)
+            if error is None:
+                marks.add(held)
+                tracing.ended("done")
+                return True
+            if not await db(_failed, task, held, error):
+                return False
+            final = None
+            try:
+                attempts = task.policy.retry_attempts if calls is None else calls
+                async for attempt in task.policy.aretrying(attempts):
+                    with attempt:
+                        if attempt.retry_state.attempt_number > 1:
+                            error = await _attempt(task)
+                            if error is not None and not await db(_failed, task, held, error):
+                                return False
+                        if error is not None:
+                            raise error
+            except Exception as exc:  # noqa: BLE001  (the run's last failure)
+                final = exc
+            if final is not None:
+                await db(_give_up, task, held, final)
+                return False
+            marks.add(held)
+            tracing.ended("done")
+            return True
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await db(_hand_back, held)
+        logger.warning("Handed back %s, cancelled before it finished", task)
+        raise
+    finally:
+        if held.lost:
+            logger.warning("Stopped %s: its lease ran out and another runner has it", task)
+    return False
+
+
+async def _attempt(task: Task) -> Exception | None:
+    """One call; the error it raised, if any (kept out of ``except`` blocks, so that
+    the bookkeeping awaited after it is not chained to it)."""
+    try:
+        await call(task)
+    except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+        return exc
+    return None
+
+
+def _failed(task: Task, held: Held, error: Exception) -> bool:
+    """Record a failed call; False if the lease is lost."""
+    renewed = runner.failed_call(task, held.lease, error)
+    if renewed is None:
+        held.lost = True
+        return False
+    held.lease = renewed
+    return True
+
+
+def _give_up(task: Task, held: Held, error: Exception) -> None:
+    runner.give_up(task, held.lease, error, held.claim.runs)
+
+
+def _hand_back(held: Held) -> None:
+    states.released(held.claim.ref.using, [held.current()])
+
+
+def _finish(held: list[Held]) -> set[int]:
+    return states.finished([h.current() for h in held if not h.lost])
+
+
+def renew(held: list[Held]) -> None:
+    for one in held:
+        if not one.lost:
+            renewed = states.renewed(one.current())
+            if renewed is None:
+                one.lost = True
+            else:
+                one.lease = renewed
+
+
+class Marks:
+    """Done-marks of finished async deliveries, written by one task: each write takes
+    every mark that came in while the last was being written (a group commit)."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[Held](math.inf)
+
+    def add(self, held: Held) -> None:
+        self._send.send_nowait(held)
+
+    def close(self) -> None:
+        """No more marks: ``write()`` returns once it has written the ones it has."""
+        self._send.close()
+
+    async def write(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                held = [first]
+                while True:
+                    try:
+                        held.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                try:
+                    ours = await db(_finish, held)
+                except DatabaseError:
+                    logger.exception(
+                        "Could not mark %s done: they run again when their lease runs out",
+                        plural(len(held), "finished delivery", "finished deliveries"),
+                    )
+                    continue
+                for done in (h for h in held if h.claim.id in ours):
+                    metrics.ended(done.claim.ref.handler, "done")
+                for lost in (h for h in held if h.claim.id not in ours):
+                    logger.warning(
+                        "%s finished after its lease ran out; another runner has it",
+                        lost.claim.ref,
+                    )
+
+
+async def db(func: Callable[..., T], *args: object) -> T:
+    """``func(*args)`` where Django runs sync code for async code: in the thread that
+    waits in ``async_to_sync`` (the inline executor's), else in asgiref's one thread.
+    Shielded: bookkeeping, once begun, is not cancelled half-way."""
+    with anyio.CancelScope(shield=True):
+        result = await sync_to_async(func, thread_sensitive=True)(*args)
+    return result
