@@ -36,8 +36,14 @@ _off: Any = nullcontext()
 
 
 def on() -> bool:
-    """Whether spans are recorded: the API installed, a provider set, the setting on."""
-    if trace is None or isinstance(trace.get_tracer_provider(), _QUIET):
+    """Whether spans are recorded: the API installed, a provider set, the setting on.
+
+    Asked on every message: with no provider set, ``get_tracer_provider()`` reads the
+    environment each time, so the API's own global is looked at first when it has one.
+    """
+    if trace is None or getattr(trace, "_TRACER_PROVIDER", True) is None:
+        return False
+    if isinstance(trace.get_tracer_provider(), _QUIET):
         return False
     return conf.settings.TRACING
 
