@@ -2,7 +2,7 @@
 
     make bench                                  # SQLite
     DATABASE_URL=postgres://... make bench      # PostgreSQL
-    .venv/bin/python bench/bench_tracing.py [--count 2000] [--rounds 5]
+    .venv/bin/python bench/bench_tracing.py [--count 500] [--rounds 20]
 
 A message here is a command that writes a row and records an event, whose
 handler writes a row, delivered inline: three spans when traced (the command,
@@ -97,8 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=2000, help="messages per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--count", type=int, default=500, help="messages per round")
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
 
     config = setup_databases(verbosity=0, interactive=False)

@@ -22,8 +22,9 @@ MESSAGEBUS = {
     "CLAIM_TIMEOUT": float(os.environ.get("BUSAPP_CLAIM_TIMEOUT", "300")),
     "DEPENDENCIES": {**MESSAGEBUS["DEPENDENCIES"], "clock": "tests.busapp.services.Clock"},  # noqa: F405
     # Off, but in the tests of traces (tests/e2e/allocation/test_tracing.py), which set
-    # the SDK's tracer provider: once set, it stays for the rest of the run.
-    "TRACING": False,
+    # the SDK's tracer provider: once set, it stays for the rest of the run. On in a
+    # Celery worker subprocess whose spans go to a file (tests/traced.py).
+    "TRACING": bool(os.environ.get("BUSAPP_TRACES_FILE")),
 }
 
 # Tests run with DEBUG off (as Django's test runner forces) and without collectstatic:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 
-from tests.conftest import ROOT
+from django.conf import settings
+
+from tests.conftest import ROOT, database_url
 
 
 class Watched:
@@ -53,3 +56,29 @@ class Watched:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.process.returncode, self.output
+
+
+class CeleryWorker(Watched):
+    """A `celery -A config worker` subprocess on the test database and this run's queue
+    (``options``: more of the command's options)."""
+
+    def __init__(self, name: str, *options: str, **env: str) -> None:
+        super().__init__(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1",
+             "--hostname", f"{name}@%h", "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+             *options],
+            env={**celery_env(), **env}, ready=" ready.", what="the Celery worker",
+        )  # fmt: skip
+
+
+def celery_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess on the test database, with the celery executor."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "MESSAGEBUS_EXECUTOR": "celery",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }

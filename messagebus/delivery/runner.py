@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.utils import timezone
 
@@ -56,6 +57,15 @@ class Task:
         return self.ref.envelope.trace if self.ref.envelope else None
 
 
+class Failed(NamedTuple):
+    """A delivery whose first call failed in a batch: its run goes on after the batch."""
+
+    claim: states.Claim
+    error: Exception
+    lease: dt.datetime
+    span: tracing.Span
+
+
 def policy_of(handler: Handler | str) -> Policy:
     """The delivery policy of ``handler`` (or of the handler of that name)."""
     if isinstance(handler, str):
@@ -71,6 +81,7 @@ def run(
     calls: int | None = None,
     runs: int | None = None,
     first_error: Exception | None = None,
+    span: tracing.Span | None = None,
 ) -> bool:
     """Run a delivery to the end of its run; True if this run completed it.
 
@@ -78,6 +89,7 @@ def run(
     ``calls``: at most this many calls (default: the policy's attempts).
     ``runs``: runs ended before this one, if known.
     ``first_error``: the run's first call already failed with it.
+    ``span``: the run's span, begun where that call was made.
     """
     task = resolve(ref, lease)
     if task is None:
@@ -87,7 +99,7 @@ def run(
     token = current_message.set(task.event)
     named = logs.current_handler.set(task.handler.name)
     try:
-        with tracing.delivery(task, _number(runs)):
+        with span or tracing.delivery(task, _number(runs)):
             return _run(task, lease, calls, runs, first_error)
     finally:
         logs.current_handler.reset(named)
@@ -258,9 +270,8 @@ def run_batch(
     while batched and not stopping():
         count, failed = _one_transaction(using, batched, seconds, stopping)
         ran, batched = ran + count, batched[count:]
-        for claim, exc, lease in failed:
-            if lease is not None:
-                run(claim.ref, lease=lease, runs=claim.runs, first_error=exc)
+        for claim, exc, lease, span in failed:
+            run(claim.ref, lease=lease, runs=claim.runs, first_error=exc, span=span)
     while alone and not stopping():
         claim, _ = alone.pop(0)
         run(claim.ref, lease=claim.lease, runs=claim.runs)
@@ -275,12 +286,12 @@ def _one_transaction(
     tasks: list[tuple[states.Claim, Task]],
     seconds: float,
     stopping: Callable[[], bool],
-) -> tuple[int, list[tuple[states.Claim, Exception, dt.datetime | None]]]:
+) -> tuple[int, list[Failed]]:
     """Run tasks from the front in one transaction until done, out of time, or stopping."""
     deadline = time.monotonic() + seconds
     completed: list[int] = []
     handlers: list[str] = []
-    failed: list[tuple[states.Claim, Exception, dt.datetime | None]] = []
+    failed: list[Failed] = []
     count = 0
     with UnitOfWork(using) as uow:
         ours = states.start(using, [claim for claim, _ in tasks])
@@ -292,15 +303,21 @@ def _one_transaction(
                 continue
             token = current_message.set(task.event)
             named = logs.current_handler.set(task.handler.name)
+            span = tracing.delivery(task, claim.runs + 1)
             try:
-                with tracing.delivery(task, claim.runs + 1), savepoint(using):
-                    _handle(task, uow)
-                    tracing.ended("done")  # with the batch's commit
-            except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
-                failed.append((claim, exc, failed_call(task, claim.lease, exc)))
-            else:
-                completed.append(claim.id)
-                handlers.append(task.handler.name)
+                with span:
+                    try:
+                        with savepoint(using):
+                            _handle(task, uow)
+                    except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
+                        lease = failed_call(task, claim.lease, exc)
+                        if lease is not None:  # the run goes on after the batch, in this span
+                            span.hold()
+                            failed.append(Failed(claim, exc, lease, span))
+                    else:
+                        tracing.ended("done")  # with the batch's commit
+                        completed.append(claim.id)
+                        handlers.append(task.handler.name)
             finally:
                 logs.current_handler.reset(named)
                 current_message.reset(token)

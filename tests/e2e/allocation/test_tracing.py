@@ -4,6 +4,7 @@ worker, all linked as parent and child, through the trace context kept in the ou
 
 import json
 import threading
+import time
 import uuid
 
 import pytest
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.test import override_settings
 from kombu import Connection, Producer
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,6 +22,8 @@ from rest_framework.test import APIClient
 
 import messagebus
 from allocation.commands import Allocate, CreateBatch
+from allocation.exceptions import InvalidSku
+from config import celery_app
 from messagebus.consumer import Consumer
 from messagebus.external import consumed
 from messagebus.models import StoredEvent
@@ -27,9 +31,10 @@ from messagebus.transports import amqp
 from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
-from tests.conftest import BROKER_URL, needs_rabbitmq
+from tests.conftest import BROKER_URL, celery_on_postgres, needs_rabbitmq
 from tests.e2e.allocation.conftest import WRITE_PERMISSIONS
 from tests.factories import UserFactory
+from tests.subprocesses import CeleryWorker
 
 EXPORTER = InMemorySpanExporter()
 TRACED = {**settings.MESSAGEBUS, "EXECUTOR": "worker", "TRACING": True}
@@ -93,6 +98,57 @@ def test_a_request_and_every_delivery_it_caused_are_one_trace(spans):
         assert delivery.attributes["messagebus.outcome"] == "done"
 
 
+@celery_on_postgres
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS={**TRACED, "EXECUTOR": "celery"})
+def test_deliveries_a_celery_worker_runs_are_in_the_requests_trace(spans, tmp_path):
+    traces = tmp_path / "spans.jsonl"
+    celery_app.control.purge()
+    worker = CeleryWorker("traced", "--include", "tests.traced", BUSAPP_TRACES_FILE=str(traces))
+    celery = CeleryInstrumentor()
+    celery.instrument()  # here too: the task sent is a span, and its context goes with it
+    try:
+        messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+        api = APIClient()
+        api.force_authenticate(UserFactory(permissions=WRITE_PERMISSIONS))
+        spans.clear()
+        response = api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 2})
+        assert response.status_code == 201, response.content
+
+        def theirs() -> list[dict]:
+            lines = traces.read_text().splitlines() if traces.exists() else []
+            return [json.loads(line) for line in lines]
+
+        def delivered() -> list[dict]:
+            return [s for s in theirs() if s["name"] == "deliver allocation.Allocated"]
+
+        deadline = time.monotonic() + 30
+        while len(delivered()) < 2:
+            assert time.monotonic() < deadline, f"the worker's spans: {theirs()}"
+            time.sleep(0.05)
+    finally:
+        celery.uninstrument()
+        worker.stop()
+
+    found = spans.get_finished_spans()
+    [request] = [s for s in found if s.kind is SpanKind.SERVER]
+    [store] = [s for s in found if s.name == "store allocation.Allocated"]
+    sent = [s for s in found if s.name.startswith("apply_async/")]
+    ran = [s for s in theirs() if s["name"].startswith("run/")]
+    one_trace = f"0x{request.context.trace_id:032x}"
+    assert sent and ran  # Celery's own spans, here and there
+    assert {s["context"]["trace_id"] for s in [*ran, *delivered()]} == {one_trace}
+    assert {s.context.trace_id for s in sent} == {request.context.trace_id}
+    assert {s["attributes"]["messagebus.handler"] for s in delivered()} == {
+        "allocation.handlers.add_allocation_to_read_model",
+        "publish:line_allocated",
+    }
+    for delivery in delivered():
+        assert delivery["parent_id"] == f"0x{store.context.span_id:016x}"
+        assert delivery["kind"] == "SpanKind.CONSUMER"
+        assert delivery["attributes"]["messagebus.outcome"] == "done"
+
+
 @pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2, "MAX_DELIVERIES": 1})
 def test_a_failed_run_shows_its_failed_calls_and_how_it_ended(spans, messagebus_registry):
@@ -103,11 +159,64 @@ def test_a_failed_run_shows_its_failed_calls_and_how_it_ended(spans, messagebus_
     messagebus.bus.handle(OpenAccount("ann"))
     Worker(once=True).run()
 
-    # The first call in the worker's batch, then the rest of the run on its own.
-    runs = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
-    assert [s.attributes.get("messagebus.outcome") for s in runs] == [None, "dead"]
-    assert all(s.status.status_code.name == "ERROR" for s in runs)
-    assert [e.name for s in runs for e in s.events] == ["exception", "exception"]  # 2 calls
+    # One span for the run: its first call in the worker's batch, the rest on its own.
+    [run] = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    assert run.attributes["messagebus.outcome"] == "dead"
+    assert run.attributes["messagebus.run"] == 1
+    assert run.status.status_code.name == "ERROR"
+    assert [e.name for e in run.events] == ["exception", "exception"]  # its 2 calls
+    assert run.events[0].attributes["exception.message"] == "mail server down"
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS={**TRACED, "EXECUTOR": "inline"})
+def test_inline_deliveries_are_children_of_the_event_stored(spans, messagebus_registry):
+    welcomed = []
+    messagebus_registry.register(Opened, welcomed.append, name="welcome")
+    messagebus_registry.register(Opened, lambda event: None, name="count")
+    messagebus.bus.handle(OpenAccount("ann"))
+
+    found = spans.get_finished_spans()
+    [command] = [s for s in found if s.name == "command busapp.OpenAccount"]
+    [store] = [s for s in found if s.name == "store busapp.Opened"]
+    deliveries = [s for s in found if s.name == "deliver busapp.Opened"]
+    assert len(deliveries) == 2 and len(welcomed) == 1
+    assert store.parent.span_id == command.context.span_id
+    for delivery in deliveries:
+        assert delivery.parent.span_id == store.context.span_id
+        assert delivery.context.trace_id == command.context.trace_id
+        assert delivery.attributes["messagebus.outcome"] == "done"
+    kept = StoredEvent.objects.get(type="busapp.Opened").trace_context  # for other processes
+    parent = trace.get_current_span(propagate.extract(kept)).get_span_context()
+    assert (parent.trace_id, parent.span_id) == (store.context.trace_id, store.context.span_id)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS=TRACED)
+def test_a_commands_span_says_how_it_ended_and_a_fault_is_an_error(spans, messagebus_registry):
+    messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
+    with pytest.raises(InvalidSku):
+        messagebus.bus.handle(Allocate("o1", "NOSUCHSKU", 1))
+
+    def broken(cmd: Allocate) -> None:
+        raise RuntimeError("disk on fire")
+
+    messagebus_registry.unregister(messagebus_registry.command_handler(Allocate).func)
+    messagebus_registry.register(Allocate, broken)
+    with pytest.raises(RuntimeError):
+        messagebus.bus.handle(Allocate("o2", "LAMP", 1))
+
+    found = spans.get_finished_spans()
+    [created] = [s for s in found if s.name == "command allocation.CreateBatch"]
+    rejected, failed = [s for s in found if s.name == "command allocation.Allocate"]
+    assert created.attributes["messagebus.outcome"] == "ok"
+    assert created.status.status_code.name == "UNSET"
+    assert rejected.attributes["messagebus.outcome"] == "rejected"  # an answer, not a fault
+    assert rejected.status.status_code.name == "UNSET"
+    assert rejected.events[0].attributes["exception.type"].endswith("InvalidSku")
+    assert failed.attributes["messagebus.outcome"] == "failed"
+    assert failed.status.status_code.name == "ERROR"
+    assert failed.status.description == "RuntimeError: disk on fire"
 
 
 @pytest.mark.django_db(transaction=True)

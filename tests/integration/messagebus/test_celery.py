@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +25,10 @@ from tests.conftest import (
     BROKER_URL,
     REDIS_URL,
     celery_on_postgres,
-    database_url,
     redis_on_postgres,
 )
 from tests.proxy import Proxy
-from tests.subprocesses import Watched
+from tests.subprocesses import CeleryWorker, celery_env
 
 DEPOSIT = """
 import time
@@ -43,29 +40,6 @@ started = time.monotonic()
 messagebus.bus.handle(Deposit("ann", 5))
 print(f"deposited in {time.monotonic() - started:.2f}s")
 """
-
-
-class CeleryWorker(Watched):
-    """A `celery -A config worker` subprocess on the test database and this run's queue."""
-
-    def __init__(self, name: str, **env: str) -> None:
-        super().__init__(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1",
-             "--hostname", f"{name}@%h", "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            env={**_env(), **env}, ready=" ready.", what="the Celery worker",
-        )  # fmt: skip
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "MESSAGEBUS_EXECUTOR": "celery",
-        "LOG_LEVEL": "INFO",
-        **extra,
-    }
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
@@ -144,7 +118,7 @@ def test_a_celery_task_awaits_an_async_handler(workers, tmp_path):
 def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage):
     proxy, through_proxy = Proxy.to(BROKER_URL)
     proxy.cut()
-    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=through_proxy))
+    done = manage("shell", "-c", DEPOSIT, env=celery_env(CELERY_BROKER_URL=through_proxy))
 
     assert done.returncode == 0, done.stderr
     took = float(done.stdout.split("deposited in ")[1].split("s")[0])
@@ -156,7 +130,7 @@ def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage)
 
     proxy.mend()
     workers("one")
-    relay = manage("messagebus", "relay", "--once", env=_env())
+    relay = manage("messagebus", "relay", "--once", env=celery_env())
     assert relay.returncode == 0, relay.stderr
     assert "Sent 2 deliveries to Celery." in relay.stdout
 
@@ -174,11 +148,11 @@ def test_a_task_lost_in_the_broker_is_sent_again_once_its_lease_runs_out(workers
     lease = Delivery.objects.get().lease_until
     assert lease is not None  # its task carries it
     assert celery_app.control.purge() == 1  # the broker loses the task
-    nothing = manage("messagebus", "relay", "--once", env=_env())
+    nothing = manage("messagebus", "relay", "--once", env=celery_env())
     assert "Sent 0 deliveries" in nothing.stdout  # still leased to the lost task
 
     wait_for(lambda: timezone.now() > lease, timeout=10, what="the lease to run out")
-    relay = manage("messagebus", "relay", "--once", env=_env())
+    relay = manage("messagebus", "relay", "--once", env=celery_env())
     assert "Sent 1 delivery to Celery." in relay.stdout, relay.stderr
     workers("one")
     wait_for(all_done, what="the delivery done")
@@ -210,7 +184,7 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_another_which_runs_it_once(
 def test_redis_works_as_the_broker_too(workers, manage):
     redis = {"CELERY_BROKER_URL": REDIS_URL}
     workers("one", **redis)
-    done = manage("shell", "-c", DEPOSIT, env=_env(**redis))
+    done = manage("shell", "-c", DEPOSIT, env=celery_env(**redis))
     assert done.returncode == 0, done.stderr
     wait_for(lambda: Entry.objects.count() == 2 and all_done(), what="both entries")
     assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
@@ -223,7 +197,7 @@ def test_the_relay_refuses_to_run_for_another_executor(db):
 
 def test_a_commit_stands_when_no_broker_answers(manage):
     nowhere = "amqp://guest:guest@127.0.0.1:9//"  # nothing listens there
-    done = manage("shell", "-c", DEPOSIT, env=_env(CELERY_BROKER_URL=nowhere))
+    done = manage("shell", "-c", DEPOSIT, env=celery_env(CELERY_BROKER_URL=nowhere))
     assert done.returncode == 0, done.stderr
     assert "Deliveries of 1 event stay due for `messagebus relay`" in done.stderr
     assert Delivery.objects.filter(status="pending", lease_until=None).count() == 2
@@ -231,9 +205,9 @@ def test_a_commit_stands_when_no_broker_answers(manage):
 
 def test_the_relay_says_when_the_broker_is_out_of_reach_and_leaves_the_deliveries_due(manage):
     nowhere = {"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:9//"}
-    assert manage("shell", "-c", DEPOSIT, env=_env(**nowhere)).returncode == 0
+    assert manage("shell", "-c", DEPOSIT, env=celery_env(**nowhere)).returncode == 0
 
-    relay = manage("messagebus", "relay", "--once", env=_env(**nowhere))
+    relay = manage("messagebus", "relay", "--once", env=celery_env(**nowhere))
     assert relay.returncode == 1
     assert "cannot send 2 tasks to the broker" in relay.stderr
     assert "Traceback" not in relay.stderr
