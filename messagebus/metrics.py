@@ -103,7 +103,7 @@ _retries = _counter("messagebus_retries", "Failed calls of event handlers", ["ha
 _dead = _counter("messagebus_dead_letters", "Deliveries that died", ["handler"])
 _waited = _histogram(
     "messagebus_commit_to_handler_seconds",
-    "From an event's storing to its delivery's first run, for deliveries a worker claims",
+    "From an event's storing to its delivery's first run, by a worker or a Celery task",
     ["handler"],
 )
 
@@ -132,7 +132,12 @@ def call(handler: str, seconds: float) -> None:
 def claimed(claim: Any, now: dt.datetime) -> None:
     """Time a claimed delivery's wait from its event's storing, if this is its first run."""
     if claim.runs == 0 and claim.stored is not None:
-        _waited(claim.ref.handler).observe(max(0.0, (now - claim.stored).total_seconds()))
+        waited(claim.ref.handler, claim.stored, now)
+
+
+def waited(handler: str, stored: dt.datetime, now: dt.datetime) -> None:
+    """A delivery's first run starts at ``now``; its event was stored at ``stored``."""
+    _waited(handler).observe(max(0.0, (now - stored).total_seconds()))
 
 
 def failed(handler: str) -> None:

@@ -40,5 +40,8 @@ class Relay(Worker):
         self._end_lost_runs()
         claims = states.claim(self.using, self._batch())
         if claims:
-            self.processed += send([claim.ref for claim in claims], claims[0].lease)
+            self.processed += send(
+                [claim.ref for claim in claims], claims[0].lease,
+                [claim.stored if claim.runs == 0 else None for claim in claims],
+            )  # fmt: skip
         return len(claims)

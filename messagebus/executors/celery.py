@@ -16,7 +16,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from .. import conf, logs
+from .. import conf, logs, metrics
 from ..delivery import concurrent, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
@@ -37,19 +37,23 @@ RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.4, "
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def run_delivery(reference: dict[str, Any], lease_until: str) -> bool:
+def run_delivery(reference: dict[str, Any], lease_until: str, stored: str | None = None) -> bool:
     """Run the delivery ``reference`` names, if it is still held until ``lease_until``.
 
     Its retries, delays and dead letter are the bus's, as with every executor;
     a duplicate (redelivered by the broker, or sent again by the relay) finds
-    it done, or held under another lease, and does nothing.
+    it done, or held under another lease, and does nothing. ``stored``: when
+    its event was stored (its commit, as sent then), for its first run.
     """
     try:
         ref = Reference.from_json(reference)
         held = dt.datetime.fromisoformat(lease_until)
+        first = dt.datetime.fromisoformat(stored) if stored is not None else None
     except (MessageDecodeError, TypeError, ValueError) as exc:
         logger.error("Dropped a task that names no delivery: %s", exc)
         return False
+    if first is not None:
+        metrics.waited(ref.handler, first, timezone.now())
     return concurrent.run_any(ref, lease=held)
 
 
@@ -59,8 +63,14 @@ def lease() -> dt.datetime:
     return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
 
 
-def send(refs: Sequence[Reference], held: dt.datetime) -> int:
+def send(
+    refs: Sequence[Reference],
+    held: dt.datetime,
+    stored: Sequence[dt.datetime | None] | None = None,
+) -> int:
     """Send a task per delivery, each to run it under the lease ``held``; how many.
+
+    ``stored``: for each, when its event was stored if it has not run yet (None: it has).
 
     Raises BrokerUnreachable once the broker stays out of reach, after handing
     back the deliveries not sent.
@@ -68,9 +78,9 @@ def send(refs: Sequence[Reference], held: dt.datetime) -> int:
     sent = 0
     try:
         with run_delivery.app.producer_or_acquire() as producer:
-            for ref in refs:
+            for ref, first in zip(refs, stored or [None] * len(refs), strict=True):
                 run_delivery.apply_async(
-                    (ref.to_json(), held.isoformat()),
+                    (ref.to_json(), held.isoformat(), first.isoformat() if first else None),
                     producer=producer,
                     retry=True,
                     retry_policy=RETRY_POLICY,
@@ -99,13 +109,16 @@ class CeleryExecutor:
 
     def retried(self, refs: list[Reference]) -> None:
         if refs:
-            self._committed(refs[0].using, {ref.event_id for ref in refs})
+            self._send(refs[0].using, {ref.event_id for ref in refs}, first=False)
 
     def _committed(self, using: str, events: set[uuid.UUID]) -> None:
+        self._send(using, events, first=True)
+
+    def _send(self, using: str, events: set[uuid.UUID], *, first: bool) -> None:
         held = lease()
         try:
             refs = states.leased(using, events, held)
-            send(refs, held)
+            send(refs, held, [timezone.now()] * len(refs) if first else None)
         except (BrokerUnreachable, DatabaseError) as exc:
             logger.warning(
                 "Deliveries of %s stay due for `messagebus relay`: %s",

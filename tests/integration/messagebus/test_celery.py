@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 import messagebus
 from allocation.commands import Allocate, CreateBatch
@@ -115,7 +117,7 @@ def test_a_celery_task_awaits_an_async_handler(workers, tmp_path):
 
 
 @celery_on_postgres
-def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage):
+def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage, tmp_path):
     proxy, through_proxy = Proxy.to(BROKER_URL)
     proxy.cut()
     done = manage("shell", "-c", DEPOSIT, env=celery_env(CELERY_BROKER_URL=through_proxy))
@@ -129,7 +131,8 @@ def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage)
     assert not Entry.objects.exists()
 
     proxy.mend()
-    workers("one")
+    time.sleep(1)
+    workers("one", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     relay = manage("messagebus", "relay", "--once", env=celery_env())
     assert relay.returncode == 0, relay.stderr
     assert "Sent 2 deliveries to Celery." in relay.stdout
@@ -137,6 +140,43 @@ def test_broker_down_at_commit_then_the_relay_sends_what_is_due(workers, manage)
     wait_for(all_done, what="every delivery done")
     assert sorted(Entry.objects.values_list("note", flat=True)) == ["audited", "deposited"]
     assert set(Delivery.objects.values_list("attempts", "runs")) == {(1, 1)}
+    # Each waited from its event's storing, through the outage, to its first run.
+    waited = waits(tmp_path)
+    assert sorted(waited) == sorted(Delivery.objects.values_list("handler", flat=True))
+    assert [count for count, _ in waited.values()] == [1] * len(waited)
+    outage = {handler for handler, (_, seconds) in waited.items() if seconds > 1}
+    assert outage == {"tests.busapp.handlers.write_entry", "tests.busapp.handlers.audit"}
+
+
+@celery_on_postgres
+def test_a_celery_worker_times_the_wait_from_commit_to_each_first_run(workers, tmp_path):
+    workers("one", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    with celery_executor():
+        for n in range(3):
+            messagebus.bus.handle(Pinged(n=n))
+
+    wait_for(all_done, what="every delivery done")
+    count, seconds = waits(tmp_path)["tests.busapp.handlers.record_ping"]
+    assert count == 3
+    assert 0 < seconds < 30
+
+
+def waits(directory: Path) -> dict[str, tuple[float, float]]:
+    """messagebus_commit_to_handler_seconds by handler (count, sum), as a Celery worker
+    writing its metrics to ``directory`` counted them."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    found: dict[str, list[float]] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name in (f"{WAITED}_count", f"{WAITED}_sum"):
+                found.setdefault(sample.labels["handler"], [0.0, 0.0])[
+                    sample.name.endswith("_sum")
+                ] = sample.value
+    return {handler: (count, total) for handler, (count, total) in found.items()}
+
+
+WAITED = "messagebus_commit_to_handler_seconds"
 
 
 @celery_on_postgres
