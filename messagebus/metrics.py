@@ -9,7 +9,7 @@ What the bus counts as it goes, in every process that handles messages:
 - ``messagebus_retries_total{handler}``: failed calls (each retried, or ending its run);
 - ``messagebus_dead_letters_total{handler}``;
 - ``messagebus_commit_to_handler_seconds{handler}``: from an event's storing to
-  the start of its delivery's first run, for deliveries that a worker claims.
+  the start of its delivery's first run, by a worker or a Celery task.
 
 And what the scraping process reads from the outbox, at most every
 ``OUTBOX_EVERY`` seconds (one query, cached): ``messagebus_outbox_deliveries{status}``,

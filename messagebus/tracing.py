@@ -81,7 +81,14 @@ class _Current:
         """Leave the span open at the end of this block: it goes on in another."""
         self.held = True
 
+    def close(self) -> None:
+        """End a span held open that does not go on after all."""
+        if self.held:
+            self.held = False
+            self.span.end()
+
     def __enter__(self) -> Any:
+        self.held = False
         self.token = context.attach(trace.set_span_in_context(self.span))
         return self.span
 
@@ -91,20 +98,18 @@ class _Current:
             self.span.record_exception(error)
             if not isinstance(error, CommandRejected):  # an answer, not a fault
                 self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        if self.held:
-            self.held = False
-        else:
+        if not self.held:
             self.span.end()
 
 
 class _Command(_Current):
-    """A command's span, with how it ended: ``ok``, ``rejected`` or ``failed`` (as its
-    metric counts it)."""
+    """A command's span, with how it ended: ``ok``, ``rejected`` or ``failed``, as its
+    metric counts it (none when it was cancelled or interrupted)."""
 
     __slots__ = ()
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
-        if self.span.is_recording():
+        if self.span.is_recording() and (error is None or isinstance(error, Exception)):
             outcome = (
                 "ok" if error is None
                 else "rejected" if isinstance(error, CommandRejected)
@@ -120,6 +125,9 @@ class _Off:
     __slots__ = ()
 
     def hold(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def __enter__(self) -> None:

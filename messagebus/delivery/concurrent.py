@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -261,12 +262,14 @@ def run_any(
     lease: dt.datetime | None = None,
     calls: int | None = None,
     runs: int | None = None,
+    stored: dt.datetime | None = None,
 ) -> bool:
     """``runner.run()`` for a delivery to any handler: an async one is awaited on an
     event loop, under a lease taken here if it has none."""
     if not awaited(ref):
-        return runner.run(ref, lease=lease, calls=calls, runs=runs)
+        return runner.run(ref, lease=lease, calls=calls, runs=runs, stored=stored)
     claims = states.taken([ref]) if lease is None else states.held(ref, lease)
+    claims = [replace(claim, stored=stored) for claim in claims]  # timed as it starts
     return bool(claims) and run_now(claims, calls=calls).completed == 1
 
 

@@ -58,9 +58,11 @@ class Task:
 
 
 class Failed(NamedTuple):
-    """A delivery whose first call failed in a batch: its run goes on after the batch."""
+    """A delivery whose first call failed in a batch: its run goes on after the batch,
+    in the span it began in."""
 
     claim: states.Claim
+    task: Task
     error: Exception
     lease: dt.datetime
     span: tracing.Span
@@ -80,16 +82,14 @@ def run(
     lease: dt.datetime | None = None,
     calls: int | None = None,
     runs: int | None = None,
-    first_error: Exception | None = None,
-    span: tracing.Span | None = None,
+    stored: dt.datetime | None = None,
 ) -> bool:
     """Run a delivery to the end of its run; True if this run completed it.
 
     ``lease``: the claim it runs under (None: unleased, just stored).
     ``calls``: at most this many calls (default: the policy's attempts).
     ``runs``: runs ended before this one, if known.
-    ``first_error``: the run's first call already failed with it.
-    ``span``: the run's span, begun where that call was made.
+    ``stored``: when its event was stored, to time the wait for this, its first run.
     """
     task = resolve(ref, lease)
     if task is None:
@@ -99,11 +99,23 @@ def run(
     token = current_message.set(task.event)
     named = logs.current_handler.set(task.handler.name)
     try:
-        with span or tracing.delivery(task, _number(runs)):
-            return _run(task, lease, calls, runs, first_error)
+        with tracing.delivery(task, _number(runs)):
+            return _run(task, lease, calls, runs, None, stored)
     finally:
         logs.current_handler.reset(named)
         current_message.reset(token)
+
+
+def _went_on(failed: list[Failed]) -> None:
+    """Finish the runs whose first call failed in a batch, each in the span it began in."""
+    for index, (claim, task, error, lease, span) in enumerate(failed):
+        try:
+            with logs.handling(task.event, task.handler.name), span:
+                _run(task, lease, None, claim.runs, error)
+        except BaseException:
+            for rest in failed[index + 1 :]:
+                rest.span.close()
+            raise
 
 
 def _run(
@@ -112,10 +124,11 @@ def _run(
     calls: int | None,
     runs: int | None,
     first_error: Exception | None,
+    stored: dt.datetime | None = None,
 ) -> bool:
     if first_error is None:  # the first call, as cheap as can be
         try:
-            return _call(task, lease)
+            return _call(task, lease, stored)
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
             first_error = exc
             lease = failed_call(task, lease, exc)
@@ -168,14 +181,17 @@ def opened(ref: Reference) -> Task | str:
     return Task(ref, event, handler, policy_of(handler))
 
 
-def _call(task: Task, lease: dt.datetime | None) -> bool:
+def _call(task: Task, lease: dt.datetime | None, stored: dt.datetime | None = None) -> bool:
     """One call of the handler in its own unit of work, marked done first.
 
     False: not ours to run (another runner completed it, or holds it).
+    ``stored``: when its event was stored, to time the wait for this call, once it is ours.
     """
     with UnitOfWork(task.ref.using) as uow:
         if not states.done(task.ref, lease):
             return False
+        if stored is not None:
+            metrics.waited(task.handler.name, stored, timezone.now())
         _handle(task, uow)
     run_ended(task.handler.name, "done")
     return True
@@ -270,8 +286,7 @@ def run_batch(
     while batched and not stopping():
         count, failed = _one_transaction(using, batched, seconds, stopping)
         ran, batched = ran + count, batched[count:]
-        for claim, exc, lease, span in failed:
-            run(claim.ref, lease=lease, runs=claim.runs, first_error=exc, span=span)
+        _went_on(failed)
     while alone and not stopping():
         claim, _ = alone.pop(0)
         run(claim.ref, lease=claim.lease, runs=claim.runs)
@@ -293,19 +308,17 @@ def _one_transaction(
     handlers: list[str] = []
     failed: list[Failed] = []
     count = 0
-    with UnitOfWork(using) as uow:
-        ours = states.start(using, [claim for claim, _ in tasks])
-        for claim, task in tasks:
-            if count and (time.monotonic() > deadline or stopping()):
-                break
-            count += 1
-            if claim.id not in ours:
-                continue
-            token = current_message.set(task.event)
-            named = logs.current_handler.set(task.handler.name)
-            span = tracing.delivery(task, claim.runs + 1)
-            try:
-                with span:
+    try:
+        with UnitOfWork(using) as uow:
+            ours = states.start(using, [claim for claim, _ in tasks])
+            for claim, task in tasks:
+                if count and (time.monotonic() > deadline or stopping()):
+                    break
+                count += 1
+                if claim.id not in ours:
+                    continue
+                span = tracing.delivery(task, claim.runs + 1)
+                with logs.handling(task.event, task.handler.name), span:
                     try:
                         with savepoint(using):
                             _handle(task, uow)
@@ -313,15 +326,16 @@ def _one_transaction(
                         lease = failed_call(task, claim.lease, exc)
                         if lease is not None:  # the run goes on after the batch, in this span
                             span.hold()
-                            failed.append(Failed(claim, exc, lease, span))
+                            failed.append(Failed(claim, task, exc, lease, span))
                     else:
                         tracing.ended("done")  # with the batch's commit
                         completed.append(claim.id)
                         handlers.append(task.handler.name)
-            finally:
-                logs.current_handler.reset(named)
-                current_message.reset(token)
-        states.batch_done(using, completed)
+            states.batch_done(using, completed)
+    except BaseException:  # the batch is lost: so are the runs that were to go on
+        for held in failed:
+            held.span.close()
+        raise
     for handler in handlers:  # committed
         metrics.ended(handler, "done")
     return count, failed

@@ -16,7 +16,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from .. import conf, logs, metrics
+from .. import conf, logs
 from ..delivery import concurrent, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
@@ -43,18 +43,25 @@ def run_delivery(reference: dict[str, Any], lease_until: str, stored: str | None
     Its retries, delays and dead letter are the bus's, as with every executor;
     a duplicate (redelivered by the broker, or sent again by the relay) finds
     it done, or held under another lease, and does nothing. ``stored``: when
-    its event was stored (its commit, as sent then), for its first run.
+    its event was stored (its commit, as sent then), for its first run, whose
+    wait is timed once it is this task's to run.
     """
     try:
         ref = Reference.from_json(reference)
         held = dt.datetime.fromisoformat(lease_until)
-        first = dt.datetime.fromisoformat(stored) if stored is not None else None
     except (MessageDecodeError, TypeError, ValueError) as exc:
         logger.error("Dropped a task that names no delivery: %s", exc)
         return False
-    if first is not None:
-        metrics.waited(ref.handler, first, timezone.now())
-    return concurrent.run_any(ref, lease=held)
+    return concurrent.run_any(ref, lease=held, stored=_time(stored))
+
+
+def _time(stored: Any) -> dt.datetime | None:
+    """The time a task says its event was stored; None if it says none it can read."""
+    try:
+        return dt.datetime.fromisoformat(stored) if stored is not None else None
+    except (TypeError, ValueError):
+        logger.warning("Ignored a task's unreadable time of storing: %r", stored)
+        return None
 
 
 def lease() -> dt.datetime:

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from django.conf import settings
+from django.db import DatabaseError
 from django.test import override_settings
 from kombu import Connection, Producer
 from opentelemetry import propagate, trace
@@ -25,6 +26,7 @@ from allocation.commands import Allocate, CreateBatch
 from allocation.exceptions import InvalidSku
 from config import celery_app
 from messagebus.consumer import Consumer
+from messagebus.delivery import runner, states
 from messagebus.external import consumed
 from messagebus.models import StoredEvent
 from messagebus.transports import amqp
@@ -116,8 +118,9 @@ def test_deliveries_a_celery_worker_runs_are_in_the_requests_trace(spans, tmp_pa
         assert response.status_code == 201, response.content
 
         def theirs() -> list[dict]:
-            lines = traces.read_text().splitlines() if traces.exists() else []
-            return [json.loads(line) for line in lines]
+            written = traces.read_text() if traces.exists() else ""
+            whole = written[: written.rfind("\n") + 1]  # not a line still being written
+            return [json.loads(line) for line in whole.splitlines()]
 
         def delivered() -> list[dict]:
             return [s for s in theirs() if s["name"] == "deliver allocation.Allocated"]
@@ -166,6 +169,51 @@ def test_a_failed_run_shows_its_failed_calls_and_how_it_ended(spans, messagebus_
     assert run.status.status_code.name == "ERROR"
     assert [e.name for e in run.events] == ["exception", "exception"]  # its 2 calls
     assert run.events[0].attributes["exception.message"] == "mail server down"
+
+
+def failing(registry, *names: str) -> None:
+    for name in names:
+
+        def fail(event: Opened) -> None:
+            raise ConnectionError("mail server down")
+
+        registry.register(None, fail, name=name)
+
+
+def database_down(*args: object, **kwargs: object) -> None:
+    raise DatabaseError("the database went away")
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2})
+def test_a_run_begun_in_a_batch_that_is_lost_still_ends_its_span(
+    spans, messagebus_registry, monkeypatch
+):
+    failing(messagebus_registry, "welcome")
+    messagebus.bus.handle(OpenAccount("ann"))
+    monkeypatch.setattr(runner.states, "batch_done", database_down)
+
+    with pytest.raises(DatabaseError):
+        runner.run_batch(states.claim("default", 10), seconds=1)
+
+    [run] = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    assert [e.name for e in run.events] == ["exception"]  # its first call, then the loss
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2})
+def test_runs_that_were_to_go_on_after_a_batch_end_their_spans_if_one_fails(
+    spans, messagebus_registry, monkeypatch
+):
+    failing(messagebus_registry, "welcome", "remind")
+    messagebus.bus.handle(OpenAccount("ann"))
+    monkeypatch.setattr(runner, "give_up", database_down)
+
+    with pytest.raises(DatabaseError):
+        runner.run_batch(states.claim("default", 10), seconds=1)
+
+    runs = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    assert sorted(s.attributes["messagebus.handler"] for s in runs) == ["remind", "welcome"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,6 +1,7 @@
 """Prometheus metrics: counted as the bus goes, served at /metrics to allowed addresses,
 by a worker on a port of its own, and added up across processes."""
 
+import datetime as dt
 import os
 import socket
 import sys
@@ -9,16 +10,19 @@ import urllib.request
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import messagebus
 from messagebus import executors, metrics
+from messagebus.delivery import states
+from messagebus.executors.celery import run_delivery
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
 from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
-from tests.busapp.events import Pinged
+from tests.busapp.events import Napped, Pinged
 from tests.conftest import ROOT, database_url
 from tests.subprocesses import Watched
 
@@ -202,3 +206,38 @@ def test_the_wait_from_commit_to_a_workers_first_run_is_timed():
         "messagebus_commit_to_handler_seconds_bucket", {"handler": handler, "le": "10.0"}
     )
     assert large - small >= 3  # each waited more than the 0.2 s slept, and not for ever
+
+
+@pytest.mark.parametrize("event", [Pinged(n=1), Napped(n=1, seconds=0)], ids=["sync", "async"])
+def test_a_celery_task_times_the_wait_once_the_run_is_its_own(event):
+    handler = {Pinged: "tests.busapp.handlers.record_ping", Napped: "tests.busapp.handlers.nap"}
+    name = handler[type(event)]
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(event)
+    stored = timezone.now() - dt.timedelta(seconds=3)
+    lease = timezone.now() + dt.timedelta(seconds=60)
+    [ref] = states.leased("default", [event.message_id], lease)
+    before = now("messagebus_commit_to_handler_seconds_count", handler=name)
+    waited = now("messagebus_commit_to_handler_seconds_sum", handler=name)
+
+    assert run_delivery(ref.to_json(), lease.isoformat(), stored.isoformat())
+    assert not run_delivery(ref.to_json(), lease.isoformat(), stored.isoformat())  # again
+
+    assert now("messagebus_commit_to_handler_seconds_count", handler=name) == before + 1
+    assert now("messagebus_commit_to_handler_seconds_sum", handler=name) - waited >= 3
+    assert Delivery.objects.get(handler=name).status == "done"
+
+
+def test_a_celery_task_with_an_unreadable_time_of_storing_still_runs(caplog):
+    handler = "tests.busapp.handlers.record_ping"
+    with executors.use(WorkerExecutor()):
+        messagebus.bus.handle(Pinged(n=2))
+    lease = timezone.now() + dt.timedelta(seconds=60)
+    [ref] = states.leased("default", [Delivery.objects.get().event_id], lease)
+    before = now("messagebus_commit_to_handler_seconds_count", handler=handler)
+
+    assert run_delivery(ref.to_json(), lease.isoformat(), "yesterday")
+
+    assert Delivery.objects.get().status == "done"
+    assert now("messagebus_commit_to_handler_seconds_count", handler=handler) == before
+    assert "Ignored a task's unreadable time of storing: 'yesterday'" in caplog.text
