@@ -60,16 +60,21 @@ def spans(provider):
         DjangoInstrumentor().uninstrument()
 
 
-@pytest.mark.django_db(transaction=True)
-@override_settings(MESSAGEBUS=TRACED)
-def test_a_request_and_every_delivery_it_caused_are_one_trace(spans):
+def allocate_through_the_api(spans) -> None:
+    """A batch, then (its spans alone recorded) one ``POST /api/allocations``."""
     messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
     api = APIClient()
     api.force_authenticate(UserFactory(permissions=WRITE_PERMISSIONS))
     spans.clear()
-
     response = api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 2})
     assert response.status_code == 201, response.content
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS=TRACED)
+def test_a_request_and_every_delivery_it_caused_are_one_trace(spans):
+    allocate_through_the_api(spans)
+
     stored = StoredEvent.objects.get(type="allocation.Allocated")
     assert stored.trace_context["traceparent"]
     worker = threading.Thread(target=Worker(once=True).run)  # a worker, later, elsewhere
@@ -110,12 +115,7 @@ def test_deliveries_a_celery_worker_runs_are_in_the_requests_trace(spans, tmp_pa
     celery = CeleryInstrumentor()
     celery.instrument()  # here too: the task sent is a span, and its context goes with it
     try:
-        messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
-        api = APIClient()
-        api.force_authenticate(UserFactory(permissions=WRITE_PERMISSIONS))
-        spans.clear()
-        response = api.post("/api/allocations", {"orderid": "o1", "sku": "LAMP", "qty": 2})
-        assert response.status_code == 201, response.content
+        allocate_through_the_api(spans)
 
         def theirs() -> list[dict]:
             written = traces.read_text() if traces.exists() else ""
