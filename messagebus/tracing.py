@@ -15,6 +15,7 @@ False turns it all off.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ except ImportError:  # the extra is not installed: no traces
 
 _QUIET = (ProxyTracerProvider, trace.NoOpTracerProvider) if trace else ()
 _last: tuple[Any, Any] = (None, None)  # the provider last asked, and its tracer (None: quiet)
+_NAMED = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ  # a provider to load when first asked
 
 
 def _tracer() -> Any:
@@ -41,10 +43,14 @@ def _tracer() -> Any:
     no provider set, or the setting off.
 
     Asked on every message: with no provider set, ``get_tracer_provider()`` reads the
-    environment each time, so the API's own global is looked at first.
+    environment each time, so the API's own global is looked at first, and the
+    environment only if it named a provider when this module was imported (one that
+    ``get_tracer_provider()`` loads the first time it is asked).
     """
     global _last
-    if trace is None or getattr(trace, "_TRACER_PROVIDER", True) is None:
+    if trace is None:
+        return None
+    if getattr(trace, "_TRACER_PROVIDER", True) is None and not _NAMED:
         return None
     provider = trace.get_tracer_provider()
     if _last[0] is not provider:

@@ -3,6 +3,9 @@ instrumentation), the command's, the event stored, and each delivery run later b
 worker, all linked as parent and child, through the trace context kept in the outbox."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -33,7 +36,7 @@ from messagebus.transports import amqp
 from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
-from tests.conftest import BROKER_URL, celery_on_postgres, needs_rabbitmq
+from tests.conftest import BROKER_URL, ROOT, celery_on_postgres, needs_rabbitmq
 from tests.e2e.allocation.conftest import WRITE_PERMISSIONS
 from tests.factories import UserFactory
 from tests.subprocesses import CeleryWorker
@@ -325,3 +328,42 @@ def test_a_message_taken_in_from_rabbitmq_continues_its_senders_trace(spans):
     assert consume.context.trace_id == sender.get_span_context().trace_id
     assert consume.parent.span_id == sender.get_span_context().span_id
     assert command.parent.span_id == consume.context.span_id
+
+
+STORE_ONE = """
+import django
+
+django.setup()
+from django.test.utils import setup_databases, teardown_databases
+
+import messagebus
+from messagebus.models import StoredEvent
+from tests.busapp.commands import OpenAccount
+
+config = setup_databases(verbosity=0, interactive=False)
+try:
+    messagebus.bus.handle(OpenAccount("ann"))
+    print(StoredEvent.objects.get().trace_context)
+finally:
+    teardown_databases(config, verbosity=0)
+"""
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "none"])
+def test_a_provider_named_only_in_the_environment_is_used(named, tmp_path):
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'env.sqlite3'}",
+        "BUSAPP_TRACES_FILE": str(tmp_path / "unused.jsonl"),  # tracing on
+    }
+    env.pop("OTEL_PYTHON_TRACER_PROVIDER", None)
+    if named:
+        env["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"  # the SDK's
+    done = subprocess.run(
+        [sys.executable, "-c", STORE_ONE], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+
+    assert done.returncode == 0, done.stderr
+    kept = done.stdout.strip()
+    assert kept.startswith("{'traceparent': '00-") if named else kept == "None"
