@@ -12,8 +12,7 @@ logger (a handler's own lines) when set on a logging handler:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -60,15 +59,23 @@ def of(message: Message, handler: str | None = None) -> dict[str, str]:
     return found
 
 
-@contextmanager
-def handling(message: Message, handler: str) -> Iterator[None]:
-    """Records logged inside the block are about ``handler`` handling ``message``."""
-    token, named = current_message.set(message), current_handler.set(handler)
-    try:
-        yield
-    finally:
-        current_handler.reset(named)
-        current_message.reset(token)
+class handling:
+    """Records logged inside the block are about ``handler`` handling ``message``.
+
+    A class, not a generator: it is entered for every delivery.
+    """
+
+    __slots__ = ("handler", "message", "tokens")
+
+    def __init__(self, message: Message, handler: str) -> None:
+        self.message, self.handler = message, handler
+
+    def __enter__(self) -> None:
+        self.tokens = current_message.set(self.message), current_handler.set(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        current_handler.reset(self.tokens[1])
+        current_message.reset(self.tokens[0])
 
 
 class MessageLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -17,7 +17,6 @@ thread for sync code.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -83,10 +82,7 @@ async def call(task: Task) -> None:
                 # The timeout's, let through by code of the handler's: still a timeout.
             if scope.cancel_called:
                 raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
-        elapsed = time.perf_counter() - started
-        metrics.call(task.handler.name, elapsed)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
+        runner.returned(task, time.perf_counter() - started)
     finally:
         current_message.reset(token)
 

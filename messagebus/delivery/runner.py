@@ -28,7 +28,7 @@ from ..dependencies import dependencies
 from ..envelope import Envelope
 from ..exceptions import MessageDecodeError, RetryLater
 from ..message_bus import bus
-from ..messages import Event, current_message
+from ..messages import Event
 from ..registry import Handler, registry
 from ..unit_of_work import UnitOfWork, savepoint
 from ..wording import describe
@@ -96,14 +96,8 @@ def run(
         return False
     if task.handler.is_async:
         raise TypeError(f"{task.handler} is async: run it with delivery.concurrent.run_any()")
-    token = current_message.set(task.event)
-    named = logs.current_handler.set(task.handler.name)
-    try:
-        with tracing.delivery(task, _number(runs)):
-            return _run(task, lease, calls, runs, None, stored)
-    finally:
-        logs.current_handler.reset(named)
-        current_message.reset(token)
+    with logs.handling(task.event, task.handler.name), tracing.delivery(task, _number(runs)):
+        return _run(task, lease, calls, runs, None, stored)
 
 
 def _went_on(failed: list[Failed]) -> None:
@@ -200,10 +194,14 @@ def _call(task: Task, lease: dt.datetime | None, stored: dt.datetime | None = No
 def _handle(task: Task, uow: UnitOfWork) -> None:
     started = time.perf_counter()
     dependencies.call(task.handler, task.event, uow, bus)
-    elapsed = time.perf_counter() - started
-    metrics.call(task.handler.name, elapsed)
+    returned(task, time.perf_counter() - started)
+
+
+def returned(task: Task, seconds: float) -> None:
+    """Record a call of the handler that returned after ``seconds``: metric and log line."""
+    metrics.call(task.handler.name, seconds)
     if logger.isEnabledFor(logging.INFO):
-        logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, elapsed * 1000)
+        logger.info("Delivered %s to %s in %.1f ms", task.event, task.handler, seconds * 1000)
 
 
 def run_ended(handler: str, outcome: str) -> None:

@@ -110,7 +110,7 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
     if not refs:
         return []
     using = refs[0].using
-    lease = _lease()
+    lease = fresh_lease()
     by_key = {(ref.event_id, ref.handler): ref for ref in refs}
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
     rows.filter(lease_until__isnull=True).update(lease_until=lease)
@@ -127,7 +127,7 @@ def failed_call(
 ) -> dt.datetime | None:
     """Record a failed call; the run goes on, under a fresh lease, which is returned
     (None: not held under ``lease`` any more, so nothing is recorded)."""
-    renewed = _lease()
+    renewed = fresh_lease()
     held = _held(ref, lease).update(
         attempts=F("attempts") + 1,
         last_error=describe(error),
@@ -139,7 +139,7 @@ def failed_call(
 
 def renewed(claim: Claim) -> dt.datetime | None:
     """Extend a lease still held (a long run); the new one, or None if it is lost."""
-    lease = _lease()
+    lease = fresh_lease()
     rows = Delivery.objects.using(claim.ref.using).pending()
     held = rows.filter(pk=claim.id, lease_until=claim.lease).update(lease_until=lease)
     return lease if held else None
@@ -250,7 +250,8 @@ def held(ref: Reference, lease: dt.datetime) -> list[Claim]:
     return [Claim(ref, pk, runs, lease) for pk, runs in _held(ref, lease).values_list("pk", "runs")]
 
 
-def _lease() -> dt.datetime:
+def fresh_lease() -> dt.datetime:
+    """A lease taken now: until CLAIM_TIMEOUT from now."""
     return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
 
 

@@ -16,7 +16,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from .. import conf, logs
+from .. import logs
 from ..delivery import concurrent, states
 from ..delivery.reference import Reference
 from ..exceptions import BrokerUnreachable, MessageDecodeError
@@ -62,12 +62,6 @@ def _time(stored: Any) -> dt.datetime | None:
     except (TypeError, ValueError):
         logger.warning("Ignored a task's unreadable time of storing: %r", stored)
         return None
-
-
-def lease() -> dt.datetime:
-    """A fresh lease. Two senders that happen to take the same one may send a task
-    twice: the second finds its delivery done and does nothing."""
-    return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
 
 
 def send(
@@ -122,7 +116,9 @@ class CeleryExecutor:
         self._send(using, events, first=True)
 
     def _send(self, using: str, events: set[uuid.UUID], *, first: bool) -> None:
-        held = lease()
+        # Two senders that happen to take the same lease may send a task twice: the
+        # second finds its delivery done and does nothing.
+        held = states.fresh_lease()
         try:
             refs = states.leased(using, events, held)
             send(refs, held, [timezone.now()] * len(refs) if first else None)
