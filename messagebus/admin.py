@@ -322,7 +322,7 @@ def _outcome(row: Delivery) -> str:
         return str(row.status)
     if row.lease_until is not None:
         return "running"
-    if row.runs:  # only a run that ended counts; the requeue set it to 0
+    if row.runs or row.calls:  # a call since the requeue, which set both to 0
         return "failed"
     return "later" if row.next_attempt_at > timezone.now() else "due"
 
@@ -344,7 +344,8 @@ def _retried(row: Delivery) -> tuple[str, int]:
     wait = _duration((row.next_attempt_at - timezone.now()).total_seconds())
     error = _first_line(row.last_error)
     if outcome == "failed":
-        return f"{name} failed again: {error}; next run in {wait}.", messages.WARNING
+        then = "next call" if row.calls else "next run"  # within its run, or a new one
+        return f"{name} failed again: {error}; {then} in {wait}.", messages.WARNING
     return f"{name} asked to run later ({error}); next run in {wait}.", messages.INFO
 
 

@@ -156,6 +156,9 @@ class Settings:
     MAX_DELIVERIES = Setting[int](5, whole_number, "runs before a delivery is dead")
     REDELIVERY_DELAY = Setting[float](30.0, seconds, "seconds before the second run, doubling")
     REDELIVERY_DELAY_MAX = Setting[float](3600.0, seconds, "the longest delay between runs")
+    HANDLER_WAIT = Setting[float](
+        86400.0, seconds, "a delivery waits this long for a process that has its handler"
+    )
     DEAD_AT_ONCE = Setting[list[str]](
         DEAD_AT_ONCE, exception_paths, "exceptions that kill a delivery after one run"
     )

@@ -72,6 +72,7 @@ class Delivery(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0, help_text="Calls of the handler.")
     runs = models.PositiveIntegerField(default=0, help_text="Runs of up to RETRY_ATTEMPTS calls.")
+    calls = models.PositiveIntegerField(default=0, help_text="Calls in the run under way.")
     next_attempt_at = models.DateTimeField(
         default=timezone.now, help_text="Pending: due to run from then on."
     )
@@ -84,8 +85,7 @@ class Delivery(models.Model):
     finished_at = models.DateTimeField(
         null=True,
         blank=True,
-        help_text="Done: when marked done (as its call began; in a batch, as the batch "
-        "committed). Dead: when it died.",
+        help_text="Done: when the call (or batch) that completed it began. Dead: when it died.",
     )
 
     objects = DeliveryQuerySet.as_manager()

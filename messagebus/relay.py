@@ -39,9 +39,10 @@ class Relay(Worker):
         self._beat()
         self._end_lost_runs()
         claims = states.claim(self.using, self._batch())
-        if claims:
+        lease = claims[0].lease if claims else None
+        if lease is not None:
             self.processed += send(
-                [claim.ref for claim in claims], claims[0].lease,
+                [claim.ref for claim in claims], lease,
                 [claim.stored if claim.runs == 0 else None for claim in claims],
             )  # fmt: skip
         return len(claims)

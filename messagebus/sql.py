@@ -24,7 +24,7 @@ EVENT_COLUMNS = (
     "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"
 )  # fmt: skip
 DELIVERY_COLUMNS = (
-    "event", "handler", "status", "attempts", "runs",
+    "event", "handler", "status", "attempts", "runs", "calls",
     "next_attempt_at", "last_error", "traceback", "created_at",
 )  # fmt: skip
 PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
@@ -72,7 +72,7 @@ class Statements:
         done = (
             f"UPDATE {table} SET {col['status']} = %s, {col['finished_at']} = %s, "
             f"{col['attempts']} = {col['attempts']} + 1, {col['runs']} = {col['runs']} + 1, "
-            f"{col['lease_until']} = NULL"
+            f"{col['calls']} = 0, {col['lease_until']} = NULL"
         )
         one = f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s"
         self.done_one = {
@@ -98,7 +98,7 @@ class Statements:
             f"ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
         read = (
-            f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, "
+            f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, c.{col['calls']}, "
             + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:6])
             + f", c.{col['created_at']}"
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
@@ -142,7 +142,7 @@ class Statements:
             # One round trip: lease the due rows and read them with their events.
             self.claim = [
                 f"WITH claimed AS ({lease}({due} FOR UPDATE SKIP LOCKED) RETURNING "
-                f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, "
+                f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, {col['calls']}, "
                 f"{col['next_attempt_at']}, {col['created_at']}) " + read.format("claimed", "")
             ]
         else:  # one writer at a time: pick, lease, read
@@ -239,7 +239,7 @@ def store(
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
         for name in handlers:
-            params += [event, name, PENDING, 0, 0, when, "", "", when]
+            params += [event, name, PENDING, 0, 0, 0, when, "", "", when]
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause.
             cursor.execute(f"WITH event AS ({sql.insert_event}) {deliveries}", params)
@@ -335,7 +335,7 @@ def _prune_chunk(cursor: Any, sql: Statements, when: object, chunk: int) -> tupl
 
 
 Claimed = tuple[
-    int, str, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None,
+    int, str, int, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None,
     dt.datetime,
 ]  # fmt: skip
 
@@ -343,7 +343,7 @@ Claimed = tuple[
 def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, in the order they fell due, with their events.
 
-    Each row: (id, handler, runs, event id, type, payload, correlation id, causation id,
+    Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
     trace context, when the delivery was stored).
     """
     connection = connections[using]
@@ -370,19 +370,13 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
                 rows = cursor.fetchall()
     return [
         (
-            pk,
-            handler,
-            runs,
-            _ID.to_python(event),
-            kind,
-            _json(payload),
-            _CORRELATION.to_python(correlation),
-            _CAUSATION.to_python(causation),
-            _json(trace),
+            pk, handler, runs, calls, _ID.to_python(event), kind, _json(payload),
+            _CORRELATION.to_python(correlation), _CAUSATION.to_python(causation), _json(trace),
             _datetime(stored),
         )
-        for pk, handler, runs, event, kind, payload, correlation, causation, trace, stored in rows
-    ]
+        for pk, handler, runs, calls, event, kind, payload, correlation, causation, trace, stored
+        in rows
+    ]  # fmt: skip
 
 
 def _marks(values: Sequence[object]) -> str:

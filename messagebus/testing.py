@@ -12,6 +12,10 @@ Fixtures:
   may register handlers of its own;
 - ``messagebus_dependencies``: ``override(name=value)``, undone after the test.
 
+``run_due()`` runs every delivery due now, as a worker would, until none is
+due: with RETRY_WAIT 0, a failing handler's whole run (each call of a run is
+due again at once after the last; a request never waits through them).
+
 The same things work as context managers outside pytest: ``capture_messages``,
 ``deliver_on_commit``, ``registry.temporary`` and ``dependencies.override``.
 """
@@ -28,6 +32,7 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from . import executors, message_bus, outbox
+from .delivery.concurrent import drain
 from .dependencies import dependencies
 from .executors.inline import InlineExecutor
 from .messages import Command, Event, Message
@@ -125,6 +130,12 @@ def _commits_at_savepoints(using: str) -> Iterator[None]:
         yield
     finally:
         del connection.savepoint_commit
+
+
+def run_due(using: str = DEFAULT_DB_ALIAS) -> int:
+    """Run every delivery due now on database ``using`` in this thread, and those due
+    again at once after a failed call, until none is due; how many calls ran."""
+    return drain(using)
 
 
 @pytest.fixture

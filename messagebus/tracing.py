@@ -25,7 +25,7 @@ from .exceptions import CommandRejected
 from .messages import Message, message_type_name
 
 if TYPE_CHECKING:
-    from .delivery.runner import Task
+    from .delivery.run import Job
 
 try:
     from opentelemetry import context, propagate, trace
@@ -177,7 +177,7 @@ def stored(message: Message) -> Carried | None:
     return carrier or None
 
 
-def delivery(task: Task, run: int | None = None) -> Span:
+def delivery(task: Job, run: int | None = None) -> Span:
     """The span of a delivery's run, child of the span its event was stored in (``run``:
     its number, counting the runs that ended before it, when known)."""
     tracer = _tracer()
@@ -194,10 +194,21 @@ def delivery(task: Task, run: int | None = None) -> Span:
 
 
 def ended(outcome: str) -> None:
-    """Record how the current delivery run ended: done, rescheduled, postponed or dead."""
-    if _tracer() is None:
-        return
-    span = trace.get_current_span()
+    """Record how the current delivery's call ended: done, retry, rescheduled, postponed
+    or dead."""
+    if _tracer() is not None:
+        _outcome(trace.get_current_span(), outcome)
+
+
+def finish(span: Span, outcome: str) -> None:
+    """End a delivery's span held open past its block (a batch's, until its commit or
+    rollback), recording how its call ended."""
+    if isinstance(span, _Current) and span.held:
+        _outcome(span.span, outcome)
+        span.close()
+
+
+def _outcome(span: Any, outcome: str) -> None:
     if span.is_recording():
         span.set_attribute("messagebus.outcome", outcome)
         if outcome != "done":

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
-from django.db.transaction import TransactionManagementError
 
 from . import executors, logs, outbox
 from .exceptions import UnitOfWorkError
@@ -64,32 +63,6 @@ class UnitOfWork(transaction.Atomic):
     def publish(self, event: Event) -> None:
         """Store ``event`` in this transaction; the executor delivers it (after commit)."""
         executors.get().submit(outbox.store(event, self.alias))
-
-
-@contextmanager
-def savepoint(using: str) -> Iterator[None]:
-    """A savepoint for the block inside a unit of work: rolled back if the block raises,
-    else left for the commit to release.
-
-    One round trip, where a nested ``atomic`` takes two (SAVEPOINT, RELEASE): a
-    batch of deliveries takes one per handler. After-commit callbacks registered
-    inside are dropped with a rollback, as ``atomic`` drops them.
-    """
-    connection = connections[using]
-    sid = connection.savepoint()
-    if sid is None:
-        raise TransactionManagementError("savepoint() is for inside a unit of work")
-    connection.savepoint_ids.append(sid)
-    try:
-        yield
-        if connection.needs_rollback:  # an inner atomic failed and was swallowed
-            raise TransactionManagementError("the block left its transaction needing a rollback")
-    except BaseException:
-        connection.savepoint_rollback(sid)
-        connection.needs_rollback = False
-        raise
-    finally:
-        connection.savepoint_ids.remove(sid)
 
 
 def current(using: str = DEFAULT_DB_ALIAS) -> UnitOfWork | None:

@@ -16,7 +16,8 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, co
 from django.utils import timezone
 
 from . import conf, logs, metrics
-from .delivery import concurrent, runner, states
+from .delivery import concurrent, states
+from .delivery.run import policy_of
 from .models import WorkerBeat
 from .wakeup import Wakeup
 from .wording import first_line, plural
@@ -201,16 +202,7 @@ class Worker:
             from_thread.run_sync(self._pool.start, claims)
             self.processed += len(claims)
             return len(claims)
-        batch: list[states.Claim] = []
-        awaited: list[states.Claim] = []
-        for claim in claims:
-            (awaited if concurrent.awaited(claim.ref) else batch).append(claim)
-        stopping = self._stopping.is_set
-        self.processed += runner.run_batch(
-            batch, seconds=conf.settings.BATCH_SECONDS, stopping=stopping
-        )
-        if awaited:  # on an event loop, one at a time; handed back if stopping
-            self.processed += concurrent.run_now(awaited, concurrency=1, stopping=stopping).started
+        self.processed += concurrent.run_claimed(claims, stopping=self._stopping.is_set)
         return len(claims)
 
     def _beat(self) -> None:
@@ -227,7 +219,7 @@ class Worker:
         if time.monotonic() - self._expiry_checked < min(conf.settings.CLAIM_TIMEOUT, 10.0):
             return
         self._expiry_checked = time.monotonic()
-        for row, reason in states.lease_expired(self.using, runner.policy_of):
+        for row, reason in states.lease_expired(self.using, policy_of):
             metrics.ended(row.handler, "dead")
             about = {
                 "message_type": row.event.type, "message_id": str(row.event_id),

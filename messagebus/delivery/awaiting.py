@@ -32,10 +32,11 @@ from ..exceptions import HandlerTimeout
 from ..message_bus import bus
 from ..messages import current_message
 from ..wording import plural
-from . import runner, states
+from . import run as engine
+from . import states
 
 if TYPE_CHECKING:
-    from .runner import Task
+    from .run import Job
 
 logger = logs.get_logger(__name__)
 T = TypeVar("T")
@@ -61,100 +62,73 @@ class Held:
         return claim if claim.lease == self.lease else dataclasses.replace(claim, lease=self.lease)
 
 
-async def call(task: Task) -> None:
+async def call(job: Job) -> None:
     """One call of an async handler, cancelled if it runs past its timeout.
 
     Deliveries that the commands it awaits store (``bus.ahandle``) run after it,
     outside its time (``executors.here()``).
     """
-    token = current_message.set(task.event)
+    token = current_message.set(job.event)
     try:
         started = time.perf_counter()
-        kwargs = dependencies.kwargs(task.handler, None, bus) if task.handler.parameters else {}
+        kwargs = dependencies.kwargs(job.handler, None, bus) if job.handler.parameters else {}
         async with executors.here():
-            scope = anyio.move_on_after(task.policy.timeout or math.inf)
+            scope = anyio.move_on_after(job.policy.timeout or math.inf)
             try:
                 with scope:
-                    await task.handler.func(task.event, **kwargs)
+                    await job.handler.func(job.event, **kwargs)
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:
                     raise
                 # The timeout's, let through by code of the handler's: still a timeout.
             if scope.cancel_called:
-                raise HandlerTimeout(task.handler.name, task.policy.timeout or 0)
-        runner.returned(task, time.perf_counter() - started)
+                raise HandlerTimeout(job.handler.name, job.policy.timeout or 0)
+        engine.returned(job, time.perf_counter() - started)
     finally:
         current_message.reset(token)
 
 
-async def run(task: Task, held: Held, marks: Marks, *, calls: int | None = None) -> bool:
-    """Run an async handler's delivery, ``held`` under a lease, to the end of its run.
+async def run(job: Job, held: Held, marks: Marks) -> bool:
+    """One call of an async handler's delivery, ``held`` under a lease.
 
-    True if it completed (its done-mark handed to ``marks``). Cancelled (a
-    worker out of grace), it is handed back, due again at once, no run counted.
-    Its lease lost (it ran past ``CLAIM_TIMEOUT`` unrenewed), it stops, recording nothing.
+    True if it completed (its done-mark handed to ``marks``); a failure is recorded
+    as the policy judges it. Cancelled (a worker out of grace), it is handed back,
+    due again at once, no run counted. Its lease lost (it ran past ``CLAIM_TIMEOUT``
+    unrenewed), it stops, recording nothing.
     """
     try:
         with held.scope:
-            error = await _attempt(task)
+            error = await _attempt(job)
             if error is None:
                 marks.add(held)
                 tracing.ended("done")
                 return True
-            if not await db(_failed, task, held, error):
-                return False
-            final = None
-            try:
-                attempts = task.policy.retry_attempts if calls is None else calls
-                async for attempt in task.policy.aretrying(attempts):
-                    with attempt:
-                        if attempt.retry_state.attempt_number > 1:
-                            error = await _attempt(task)
-                            if error is not None and not await db(_failed, task, held, error):
-                                return False
-                        if error is not None:
-                            raise error
-            except Exception as exc:  # noqa: BLE001  (the run's last failure)
-                final = exc
-            if final is not None:
-                await db(_give_up, task, held, final)
-                return False
-            marks.add(held)
-            tracing.ended("done")
-            return True
+            await db(_failed, job, held, error)
+            return False
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             await db(_hand_back, held)
-        logger.warning("Handed back %s, cancelled before it finished", task)
+        logger.warning("Handed back %s, cancelled before it finished", job)
         raise
     finally:
         if held.lost:
-            logger.warning("Stopped %s: its lease ran out and another runner has it", task)
+            logger.warning("Stopped %s: its lease ran out and another runner has it", job)
     return False
 
 
-async def _attempt(task: Task) -> Exception | None:
+async def _attempt(job: Job) -> Exception | None:
     """One call; the error it raised, if any (kept out of ``except`` blocks, so that
     the bookkeeping awaited after it is not chained to it)."""
     try:
-        await call(task)
+        await call(job)
     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
         return exc
     return None
 
 
-def _failed(task: Task, held: Held, error: Exception) -> bool:
-    """Record a failed call; False if the lease is lost."""
-    renewed = runner.failed_call(task, held.lease, error)
-    if renewed is None:
-        held.lost = True
-        return False
-    held.lease = renewed
-    return True
-
-
-def _give_up(task: Task, held: Held, error: Exception) -> None:
-    runner.give_up(task, held.lease, error, held.claim.runs)
+def _failed(job: Job, held: Held, error: Exception) -> None:
+    """Record a failed call, under the lease held now."""
+    engine.failed(dataclasses.replace(job, claim=held.current()), error)
 
 
 def _hand_back(held: Held) -> None:

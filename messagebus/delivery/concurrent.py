@@ -8,7 +8,6 @@ bookkeeping: a failure, a timeout or a retry of one never touches the others.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -22,14 +21,13 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from .. import conf, logs, metrics, tracing
-from ..registry import registry
 from ..wording import plural
-from . import runner, states
+from . import run as engine
+from . import states
 from .awaiting import Held, Marks, db, renew, run
-from .reference import Reference
 
 if TYPE_CHECKING:
-    from .runner import Task
+    from .run import Job
 
 logger = logs.get_logger(__name__)
 
@@ -111,18 +109,18 @@ class Pool:
         self._held.update((h.claim.id, h) for h in held)
         return held
 
-    def start(self, claims: Sequence[states.Claim], *, calls: int | None = None) -> None:
+    def start(self, claims: Sequence[states.Claim]) -> None:
         """Start these claimed deliveries (no more than ``free``)."""
         for held in self.hold(claims):
             self._running.add(held.claim.id)
-            self._group.start_soon(self._deliver, held, calls)
+            self._group.start_soon(self._deliver, held)
         self.started += len(claims)
 
-    async def run_here(self, held: Held, *, calls: int | None = None) -> None:
-        """Run one held delivery in the calling task, to the end of its run."""
+    async def run_here(self, held: Held) -> None:
+        """Run one held delivery in the calling task."""
         self._running.add(held.claim.id)
         self.started += 1
-        await self._deliver(held, calls)
+        await self._deliver(held)
 
     async def stop(self, grace: float, stopping: Callable[[], bool] = lambda: True) -> None:
         """Wait for the running deliveries; once ``stopping()``, for ``grace`` seconds more
@@ -151,23 +149,23 @@ class Pool:
                 for lost in (h for h in held if h.lost):
                     lost.scope.cancel()
 
-    async def _deliver(self, held: Held, calls: int | None) -> None:
+    async def _deliver(self, held: Held) -> None:
         claim = held.claim
-        metrics.claimed(claim, timezone.now())
         try:
-            task = None if held.lost else await _task(held)
+            task = None if held.lost else await _job(held)
             if task is None:
                 self.ended += 1
             elif task.handler.is_async:
-                span = tracing.delivery(task, claim.runs + 1)
-                with logs.handling(task.event, task.handler.name), span:  # its whole run
-                    self.completed += await run(task, held, self.marks, calls=calls)
+                metrics.claimed(claim, timezone.now())  # held: its to run
+                span = tracing.delivery(task, engine.number(claim))
+                with logs.handling(task.event, task.handler.name), span:
+                    self.completed += await run(task, held, self.marks)
                 self.ended += 1
             else:
                 del self._held[claim.id]  # its row lock keeps it
                 try:
                     self.completed += await to_thread.run_sync(
-                        _run_sync, held.current(), calls, self._used,
+                        _run_sync, task, self._used,
                         limiter=self._threads, abandon_on_cancel=True,
                     )  # fmt: skip
                 except anyio.get_cancelled_exc_class():
@@ -187,30 +185,22 @@ class Pool:
             self.wake()
 
 
-def awaited(ref: Reference) -> bool:
-    """Whether the handler ``ref`` names is async (unknown: no, the runner deals with it)."""
-    handler = registry.named(ref.handler)
-    return handler is not None and handler.is_async
+async def _job(held: Held) -> Job | None:
+    """The claim's job: examined here if it carries its event, else read in a thread."""
+    claim = held.current()
+    if claim.ref.envelope is not None:
+        job = engine.examine(claim)
+        if isinstance(job, engine.Job):
+            return job
+    return await db(engine.resolve, claim)
 
 
-async def _task(held: Held) -> Task | None:
-    """The claim's task: opened here if it carries its event, else read in a thread."""
-    ref = held.claim.ref
-    if ref.envelope is None:
-        return await db(runner.resolve, ref, held.lease)
-    task = runner.opened(ref)
-    if isinstance(task, str):
-        await db(runner.dead_on_arrival, ref, held.lease, task)
-        return None
-    return task
-
-
-def _run_sync(claim: states.Claim, calls: int | None, used: set[BaseDatabaseWrapper]) -> bool:
+def _run_sync(job: Job, used: set[BaseDatabaseWrapper]) -> bool:
     close_old_connections()  # this thread's connection may have broken or aged
     try:
-        return runner.run(claim.ref, lease=claim.lease, calls=calls, runs=claim.runs)
+        return engine.call(job)
     finally:
-        used.add(connections[claim.ref.using])
+        used.add(connections[job.ref.using])
 
 
 async def refresh() -> None:
@@ -232,7 +222,6 @@ async def deliver(
     claims: Sequence[states.Claim],
     *,
     concurrency: int | None = None,
-    calls: int | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Pool:
     """Run claimed deliveries, ``concurrency`` at a time (default: all at once).
@@ -245,10 +234,10 @@ async def deliver(
         if pool.concurrency == 1:  # one after another, in this task: none of a task's cost
             held, waiting = pool.hold(waiting), []
             while held and not stopping():
-                await pool.run_here(held.pop(0), calls=calls)
+                await pool.run_here(held.pop(0))
         while waiting and not stopping():
             free = await pool.wait_free()
-            pool.start(waiting[:free], calls=calls)
+            pool.start(waiting[:free])
             del waiting[:free]
     waiting += [h.current() for h in held if not h.lost]
     if waiting:
@@ -256,33 +245,50 @@ async def deliver(
     return pool
 
 
-def run_any(
-    ref: Reference,
-    *,
-    lease: dt.datetime | None = None,
-    calls: int | None = None,
-    runs: int | None = None,
-    stored: dt.datetime | None = None,
-) -> bool:
-    """``runner.run()`` for a delivery to any handler: an async one is awaited on an
-    event loop, under a lease taken here if it has none."""
-    if not awaited(ref):
-        return runner.run(ref, lease=lease, calls=calls, runs=runs, stored=stored)
-    claims = states.taken([ref]) if lease is None else states.held(ref, lease)
-    claims = [replace(claim, stored=stored) for claim in claims]  # timed as it starts
-    return bool(claims) and run_now(claims, calls=calls).completed == 1
+def run_one(claim: states.Claim) -> bool:
+    """Run one delivery to any handler, one call: a sync one here, an async one awaited
+    on an event loop, under a lease taken here if it has none. True if it completed."""
+    ref = claim.ref
+    if not engine.awaited(ref):
+        job = engine.resolve(claim)
+        return job is not None and engine.call(job)
+    claims = states.taken([ref]) if claim.lease is None else states.held(ref, claim.lease)
+    claims = [replace(found, stored=claim.stored) for found in claims]  # timed as it starts
+    return bool(claims) and run_now(claims).completed == 1
+
+
+def run_claimed(
+    claims: Sequence[states.Claim], *, stopping: Callable[[], bool] = lambda: False
+) -> int:
+    """Run claimed deliveries one at a time: the sync ones batched (``run.deliver``), then
+    the async ones awaited on an event loop. How many ran; once ``stopping()``, the rest
+    are handed back."""
+    sync: list[states.Claim] = []
+    later: list[states.Claim] = []
+    for claim in claims:
+        (later if engine.awaited(claim.ref) else sync).append(claim)
+    ran = engine.deliver(sync, stopping=stopping)
+    if later:
+        ran += run_now(later, concurrency=1, stopping=stopping).started
+    return ran
+
+
+def drain(using: str, *, batch: int = 100) -> int:
+    """Run every delivery due now, and those due again at once after a failed call,
+    until none is due, in this thread; how many calls ran."""
+    ran = 0
+    while claims := states.claim(using, batch):
+        ran += run_claimed(claims)
+    return ran
 
 
 def run_now(
     claims: Sequence[states.Claim],
     *,
     concurrency: int | None = None,
-    calls: int | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Pool:
     """``deliver()`` from sync code, on the caller's event loop if it has one (asgiref's
     ``async_to_sync``), else on a loop of its own."""
-    pool: Pool = async_to_sync(deliver)(
-        claims, concurrency=concurrency, calls=calls, stopping=stopping
-    )
+    pool: Pool = async_to_sync(deliver)(claims, concurrency=concurrency, stopping=stopping)
     return pool

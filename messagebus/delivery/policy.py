@@ -1,10 +1,14 @@
 """What to do when a handler fails: pure decisions, no database.
 
-A run is up to ``retry_attempts`` calls of the handler (tenacity waits
-between them); a run that still fails is rescheduled after a growing delay,
-and after ``max_deliveries`` runs the delivery is dead. A failure of one of
-the ``dead_at_once`` kinds (poison: this input will never work) kills it at
-once; ``RetryLater`` reschedules it without counting a failure.
+A delivery runs one call at a time: nothing ever sleeps between calls while
+other deliveries wait. A failed call is due again after a short wait (tenacity
+computes it: ``retry_wait``, doubling), up to ``retry_attempts`` calls: a
+*run*. A run that still fails is due again after a growing delay, and after
+``max_deliveries`` runs the delivery is dead. A failure of one of the
+``dead_at_once`` kinds (poison: this input will never work) kills it at once;
+``RetryLater`` postpones it without counting a failure. A delivery whose
+handler this process lacks waits for a process that has it, up to
+HANDLER_WAIT seconds from its storing.
 """
 
 from __future__ import annotations
@@ -13,15 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from django.utils.module_loading import import_string
-from tenacity import (
-    AsyncRetrying,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import RetryCallState, wait_exponential
 
 from .. import conf
 from ..exceptions import RetryLater
@@ -44,12 +41,34 @@ class Dead:
 
 
 @dataclass(frozen=True)
-class Reschedule:
+class Retry:
+    """Due again in ``delay`` seconds; ``ends_run``: the call was its run's last."""
+
     delay: float
-    counts_a_run: bool = True  # False: RetryLater, not a failure
+    ends_run: bool = False
 
 
-Verdict = Dead | Reschedule
+@dataclass(frozen=True)
+class Postpone:
+    """Due again in ``delay`` seconds, no run counted: its handler asked, or is missing."""
+
+    delay: float
+    reason: str
+
+
+Verdict = Dead | Retry | Postpone
+
+# A delivery whose handler is missing here is looked at again after this long.
+HANDLER_RECHECK = 60.0
+
+
+def missing_handler(handler: str, waited: float, limit: float) -> Dead | Postpone:
+    """The verdict on a delivery whose handler this process lacks, ``waited`` seconds
+    after its storing: it waits for a process that has the handler, up to ``limit``."""
+    reason = f"no handler {handler} is registered in this process"
+    if waited >= limit:
+        return Dead(f"{reason}, nor in any that took it on within {limit:.0f}s")
+    return Postpone(min(HANDLER_RECHECK, limit - waited), f"waiting: {reason}")
 
 
 @dataclass(frozen=True)
@@ -96,45 +115,36 @@ class Policy:
     def is_poison(self, error: BaseException) -> bool:
         return isinstance(error, self.dead_at_once)
 
-    def retries(self, error: BaseException) -> bool:
-        """Whether another call in this run may help."""
-        return not (self.is_poison(error) or isinstance(error, RetryLater))
-
-    def retrying(self, attempts: int | None = None) -> Retrying:
-        """Tenacity's loop for the calls of one run (``attempts`` left, default all)."""
-        return Retrying(**self._calls(attempts))
-
-    def aretrying(self, attempts: int | None = None) -> AsyncRetrying:
-        """``retrying()`` for async handlers: the waits are AnyIO sleeps."""
-        return AsyncRetrying(sleep=anyio.sleep, **self._calls(attempts))
-
-    def _calls(self, attempts: int | None) -> dict[str, Any]:
-        return {
-            "stop": stop_after_attempt(self.retry_attempts if attempts is None else attempts),
-            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_wait_max),
-            "retry": retry_if_exception(self.retries),
-            "reraise": True,
-        }
+    def call_wait(self, calls: int) -> float:
+        """Seconds before the next call of a run that has made ``calls`` calls (tenacity's
+        exponential wait, as for its ``attempt_number``)."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = calls
+        wait = wait_exponential(multiplier=self.retry_wait, max=self.retry_wait_max)
+        return float(wait(state))
 
     def redelivery(self, runs: int) -> float:
         """Seconds to wait after the ``runs``-th failed run before the next."""
         return float(min(self.redelivery_delay * 2 ** (runs - 1), self.redelivery_delay_max))
 
-    def after_failed_run(self, runs: int, error: BaseException) -> Verdict:
-        """The verdict on a run that ended in ``error``; ``runs`` counts the run itself."""
+    def after_failed_call(self, calls: int, runs: int, error: BaseException) -> Verdict:
+        """The verdict on a failed call: the ``calls``-th of its run, after ``runs`` runs."""
         if isinstance(error, RetryLater):
-            return Reschedule(max(0.0, error.seconds), counts_a_run=False)
+            return Postpone(max(0.0, error.seconds), describe(error))
         if self.is_poison(error):
             return Dead(f"{describe(error)} (fails at once: {type(error).__name__})")
-        if runs >= self.max_deliveries:
-            return Dead(f"{describe(error)} (failed {plural(runs, 'run')})")
-        return Reschedule(self.redelivery(runs))
+        if calls < self.retry_attempts:
+            return Retry(self.call_wait(calls))
+        ended = runs + 1
+        if ended >= self.max_deliveries:
+            return Dead(f"{describe(error)} (failed {plural(ended, 'run')})")
+        return Retry(self.redelivery(ended), ends_run=True)
 
     def after_lost_run(self, runs: int) -> Verdict:
         """The verdict on a run whose runner vanished (its lease ran out)."""
         if runs >= self.max_deliveries:
             return Dead(f"{runs} runs started and none finished: did its process die?")
-        return Reschedule(0.0)
+        return Retry(0.0, ends_run=True)
 
 
 _built: dict[tuple[tuple[str, Any], ...], Policy] = {}

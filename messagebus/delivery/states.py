@@ -5,10 +5,11 @@ delivery is due from ``next_attempt_at`` on, unless a runner holds a lease on
 it (``lease_until``): a claimed batch, or a run waiting between calls. A
 lease that runs out is the sign of a runner that died.
 
-``runs`` counts the runs that ended: done, failed, dead or lost with their
-runner. It grows by one in ``_END_RUN`` (and its SQL twin ``sql.done_*``),
-and only a requeue sets it back to 0. A ``RetryLater`` and a hand-back at
-shutdown end no run.
+``attempts`` counts every call of the handler; ``calls`` those of the run
+under way, and ``runs`` the runs that ended: done, failed, dead or lost with
+their runner. A run ends in ``_END_RUN`` (and its SQL twin ``sql.done_*``),
+and only a requeue sets ``runs`` back to 0. A ``RetryLater``, a missing
+handler and a hand-back at shutdown end no run.
 
 Transitions that name a ``lease`` act only while the row is still held under
 it (None: not leased), so a runner that lost its lease changes nothing.
@@ -31,23 +32,30 @@ from .. import conf, sql
 from ..envelope import Envelope
 from ..models import Delivery, DeliveryQuerySet
 from ..wording import describe
-from .policy import Dead, Policy
+from .policy import Dead, Policy, Postpone, Verdict
 from .reference import Reference
 
 Status = Delivery.Status
-_END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "lease_until": None}
+_END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "calls": 0, "lease_until": None}
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A delivery leased to this runner until ``lease``; ``runs``: runs ended before;
-    ``stored``: when its event was stored, if read with it."""
+    """A delivery leased to this runner until ``lease`` (None: just stored, unleased);
+    ``runs``: runs ended before; ``calls``: calls of the run under way; ``stored``: when
+    its event was stored, if read with it."""
 
     ref: Reference
     id: int
     runs: int
-    lease: dt.datetime
+    lease: dt.datetime | None
     stored: dt.datetime | None = field(default=None, compare=False)
+    calls: int = 0
+
+    @classmethod
+    def fresh(cls, ref: Reference) -> Claim:
+        """A delivery just stored (or just made due again): unleased, nothing run yet."""
+        return cls(ref, 0, 0, None)
 
 
 def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
@@ -58,8 +66,8 @@ def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
     return [
         Claim(Reference(using, event, handler,
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
-              pk, runs, lease, stored)
-        for pk, handler, runs, event, kind, payload, corr, cause, trace, stored in sql.claim(
+              pk, runs, lease, stored, calls)
+        for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored in sql.claim(
             using, limit, lease, due
         )
     ]  # fmt: skip
@@ -70,21 +78,26 @@ def start(using: str, claims: Sequence[Claim]) -> set[int]:
 
     The claims are one ``claim()``'s, so they share one lease.
     """
-    return sql.lock(using, [c.id for c in claims], claims[0].lease) if claims else set()
+    if not claims:
+        return set()
+    lease = claims[0].lease
+    assert lease is not None, "only claimed deliveries are locked by id"
+    return sql.lock(using, [c.id for c in claims], lease)
 
 
 def done(ref: Reference, lease: dt.datetime | None) -> bool:
     """Mark it done in the current transaction; False if not pending under ``lease``.
 
-    Written before the handler runs, it locks the row: the handler's work and
-    the mark commit together or roll back together.
+    Written as the handler's call begins, it locks the row: the handler's work
+    and the mark commit together or roll back together.
     """
     return sql.done_one(ref.using, ref.event_id, ref.handler, lease, timezone.now())
 
 
-def batch_done(using: str, ids: Sequence[int]) -> None:
-    """Mark these deliveries, locked by ``start`` in this transaction, done."""
-    sql.done_many(using, ids, timezone.now())
+def batch_done(using: str, ids: Sequence[int], begun: dt.datetime | None = None) -> None:
+    """Mark these deliveries, locked by ``start`` in this transaction, done, as of
+    ``begun`` (when the batch's calls began; default now)."""
+    sql.done_many(using, ids, begun or timezone.now())
 
 
 def finished(claims: Sequence[Claim]) -> set[int]:
@@ -93,7 +106,7 @@ def finished(claims: Sequence[Claim]) -> set[int]:
     if not claims:
         return set()
     using = claims[0].ref.using
-    leases: dict[dt.datetime, list[Claim]] = {}
+    leases: dict[dt.datetime | None, list[Claim]] = {}
     for claim in claims:
         leases.setdefault(claim.lease, []).append(claim)
     ours: set[int] = set()
@@ -115,26 +128,42 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
     rows.filter(lease_until__isnull=True).update(lease_until=lease)
     return [
-        Claim(by_key[event, handler], pk, runs, lease)
-        for pk, event, handler, runs in rows.filter(lease_until=lease).values_list(
-            "pk", "event_id", "handler", "runs"
+        Claim(by_key[event, handler], pk, runs, lease, calls=calls)
+        for pk, event, handler, runs, calls in rows.filter(lease_until=lease).values_list(
+            "pk", "event_id", "handler", "runs", "calls"
         )
     ]
 
 
-def failed_call(
-    ref: Reference, lease: dt.datetime | None, error: BaseException
-) -> dt.datetime | None:
-    """Record a failed call; the run goes on, under a fresh lease, which is returned
-    (None: not held under ``lease`` any more, so nothing is recorded)."""
-    renewed = fresh_lease()
-    held = _held(ref, lease).update(
-        attempts=F("attempts") + 1,
-        last_error=describe(error),
-        traceback="".join(traceback.format_exception(error)),
-        lease_until=renewed,
-    )
-    return renewed if held else None
+def failed(
+    ref: Reference, lease: dt.datetime | None, error: BaseException, verdict: Verdict
+) -> bool:
+    """Record a failed call and what the policy made of it: due again (the run goes on,
+    or it ended), postponed (no run counted), or dead. False: not held under ``lease``
+    any more, so nothing is recorded (its holder records its own)."""
+    now = timezone.now()
+    at = now + dt.timedelta(seconds=0 if isinstance(verdict, Dead) else verdict.delay)
+    changes: dict[str, Any] = {
+        "attempts": F("attempts") + 1,
+        "last_error": describe(error),
+        "traceback": "".join(traceback.format_exception(error)),
+        "lease_until": None,
+    }
+    if isinstance(verdict, Dead):
+        changes.update(_END_RUN, status=Status.DEAD, last_error=verdict.reason, finished_at=now)
+    elif isinstance(verdict, Postpone):
+        changes.update(next_attempt_at=at, last_error=verdict.reason)
+    elif verdict.ends_run:
+        changes.update(_END_RUN, next_attempt_at=at)
+    else:
+        changes.update(calls=F("calls") + 1, next_attempt_at=at)
+    return bool(_held(ref, lease).update(**changes))
+
+
+def waiting(ref: Reference, lease: dt.datetime | None, verdict: Postpone) -> int:
+    """Its handler is missing here: due again in a while, for a process that has it."""
+    at = timezone.now() + dt.timedelta(seconds=verdict.delay)
+    return _held(ref, lease).update(next_attempt_at=at, lease_until=None, last_error=verdict.reason)
 
 
 def renewed(claim: Claim) -> dt.datetime | None:
@@ -143,18 +172,6 @@ def renewed(claim: Claim) -> dt.datetime | None:
     rows = Delivery.objects.using(claim.ref.using).pending()
     held = rows.filter(pk=claim.id, lease_until=claim.lease).update(lease_until=lease)
     return lease if held else None
-
-
-def rescheduled(ref: Reference, lease: dt.datetime | None, delay: float) -> int:
-    """End a failed run: due again in ``delay`` seconds."""
-    at = timezone.now() + dt.timedelta(seconds=delay)
-    return _held(ref, lease).update(next_attempt_at=at, **_END_RUN)
-
-
-def postponed(ref: Reference, lease: dt.datetime | None, delay: float, reason: str) -> int:
-    """The handler asked to run again later: due in ``delay`` seconds, no run counted."""
-    at = timezone.now() + dt.timedelta(seconds=delay)
-    return _held(ref, lease).update(next_attempt_at=at, lease_until=None, last_error=reason)
 
 
 def dead(ref: Reference, lease: dt.datetime | None, reason: str) -> int:
@@ -196,8 +213,8 @@ def unleased(refs: Sequence[Reference], lease: dt.datetime) -> int:
 def requeued(deliveries: DeliveryQuerySet) -> int:
     """Dead or waiting deliveries: due now, with a fresh run budget."""
     return deliveries.retryable().update(
-        status=Status.PENDING, runs=0, next_attempt_at=timezone.now(), lease_until=None,
-        finished_at=None,
+        status=Status.PENDING, runs=0, calls=0, next_attempt_at=timezone.now(),
+        lease_until=None, finished_at=None,
     )  # fmt: skip
 
 
@@ -239,15 +256,17 @@ def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[
     return died
 
 
-def runs(ref: Reference) -> int:
-    """Runs ended so far (0 if the delivery is gone)."""
-    found = _row(ref).values_list("runs", flat=True).first()
-    return int(found or 0)
+def counts(ref: Reference) -> tuple[int, int, dt.datetime | None]:
+    """Runs ended so far, calls of the run under way, and when it was stored
+    ((0, 0, None) if the delivery is gone)."""
+    found = _row(ref).values_list("runs", "calls", "created_at").first()
+    return found or (0, 0, None)
 
 
 def held(ref: Reference, lease: dt.datetime) -> list[Claim]:
     """The claim on a delivery still pending under ``lease`` (a list of one), or none."""
-    return [Claim(ref, pk, runs, lease) for pk, runs in _held(ref, lease).values_list("pk", "runs")]
+    rows = _held(ref, lease).values_list("pk", "runs", "calls", "created_at")
+    return [Claim(ref, pk, runs, lease, stored, calls) for pk, runs, calls, stored in rows]
 
 
 def fresh_lease() -> dt.datetime:

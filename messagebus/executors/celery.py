@@ -52,7 +52,7 @@ def run_delivery(reference: dict[str, Any], lease_until: str, stored: str | None
     except (MessageDecodeError, TypeError, ValueError) as exc:
         logger.error("Dropped a task that names no delivery: %s", exc)
         return False
-    return concurrent.run_any(ref, lease=held, stored=_time(stored))
+    return concurrent.run_one(states.Claim(ref, 0, 0, held, _time(stored)))
 
 
 def _time(stored: Any) -> dt.datetime | None:

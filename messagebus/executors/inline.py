@@ -11,15 +11,16 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError, transaction
 
 from .. import conf, logs
-from ..delivery import concurrent, runner, states
+from ..delivery import concurrent, states
 from ..delivery.reference import Reference
+from ..delivery.run import awaited, policy_of
 from ..wording import plural
 from . import later
 
 logger = logs.get_logger(__name__)
 SWEEP_SIZE = 10  # deliveries a sweep takes on at most
 
-# A delivery to run: just stored (no claim), or swept (claimed, one call).
+# A delivery to run: just stored (no claim), or swept (claimed).
 Entry = tuple[Reference, states.Claim | None]
 
 
@@ -32,8 +33,9 @@ class InlineExecutor:
     so a chain of events runs without recursion. Inside ``bus.ahandle()``
     they are awaited on the caller's loop instead (``arun``). Every
     SWEEP_INTERVAL seconds at most, it also ends lost runs and takes on a few
-    deliveries that are that long overdue (runs rescheduled after a failure,
-    leftovers of a process that died), with one call each.
+    deliveries that are that long overdue (calls due again after a failure,
+    leftovers of a process that died). Each delivery is one call: a failure is
+    due again later, never retried while the request waits.
     """
 
     def __init__(self) -> None:
@@ -78,9 +80,9 @@ class InlineExecutor:
             refs.clear()
             entries = _next(queue)
             try:
-                if concurrent.awaited(entries[0][0]):
+                if awaited(entries[0][0]):
                     claims = await sync_to_async(_claims)(entries)
-                    await concurrent.deliver(claims, calls=_calls(entries))
+                    await concurrent.deliver(claims)
                 else:
                     await sync_to_async(_run)(entries)
             except DatabaseError:
@@ -93,7 +95,7 @@ class InlineExecutor:
         if not interval or time.monotonic() - self._last_sweep < interval:
             return []
         self._last_sweep = time.monotonic()
-        states.lease_expired(using, runner.policy_of)
+        states.lease_expired(using, policy_of)
         claims = states.claim(using, SWEEP_SIZE, overdue=interval)
         if claims:
             logger.info(
@@ -106,16 +108,12 @@ def _next(queue: deque[Entry]) -> list[Entry]:
     """The next delivery, or the next deliveries of one event to async handlers."""
     entries = [queue.popleft()]
     ref, claim = entries[0]
-    if concurrent.awaited(ref):
-        while queue and queue[0][0].event_id == ref.event_id and concurrent.awaited(queue[0][0]):
+    if awaited(ref):
+        while queue and queue[0][0].event_id == ref.event_id and awaited(queue[0][0]):
             if (queue[0][1] is None) != (claim is None):
                 break
             entries.append(queue.popleft())
     return entries
-
-
-def _calls(entries: list[Entry]) -> int | None:
-    return None if entries[0][1] is None else 1  # swept: one call
 
 
 def _claims(entries: list[Entry]) -> list[states.Claim]:
@@ -126,8 +124,6 @@ def _claims(entries: list[Entry]) -> list[states.Claim]:
 def _run(entries: list[Entry]) -> None:
     ref, claim = entries[0]
     if len(entries) > 1:
-        concurrent.run_now(_claims(entries), calls=_calls(entries))
-    elif claim is None:
-        concurrent.run_any(ref)
+        concurrent.run_now(_claims(entries))
     else:
-        concurrent.run_any(ref, lease=claim.lease, calls=1, runs=claim.runs)
+        concurrent.run_one(claim or states.Claim.fresh(ref))

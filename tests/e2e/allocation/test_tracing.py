@@ -29,7 +29,7 @@ from allocation.commands import Allocate, CreateBatch
 from allocation.exceptions import InvalidSku
 from config import celery_app
 from messagebus.consumer import Consumer
-from messagebus.delivery import runner, states
+from messagebus.delivery import run, states
 from messagebus.external import consumed
 from messagebus.models import StoredEvent
 from messagebus.transports import amqp
@@ -157,7 +157,7 @@ def test_deliveries_a_celery_worker_runs_are_in_the_requests_trace(spans, tmp_pa
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2, "MAX_DELIVERIES": 1})
-def test_a_failed_run_shows_its_failed_calls_and_how_it_ended(spans, messagebus_registry):
+def test_each_failed_call_is_a_span_saying_how_it_ended(spans, messagebus_registry):
     def welcome(event: Opened) -> None:
         raise ConnectionError("mail server down")
 
@@ -165,13 +165,15 @@ def test_a_failed_run_shows_its_failed_calls_and_how_it_ended(spans, messagebus_
     messagebus.bus.handle(OpenAccount("ann"))
     Worker(once=True).run()
 
-    # One span for the run: its first call in the worker's batch, the rest on its own.
-    [run] = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
-    assert run.attributes["messagebus.outcome"] == "dead"
-    assert run.attributes["messagebus.run"] == 1
-    assert run.status.status_code.name == "ERROR"
-    assert [e.name for e in run.events] == ["exception", "exception"]  # its 2 calls
-    assert run.events[0].attributes["exception.message"] == "mail server down"
+    # Its run: a call in the worker's batch, due again at once (RETRY_WAIT 0), the last
+    # call on its own.
+    calls = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    assert [c.attributes["messagebus.outcome"] for c in calls] == ["retry", "dead"]
+    for call in calls:
+        assert call.attributes["messagebus.run"] == 1
+        assert call.status.status_code.name == "ERROR"
+        assert [e.name for e in call.events] == ["exception"]
+        assert call.events[0].attributes["exception.message"] == "mail server down"
 
 
 def failing(registry, *names: str) -> None:
@@ -189,34 +191,40 @@ def database_down(*args: object, **kwargs: object) -> None:
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2})
-def test_a_run_begun_in_a_batch_that_is_lost_still_ends_its_span(
+def test_a_failure_in_a_batch_that_cannot_be_recorded_still_ends_its_span(
     spans, messagebus_registry, monkeypatch
 ):
     failing(messagebus_registry, "welcome")
     messagebus.bus.handle(OpenAccount("ann"))
-    monkeypatch.setattr(runner.states, "batch_done", database_down)
+    monkeypatch.setattr(run.states, "failed", database_down)
 
     with pytest.raises(DatabaseError):
-        runner.run_batch(states.claim("default", 10), seconds=1)
+        run.deliver(states.claim("default", 10), seconds=1)
 
-    [run] = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
-    assert [e.name for e in run.events] == ["exception"]  # its first call, then the loss
+    [call] = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    assert [e.attributes["exception.message"] for e in call.events] == [
+        "mail server down",
+        "the database went away",
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**TRACED, "RETRY_ATTEMPTS": 2})
-def test_runs_that_were_to_go_on_after_a_batch_end_their_spans_if_one_fails(
-    spans, messagebus_registry, monkeypatch
-):
-    failing(messagebus_registry, "welcome", "remind")
+def test_the_calls_a_failure_rolls_back_in_a_batch_say_so_and_run_again(spans, messagebus_registry):
+    greeted = []
+    messagebus_registry.register(Opened, greeted.append, name="greet")
+    failing(messagebus_registry, "welcome")
     messagebus.bus.handle(OpenAccount("ann"))
-    monkeypatch.setattr(runner, "give_up", database_down)
 
-    with pytest.raises(DatabaseError):
-        runner.run_batch(states.claim("default", 10), seconds=1)
+    run.deliver(states.claim("default", 10), seconds=1)
 
-    runs = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
-    assert sorted(s.attributes["messagebus.handler"] for s in runs) == ["remind", "welcome"]
+    calls = [s for s in spans.get_finished_spans() if s.name == "deliver busapp.Opened"]
+    outcomes = [
+        (c.attributes["messagebus.handler"], c.attributes["messagebus.outcome"]) for c in calls
+    ]
+    assert outcomes == [("greet", "rolled back"), ("welcome", "retry"), ("greet", "done")]
+    assert len(greeted) == 2
+    assert StoredEvent.objects.get().deliveries.get(handler="greet").status == "done"
 
 
 @pytest.mark.django_db(transaction=True)

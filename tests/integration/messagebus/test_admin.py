@@ -16,6 +16,7 @@ from django.utils.html import escape
 import messagebus
 from messagebus import dashboard, health
 from messagebus.models import Delivery, StoredEvent, WorkerBeat
+from messagebus.testing import run_due
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
 from tests.busapp.models import Entry
@@ -35,6 +36,7 @@ def dead_delivery(messagebus_registry, settings):
 
     messagebus_registry.register(None, greet)
     messagebus.bus.handle(OpenAccount("ann"))
+    run_due()  # the rest of its one run
     row = Delivery.objects.get()
     assert row.status == "dead"
     return row, state
@@ -187,7 +189,12 @@ def test_retry_now_says_it_failed_again_and_when_it_runs_next(
     admin_client, dead_delivery, settings
 ):
     row, _ = dead_delivery
-    settings.MESSAGEBUS = {**settings.MESSAGEBUS, "MAX_DELIVERIES": 5, "REDELIVERY_DELAY": 30}
+    settings.MESSAGEBUS = {
+        **settings.MESSAGEBUS,
+        "MAX_DELIVERIES": 5,
+        "REDELIVERY_DELAY": 30,
+        "RETRY_ATTEMPTS": 1,
+    }
 
     response = admin_client.post(button(row, "retry"))
 
@@ -202,8 +209,9 @@ def test_retry_now_says_it_failed_again_and_when_it_runs_next(
     assert (row.status, row.runs) == ("pending", 1)
 
 
-def test_retry_now_says_it_is_dead_and_why(admin_client, dead_delivery):
+def test_retry_now_says_it_is_dead_and_why(admin_client, dead_delivery, settings):
     row, _ = dead_delivery
+    settings.MESSAGEBUS = {**settings.MESSAGEBUS, "RETRY_ATTEMPTS": 1}  # a run of one call
 
     response = admin_client.post(button(row, "retry"))
 
@@ -295,7 +303,12 @@ def test_bulk_retry_says_how_many_ended_done_pending_and_dead(
 
     messagebus_registry.register(None, flaky, name="tests.flaky", max_deliveries=5)
     flaky_row = Delivery.objects.create(event=row.event, handler="tests.flaky", status="dead")
-    gone = Delivery.objects.create(event=row.event, handler="tests.gone", status="dead")
+    gone = Delivery.objects.create(  # no process took its handler on for two days
+        event=row.event,
+        handler="tests.gone",
+        status="dead",
+        created_at=timezone.now() - timedelta(days=2),
+    )
 
     response = admin_client.post(
         reverse("admin:messagebus_delivery_changelist"),

@@ -17,11 +17,12 @@ from django.test import override_settings
 
 import messagebus
 from messagebus import executors
-from messagebus.delivery import concurrent, runner, states
+from messagebus.delivery import concurrent, run, states
 from messagebus.delivery.reference import Reference
 from messagebus.exceptions import HandlerTimeout
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
+from messagebus.testing import run_due
 from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Deposited, Napped, Opened, Pinged
@@ -107,7 +108,10 @@ def test_one_failing_leaves_the_other_done_and_is_retried_itself(timeline):
     assert timeline.overlap("welcome", "crm")
     found = deliveries()
     assert found["send_welcome"].status == Delivery.Status.DONE
-    crm = found["notify_crm"]
+    crm = found["notify_crm"]  # one call in the request, the next one due
+    assert (crm.status, crm.runs, crm.calls, crm.attempts) == (Delivery.Status.PENDING, 0, 1, 1)
+    assert run_due() == 2  # the rest of its run
+    crm = deliveries()["notify_crm"]
     assert crm.status == Delivery.Status.PENDING and crm.runs == 1
     assert crm.attempts == 3 and len(timeline.spans["crm"]) == 3  # RETRY_ATTEMPTS calls
     assert "crm down" in crm.last_error and crm.lease_until is None
@@ -139,6 +143,8 @@ def test_a_handler_past_its_timeout_is_cancelled_and_retried_the_others_unaffect
     messagebus.bus.handle(OpenAccount(name="ann"))
 
     assert time.monotonic() - started < 5  # not the 10 s it asked for
+    assert deliveries()["slow"].status == Delivery.Status.PENDING
+    assert run_due() == 1  # its second call
     found = deliveries()
     assert found["quick"].status == Delivery.Status.DONE
     assert found["slow"].status == Delivery.Status.DONE  # the second call, within time
@@ -268,7 +274,7 @@ def test_an_async_handler_running_past_the_claim_timeout_keeps_its_lease(message
         thread = threading.Thread(target=worker.run)
         thread.start()
         time.sleep(1.2)  # twice the lease it was claimed with
-        ended = states.lease_expired("default", runner.policy_of)  # another worker's sweep
+        ended = states.lease_expired("default", run.policy_of)  # another worker's sweep
         thread.join(10)
 
     assert ended == [] and len(calls) == 1
@@ -320,8 +326,8 @@ def test_an_async_delivery_held_by_another_runner_is_left_to_it(timeline):
     [held] = states.claim("default", 1)
     [free] = Delivery.objects.exclude(pk=held.id)
 
-    assert not concurrent.run_any(held.ref)
-    assert concurrent.run_any(Reference("default", free.event_id, free.handler))
+    assert not concurrent.run_one(states.Claim.fresh(held.ref))
+    assert concurrent.run_one(states.Claim.fresh(Reference("default", free.event_id, free.handler)))
 
     assert Delivery.objects.get(pk=held.id).lease_until == held.lease
     assert Delivery.objects.get(pk=free.pk).status == Delivery.Status.DONE
@@ -337,7 +343,9 @@ def test_the_worker_runs_async_and_sync_handlers_with_their_own_bookkeeping(time
 
         processed = Worker(once=True, concurrency=concurrency).run()
 
-    assert processed == 7  # 2 x (welcome, crm), write_entry, audit, then write_audit_entry
+    # 2 x (welcome, crm), write_entry, audit, then write_audit_entry; and crm's two more
+    # calls of each run, due again at once
+    assert processed == 11
     found = Delivery.objects.values_list("handler", "status", "runs", "attempts")
     by_handler = defaultdict(list)
     for handler, status, runs, attempts in found:

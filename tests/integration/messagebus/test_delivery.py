@@ -12,6 +12,7 @@ from django.utils import timezone
 
 import messagebus
 from messagebus.models import Delivery, StoredEvent
+from messagebus.testing import run_due
 from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Deposited, Opened, Pinged
@@ -63,6 +64,12 @@ def test_a_handler_that_fails_twice_then_succeeds_ends_done(flaky, caplog):
     handler = flaky(failures=2)
     with caplog.at_level(logging.WARNING, logger="messagebus"):
         messagebus.bus.handle(OpenAccount("alice"))
+        # The request made one call; the next is due (at once: RETRY_WAIT is 0).
+        assert handler.calls == 1
+        row = delivery()
+        assert (row.status, row.attempts, row.runs, row.calls) == ("pending", 1, 0, 1)
+        assert row.lease_until is None and row.next_attempt_at <= timezone.now()
+        assert run_due() == 2
     assert handler.calls == 3
     row = delivery()
     assert (row.status, row.attempts, row.runs) == ("done", 3, 1)
@@ -82,8 +89,9 @@ def test_a_failed_run_is_rescheduled_with_a_growing_delay(flaky):
     handler = flaky(failures=100)
     before = timezone.now()
     messagebus.bus.handle(OpenAccount("bob"))
+    run_due()
     row = delivery()
-    assert (row.status, row.attempts, row.runs) == ("pending", 3, 1)
+    assert (row.status, row.attempts, row.runs, row.calls) == ("pending", 3, 1, 0)
     assert (
         before + timedelta(seconds=10)
         <= row.next_attempt_at
@@ -93,7 +101,7 @@ def test_a_failed_run_is_rescheduled_with_a_growing_delay(flaky):
     assert "Traceback" in row.traceback
 
     Delivery.objects.update(next_attempt_at=timezone.now())
-    assert Worker(once=True).run() == 1
+    assert Worker(once=True).run() == 3  # its second run: three calls, one a claim
     row = delivery()
     assert (row.attempts, row.runs, handler.calls) == (6, 2, 6)
     assert row.next_attempt_at >= timezone.now() + timedelta(seconds=14)  # 20s, capped at 15
@@ -106,7 +114,7 @@ def test_a_handler_that_always_fails_ends_dead_and_can_be_retried(flaky):
     assert Account.objects.filter(name="carol").exists()  # the command's data stays
     assert delivery().status == "pending"
 
-    assert Worker(once=True).run() == 1
+    assert Worker(once=True).run() == 5  # the calls left of its two runs
     row = delivery()
     assert (row.status, row.runs, row.attempts) == ("dead", 2, 6)
     assert Worker(once=True).run() == 0  # a dead delivery is left alone
@@ -127,6 +135,7 @@ def test_a_handler_that_always_fails_ends_dead_and_can_be_retried(flaky):
 def test_retry_all_dead_or_by_handler(flaky):
     flaky(failures=3)
     messagebus.bus.handle(OpenAccount("dan"))
+    run_due()
     assert delivery().status == "dead"
     assert "Nothing to retry." in run("retry", "--handler", "nope.nothing")
     assert "done: 1" in run("retry", "--all-dead")
@@ -175,20 +184,45 @@ def test_an_event_that_cannot_be_decoded_is_dead_with_the_reason():
     assert "no event class is registered under the type 'busapp.Vanished'" in unknown.last_error
 
 
-def test_a_delivery_whose_handler_is_gone_is_dead_with_the_reason():
+def stored_for_a_handler_not_here(age: timedelta) -> Delivery:
     event = StoredEvent.objects.create(
         id="00000000-0000-0000-0000-000000000003",
         type="busapp.Opened",
         payload={"name": "x"},
         correlation_id="00000000-0000-0000-0000-000000000003",
     )
-    row = Delivery.objects.create(event=event, handler="tests.busapp.handlers.renamed_long_ago")
+    return Delivery.objects.create(
+        event=event,
+        handler="tests.busapp.handlers.deployed_elsewhere",
+        created_at=timezone.now() - age,
+    )
+
+
+def test_a_delivery_whose_handler_this_process_lacks_waits_for_one_that_has_it(caplog):
+    row = stored_for_a_handler_not_here(timedelta(hours=1))
+    with caplog.at_level(logging.WARNING, logger="messagebus"):
+        assert Worker(once=True).run() == 1
+        Delivery.objects.update(next_attempt_at=timezone.now())
+        assert Worker(once=True).run() == 1
+    row.refresh_from_db()
+    assert (row.status, row.runs, row.attempts, row.lease_until) == ("pending", 0, 0, None)
+    assert row.next_attempt_at >= timezone.now() + timedelta(seconds=55)  # looked at again
+    assert row.last_error == (
+        "waiting: no handler tests.busapp.handlers.deployed_elsewhere is registered in this process"
+    )
+    warned = [r for r in caplog.records if "No handler" in r.getMessage()]
+    assert len(warned) == 1  # once a minute per handler, however many deliveries
+
+
+@override_settings(MESSAGEBUS={**BUS, "HANDLER_WAIT": 3600})
+def test_a_delivery_whose_handler_no_process_took_on_in_time_is_dead_with_the_reason():
+    row = stored_for_a_handler_not_here(timedelta(hours=1, seconds=1))
     Worker(once=True).run()
     row.refresh_from_db()
     assert row.status == "dead"
-    assert (
-        row.last_error
-        == "no handler tests.busapp.handlers.renamed_long_ago is registered for busapp.Opened"
+    assert row.last_error == (
+        "no handler tests.busapp.handlers.deployed_elsewhere is registered in this process, "
+        "nor in any that took it on within 3600s"
     )
 
 
@@ -311,7 +345,8 @@ def test_the_inline_executor_sweeps_overdue_deliveries_with_one_call_each(flaky)
     with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"}):
         messagebus.bus.handle(Pinged(n=7))  # left for a worker: will be overdue, and succeed
     handler = flaky(failures=100)
-    messagebus.bus.handle(OpenAccount("mia"))  # fails its run: rescheduled
+    messagebus.bus.handle(OpenAccount("mia"))
+    run_due()  # fails its run: rescheduled
     assert handler.calls == 3
     Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=5))
     time.sleep(0.25)
@@ -319,7 +354,8 @@ def test_the_inline_executor_sweeps_overdue_deliveries_with_one_call_each(flaky)
     messagebus.bus.handle(Deposited(name="mia", amount=1))  # any commit with deliveries
 
     assert handler.calls == 4  # one call, no retries, in someone else's request
-    assert delivery().runs == 2 and delivery().status == "pending"
+    row = delivery()
+    assert (row.runs, row.calls, row.status) == (1, 1, "pending")  # its second run's first call
     assert Entry.objects.filter(account="ping", amount=7).exists()
 
 

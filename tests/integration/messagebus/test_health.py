@@ -79,7 +79,7 @@ def test_down_within_seconds_when_the_database_is_cut_off_then_back():
     assert health()[0] == "ok"
 
 
-@override_settings(MESSAGEBUS={"EXECUTOR": "worker", "MAX_DELIVERIES": 1})
+@override_settings(MESSAGEBUS={"EXECUTOR": "worker", "MAX_DELIVERIES": 1, "RETRY_ATTEMPTS": 1})
 def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_registry):
     import json
     from io import StringIO

@@ -20,6 +20,7 @@ from messagebus.delivery import states
 from messagebus.executors.celery import run_delivery
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
+from messagebus.testing import run_due
 from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Napped, Pinged
@@ -96,7 +97,9 @@ def test_the_endpoint_shows_what_the_bus_did(client, monkeypatch):
     assert ("messagebus_outbox_lag_seconds", ()) in found
 
 
-@override_settings(MESSAGEBUS={**ALLOWED, "RETRY_ATTEMPTS": 2, "MAX_DELIVERIES": 1})
+@override_settings(
+    MESSAGEBUS={**ALLOWED, "RETRY_ATTEMPTS": 2, "MAX_DELIVERIES": 1, "RETRY_WAIT": 0}
+)
 def test_retries_and_dead_letters_are_counted(messagebus_registry):
     def refuse(event: Pinged) -> None:
         raise ConnectionError("down")
@@ -109,6 +112,7 @@ def test_retries_and_dead_letters_are_counted(messagebus_registry):
     )
 
     messagebus.bus.handle(Pinged(n=1))
+    run_due()
 
     assert now("messagebus_retries_total", handler=name) == retries + 2
     assert now("messagebus_dead_letters_total", handler=name) == dead + 1

@@ -12,7 +12,8 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 import messagebus
-from messagebus.delivery import runner, states
+from messagebus.delivery import states
+from messagebus.delivery.concurrent import run_one
 from messagebus.delivery.reference import Reference
 from messagebus.models import Delivery
 from tests.busapp.commands import OpenAccount
@@ -134,7 +135,7 @@ def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messageb
     def run() -> None:
         ref = Reference("default", row.event_id, row.handler)  # each its own, from the row
         barrier.wait()
-        results.append(runner.run(ref))
+        results.append(run_one(states.Claim.fresh(ref)))
         connection.close()
 
     threads = [threading.Thread(target=run) for _ in range(2)]

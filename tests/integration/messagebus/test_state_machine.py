@@ -1,12 +1,14 @@
 """The delivery state machine, driven by hypothesis: two workers race over three deliveries.
 
 Workers A and B claim deliveries and run them, in a batch or alone, beside an
-inline runner (no lease: the default executor's). Calls fail, runs end as the
-policy says, workers stop and hand back what they did not start, leases run
-out and the reaper ends the runs of the workers that vanished, delays pass,
-and an operator requeues or discards. Every step goes through the transitions
-of ``messagebus.delivery.states`` the way ``runner`` uses them, and checks what
-the transition did; after every step the rows must still make sense.
+inline runner (no lease: the default executor's). Calls fail and the policy
+judges each (called again soon, the run ended, postponed, dead), workers stop
+and hand back what they did not start, leases run out and the reaper ends the
+runs of the workers that vanished, delays pass, and an operator requeues or
+discards. Every step goes through the transitions of
+``messagebus.delivery.states`` the way the engine (``delivery.run``) uses them,
+and checks what the transition did; after every step the rows must still make
+sense.
 
 Steps a runner takes back to back are separate rules here, so that others'
 steps come between them: a runner may go on under a lease it lost, and then
@@ -37,11 +39,10 @@ from hypothesis.stateful import (
 
 import messagebus
 from messagebus.delivery import states
-from messagebus.delivery.policy import Dead, Policy
+from messagebus.delivery.policy import Dead, Policy, Postpone, Retry
 from messagebus.delivery.reference import Reference
 from messagebus.exceptions import RetryLater
 from messagebus.models import Delivery, StoredEvent
-from messagebus.wording import describe
 from tests.busapp.events import Pinged
 from tests.busapp.handlers import record_ping
 from tests.busapp.models import Entry
@@ -50,6 +51,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 USING = "default"
 LIMIT = 3  # MAX_DELIVERIES
+CALLS = 2  # RETRY_ATTEMPTS
 TIMEOUT = 300.0  # CLAIM_TIMEOUT
 PENDING, DONE, DEAD = Delivery.Status.PENDING, Delivery.Status.DONE, Delivery.Status.DEAD
 DISCARDED = Delivery.Status.DISCARDED
@@ -88,7 +90,9 @@ def policy_of(handler: str) -> Policy:
 
 
 def state(row: Delivery) -> tuple[object, ...]:
-    return (row.status, row.runs, row.lease_until, row.next_attempt_at, row.finished_at)
+    return (
+        row.status, row.runs, row.calls, row.lease_until, row.next_attempt_at, row.finished_at
+    )  # fmt: skip
 
 
 def held(row: Delivery, lease: dt.datetime | None) -> bool:
@@ -254,33 +258,27 @@ class DeliveryStates(RuleBasedStateMachine):
         note(f"{name} runs delivery {claim.id} in a batch under lease {claim.lease}")
         runner = self.runners[name]
         before = self.row(claim.id)
-        completed = []
-        with transaction.atomic():
-            ours = states.start(USING, [claim])
-            assert ours == ({claim.id} if held(before, claim.lease) else set())
-            if ours:
-                try:
-                    with transaction.atomic():  # the handler's savepoint
-                        self.handle(claim.id)
-                        if fails:
-                            raise ConnectionError("connection refused")
-                except ConnectionError as exc:  # its run goes on alone
-                    runner.leases[claim.id] = states.failed_call(claim.ref, claim.lease, exc)
-                else:
-                    completed.append(claim.id)
-            states.batch_done(USING, completed)
-        runner.claims.pop(claim.id)
+        ours: set[int] = set()
+        try:
+            with transaction.atomic():  # no savepoint: a failure rolls the batch back
+                ours = states.start(USING, [claim])
+                assert ours == ({claim.id} if held(before, claim.lease) else set())
+                if ours:
+                    self.handle(claim.id)
+                    if fails:
+                        raise ConnectionError("connection refused")
+                states.batch_done(USING, sorted(ours))
+        except ConnectionError as exc:  # recorded after the rollback
+            assert self.row(claim.id).runs == before.runs
+            self.failed(runner, claim.id, claim.lease, exc, before)
+        runner.claims.pop(claim.id, None)
         after = self.row(claim.id)
-        if completed:
+        if ours and not fails:
             self.completions[claim.id] += 1
             assert (after.status, after.runs, after.lease_until) == (DONE, before.runs + 1, None)
-        elif ours:
-            assert (after.status, after.runs) == (PENDING, before.runs)
-            assert after.lease_until == runner.leases[claim.id] > before.lease_until
-        else:
+        elif not ours:
             assert state(after) == state(before)
-        if not ours or completed:
-            runner.ended(claim.id)
+        runner.ended(claim.id)
         if stopping:
             self.stop(name)
 
@@ -289,76 +287,75 @@ class DeliveryStates(RuleBasedStateMachine):
     def a_worker_stops(self, which: int) -> None:
         self.stop(self.claiming()[which % len(self.claiming())])
 
-    @rule(which=WHICH, fails=st.booleans())
-    def a_call(self, which: int, fails: bool) -> None:
-        """A call as ``runner._call`` makes it: marked done, then handled.
+    @rule(which=WHICH, error=st.sampled_from(sorted(ERRORS)), fails=st.booleans())
+    def a_call(self, which: int, error: str, fails: bool) -> None:
+        """A call as ``run.call`` makes it: handled, then marked done in its transaction.
 
-        It succeeds: the run is over. It fails: its work rolls back with its
-        done-mark, and the run goes on under a renewed lease.
+        It succeeds: done. It fails: its work rolls back, and the failure is
+        recorded as the policy judges it. Not its own (another runner holds or
+        finished it): the mark finds out, its work rolls back, nothing changes.
         """
         runner, pk, lease = self.pick(which)
         before = self.row(pk)
         marked = False
         try:
             with transaction.atomic():
-                if marked := states.done(self.refs[pk], lease):
-                    self.handle(pk)
-                    if fails:
-                        raise ConnectionError("connection refused")
-        except ConnectionError:
-            pass
+                self.handle(pk)
+                if fails:
+                    raise ERRORS[error]()
+                if not (marked := states.done(self.refs[pk], lease)):
+                    transaction.set_rollback(True)
+        except (ConnectionError, IntegrityError, RetryLater) as exc:
+            assert state(self.row(pk)) == state(before)  # its work rolled back
+            self.failed(runner, pk, lease, exc, before)
+            return
         assert marked == held(before, lease)
         after = self.row(pk)
-        if marked and not fails:
+        runner.ended(pk)
+        if marked:
             self.completions[pk] += 1
             assert (after.status, after.runs, after.lease_until) == (DONE, before.runs + 1, None)
-            runner.ended(pk)
-            return
-        assert state(after) == state(before)  # rolled back, or not its own
-        if fails:
-            # Not marked, the runner would stop here (not its own); recording the
-            # failure anyway, as it would had it lost the lease since the call,
-            # must change nothing.
-            renewed = states.failed_call(self.refs[pk], lease, ConnectionError("refused"))
-            after = self.row(pk)
-            if marked:
-                assert (after.status, after.runs) == (PENDING, before.runs)
-                assert after.lease_until == renewed
-                runner.leases[pk] = renewed
-                return
-            assert state(after) == state(before)
-        runner.ended(pk)
-
-    @rule(which=WHICH, error=st.sampled_from(sorted(ERRORS)), delay=st.sampled_from([0.0, 60.0]))
-    def a_run_fails(self, which: int, error: str, delay: float) -> None:
-        """The run's last call failed: ``runner.give_up`` ends it as the policy says."""
-        runner, pk, lease = self.pick(which)
-        ref, exc = self.refs[pk], ERRORS[error]()
-        policy = Policy(
-            max_deliveries=LIMIT, redelivery_delay=delay, dead_at_once=(IntegrityError,)
-        )
-        before, now = self.row(pk), timezone.now()
-        verdict = policy.after_failed_run(states.runs(ref) + 1, exc)
-        if isinstance(verdict, Dead):
-            changed = states.dead(ref, lease, verdict.reason)
-        elif not verdict.counts_a_run:
-            changed = states.postponed(ref, lease, verdict.delay, describe(exc))
+            assert after.calls == 0
         else:
-            changed = states.rescheduled(ref, lease, verdict.delay)
+            assert state(after) == state(before)
+
+    def failed(
+        self,
+        runner: Runner,
+        pk: int,
+        lease: dt.datetime | None,
+        exc: Exception,
+        before: Delivery,
+    ) -> None:
+        """``run.failed``: the policy's verdict on the call, recorded if still held."""
+        policy = Policy(
+            retry_attempts=CALLS, max_deliveries=LIMIT, redelivery_delay=60.0,
+            dead_at_once=(IntegrityError,),
+        )  # fmt: skip
+        now = timezone.now()
+        verdict = policy.after_failed_call(before.calls + 1, before.runs, exc)
+        changed = states.failed(self.refs[pk], lease, exc, verdict)
         runner.ended(pk)
         assert changed == held(before, lease)
         after = self.row(pk)
         if not changed:
             assert state(after) == state(before)
-        elif isinstance(verdict, Dead):
-            assert (after.status, after.runs, after.lease_until) == (DEAD, before.runs + 1, None)
+            return
+        assert after.attempts == before.attempts + 1 and after.lease_until is None
+        if isinstance(verdict, Dead):
+            assert (after.status, after.runs, after.calls) == (DEAD, before.runs + 1, 0)
             assert after.finished_at >= now
             if policy.is_poison(exc):
                 self.poisoned.add(pk)
+            return
+        assert after.status == PENDING
+        assert after.next_attempt_at >= now + dt.timedelta(seconds=verdict.delay)
+        if isinstance(verdict, Postpone):
+            assert (after.runs, after.calls) == (before.runs, before.calls)
+        elif isinstance(verdict, Retry) and verdict.ends_run:
+            assert (after.runs, after.calls) == (before.runs + 1, 0)
         else:
-            assert (after.status, after.lease_until) == (PENDING, None)
-            assert after.runs == before.runs + verdict.counts_a_run
-            assert after.next_attempt_at >= now + dt.timedelta(seconds=verdict.delay)
+            assert (after.runs, after.calls) == (before.runs, before.calls + 1)
 
     @rule(which=WHICH, a_lease_runs_out=st.booleans())
     def time_passes(self, which: int, a_lease_runs_out: bool) -> None:
@@ -428,9 +425,10 @@ class DeliveryStates(RuleBasedStateMachine):
                 self.final[pk] = row.status
 
     def runs_within_the_limit(self, rows: dict[int, Delivery]) -> None:
-        """Runs never below 0 nor past the limit; a pending delivery has a run left."""
+        """Runs never below 0 nor past the limit; a pending delivery has a run left, and
+        its run under way a call left."""
         for row in rows.values():
-            assert 0 <= row.runs <= LIMIT
+            assert 0 <= row.runs <= LIMIT and 0 <= row.calls < CALLS
             assert row.runs < LIMIT or row.status != PENDING
 
     def dead_only_past_the_limit_or_of_poison(self, rows: dict[int, Delivery]) -> None:
@@ -496,17 +494,17 @@ def test_a_worker_whose_lease_was_taken_over_changes_nothing():
     with transaction.atomic():
         assert states.start(USING, [a]) == set()
         assert states.done(ref, a.lease) is False
-    states.failed_call(ref, a.lease, ConnectionError("connection refused"))
-    assert states.rescheduled(ref, a.lease, 0) == 0
-    assert states.postponed(ref, a.lease, 0, "later") == 0
+    refused = ConnectionError("connection refused")
+    for verdict in (Retry(0), Retry(0, ends_run=True), Postpone(0, "later"), Dead("gave up")):
+        assert states.failed(ref, a.lease, refused, verdict) is False
     assert states.dead(ref, a.lease, "gave up") == 0
     assert states.released(USING, [a]) == 0
     row = Delivery.objects.get()
     assert (row.status, row.runs, row.lease_until) == (PENDING, 1, b.lease)
 
     with transaction.atomic():  # B runs it, once
-        assert states.done(ref, b.lease) is True
         record_ping(Pinged(n=1))
+        assert states.done(ref, b.lease) is True
     row.refresh_from_db()
     assert (row.status, row.runs, row.lease_until) == (DONE, 2, None)
     assert Entry.objects.count() == 1

@@ -121,7 +121,7 @@ def test_each_module_imports_alone_first_in_a_fresh_interpreter():
     assert not failed, failed
 
 
-@pytest.mark.parametrize("name", ["messagebus.delivery.runner", "messagebus.executors.inline"])
+@pytest.mark.parametrize("name", ["messagebus.delivery.run", "messagebus.executors.inline"])
 def test_the_check_reads_the_code_as_it_is(name):
     assert name in MODULES
     assert imported_by(PACKAGE / (name.removeprefix("messagebus.").replace(".", "/") + ".py"))
