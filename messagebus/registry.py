@@ -5,7 +5,9 @@ Each installed app's ``handlers`` module is imported from ``ready()``; its
 first parameter's annotation unless given; the other parameters name the
 dependencies the bus passes in (``uow``, ``bus``, MESSAGEBUS["DEPENDENCIES"]).
 A handler may be ``async def``: it runs on an event loop, outside any
-transaction, so it cannot take ``uow``.
+transaction, so it cannot take ``uow``. An event handler registered with
+``run="in_transaction"`` is not delivered from the outbox: the unit of work
+that records its event calls it as it ends, before commit (read models).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
 
-from .delivery.policy import OVERRIDABLE
+from .delivery.policy import IN_TRANSACTION, OVERRIDABLE
 from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
 from .messages import BASES, Command, Event, Message
 
@@ -38,6 +40,11 @@ class Handler:
     # ``async def``: awaited on an event loop, never inside a transaction.
     is_async: bool = False
 
+    @property
+    def in_transaction(self) -> bool:
+        """Called inside the transaction that records its event, not delivered after."""
+        return ("run", IN_TRANSACTION) in self.options
+
     def __str__(self) -> str:
         return self.name
 
@@ -45,7 +52,8 @@ class Handler:
 class Registry:
     def __init__(self) -> None:
         self._commands: dict[type[Message], Handler] = {}
-        self._events: dict[type[Message], tuple[Handler, ...]] = {}
+        self._events: dict[type[Message], tuple[Handler, ...]] = {}  # after commit
+        self._inline: dict[type[Message], tuple[Handler, ...]] = {}  # in the transaction
         self._by_name: dict[str, Handler] | None = None  # built on first use
 
     def register(
@@ -62,8 +70,9 @@ class Registry:
         dotted path); give one to keep pending deliveries when it moves.
         ``options`` override an event handler's delivery policy:
         ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``,
-        ``batch=False`` for a transaction of its own per delivery, and
-        ``timeout`` (seconds) for an async one.
+        ``batch=False`` for a transaction of its own per delivery,
+        ``timeout`` (seconds) for an async one, and ``run="in_transaction"``
+        to be called inside the transaction that records the event instead.
         """
         handler = _inspect(func, message_type, name, options)
         cls = handler.message_type
@@ -76,12 +85,12 @@ class Registry:
                 )
             self._commands[cls] = handler
         else:
-            current = self._events.get(cls, ())
-            if any(h.name == handler.name for h in current):
+            if any(h.name == handler.name for h in self._all(cls)):
                 raise HandlerAlreadyRegistered(
                     f"{handler} is already registered for the event {cls.__qualname__}"
                 )
-            self._events[cls] = (*current, handler)
+            kind = self._inline if handler.in_transaction else self._events
+            kind[cls] = (*kind.get(cls, ()), handler)
         self._by_name = None
         return func
 
@@ -89,6 +98,9 @@ class Registry:
         self._commands = {t: h for t, h in self._commands.items() if h.func is not func}
         self._events = {
             t: tuple(h for h in hs if h.func is not func) for t, hs in self._events.items()
+        }
+        self._inline = {
+            t: tuple(h for h in hs if h.func is not func) for t, hs in self._inline.items()
         }
         self._by_name = None
 
@@ -99,36 +111,47 @@ class Registry:
         return handler
 
     def event_handlers(self, cls: type[Message]) -> tuple[Handler, ...]:
+        """The handlers of event ``cls`` delivered after commit, from the outbox."""
         return self._events.get(cls, ())
 
+    def transaction_handlers(self, cls: type[Message]) -> tuple[Handler, ...]:
+        """The handlers of event ``cls`` called inside the transaction that records it."""
+        return self._inline.get(cls, ())
+
     def event_handler(self, cls: type[Message], name: str) -> Handler | None:
-        return next((h for h in self._events.get(cls, ()) if h.name == name), None)
+        """The handler of a delivery of ``cls``: one delivered after commit, or one that
+        runs in the transaction now (a delivery stored before it did still runs once)."""
+        return next((h for h in self._all(cls) if h.name == name), None)
+
+    def _all(self, cls: type[Message]) -> tuple[Handler, ...]:
+        return self._events.get(cls, ()) + self._inline.get(cls, ())
 
     def named(self, name: str) -> Handler | None:
         """The event handler registered under ``name``, whatever its event."""
         if self._by_name is None:
-            self._by_name = {h.name: h for hs in reversed(self._events.values()) for h in hs}
+            every = [*self._events.values(), *self._inline.values()]
+            self._by_name = {h.name: h for hs in reversed(every) for h in hs}
         return self._by_name.get(name)
 
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
-        for handlers in self._events.values():
+        for handlers in (*self._events.values(), *self._inline.values()):
             yield from handlers
 
     def reset(self) -> None:
         """Forget every handler (tests; autodiscovery does not run again)."""
-        self._commands, self._events, self._by_name = {}, {}, None
+        self._commands, self._events, self._inline, self._by_name = {}, {}, {}, None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
         """Register ``funcs`` (and anything registered inside) until the block ends."""
-        saved = dict(self._commands), dict(self._events)
+        saved = dict(self._commands), dict(self._events), dict(self._inline)
         try:
             for func in funcs:
                 self.register(None, func)
             yield self
         finally:
-            self._commands, self._events = saved
+            self._commands, self._events, self._inline = saved
             self._by_name = None
 
 
@@ -185,6 +208,12 @@ def _inspect(
     if not is_async and "timeout" in options:
         raise RegistrationError(
             f"{name}: timeout is for async handlers; a sync one cannot be cancelled"
+        )
+    if options.get("run") == IN_TRANSACTION and (is_async or "bus" in dict(rest)):
+        raise RegistrationError(
+            f"{name} runs in the transaction that records its event, so it can be neither "
+            "async nor take 'bus' (a command inside another's transaction): keep it to "
+            "derived data, and leave the rest to a handler delivered after commit"
         )
     unknown = sorted(set(options) - set(OVERRIDABLE))
     if unknown:

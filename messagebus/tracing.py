@@ -163,6 +163,16 @@ def command(message: Message, handler: str) -> Span:
     return _Command(tracer.start_span(name, attributes=_about(message, handler)))
 
 
+def in_transaction(event: Message, handler: str) -> Span:
+    """The span of an event handled inside the transaction that recorded it: a child of
+    whatever runs that transaction (a command, a delivery)."""
+    tracer = _tracer()
+    if tracer is None:
+        return _off
+    name = f"handle {message_type_name(type(event))}"
+    return _Current(tracer.start_span(name, attributes=_about(event, handler)))
+
+
 def stored(message: Message) -> Carried | None:
     """Record the span of an event stored; the trace context to keep with it (None: off)."""
     tracer = _tracer()

@@ -3,21 +3,28 @@
 An event recorded inside a unit of work is written to the outbox at once, in
 the current transaction, so it shares the fate of the data around it: a
 rollback (of the whole transaction or of a nested savepoint) discards it. Its
-deliveries are handed to the executor when the transaction commits.
+deliveries are handed to the executor when the transaction commits. Its
+handlers registered with ``run="in_transaction"`` are called as the unit of
+work ends, before it commits, in its transaction: a read right after the
+command sees what they wrote, and their failure fails the command.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 
-from . import executors, logs, outbox
+from . import executors, logs, metrics, outbox, tracing
+from .dependencies import dependencies
 from .exceptions import UnitOfWorkError
 from .messages import Event
+from .registry import registry
 
 logger = logs.get_logger(__name__)
 _joining: ContextVar[bool] = ContextVar("messagebus_joining", default=False)
@@ -51,18 +58,57 @@ class UnitOfWork(transaction.Atomic):
     def __init__(self, using: str | None = None) -> None:
         # A savepoint when nested (unless joined()), never durable.
         super().__init__(using or DEFAULT_DB_ALIAS, not _joining.get(), False)
+        # Per entry (it may be entered again while open): events whose handlers run
+        # in the transaction, as that entry's block ends.
+        self._inline: list[list[Event]] = []
 
     def __enter__(self) -> UnitOfWork:  # type: ignore[override]
         super().__enter__()
+        self._inline.append([])
         return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None and self._inline[-1]:
+            try:
+                self.flush()
+            except BaseException as failure:
+                self._inline.pop()
+                super().__exit__(type(failure), failure, failure.__traceback__)
+                raise
+        self._inline.pop()
+        super().__exit__(kind, error, traceback)
 
     @property
     def alias(self) -> str:
         return self.using or DEFAULT_DB_ALIAS
 
     def publish(self, event: Event) -> None:
-        """Store ``event`` in this transaction; the executor delivers it (after commit)."""
+        """Store ``event`` in this transaction; the executor delivers it (after commit),
+        and its in-transaction handlers run as this block ends."""
+        if not self._inline:
+            raise UnitOfWorkError("publish() is for inside the unit of work's block")
         executors.get().submit(outbox.store(event, self.alias))
+        if registry.transaction_handlers(type(event)):
+            self._inline[-1].append(event)
+
+    def flush(self) -> None:
+        """Call the in-transaction handlers of the events recorded so far in this block
+        (and of those they record), in order, now."""
+        waiting = self._inline[-1]
+        while waiting:
+            event = waiting.pop(0)
+            for handler in registry.transaction_handlers(type(event)):
+                span = tracing.in_transaction(event, handler.name)
+                with logs.handling(event, handler.name), span:
+                    started = time.perf_counter()
+                    dependencies.call(handler, event, self, None)
+                    metrics.call(handler.name, time.perf_counter() - started)
+                    logger.debug("Handled %s in its transaction with %s", event, handler)
 
 
 def current(using: str = DEFAULT_DB_ALIAS) -> UnitOfWork | None:

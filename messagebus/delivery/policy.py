@@ -24,9 +24,19 @@ from .. import conf
 from ..exceptions import RetryLater
 from ..wording import describe, plural
 
+AFTER_COMMIT, IN_TRANSACTION = "after_commit", "in_transaction"  # when a handler runs
+
+
+def lifecycle(value: Any) -> str | None:
+    if value in (AFTER_COMMIT, IN_TRANSACTION):
+        return None
+    return f"must be {AFTER_COMMIT!r} or {IN_TRANSACTION!r}, not {value!r}"
+
+
 # What a handler may override, and how to check a value:
-# @messagebus.handler(max_deliveries=10, batch=False).
+# @messagebus.handler(max_deliveries=10, batch=False, run="in_transaction").
 OVERRIDABLE: dict[str, conf.Validator] = {
+    "run": lifecycle,
     "retry_attempts": conf.whole_number,
     "max_deliveries": conf.whole_number,
     "redelivery_delay": conf.seconds,
@@ -84,6 +94,9 @@ class Policy:
     batch: bool = True
     # Seconds an async handler's call may take before it is cancelled (None: no limit).
     timeout: float | None = None
+    # AFTER_COMMIT: delivered from the outbox; IN_TRANSACTION: called inside the
+    # transaction that records the event, as it ends (its failure fails that).
+    run: str = AFTER_COMMIT
 
     @classmethod
     def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:

@@ -220,6 +220,7 @@ def _batch(
                     started = time.perf_counter()
                     try:
                         dependencies.call(job.handler, job.event, uow, bus)
+                        uow.flush()  # the in-transaction handlers of what it recorded
                     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
                         error = exc
                     else:

@@ -63,11 +63,19 @@ class ApiClient:
         return self.request("GET", f"/allocations/{orderid}")
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
+@pytest.fixture(
+    params=[("wsgi", "inline"), ("asgi", "inline"), ("wsgi", "worker"), ("asgi", "worker")],
+    ids="-".join,
+)
 def api_client(request, live_server, settings) -> ApiClient:
-    if request.param == "asgi":
-        return ApiClient(request.getfixturevalue("uvicorn")())
+    """The service over WSGI or ASGI, its events handled inline or left for workers
+    (none runs: a read right after a write sees only what the command's transaction
+    wrote, the read model included)."""
+    server, executor = request.param
+    if server == "asgi":
+        return ApiClient(request.getfixturevalue("uvicorn")({"MESSAGEBUS_EXECUTOR": executor}))
     settings.API_ALLOW_ANONYMOUS = True
+    settings.MESSAGEBUS = {**settings.MESSAGEBUS, "EXECUTOR": executor}
     return ApiClient(live_server.url)
 
 

@@ -95,10 +95,12 @@ def test_a_request_and_every_delivery_it_caused_are_one_trace(spans):
     assert command.parent.span_id == request.context.span_id
     assert store.parent.span_id == command.context.span_id
     assert command.attributes["messagebus.handler"] == "allocation.handlers.allocate"
-    assert {s.attributes["messagebus.handler"] for s in deliveries} == {
-        "allocation.handlers.add_allocation_to_read_model",
-        "publish:line_allocated",
-    }
+    assert {s.attributes["messagebus.handler"] for s in deliveries} == {"publish:line_allocated"}
+    [read_model] = [s for s in found if s.name == "handle allocation.Allocated"]  # in its
+    assert read_model.parent.span_id == command.context.span_id  # command's transaction
+    assert read_model.attributes["messagebus.handler"] == (
+        "allocation.handlers.add_allocation_to_read_model"
+    )
     for delivery in deliveries:
         assert delivery.parent.span_id == store.context.span_id
         assert delivery.kind is SpanKind.CONSUMER
