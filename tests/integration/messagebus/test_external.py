@@ -164,8 +164,10 @@ def test_malformed_messages_are_dead_lettered_and_the_consumer_carries_on(consum
     assert Batch.objects.get(reference="b1").purchased_quantity == 7
     reasons = sorted(InboxMessage.objects.filter(status="skipped").values_list("reason", flat=True))
     assert [r.split(":")[0] for r in reasons] == [
-        "no 'qty' in ['batchref']", "not JSON", "not a JSON object but list", "wrong type",
+        "allocation.external.change_batch_quantity", "no 'qty' in ['batchref']", "not JSON",
+        "not a JSON object but list",
     ]  # fmt: skip
+    assert reasons[0].endswith("qty: 'five' is not a whole number")
     dead = []
     wait_for(
         lambda: (

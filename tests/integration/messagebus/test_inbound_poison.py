@@ -147,3 +147,29 @@ def test_on_redis_what_would_stop_the_consumer_is_kept_in_the_inbox_and_the_next
     assert len(bodies["too large"]) == 1024  # its first bytes, not all of it
     assert '"b\N{REPLACEMENT CHARACTER}"' in "".join(body for _, body in kept)
     assert process.process.poll() is None
+
+
+@needs_rabbitmq
+def test_quantities_and_references_the_commands_rules_refuse_are_dead_lettered(
+    batch, consumer, rabbitmq
+):
+    process = consumer(BROKER_URL)
+    refused = {
+        "negative": ('{"batchref": "b1", "qty": -1}', "qty: -1 is not between 1 and 1000000"),
+        "zero": ('{"batchref": "b1", "qty": 0}', "qty: 0 is not between 1 and 1000000"),
+        "over": ('{"batchref": "b1", "qty": 5000000}', "qty: 5000000 is not between 1 and 1000000"),
+        "huge": ('{"batchref": "b1", "qty": 1e29}', "qty: 1e+29 is not a whole number"),
+        "nul": ('{"batchref": "b1\\u0000", "qty": 3}', "ref: 'b1\\x00': Use only letters"),
+    }
+    for message_id, (body, _) in refused.items():
+        rabbitmq.publish(body, message_id)
+    rabbitmq.publish(VALID)
+
+    wait_for(handled, output=lambda: process.output)
+    assert Batch.objects.get(reference="b1").purchased_quantity == 7
+    dead = {m.properties["message_id"]: m.headers["x-reason"] for m in dead_letters(rabbitmq, 5)}
+    assert set(dead) == set(refused)
+    for message_id, (_, reason) in refused.items():
+        assert reason in dead[message_id], dead[message_id]
+        assert dead[message_id].startswith("allocation.external.change_batch_quantity: Invalid ")
+    assert reasons() == dead

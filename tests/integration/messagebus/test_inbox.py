@@ -29,13 +29,33 @@ CHANNEL = "change_batch_quantity"
         (b"not json", "not JSON"),
         (b"[1, 2]", "not a JSON object but list"),
         (b'{"batchref": "b1"}', "no 'qty'"),
-        (b'{"batchref": "b1", "qty": "five"}', "wrong type"),
-        (b'{"batchref": 7, "qty": 5}', "wrong type"),
+        (b'{"batchref": "b1", "qty": "five"}', "qty: 'five' is not a whole number$"),
+        (b'{"batchref": 7, "qty": 5}', "ref: 7 is not text$"),
+        (b'{"batchref": "b1", "qty": -1}', "qty: -1 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 0}', "qty: 0 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 5000000}', "qty: 5000000 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 1e29}', r"qty: 1e\+29 is not a whole number$"),
+        (b'{"batchref": "b\\u0000", "qty": 5}', "ref: 'b.x00': Use only letters"),
+        (b"[" * 200_000, "not JSON: nested more than 100 deep$"),
     ],
 )
 def test_a_malformed_body_says_why(body, reason):
     with pytest.raises(Malformed, match=reason):
         translated(CHANNEL, body)
+
+
+def test_a_field_of_the_wrong_type_for_its_annotation_is_malformed():
+    with pytest.raises(Malformed, match=r"wrong type: Record\.n"):
+        translated("busapp_record", b'{"n": "five"}')
+
+
+def test_a_body_over_the_size_limit_is_not_decoded(monkeypatch):
+    monkeypatch.setattr("json.loads", lambda *args: pytest.fail("decoded"))
+    with (
+        override_settings(MESSAGEBUS={"INBOUND_MAX_BYTES": 10}),
+        pytest.raises(Malformed, match=r"^too large: 11 bytes, over .*\(10\)$"),
+    ):
+        translated(CHANNEL, b"{" + b" " * 9 + b"}")
 
 
 def test_a_channel_nobody_takes_in_is_malformed():
