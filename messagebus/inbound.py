@@ -86,5 +86,7 @@ def text(body: bytes) -> str:
 
 
 def storable(value: str, length: int | None = None) -> str:
-    """``value`` as a text column takes it: NUL, which PostgreSQL refuses, replaced."""
-    return value[:length].replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    """``value`` as a text column takes it: NUL, which PostgreSQL refuses, replaced, and a
+    lone surrogate (JSON's "\\ud800"), which UTF-8 cannot encode, escaped."""
+    value = value[:length].encode("utf-8", "backslashreplace").decode("utf-8")
+    return value.replace("\x00", "\N{REPLACEMENT CHARACTER}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 
 from . import logs, tracing
 from .exceptions import CommandRejected
@@ -156,7 +156,7 @@ def _dead(
             defaults={"channel": storable(channel, 255), "status": Status.SKIPPED,
                       "command": command, "body": text(body), "reason": reason},
         )  # fmt: skip
-    except DatabaseError as exc:
+    except Exception as exc:  # whatever it is, the message is dead: the broker keeps it
         if is_outage(exc):
             raise
         logger.exception("Message %s on %s: not kept in the inbox", message_id, channel)

@@ -84,17 +84,20 @@ class AmqpTransport:
         at_hand: list[Any] = []
 
         def settle() -> None:
+            # Taken out first: publishing a dead letter may read more messages off the
+            # connection, which land in ``at_hand`` for the next round.
+            taken = at_hand[:]
+            del at_hand[:]
             messages = [
                 (m.delivery_info.get("routing_key", ""),
                  m.body if isinstance(m.body, bytes) else m.body.encode(),
                  m.properties.get("message_id"), _trace(m.headers))
-                for m in at_hand
+                for m in taken
             ]  # fmt: skip
-            for message, settled in zip(at_hand, receive(messages), strict=True):
+            for message, settled in zip(taken, receive(messages), strict=True):
                 if settled.verdict is Verdict.DEAD:
                     dead_letter(producer, message, settled.reason)
                 message.ack()
-            at_hand.clear()
 
         with Connection(self.url, connect_timeout=TIMEOUT, heartbeat=30) as connection:
             connection.connect()  # one try: the consumer backs off between tries
