@@ -21,6 +21,7 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 ## run: serve the demo on 127.0.0.1:8000 (SQLite, inline executor, demo data)
 run: export DJANGO_DEBUG = 1
 run: export API_ALLOW_ANONYMOUS = 1
+run: export THROTTLING = 0
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo_data

@@ -60,3 +60,13 @@ class LineDoesNotFit(AllocationError):
         self.ref = ref
         self.sku = sku
         self.qty = qty
+
+
+class InvalidCommand(AllocationError, ValueError):
+    """A command built with a value its fields' rules refuse (``allocation.rules``)."""
+
+    def __init__(self, command: str, errors: dict[str, list[str]]) -> None:
+        detail = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in errors.items())
+        super().__init__(f"Invalid {command}: {detail}")
+        self.command = command
+        self.errors = errors

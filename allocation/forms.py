@@ -7,22 +7,26 @@ from django.contrib.admin.widgets import AdminDateWidget
 
 import messagebus
 
+from . import rules
 from .commands import Allocate, ChangeBatchQuantity, CreateBatch
 from .models import Batch
-from .validators import IDENTIFIER_MAX_LENGTH, MAX_QUANTITY, validate_identifier
 
 
-def identifier(label: str, help_text: str = "") -> forms.CharField:
-    return forms.CharField(
-        label=label,
-        max_length=IDENTIFIER_MAX_LENGTH,
-        validators=[validate_identifier],
-        help_text=help_text,
+def field(command: type, name: str, label: str, help_text: str = "") -> forms.Field:
+    """The form field for ``command``'s field ``name``, built from the rule it obeys."""
+    rule = rules.rule(command, name)
+    if isinstance(rule, rules.Identifier):
+        return forms.CharField(
+            label=label, max_length=rule.max_length, validators=list(rule.validators),
+            help_text=help_text,
+        )  # fmt: skip
+    if isinstance(rule, rules.Quantity):
+        return forms.IntegerField(
+            label=label, min_value=rule.minimum, max_value=rule.maximum, help_text=help_text
+        )
+    return forms.DateField(
+        label=label, required=not rule.optional, widget=AdminDateWidget, help_text=help_text
     )
-
-
-def quantity(label: str, help_text: str = "") -> forms.IntegerField:
-    return forms.IntegerField(label=label, min_value=1, max_value=MAX_QUANTITY, help_text=help_text)
 
 
 class CommandForm(forms.Form):
@@ -33,21 +37,20 @@ class CommandForm(forms.Form):
 
 
 class CreateBatchForm(CommandForm):
-    ref = identifier("Reference")
-    sku = identifier("SKU", "A new SKU adds the product.")
-    qty = quantity("Purchased quantity")
-    eta = forms.DateField(
-        label="ETA", required=False, widget=AdminDateWidget, help_text="Empty: in stock."
-    )
+    ref = field(CreateBatch, "ref", "Reference")
+    sku = field(CreateBatch, "sku", "SKU", "A new SKU adds the product.")
+    qty = field(CreateBatch, "qty", "Purchased quantity")
+    eta = field(CreateBatch, "eta", "ETA", "Empty: in stock.")
 
     def command(self) -> CreateBatch:
         return CreateBatch(**self.cleaned_data)
 
 
 class ChangeBatchQuantityForm(CommandForm):
-    qty = quantity(
-        "Purchased quantity", "Lines that no longer fit are deallocated and allocated again."
-    )
+    qty = field(
+        ChangeBatchQuantity, "qty", "Purchased quantity",
+        "Lines that no longer fit are deallocated and allocated again.",
+    )  # fmt: skip
 
     def __init__(self, data: Any = None, *, batch: Batch) -> None:
         super().__init__(data, initial={"qty": batch.purchased_quantity})
@@ -58,9 +61,9 @@ class ChangeBatchQuantityForm(CommandForm):
 
 
 class AllocateForm(CommandForm):
-    orderid = identifier("Order id")
-    sku = identifier("SKU")
-    qty = quantity("Quantity")
+    orderid = field(Allocate, "orderid", "Order id")
+    sku = field(Allocate, "sku", "SKU")
+    qty = field(Allocate, "qty", "Quantity")
 
     def command(self) -> Allocate:
         return Allocate(**self.cleaned_data)

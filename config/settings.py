@@ -14,9 +14,17 @@ API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo o
 EMAIL_BACKEND       default: print emails to the console
 ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
 ALLOCATION_WEBHOOK_URLS comma-separated http(s) URLs each allocation is POSTed to
+THROTTLING          API throttles and admin login lockout (default: on, off under DJANGO_DEBUG)
+API_THROTTLE_ANON   requests an anonymous client may make (default 60/minute)
+API_THROTTLE_USER   requests a signed-in user may make (default 600/minute)
+LOGIN_FAILURE_LIMIT failed admin logins before a username is locked out from an address (default 5)
+LOGIN_LOCKOUT_MINUTES how long a lockout lasts (default 15)
+CACHE_URL           redis://... : the cache the throttles count in, shared by every process
+                    (default: each process's memory)
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +52,7 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set DJANGO_SECRET_KEY (or DJANGO_DEBUG=1 for local work).")
     SECRET_KEY = "insecure-local-development-key"
+THROTTLING = env_bool("THROTTLING", default=not DEBUG)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 
 INSTALLED_APPS = [
@@ -57,6 +66,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "messagebus",
     "allocation",
 ]
@@ -71,6 +81,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -117,6 +129,16 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The API's throttles and the login lockout count here: share it between processes in
+# production (CACHE_URL=redis://...), or each process counts on its own.
+if os.environ.get("CACHE_URL"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["CACHE_URL"],
+        }
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -173,6 +195,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["allocation.api.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "allocation.api.exceptions.exception_handler",
+    # Read on each request (allocation.api.throttling): a rate of None does not throttle.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "allocation.api.throttling.AnonThrottle",
+        "allocation.api.throttling.UserThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("API_THROTTLE_ANON", "60/minute") if THROTTLING else None,
+        "user": os.environ.get("API_THROTTLE_USER", "600/minute") if THROTTLING else None,
+    },
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
@@ -187,6 +218,18 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 API_ALLOW_ANONYMOUS = env_bool("API_ALLOW_ANONYMOUS")
+
+# Brute force: failed admin logins lock the username out from that address for a while
+# (django-axes); the backend must come first, and needs the request (the admin passes it).
+AXES_ENABLED = THROTTLING
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AUTHENTICATION_BACKENDS = [
+    "config.authentication.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 ALLOCATION_STOCK_EMAIL = os.environ.get("ALLOCATION_STOCK_EMAIL", "stock@example.com")

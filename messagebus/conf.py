@@ -194,6 +194,9 @@ class Settings:
     EXTERNAL_URL = Setting[str | None](
         None, external_url, "broker for messages to other services (None: publish nothing)"
     )
+    INBOUND_MAX_BYTES = Setting[int](
+        1_048_576, whole_number, "bytes: a larger inbound message is dead-lettered, not decoded"
+    )
 
     @property
     def raw(self) -> dict[str, Any]:

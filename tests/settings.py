@@ -41,7 +41,13 @@ WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 API_ALLOW_ANONYMOUS = False
-REST_FRAMEWORK = {**REST_FRAMEWORK, "TEST_REQUEST_DEFAULT_FORMAT": "json"}  # noqa: F405
+# Throttles and the login lockout are off, but in their own tests (tests/e2e/test_throttling.py).
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,  # noqa: F405
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_RATES": {"anon": None, "user": None},
+}
+AXES_ENABLED = False
 LOGGING["root"]["level"] = os.environ.get("LOG_LEVEL", "WARNING")  # noqa: F405
 
 # Celery tests send to a queue of this test run's own (their worker subprocesses

@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from ..exceptions import (
     AllocationError,
     DuplicateBatch,
+    InvalidCommand,
     InvalidSku,
     LineAlreadyAllocated,
     ProductChanged,
@@ -44,6 +45,8 @@ class OutOfStockError(APIException):
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, InvalidCommand):  # a value from the URL: the fields' rules refuse it
+        return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, AllocationError):
         code = STATUS_CODES.get(type(exc), status.HTTP_400_BAD_REQUEST)
         return Response({"message": str(exc)}, status=code)

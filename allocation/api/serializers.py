@@ -4,7 +4,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from ..validators import IDENTIFIER_MAX_LENGTH, MAX_QUANTITY, validate_identifier
+from .. import rules
+from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
 
 
 class StrictCharField(serializers.CharField):
@@ -25,43 +26,48 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-def identifier(help_text: str, *, required: bool = True) -> serializers.CharField:
-    return StrictCharField(
-        max_length=IDENTIFIER_MAX_LENGTH,
-        validators=[validate_identifier],
-        help_text=help_text,
-        required=required,
-    )
-
-
-def quantity(help_text: str) -> serializers.IntegerField:
-    return StrictIntegerField(min_value=1, max_value=MAX_QUANTITY, help_text=help_text)
+def field(
+    command: type, name: str, help_text: str, **options: Any
+) -> serializers.Field[Any, Any, Any, Any]:
+    """The input field for ``command``'s field ``name``, built from the rule it obeys."""
+    rule = rules.rule(command, name)
+    if isinstance(rule, rules.Identifier):
+        return StrictCharField(
+            max_length=rule.max_length, validators=list(rule.validators), help_text=help_text,
+            **options,
+        )  # fmt: skip
+    if isinstance(rule, rules.Quantity):
+        return StrictIntegerField(
+            min_value=rule.minimum, max_value=rule.maximum, help_text=help_text, **options
+        )
+    return serializers.DateField(allow_null=rule.optional, help_text=help_text, **options)
 
 
 class BatchInputSerializer(serializers.Serializer[None]):
-    ref = identifier("The batch's reference, unique across SKUs.")
-    sku = identifier("The product's SKU; a new SKU creates the product.")
-    qty = quantity("The purchased quantity.")
-    eta = serializers.DateField(
-        allow_null=True, default=None, help_text="When the batch arrives; null: in stock."
-    )
+    ref = field(CreateBatch, "ref", "The batch's reference, unique across SKUs.")
+    sku = field(CreateBatch, "sku", "The product's SKU; a new SKU creates the product.")
+    qty = field(CreateBatch, "qty", "The purchased quantity.")
+    eta = field(CreateBatch, "eta", "When the batch arrives; null: in stock.", default=None)
 
 
 class BatchFilterSerializer(serializers.Serializer[None]):
     """The list's query parameters: pass ``query_params.dict()``, so that ``?sku=`` is blank,
     an error, as the schema's ``minLength: 1`` says (a ``QueryDict`` would make it absent)."""
 
-    sku = identifier("Only this SKU's batches.", required=False)
+    sku = field(CreateBatch, "sku", "Only this SKU's batches.", required=False)
 
 
 class BatchQuantityInputSerializer(serializers.Serializer[None]):
-    qty = quantity("The new purchased quantity; lines that no longer fit are reallocated.")
+    qty = field(
+        ChangeBatchQuantity, "qty",
+        "The new purchased quantity; lines that no longer fit are reallocated.",
+    )  # fmt: skip
 
 
 class AllocateInputSerializer(serializers.Serializer[None]):
-    orderid = identifier("The order's id.")
-    sku = identifier("The SKU ordered.")
-    qty = quantity("The quantity ordered.")
+    orderid = field(Allocate, "orderid", "The order's id.")
+    sku = field(Allocate, "sku", "The SKU ordered.")
+    qty = field(Allocate, "qty", "The quantity ordered.")
 
 
 class BatchSerializer(serializers.Serializer[Any]):

@@ -15,7 +15,7 @@ import messagebus
 from .. import queries
 from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
 from ..models import AllocationView, Batch, OrderLine
-from . import schema
+from . import schema, throttling
 from .exceptions import OutOfStockError
 from .permissions import ModelPermissionsOrAnonymous
 from .serializers import (
@@ -33,6 +33,9 @@ class AllocationAPIView(APIView):
     # ``queryset`` names the model whose permissions a write needs. Bodies are
     # read by the parser of ``REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]`` (JSON).
     permission_classes = [ModelPermissionsOrAnonymous]
+
+    def perform_authentication(self, request: Request) -> None:
+        throttling.authenticate(self, request)
 
 
 def validated(serializer_class: type[serializers.Serializer[Any]], data: Any) -> Any:

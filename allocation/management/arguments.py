@@ -1,35 +1,41 @@
-"""argparse ``type=`` converters for the allocation commands' arguments."""
+"""argparse ``type=`` converters for the allocation commands' arguments, built from the
+rules the command's fields obey (``allocation.rules``)."""
 
 from argparse import ArgumentTypeError
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ..validators import IDENTIFIER_MAX_LENGTH, MAX_QUANTITY, validate_identifier
+from .. import rules
 
 
-def identifier(value: str) -> str:
-    if len(value) > IDENTIFIER_MAX_LENGTH:
-        raise ArgumentTypeError(f"at most {IDENTIFIER_MAX_LENGTH} characters")
-    try:
-        validate_identifier(value)
-    except ValidationError as exc:
-        raise ArgumentTypeError(f"{value!r}: {exc.messages[0]}") from None
-    return value
+def argument(command: type, name: str) -> Callable[[str], Any]:
+    """An argument's text -> the value of ``command``'s field ``name``, as its rule says."""
+    rule = rules.rule(command, name)
+
+    def convert(text: str) -> Any:
+        value = parsed(rule, text)
+        try:
+            rule.check(value)
+        except ValidationError as exc:
+            raise ArgumentTypeError(exc.messages[0]) from None
+        return value
+
+    convert.__name__ = name  # argparse names the argument's type in its errors
+    return convert
 
 
-def quantity(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 1 <= number <= MAX_QUANTITY:
-        raise ArgumentTypeError(f"{value} is not between 1 and {MAX_QUANTITY}")
-    return number
-
-
-def iso_date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+def parsed(rule: rules.Rule, text: str) -> Any:
+    if isinstance(rule, rules.Quantity):
+        try:
+            return int(text)
+        except ValueError:
+            raise ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if isinstance(rule, rules.Day):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            raise ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    return text

@@ -13,7 +13,7 @@ import enum
 import json
 import threading
 from collections.abc import Callable, Mapping
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from django.utils.module_loading import import_string
 
@@ -25,15 +25,24 @@ from ..exceptions import ConfigurationError
 class Verdict(enum.Enum):
     """What a consumer does with a message it was given."""
 
-    ACK = "ack"  # done with: handled, a duplicate, or refused by the domain (recorded)
-    DEAD = "dead"  # malformed: dead-letter it where the broker can, else drop it
+    ACK = "ack"  # done with: handled, or a copy of one handled before
+    DEAD = "dead"  # its own fault: dead-letter it where the broker can (the inbox keeps it)
 
+
+class Settled(NamedTuple):
+    """A message's verdict, and for a dead one the reason (the broker keeps it too)."""
+
+    verdict: Verdict
+    reason: str = ""
+
+
+ACKED = Settled(Verdict.ACK)
 
 # A message that came in: (channel, body, its id or None if it came without one, the
 # trace context it carried or None: messagebus.tracing).
 Inbound = tuple[str, bytes, str | None, dict[str, str] | None]
 # receive(messages at hand): what to do with each.
-Receive = Callable[[list[Inbound]], list[Verdict]]
+Receive = Callable[[list[Inbound]], list[Settled]]
 BATCH = 100  # messages a consumer takes at a time, at most
 
 
@@ -73,6 +82,12 @@ def get() -> Transport | None:
                 )
             _built[url] = cast(Transport, import_string(conf.TRANSPORTS[scheme])(url))
         return _built[url]
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    """What the transports built so far raise when their broker cannot be reached."""
+    built = list(_built.values())
+    return tuple({error for transport in built for error in transport.connection_errors})
 
 
 def body(envelope: Envelope) -> bytes:

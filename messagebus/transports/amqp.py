@@ -4,8 +4,12 @@ Messages are persistent and confirmed by the broker before ``publish``
 returns; the message id, type and correlation id travel as AMQP properties,
 the causation id as a header. Coming in, each consuming app has a durable
 queue per channel (``<app label>.<channel>``), bound to the exchange; a
-message is acknowledged once its command committed, and a malformed one is
-rejected to the dead-letter queue ``messagebus.dead``, for an operator to read.
+message is acknowledged once its command committed, and a dead one (its own
+fault: ``messagebus.inbox``) is copied to the dead-letter queue ``messagebus.dead``
+with the reason in its headers, for an operator to read, then acknowledged: the
+consumer goes on with the next at once. A copy keeps at most
+``MESSAGEBUS["INBOUND_MAX_BYTES"]`` of the body; the header ``x-original-size``
+says how large it was.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
+from .. import conf
 from ..envelope import Envelope
 from . import BATCH, Receive, Verdict, body
 
@@ -79,23 +84,26 @@ class AmqpTransport:
         at_hand: list[Any] = []
 
         def settle() -> None:
+            # Taken out first: publishing a dead letter may read more messages off the
+            # connection, which land in ``at_hand`` for the next round.
+            taken = at_hand[:]
+            del at_hand[:]
             messages = [
                 (m.delivery_info.get("routing_key", ""),
                  m.body if isinstance(m.body, bytes) else m.body.encode(),
                  m.properties.get("message_id"), _trace(m.headers))
-                for m in at_hand
+                for m in taken
             ]  # fmt: skip
-            for message, verdict in zip(at_hand, receive(messages), strict=True):
-                if verdict is Verdict.ACK:
-                    message.ack()
-                else:
-                    message.reject(requeue=False)  # to messagebus.dead
-            at_hand.clear()
+            for message, settled in zip(taken, receive(messages), strict=True):
+                if settled.verdict is Verdict.DEAD:
+                    dead_letter(producer, message, settled.reason)
+                message.ack()
 
         with Connection(self.url, connect_timeout=TIMEOUT, heartbeat=30) as connection:
             connection.connect()  # one try: the consumer backs off between tries
             channel = connection.channel()
             DEAD_QUEUE(channel).declare()
+            producer = Producer(channel, exchange=DEAD)
             with Consumer(channel, queues, on_message=at_hand.append, prefetch_count=BATCH):
                 logger.info("Consuming %s from RabbitMQ", ", ".join(q.name for q in queues))
                 while not stopping.is_set():
@@ -107,6 +115,32 @@ class AmqpTransport:
                         connection.heartbeat_check()
                     if at_hand:
                         settle()
+
+
+def dead_letter(producer: Producer, message: Any, reason: str) -> None:
+    """A copy of ``message`` on ``messagebus.dead``, with why and where from in its headers."""
+    raw = message.body if isinstance(message.body, bytes) else message.body.encode()
+    limit = conf.settings.INBOUND_MAX_BYTES
+    properties = {
+        key: message.properties[key]
+        for key in ("message_id", "correlation_id", "type")
+        if message.properties.get(key)
+    }
+    whole = len(raw) <= limit  # else its first bytes, which may end mid-character
+    producer.publish(
+        raw[:limit],
+        routing_key=message.delivery_info.get("routing_key", ""),
+        delivery_mode="persistent",
+        content_type=(whole and message.content_type) or "application/octet-stream",
+        content_encoding=(whole and message.content_encoding) or "binary",
+        headers={
+            **(message.headers or {}),
+            "x-reason": reason,
+            "x-original-routing-key": message.delivery_info.get("routing_key", ""),
+            "x-original-size": len(raw),
+        },
+        **properties,
+    )
 
 
 def _trace(headers: Mapping[str, Any] | None) -> dict[str, str] | None:

@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import CommandError
 
 from ...commands import Allocate
-from ..arguments import identifier, quantity
+from ..arguments import argument
 from ..base import BusCommand
 
 
@@ -12,9 +12,9 @@ class Command(BusCommand):
     help = "Allocate an order line; prints the batch's reference (out of stock: exit status 1)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("orderid", type=identifier, help="The order's id.")
-        parser.add_argument("sku", type=identifier, help="The SKU ordered.")
-        parser.add_argument("qty", type=quantity, help="The quantity ordered.")
+        parser.add_argument("orderid", type=argument(Allocate, "orderid"), help="The order's id.")
+        parser.add_argument("sku", type=argument(Allocate, "sku"), help="The SKU ordered.")
+        parser.add_argument("qty", type=argument(Allocate, "qty"), help="The quantity ordered.")
 
     def handle(self, *args: Any, orderid: str, sku: str, qty: int, **options: Any) -> None:
         batchref = self.issue(Allocate(orderid=orderid, sku=sku, qty=qty))

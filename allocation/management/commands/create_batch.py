@@ -3,7 +3,7 @@ from datetime import date
 from typing import Any
 
 from ...commands import CreateBatch
-from ..arguments import identifier, iso_date, quantity
+from ..arguments import argument
 from ..base import BusCommand
 
 
@@ -11,11 +11,15 @@ class Command(BusCommand):
     help = "Add a batch of stock (and its product, if the SKU is new)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("ref", type=identifier, help="The batch's reference.")
-        parser.add_argument("sku", type=identifier, help="The product's SKU.")
-        parser.add_argument("qty", type=quantity, help="The purchased quantity.")
+        parser.add_argument("ref", type=argument(CreateBatch, "ref"), help="The batch's reference.")
+        parser.add_argument("sku", type=argument(CreateBatch, "sku"), help="The product's SKU.")
         parser.add_argument(
-            "--eta", type=iso_date, help="Arrival date (YYYY-MM-DD); leave out if in stock."
+            "qty", type=argument(CreateBatch, "qty"), help="The purchased quantity."
+        )
+        parser.add_argument(
+            "--eta",
+            type=argument(CreateBatch, "eta"),
+            help="Arrival date (YYYY-MM-DD); leave out if in stock.",
         )
 
     def handle(

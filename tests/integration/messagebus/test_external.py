@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-import uuid
-from collections.abc import Callable
 from datetime import date, timedelta
-from types import SimpleNamespace
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import transaction
 from django.test import override_settings
-from kombu import Connection, Producer, Queue
 
 import messagebus
 from allocation.commands import Allocate, CreateBatch
 from allocation.models import Batch
-from messagebus.external import consumed
 from messagebus.models import Delivery, InboxMessage, StoredEvent
-from messagebus.transports import amqp
 from messagebus.worker import Worker
-from tests.conftest import BROKER_URL, REDIS_URL, ROOT, database_url, needs_rabbitmq
+from tests.brokers import external, needs_redis, read_all, wait_for
+from tests.conftest import BROKER_URL, REDIS_URL, needs_rabbitmq
 from tests.proxy import Proxy
-from tests.subprocesses import Watched
-
-needs_redis = pytest.mark.skipif(
-    not REDIS_URL, reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/0"
-)
-
-
-def external(url: str | None):
-    return override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXTERNAL_URL": url})
 
 
 def allocate_the_books_order() -> None:
@@ -121,35 +105,6 @@ def test_with_no_external_url_nothing_is_published_and_nothing_fails(messagebus_
     assert Delivery.objects.get(handler="publish:line_allocated").status == "done"
 
 
-class ConsumerProcess(Watched):
-    """`manage.py messagebus consume` on the test database, listening once it says so."""
-
-    def __init__(self, url: str) -> None:
-        env = {
-            **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
-            "DJANGO_SETTINGS_MODULE": "tests.settings", "MESSAGEBUS_EXTERNAL_URL": url,
-        }  # fmt: skip
-        super().__init__(
-            [sys.executable, str(ROOT / "manage.py"), "messagebus", "consume"],
-            env=env,
-            ready="Consuming ",
-            what="the consumer",
-        )
-
-
-@pytest.fixture
-def consumer(transactional_db):
-    started: list[ConsumerProcess] = []
-
-    def start(url: str) -> ConsumerProcess:
-        started.append(ConsumerProcess(url))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 def two_batches_and_an_order() -> None:
     """The book's scenario: the order goes to the earlier batch."""
     messagebus.bus.handle(CreateBatch("sooner", "RETRO-LAMP", 10, date.today()))
@@ -175,51 +130,6 @@ def test_the_books_scenario_on_redis(consumer):
         if message is not None:
             seen.append(json.loads(message["data"]))
     assert {"orderid": "order1", "sku": "RETRO-LAMP", "qty": 10, "batchref": "later"} in seen
-
-
-@pytest.fixture
-def rabbitmq():
-    """Publish to the messagebus exchange; read a queue bound to line_allocated; read
-    (and empty first) the dead-letter queue."""
-    with Connection(BROKER_URL) as connection:
-        channel = connection.default_channel
-        allocated = Queue(
-            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
-            routing_key="line_allocated", auto_delete=True,
-        )(channel)  # fmt: skip
-        allocated.declare()
-        dead = amqp.DEAD_QUEUE(channel)
-        dead.declare()
-        dead.purge()
-        for name, app in consumed().items():  # what a consumer will read: nothing old
-            inbound = amqp.inbound_queue(name, app)(channel)
-            inbound.declare()
-            inbound.purge()
-        producer = Producer(channel, exchange=amqp.EXCHANGE)
-
-        def publish(body: str | bytes, message_id: str | None = None) -> None:
-            producer.publish(
-                body, routing_key="change_batch_quantity", declare=[amqp.EXCHANGE],
-                content_type="application/json", content_encoding="utf-8",
-                message_id=message_id or str(uuid.uuid4()),
-            )  # fmt: skip
-
-        yield SimpleNamespace(publish=publish, allocated=allocated, dead=dead)
-        allocated.delete()
-
-
-def wait_for(condition, timeout: float = 10, output: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out; {output()}"
-        time.sleep(0.05)
-
-
-def read_all(queue) -> list[dict]:
-    bodies = []
-    while (message := queue.get(no_ack=True)) is not None:
-        bodies.append(json.loads(message.body))
-    return bodies
 
 
 @needs_rabbitmq
@@ -254,8 +164,10 @@ def test_malformed_messages_are_dead_lettered_and_the_consumer_carries_on(consum
     assert Batch.objects.get(reference="b1").purchased_quantity == 7
     reasons = sorted(InboxMessage.objects.filter(status="skipped").values_list("reason", flat=True))
     assert [r.split(":")[0] for r in reasons] == [
-        "no 'qty' in ['batchref']", "not JSON", "not a JSON object but list", "wrong type",
+        "allocation.external.change_batch_quantity", "no 'qty' in ['batchref']", "not JSON",
+        "not a JSON object but list",
     ]  # fmt: skip
+    assert reasons[0].endswith("qty: 'five' is not a whole number")
     dead = []
     wait_for(
         lambda: (

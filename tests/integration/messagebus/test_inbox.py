@@ -29,13 +29,33 @@ CHANNEL = "change_batch_quantity"
         (b"not json", "not JSON"),
         (b"[1, 2]", "not a JSON object but list"),
         (b'{"batchref": "b1"}', "no 'qty'"),
-        (b'{"batchref": "b1", "qty": "five"}', "wrong type"),
-        (b'{"batchref": 7, "qty": 5}', "wrong type"),
+        (b'{"batchref": "b1", "qty": "five"}', "qty: 'five' is not a whole number$"),
+        (b'{"batchref": 7, "qty": 5}', "ref: 7 is not text$"),
+        (b'{"batchref": "b1", "qty": -1}', "qty: -1 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 0}', "qty: 0 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 5000000}', "qty: 5000000 is not between 1 and 1000000$"),
+        (b'{"batchref": "b1", "qty": 1e29}', r"qty: 1e\+29 is not a whole number$"),
+        (b'{"batchref": "b\\u0000", "qty": 5}', "ref: 'b.x00': Use only letters"),
+        (b"[" * 200_000, "not JSON: nested more than 100 deep$"),
     ],
 )
 def test_a_malformed_body_says_why(body, reason):
     with pytest.raises(Malformed, match=reason):
         translated(CHANNEL, body)
+
+
+def test_a_field_of_the_wrong_type_for_its_annotation_is_malformed():
+    with pytest.raises(Malformed, match=r"wrong type: Record\.n"):
+        translated("busapp_record", b'{"n": "five"}')
+
+
+def test_a_body_over_the_size_limit_is_not_decoded(monkeypatch):
+    monkeypatch.setattr("json.loads", lambda *args: pytest.fail("decoded"))
+    with (
+        override_settings(MESSAGEBUS={"INBOUND_MAX_BYTES": 10}),
+        pytest.raises(Malformed, match=r"^too large: 11 bytes, over .*\(10\)$"),
+    ):
+        translated(CHANNEL, b"{" + b" " * 9 + b"}")
 
 
 def test_a_channel_nobody_takes_in_is_malformed():
@@ -51,9 +71,9 @@ def test_a_good_body_is_the_declared_command():
 def test_a_message_is_handled_once_whatever_the_copies(messagebus_deliver):
     messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
     body = json.dumps({"batchref": "b1", "qty": 5}).encode()
-    assert receive(CHANNEL, body, "m-1") is Verdict.ACK
+    assert receive(CHANNEL, body, "m-1").verdict is Verdict.ACK
     Batch.objects.filter(reference="b1").update(purchased_quantity=10)  # undone by hand
-    assert receive(CHANNEL, body, "m-1") is Verdict.ACK  # a copy: acknowledged, not handled
+    assert receive(CHANNEL, body, "m-1").verdict is Verdict.ACK  # a copy: acknowledged, not handled
 
     assert Batch.objects.get(reference="b1").purchased_quantity == 10
     row = InboxMessage.objects.get()
@@ -61,17 +81,19 @@ def test_a_message_is_handled_once_whatever_the_copies(messagebus_deliver):
 
 
 def test_a_malformed_message_is_recorded_as_skipped_and_dead_lettered(db):
-    assert receive(CHANNEL, b"not json", None) is Verdict.DEAD
+    assert receive(CHANNEL, b"not json", None).verdict is Verdict.DEAD
     row = InboxMessage.objects.get()
     assert row.status == "skipped" and row.reason.startswith("not JSON")
     assert row.message_id.startswith("no-id:")  # none came with it
 
 
-def test_a_command_the_domain_refuses_is_acknowledged_and_recorded(db):
+def test_a_command_the_domain_refuses_is_dead_lettered_and_recorded(db):
     body = b'{"batchref": "no-such-batch", "qty": 5}'
-    assert receive(CHANNEL, body, "m-2") is Verdict.ACK
+    settled = receive(CHANNEL, body, "m-2")
+    assert settled.verdict is Verdict.DEAD
     row = InboxMessage.objects.get()
     assert row.status == "skipped" and "refused" in row.reason and "no-such-batch" in row.reason
+    assert settled.reason == row.reason
 
 
 def test_consume_needs_a_broker(db):
@@ -124,15 +146,15 @@ def test_messages_without_ids_are_each_handled(messagebus_deliver):
     """Redis pub/sub brings no ids and never redelivers: equal bodies are two commands."""
     messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
     body = b'{"batchref": "b1", "qty": 5}'
-    assert receive(CHANNEL, body, None) is Verdict.ACK
-    assert receive(CHANNEL, body, None) is Verdict.ACK
+    assert receive(CHANNEL, body, None).verdict is Verdict.ACK
+    assert receive(CHANNEL, body, None).verdict is Verdict.ACK
     assert InboxMessage.objects.filter(status="handled").count() == 2
 
 
 def test_a_batch_is_handled_in_one_transaction_each_message_once(messagebus_deliver):
     messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
     messagebus.bus.handle(CreateBatch("b2", "LAMP", 10))
-    assert receive(CHANNEL, b'{"batchref": "b1", "qty": 9}', "seen") is Verdict.ACK
+    assert receive(CHANNEL, b'{"batchref": "b1", "qty": 9}', "seen").verdict is Verdict.ACK
 
     verdicts = receive_batch([
         (CHANNEL, b'{"batchref": "b1", "qty": 3}', "seen", None),  # handled before
@@ -142,7 +164,9 @@ def test_a_batch_is_handled_in_one_transaction_each_message_once(messagebus_deli
         (CHANNEL, b'{"batchref": "b2", "qty": 6}', "m-3", None),  # a copy in the same batch
     ])  # fmt: skip
 
-    assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.DEAD, Verdict.ACK, Verdict.ACK]
+    assert [v.verdict for v in verdicts] == [
+        Verdict.ACK, Verdict.ACK, Verdict.DEAD, Verdict.ACK, Verdict.ACK,
+    ]  # fmt: skip
     quantities = dict(Batch.objects.values_list("reference", "purchased_quantity"))
     assert quantities == {"b1": 4, "b2": 5}
     statuses = dict(InboxMessage.objects.values_list("message_id", "status"))
@@ -158,7 +182,7 @@ def test_a_command_refused_in_a_batch_leaves_the_others_handled(messagebus_deliv
         (CHANNEL, b'{"batchref": "b1", "qty": 6}', "m-3", None),
     ])  # fmt: skip
 
-    assert verdicts == [Verdict.ACK, Verdict.ACK, Verdict.ACK]
+    assert [v.verdict for v in verdicts] == [Verdict.ACK, Verdict.DEAD, Verdict.ACK]
     assert Batch.objects.get(reference="b1").purchased_quantity == 6  # in order
     rows = {
         m: (s, r) for m, s, r in InboxMessage.objects.values_list("message_id", "status", "reason")
