@@ -136,13 +136,15 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # In production: `manage.py collectstatic` writes hashed, compressed copies that
     # whitenoise serves with far-future cache headers. Under DEBUG, runserver serves
-    # the apps' files as they are.
+    # the apps' files as they are. Before the first collectstatic, pages name the apps'
+    # files as they are (config/storage.py) and whitenoise serves them from the apps.
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
         if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        else "config.storage.StaticFilesStorage"
     },
 }
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").exists()
 
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
