@@ -125,7 +125,7 @@ class Worker:
         finally:
             self._wakeup.close()
             with suppress(DatabaseError):  # stopped: no longer one of the workers seen
-                WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
+                WorkerBeat.objects.using(self.using).filter(id=self.id).mark_stopped()
         logger.info(
             "%s %s stopped after %s",
             self.role, self.id, plural(self.processed, "delivery", "deliveries"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from messagebus.exceptions import BrokerUnreachable, ConfigurationError
 from messagebus.models import Delivery, InboxMessage
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
+
+logger = logging.getLogger(__name__)
 
 
 def positive_int(value: str) -> int:
@@ -42,6 +45,13 @@ def seconds(value: str) -> float:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
     return number
+
+
+def ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
 
 
 def _exit(code: int) -> None:
@@ -87,7 +97,12 @@ class Command(BaseCommand):
         )  # fmt: skip
         worker.add_argument(
             "--metrics-port", type=positive_int, metavar="PORT",
-            help="Serve this worker's Prometheus metrics on this port (all addresses).",
+            help="Serve this worker's Prometheus metrics on this port (see --metrics-bind).",
+        )  # fmt: skip
+        worker.add_argument(
+            "--metrics-bind", type=ip_address, default="127.0.0.1", metavar="ADDRESS",
+            help="The address --metrics-port listens on (default 127.0.0.1: this machine "
+            "only; 0.0.0.0 for every interface, behind a firewall).",
         )  # fmt: skip
         worker.add_argument(
             "--grace", type=seconds, metavar="SECONDS",
@@ -146,13 +161,17 @@ class Command(BaseCommand):
         concurrency: int,
         grace: float | None,
         metrics_port: int | None,
+        metrics_bind: str,
         **options: Any,
     ) -> None:
         if metrics_port is not None:
             try:
-                metrics.serve(metrics_port)
+                metrics.serve(metrics_port, metrics_bind)
             except (ImportError, OSError) as exc:
-                raise CommandError(f"Cannot serve metrics on port {metrics_port}: {exc}") from exc
+                raise CommandError(
+                    f"Cannot serve metrics on {metrics_bind} port {metrics_port}: {exc}"
+                ) from exc
+            logger.info("Metrics on http://%s:%d/metrics", metrics_bind, metrics_port)
         worker = Worker(
             batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
             concurrency=concurrency, grace=grace,
@@ -198,6 +217,7 @@ class Command(BaseCommand):
         outbox = health.figures(using)
         dead = list(health.dead_by_handler(using)[:20])
         beats = list(health.workers_seen(using))
+        last = None if beats else health.last_seen(using)
         received = dict(
             InboxMessage.objects.using(using)
             .values_list("status")
@@ -214,7 +234,12 @@ class Command(BaseCommand):
                 {"id": w.id, "seen_at": w.seen_at.isoformat(), "processed": w.processed}
                 for w in beats
             ]
-            report = {**outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox}
+            report = {
+                **outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox,
+                "last_seen": last and {
+                    "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
+                },
+            }  # fmt: skip
             self.stdout.write(json.dumps(report, indent=2))
             return
         for status in Delivery.Status:
@@ -228,6 +253,9 @@ class Command(BaseCommand):
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
                       f"seen {w.seen_at:%H:%M:%S}" for w in beats)
         )  # fmt: skip
+        if last:
+            how = "when it stopped" if last.stopped else "without saying it stopped"
+            self.stdout.write(f"  Last seen: {last.id} at {last.seen_at:%Y-%m-%d %H:%M:%S}, {how}.")
         self.stdout.write(f"Inbox: {inbox['handled']} handled, {inbox['skipped']} skipped.")
         if dead:
             self.stdout.write("Dead, by handler and error:")

@@ -517,7 +517,7 @@ def test_the_verdict_follows_the_health_check(viewer, settings, limits, verdict,
 
 
 def test_down_when_the_outbox_database_does_not_answer(viewer, monkeypatch):
-    down = ("down", {"status": "down", "database": "connection refused"})
+    down = ("down", {"status": "down", "database": "down", "error": "connection refused"})
     monkeypatch.setattr(health, "check", lambda using: down)
 
     page = viewer.get(DASHBOARD).content.decode()
@@ -587,6 +587,25 @@ def test_workers_seen_lately_with_their_role_and_the_stale_ones_marked(viewer, d
     seen = [re.sub(r"<[^>]+>", "", cell[3]) for cell in cells]
     assert re.fullmatch(r"1\d s ago", seen[0]) and seen[2] == "5 min ago (stale)", seen
     assert "<strong>2</strong> workers seen in the last minute" in page
+
+
+def test_with_none_running_the_dashboard_says_when_the_last_worker_was_seen(viewer, db):
+    from messagebus.worker import Worker
+
+    assert "None: no worker, relay or consumer has said it is alive." in (
+        viewer.get(DASHBOARD).content.decode()
+    )
+    worker = Worker(once=True)
+    worker.run()  # says it is alive, then that it stopped
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    [said] = re.findall(r'<p class="last-seen">(.*?)</p>', page, re.S)
+    said = re.sub(r"<[^>]+>", "", said)
+    seen = r"[\d.]+ (ms|s|min)"
+    assert re.fullmatch(
+        rf"None running\. Last seen: worker {worker.id}, {seen} ago, when it stopped\.", said
+    ), said
 
 
 def test_the_dashboard_takes_a_few_queries_however_many_deliveries(
