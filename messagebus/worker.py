@@ -170,7 +170,7 @@ class Worker:
                 logger.error(
                     "%s %s cannot reach %s (failure %d, next try in %.0fs): %s",
                     self.role, self.id, unreached, failures, delay, first_line(exc),
-                    exc_info=failures == 1,  # the traceback once, not on every try
+                    exc_info=logs.stack_once(exc, failures),  # the traceback once, not on every try
                 )  # fmt: skip
                 self._stopping.wait(delay)
                 continue

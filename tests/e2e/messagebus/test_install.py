@@ -246,6 +246,7 @@ def test_a_new_project_handles_a_command_through_the_installed_bus(wheel, wheels
     manage("migrate", "--noinput")
     shell = manage("shell", "--no-imports", "-c", SCRIPT)
     status = manage("messagebus", "status")
+    worker = manage("messagebus", "worker", "--once")
 
     printed = json.loads(shell.stdout.strip().splitlines()[-1])
     assert printed["result"] == 1
@@ -253,3 +254,5 @@ def test_a_new_project_handles_a_command_through_the_installed_bus(wheel, wheels
     assert printed["deliveries"] == [["shop.handlers.confirm_order", "done"]]
     assert Path(printed["messagebus"]).is_relative_to(venv)  # the installed copy, not the checkout
     assert re.search(r"done\W+1\b", status.stdout, re.IGNORECASE), status.stdout
+    # No LOGGING in a new project: the bus's INFO lines still show, through its own handler.
+    assert re.search(r"INFO messagebus\.worker Worker \S+ started on database", worker.stderr)

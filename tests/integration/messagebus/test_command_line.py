@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 
 from messagebus import worker as worker_module
 from messagebus.delivery import states
@@ -84,10 +84,31 @@ def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monke
     assert waits == [0.01, 0.02, 0.04, 0.08]  # doubling, from BACKOFF
     failures = [r for r in caplog.records if "cannot reach the outbox" in r.getMessage()]
     assert len(failures) == 4
-    assert [bool(r.exc_info) for r in failures] == [True, False, False, False]
+    assert [bool(r.exc_info) for r in failures] == [False] * 4  # refused: the line says it all
     assert all("connection refused" in r.getMessage() for r in failures)
     assert all("Is the server running" not in r.getMessage() for r in failures)  # one line
     assert "reached the outbox again" in caplog.text
+
+
+def test_an_unexpected_database_error_is_logged_with_its_traceback_once(
+    transactional_db, monkeypatch, caplog
+):
+    monkeypatch.setattr(worker_module, "BACKOFF", 0.01)
+    worker = Worker(poll_interval=0)
+    tries = []
+
+    def odd(*args, **kwargs):
+        tries.append(1)
+        if len(tries) <= 2:
+            raise DataError("value out of range")
+        worker.stop()
+        return []
+
+    monkeypatch.setattr(states, "claim", odd)
+    with caplog.at_level(logging.INFO, logger="messagebus"):
+        worker.run()
+    failures = [r for r in caplog.records if "cannot reach the outbox" in r.getMessage()]
+    assert [bool(r.exc_info) for r in failures] == [True, False]
 
 
 def test_a_worker_stops_on_a_misconfiguration_rather_than_waiting(transactional_db, monkeypatch):
