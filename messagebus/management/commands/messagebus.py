@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from messagebus import executors, health, metrics, outbox
@@ -133,6 +133,11 @@ class Command(BaseCommand):
         )  # fmt: skip
         which.add_argument("--all-dead", action="store_true", help="Every dead delivery.")
         which.add_argument("--handler", help="Dead deliveries to this handler (dotted name).")
+        retry.add_argument(
+            "--pending", action="store_true",
+            help="With --handler: its pending deliveries (waiting for their next try), made "
+            "due now, instead of its dead ones.",
+        )  # fmt: skip
 
         prune = action("prune", "Delete finished deliveries and their events.")
         prune.add_argument(
@@ -263,9 +268,21 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {row['count']:>5}  {row['handler']}: {_first(row['error'])}")
 
     def handle_retry(
-        self, using: str, *, ids: list[int], all_dead: bool, handler: str | None, **options: Any
+        self,
+        using: str,
+        *,
+        ids: list[int],
+        all_dead: bool,
+        handler: str | None,
+        pending: bool,
+        **options: Any,
     ) -> None:
         deliveries = Delivery.objects.using(using)
+        if pending and not handler:
+            raise CommandError("--pending goes with --handler: whose pending deliveries?")
+        if handler:
+            self._retry_handler(using, handler, pending)
+            return
         if ids:
             statuses = dict(deliveries.filter(pk__in=ids).values_list("pk", "status"))
             missing = sorted(set(ids) - set(statuses))
@@ -278,10 +295,36 @@ class Command(BaseCommand):
                     )
             pks = sorted(statuses)
         else:
-            dead = deliveries.dead()
-            pks = list(
-                (dead.filter(handler=handler) if handler else dead).values_list("pk", flat=True)
+            pks = list(deliveries.dead().values_list("pk", flat=True))
+        self._retry(using, pks)
+
+    def _retry_handler(self, using: str, handler: str, pending: bool) -> None:
+        """A handler's dead deliveries (or, ``pending``, those waiting for a try) again."""
+        mine = Delivery.objects.using(using).filter(handler=handler)
+        # Pending, and not running now: no lease, or one its runner left to run out.
+        waiting = mine.pending().filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now())
+        )
+        chosen = waiting if pending else mine.dead()
+        pks = list(chosen.values_list("pk", flat=True))
+        if pks:
+            self._retry(using, pks)
+        elif pending:
+            self.stdout.write(f"Nothing to retry. No delivery to {handler} is pending.")
+        else:
+            count = waiting.count()
+            self.stdout.write(
+                f"Nothing to retry. --handler retries dead deliveries: none to {handler} is dead."
+                + (
+                    f" Pending to it: {plural(count, 'delivery', 'deliveries')}; add --pending "
+                    "to make them due now."
+                    if count
+                    else ""
+                )
             )
+
+    def _retry(self, using: str, pks: list[int]) -> None:
+        deliveries = Delivery.objects.using(using)
         if not pks:
             self.stdout.write("Nothing to retry.")
             return

@@ -118,3 +118,47 @@ def test_a_worker_stops_on_a_misconfiguration_rather_than_waiting(transactional_
     monkeypatch.setattr(states, "claim", missing)
     with pytest.raises(OperationalError):
         Worker(poll_interval=0).run()
+
+
+def test_retry_by_handler_says_it_retries_the_dead_and_pending_makes_the_waiting_due(
+    transactional_db,
+):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+    from django.test import override_settings
+    from django.utils import timezone
+
+    import messagebus
+    from messagebus.models import Delivery
+    from tests.busapp.events import Pinged
+
+    def retry(*args: str) -> str:
+        out = StringIO()
+        call_command("messagebus", "retry", *args, stdout=out)
+        return out.getvalue()
+
+    handler = "tests.busapp.handlers.record_ping"
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        for n in range(2):
+            messagebus.bus.handle(Pinged(n=n))
+    later = timezone.now() + timedelta(hours=1)
+    Delivery.objects.update(next_attempt_at=later)  # waiting for their next try
+    running = Delivery.objects.create(
+        event=Delivery.objects.first().event, handler="tests.elsewhere", lease_until=later
+    )
+
+    assert retry("--handler", handler) == (
+        f"Nothing to retry. --handler retries dead deliveries: none to {handler} is dead. "
+        "Pending to it: 2 deliveries; add --pending to make them due now.\n"
+    )
+    assert "Requeued 2 deliveries." in retry("--handler", handler, "--pending")
+    assert all(row.next_attempt_at < later for row in Delivery.objects.filter(handler=handler))
+    assert retry("--handler", "tests.elsewhere", "--pending") == (
+        "Nothing to retry. No delivery to tests.elsewhere is pending.\n"
+    )  # the one running is left to its runner
+    running.refresh_from_db()
+    assert running.lease_until == later
+    with pytest.raises(CommandError, match="--pending goes with --handler"):
+        retry("--all-dead", "--pending")
