@@ -184,7 +184,7 @@ def rabbitmq():
     with Connection(BROKER_URL) as connection:
         channel = connection.default_channel
         allocated = Queue(
-            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
+            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.exchange(),
             routing_key="line_allocated", auto_delete=True,
         )(channel)  # fmt: skip
         allocated.declare()
@@ -195,11 +195,11 @@ def rabbitmq():
             inbound = amqp.inbound_queue(name, app)(channel)
             inbound.declare()
             inbound.purge()
-        producer = Producer(channel, exchange=amqp.EXCHANGE)
+        producer = Producer(channel, exchange=amqp.exchange())
 
         def publish(body: str | bytes, message_id: str | None = None) -> None:
             producer.publish(
-                body, routing_key="change_batch_quantity", declare=[amqp.EXCHANGE],
+                body, routing_key="change_batch_quantity", declare=[amqp.exchange()],
                 content_type="application/json", content_encoding="utf-8",
                 message_id=message_id or str(uuid.uuid4()),
             )  # fmt: skip
