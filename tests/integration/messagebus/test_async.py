@@ -37,6 +37,7 @@ class Double(messagebus.Command):
     n: int
 
 
+NAP = 0.2  # seconds each handler awaits, once the others it waits for have started
 MEET_WITHIN = 30.0  # seconds a handler waits for the others to start
 
 
@@ -61,6 +62,7 @@ class Timeline:
             with anyio.fail_after(MEET_WITHIN):
                 while not self.meet <= self.started:
                     await anyio.sleep(0.01)
+            await anyio.sleep(NAP)
         finally:
             self.spans[name].append((started, time.monotonic()))
 
@@ -71,8 +73,9 @@ class Timeline:
 
 @pytest.fixture
 def timeline(messagebus_registry):
-    """Two async handlers of Opened, ``welcome`` and ``crm``; ``crm`` fails while
-    ``timeline.crm_down`` is true. A test that needs them at once sets ``timeline.meet``."""
+    """Two async handlers of Opened, ``welcome`` and ``crm``, that each await NAP seconds;
+    ``crm`` fails while ``timeline.crm_down`` is true. A test that needs them at once sets
+    ``timeline.meet``."""
     timeline = Timeline()
     timeline.crm_down = False
 
