@@ -80,8 +80,8 @@ def publish_plain(count: int) -> float:
         begin = time.perf_counter()
         for data in bodies:
             producer.publish(
-                data, exchange=amqp.EXCHANGE, routing_key="busapp_announced",
-                declare=[amqp.EXCHANGE], delivery_mode="persistent",
+                data, exchange=amqp.exchange(), routing_key="busapp_announced",
+                declare=[amqp.exchange()], delivery_mode="persistent",
                 content_type="application/json", content_encoding="utf-8",
                 message_id=str(uuid.uuid4()),
             )  # fmt: skip
@@ -90,7 +90,7 @@ def publish_plain(count: int) -> float:
     return elapsed
 
 
-ANNOUNCED = Queue("bench.announced", amqp.EXCHANGE, routing_key="busapp_announced", durable=True)
+ANNOUNCED = Queue("bench.announced", amqp.exchange(), routing_key="busapp_announced", durable=True)
 
 
 def arrived(label: str, count: int) -> None:
@@ -114,7 +114,7 @@ def fill(queue: Queue, count: int) -> None:
         producer = Producer(connection)
         for n in range(count):
             producer.publish(
-                {"n": n}, exchange=amqp.EXCHANGE, routing_key="busapp_record",
+                {"n": n}, exchange=amqp.exchange(), routing_key="busapp_record",
                 serializer="json", message_id=str(uuid.uuid4()), delivery_mode="persistent",
             )  # fmt: skip
 

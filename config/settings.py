@@ -4,6 +4,11 @@ DATABASE_URL        default: a SQLite file beside manage.py
 DJANGO_SECRET_KEY   required unless DJANGO_DEBUG is on
 DJANGO_DEBUG        1/true/yes to enable
 DJANGO_ALLOWED_HOSTS comma-separated
+DJANGO_SECURE_PROXY_SSL_HEADER the header an HTTPS proxy sets to "https" (e.g. X-Forwarded-Proto)
+DJANGO_CSRF_TRUSTED_ORIGINS comma-separated origins forms are posted from (https://host)
+DJANGO_HTTPS_ONLY   1/true/yes: cookies only over HTTPS, http redirected to https
+DJANGO_HSTS_SECONDS Strict-Transport-Security max-age (default 0: none)
+DJANGO_HSTS_INCLUDE_SUBDOMAINS, DJANGO_HSTS_PRELOAD 1/true/yes to add them to the header
 MESSAGEBUS_EXECUTOR inline (default), worker or celery
 CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1:5672)
 MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://... or amqp://...)
@@ -54,6 +59,19 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key"
 THROTTLING = env_bool("THROTTLING", default=not DEBUG)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
+
+# Behind an HTTPS proxy: trust its header, or every form post (the admin's login) is a 403
+# for an Origin of https://... on a request that arrived as http.
+if _proxy_header := os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", "").strip():
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+_https_only = env_bool("DJANGO_HTTPS_ONLY")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = _https_only
+# A load balancer's health probe and Prometheus may ask over plain http, inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -158,13 +176,15 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # In production: `manage.py collectstatic` writes hashed, compressed copies that
     # whitenoise serves with far-future cache headers. Under DEBUG, runserver serves
-    # the apps' files as they are.
+    # the apps' files as they are. Before the first collectstatic, pages name the apps'
+    # files as they are (config/storage.py) and whitenoise serves them from the apps.
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
         if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        else "config.storage.StaticFilesStorage"
     },
 }
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").exists()
 
 MESSAGEBUS: dict[str, Any] = {
     "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),

@@ -13,6 +13,8 @@ messagebus.bus.handle(Allocate("o1"))
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here)
+
 from .dependencies import dependencies
 from .exceptions import (
     CommandRejected,

@@ -20,14 +20,22 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from . import dashboard, executors
 from .delivery import states
 from .models import Delivery, InboxMessage, StoredEvent
-from .wording import plural
 
 Status = Delivery.Status
+DISCARD_CONFIRMATION = "admin/messagebus/delivery/discard_confirmation.html"
+_FINISHED = {  # what a button says of a delivery that has finished meanwhile
+    "retried": _("Delivery %(id)s is %(status)s: only a pending or dead delivery can be retried."),
+    "discarded": _(
+        "Delivery %(id)s is %(status)s: only a pending or dead delivery can be discarded."
+    ),
+}
 _ENDINGS = (Status.DONE, Status.PENDING, Status.DEAD, Status.DISCARDED)  # as a retry reports them
 
 
@@ -66,12 +74,12 @@ def _first_line(text: str, length: int = 200) -> str:
 class DeliveryColumns:
     """What the delivery list, a delivery's page and an event's deliveries show alike."""
 
-    @admin.display(description="next attempt", ordering="next_attempt_at")
+    @admin.display(description=_("next attempt"), ordering="next_attempt_at")
     def next_attempt(self, obj: Delivery) -> str:
         """When a pending delivery is due; "-" once it is done, dead or discarded."""
         return display_for_value(obj.next_attempt_at if obj.status == Status.PENDING else None, "-")
 
-    @admin.display(description="last error")
+    @admin.display(description=_("last error"))
     def error(self, obj: Delivery) -> str:
         if not obj.last_error:
             return ""
@@ -103,7 +111,7 @@ class StoredEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     inlines = [DeliveryInline]
 
-    @admin.display(description="payload")
+    @admin.display(description=_("payload"))
     def payload_json(self, obj: StoredEvent) -> str:
         return _pretty(obj.payload)
 
@@ -124,12 +132,12 @@ class ErrorFilter(admin.SimpleListFilter):
     """Deliveries whose last error's first line is the one given, as the dashboard groups
     dead letters (``health.dead_by_handler``). Shown only while in use: errors are many."""
 
-    title = "last error"
+    title = _("last error")
     parameter_name = "error"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         line = self.value()
-        return [] if line is None else [(line, _first_line(line, 80) or "(none)")]
+        return [] if line is None else [(line, _first_line(line, 80) or gettext("(none)"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
         line = self.value()
@@ -141,7 +149,10 @@ class ErrorFilter(admin.SimpleListFilter):
 @admin.register(Delivery)
 class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
     # Narrow columns first, so status, runs and the error fit at 1280 px.
-    list_display = ["id", "status", "runs", "error", "event_type", "handler_name", "created_at"]
+    # The handler's last two dotted parts (the whole name on hover), the status a coloured label.
+    list_display = [
+        "id", "status_label", "runs", "error", "event_type", "handler_name", "created_at",
+    ]  # fmt: skip
     list_display_links = ["id"]
     list_filter = ["status", "event__type", "handler", ErrorFilter]
     search_fields = ["=event__id", "=event__correlation_id"]
@@ -166,39 +177,47 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "traceback_text",
     )
 
-    @admin.display(description="event", ordering="event__type")
+    @admin.display(description=_("status"), ordering="status")
+    def status_label(self, obj: Delivery) -> str:
+        return format_html(
+            '<span class="delivery-status delivery-status-{}">{}</span>',
+            obj.status,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("event"), ordering="event__type")
     def event_type(self, obj: Delivery) -> str:
         return _dotted(obj.event.type)
 
-    @admin.display(description="handler", ordering="handler")
+    @admin.display(description=_("handler"), ordering="handler")
     def handler_name(self, obj: Delivery) -> str:
         short = ".".join(obj.handler.rsplit(".", 2)[-2:])
         return format_html('<span title="{}">{}</span>', obj.handler, _dotted(short))
 
-    @admin.display(description="event")
+    @admin.display(description=_("event"))
     def event_link(self, obj: Delivery) -> str:
         url = reverse("admin:messagebus_storedevent_change", args=[obj.event_id])
         return format_html('<a href="{}">{}</a>', url, obj.event_id)
 
-    @admin.display(description="correlation id")
+    @admin.display(description=_("correlation id"))
     def correlation_id(self, obj: Delivery) -> str:
         return str(obj.event.correlation_id)
 
-    @admin.display(description="payload")
+    @admin.display(description=_("payload"))
     def payload_json(self, obj: Delivery) -> str:
         return _pretty(obj.event.payload)
 
-    @admin.display(description="last error")
+    @admin.display(description=_("last error"))
     def last_error_text(self, obj: Delivery) -> str:
         return _pre(obj.last_error) if obj.last_error else "-"
 
-    @admin.display(description="traceback")
+    @admin.display(description=_("traceback"))
     def traceback_text(self, obj: Delivery) -> str:
         return _pre(obj.traceback) if obj.traceback else "-"
 
     # Bulk actions on the list.
 
-    @admin.action(description="Retry selected deliveries now", permissions=["retry"])
+    @admin.action(description=_("Retry selected deliveries now"), permissions=["retry"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
         pks = list(queryset.retryable().values_list("pk", flat=True))  # type: ignore[attr-defined]
         count = executors.retry(queryset.db, pks)
@@ -206,24 +225,58 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         rows = list(Delivery.objects.using(queryset.db).filter(pk__in=pks))
         ended = Counter(row.status for row in rows)
         if all(_outcome(row) == "due" for row in rows):
-            how, level = "due now, for a worker to run", messages.SUCCESS
+            how, level = gettext("due now, for a worker to run"), messages.SUCCESS
         else:
             how = ", ".join(f"{ended[status]} {status}" for status in _ENDINGS if ended[status])
             level = messages.SUCCESS if set(ended) == {Status.DONE} else messages.WARNING
+        requeued = ngettext(
+            "Requeued %(count)d delivery", "Requeued %(count)d deliveries", count
+        ) % {"count": count}
         self.message_user(
             request,
-            f"Requeued {plural(count, 'delivery', 'deliveries')}"
+            requeued
             + (f": {how}." if count else ".")
-            + (f" Skipped {skipped} done or discarded." if skipped else ""),
+            + (
+                " " + gettext("Skipped %(count)d done or discarded.") % {"count": skipped}
+                if skipped
+                else ""
+            ),
             level,
         )
 
-    @admin.action(description="Discard selected deliveries (never run them)", permissions=["retry"])
-    def discard(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+    @admin.action(
+        description=_("Discard selected deliveries (never run them)"), permissions=["retry"]
+    )
+    def discard(
+        self, request: HttpRequest, queryset: QuerySet[Delivery]
+    ) -> TemplateResponse | None:
+        """Asks first, on a page of its own (as Django's delete does), then discards."""
+        if request.POST.get("post") != "yes":
+            return self._confirm_discard(request, list(queryset), action="discard")
         count = states.discarded(queryset)  # type: ignore[arg-type]
         self.message_user(
-            request, f"Discarded {plural(count, 'delivery', 'deliveries')}.", messages.SUCCESS
+            request,
+            ngettext("Discarded %(count)d delivery.", "Discarded %(count)d deliveries.", count)
+            % {"count": count},
+            messages.SUCCESS,
         )
+        return None
+
+    def _confirm_discard(
+        self, request: HttpRequest, deliveries: list[Delivery], action: str | None
+    ) -> TemplateResponse:
+        """The page that asks before discarding: what would be discarded, what is left as it
+        is (finished already); its form posts back with ``post=yes``."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": gettext("Discard deliveries?"),
+            "opts": self.opts,
+            "action": action,
+            "unfinished": [d for d in deliveries if d.status in Delivery.UNFINISHED],
+            "finished": [d for d in deliveries if d.status not in Delivery.UNFINISHED],
+            "selected": [d.pk for d in deliveries],
+        }
+        return TemplateResponse(request, DISCARD_CONFIRMATION, context)
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("messagebus.change_delivery")
@@ -256,7 +309,7 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         context = {
             **self.admin_site.each_context(request),
             **dashboard.report(router.db_for_read(Delivery)),
-            "title": "Outbox dashboard",
+            "title": gettext("Outbox dashboard"),
             "opts": self.opts,
             "can_retry": self.has_retry_permission(request),
         }
@@ -285,10 +338,17 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
             self._finished(request, delivery, using, "retried")
         return HttpResponseRedirect(_page(object_id))
 
-    def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+    def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Discard button: asks first, unless the delivery has finished already."""
         delivery, using = self._delivery(request, object_id)
+        if request.POST.get("post") != "yes" and delivery.status in Delivery.UNFINISHED:
+            return self._confirm_discard(request, [delivery], action=None)
         if states.discarded(Delivery.objects.using(using).filter(pk=delivery.pk)):
-            self.message_user(request, f"Delivery {delivery.pk} discarded.", messages.SUCCESS)
+            self.message_user(
+                request,
+                gettext("Delivery %(id)s discarded.") % {"id": delivery.pk},
+                messages.SUCCESS,
+            )
         else:
             self._finished(request, delivery, using, "discarded")
         return HttpResponseRedirect(_page(object_id))
@@ -304,12 +364,8 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
 
     def _finished(self, request: HttpRequest, delivery: Delivery, using: str, verb: str) -> None:
         delivery.refresh_from_db(using=using, fields=["status"])
-        self.message_user(
-            request,
-            f"Delivery {delivery.pk} is {delivery.status}: "
-            f"only a pending or dead delivery can be {verb}.",
-            messages.WARNING,
-        )
+        said = {"id": delivery.pk, "status": delivery.status}
+        self.message_user(request, str(_FINISHED[verb]) % said, messages.WARNING)
 
 
 def _page(object_id: str) -> str:
@@ -329,24 +385,31 @@ def _outcome(row: Delivery) -> str:
 
 def _retried(row: Delivery) -> tuple[str, int]:
     """The message, and its level, on how a retry of ``row`` (read back) ended."""
-    name, outcome = f"Delivery {row.pk}", _outcome(row)
+    outcome, said = _outcome(row), {"id": str(row.pk)}
     if outcome == "done":
-        return f"{name} is done.", messages.SUCCESS
+        return gettext("Delivery %(id)s is done.") % said, messages.SUCCESS
     if outcome == "dead":
         reason = Truncator(" ".join(row.last_error.split())).chars(300)
-        return f"{name} is dead: {reason}.", messages.ERROR
+        return gettext("Delivery %(id)s is dead: %(reason)s.") % {
+            **said, "reason": reason
+        }, messages.ERROR  # fmt: skip
     if outcome == "discarded":
-        return f"{name} was discarded meanwhile.", messages.WARNING
+        return gettext("Delivery %(id)s was discarded meanwhile.") % said, messages.WARNING
     if outcome == "running":
-        return f"{name} is running in a worker.", messages.INFO
+        return gettext("Delivery %(id)s is running in a worker.") % said, messages.INFO
     if outcome == "due":
-        return f"{name} is due now; a worker will run it.", messages.INFO
-    wait = _duration((row.next_attempt_at - timezone.now()).total_seconds())
-    error = _first_line(row.last_error)
+        return gettext("Delivery %(id)s is due now; a worker will run it.") % said, messages.INFO
+    said["wait"] = _duration((row.next_attempt_at - timezone.now()).total_seconds())
+    said["error"] = _first_line(row.last_error)
     if outcome == "failed":
-        then = "next call" if row.calls else "next run"  # within its run, or a new one
-        return f"{name} failed again: {error}; {then} in {wait}.", messages.WARNING
-    return f"{name} asked to run later ({error}); next run in {wait}.", messages.INFO
+        text = (
+            gettext("Delivery %(id)s failed again: %(error)s; next call in %(wait)s.")
+            if row.calls  # its run goes on
+            else gettext("Delivery %(id)s failed again: %(error)s; next run in %(wait)s.")
+        )
+        return text % said, messages.WARNING
+    text = gettext("Delivery %(id)s asked to run later (%(error)s); next run in %(wait)s.")
+    return text % said, messages.INFO
 
 
 def _duration(seconds: float) -> str:

@@ -10,6 +10,9 @@ class MessagebusConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .logs import ensure_a_handler
+
+        ensure_a_handler()  # the bus's INFO lines visible in a project with no LOGGING
 
         autodiscover_modules("handlers")
         autodiscover_modules("external")  # what each app publishes to other services

@@ -20,7 +20,8 @@ from .serialization import check_serializable
 
 JSON_TYPES = (
     "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
-    "X | None, list[X], tuple[X, ...] or nested dataclasses of those."
+    "X | None, list[X], tuple[X, ...], dict[str, X] or nested dataclasses of those; "
+    "dict for any JSON object."
 )
 
 

@@ -122,6 +122,12 @@ def external_url(value: Any) -> str | None:
     return f"must be a URL of {schemes} (or empty), not {value!r}"
 
 
+def exchange_name(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip() and len(value) <= 255:
+        return None
+    return f"must be an exchange's name (1 to 255 characters), not {value!r}"
+
+
 EXECUTORS = {
     "inline": "messagebus.executors.inline.InlineExecutor",
     "worker": "messagebus.executors.worker.WorkerExecutor",
@@ -196,6 +202,9 @@ class Settings:
     )
     INBOUND_MAX_BYTES = Setting[int](
         1_048_576, whole_number, "bytes: a larger inbound message is dead-lettered, not decoded"
+    )
+    AMQP_EXCHANGE = Setting[str](
+        "messagebus", exchange_name, "RabbitMQ: the topic exchange shared with other services"
     )
 
     @property

@@ -64,10 +64,11 @@ def report(using: str) -> dict[str, Any]:
     status, checked = health.check(using)
     verdict = {"status": status, "verdict": VERDICTS[status]}
     if status == "down":
-        return {**verdict, "reasons": [f"the database does not answer: {checked['database']}"]}
+        return {**verdict, "reasons": [f"{health.DOWN}: {checked['error']}"]}
     now = timezone.now()
     series = minutes(using, now)
     workers = [_worker(beat, now) for beat in health.workers_seen(using, WORKERS_LISTED)]
+    last = None if workers else health.last_seen(using)
     return {
         **verdict,
         "reasons": health.problems(checked["outbox"]),
@@ -92,6 +93,7 @@ def report(using: str) -> dict[str, Any]:
         ),
         "dead": [_dead_group(row) for row in health.dead_by_handler(using)[:DEAD_GROUPS]],
         "workers": workers,
+        "last_seen": _worker(last, now) if last else None,
         "listed_minutes": int(WORKERS_LISTED / MINUTE),
     }
 

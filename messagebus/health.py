@@ -4,13 +4,16 @@
 "ok" while the database answers and the outbox keeps up; "degraded" when the
 oldest due delivery has waited longer than HEALTH_MAX_LAG seconds or more than
 HEALTH_MAX_DEAD deliveries are dead; "down" when the database does not answer
-(within HEALTH_TIMEOUT seconds for each statement, on PostgreSQL).
+(within HEALTH_TIMEOUT seconds for each statement, on PostgreSQL). Unless "ok", the
+answer's ``reasons`` say why. The database's own error (which names its host and port) goes
+to the log, and to staff users only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -25,6 +28,8 @@ from django.views.decorators.http import require_GET
 from . import conf, models, sql
 from .models import Delivery, WorkerBeat
 from .wording import first_line
+
+logger = logging.getLogger(__name__)
 
 RATE_WINDOW = dt.timedelta(minutes=1)
 SEEN_RECENTLY = dt.timedelta(minutes=1)  # a worker seen longer ago may be gone
@@ -72,8 +77,14 @@ def dead_by_handler(using: str) -> QuerySet[Delivery, dict[str, Any]]:
 
 
 def workers_seen(using: str, within: dt.timedelta = SEEN_RECENTLY) -> QuerySet[WorkerBeat]:
-    """The workers (and relays, consumers) that said they were alive within ``within``."""
-    return WorkerBeat.objects.using(using).filter(seen_at__gte=timezone.now() - within)
+    """The workers (and relays, consumers) that said they were alive within ``within``
+    and have not stopped since."""
+    return WorkerBeat.objects.using(using).running().filter(seen_at__gte=timezone.now() - within)
+
+
+def last_seen(using: str) -> WorkerBeat | None:
+    """The worker (or relay, consumer) seen last, stopped or not."""
+    return WorkerBeat.objects.using(using).order_by("-seen_at").first()
 
 
 def problems(outbox: dict[str, Any]) -> list[str]:
@@ -91,27 +102,43 @@ def problems(outbox: dict[str, Any]) -> list[str]:
 
 
 def check(using: str) -> tuple[str, dict[str, Any]]:
-    """("ok" | "degraded" | "down", the report)."""
+    """("ok" | "degraded" | "down", the report). Down, the report's ``error`` is the
+    database's own (host, port: not for anyone who asks), also logged."""
     try:
         with transaction.atomic(using=using):
             sql.bound_statements(using, conf.settings.HEALTH_TIMEOUT)
             outbox = figures(using)
     except DatabaseError as exc:
-        return "down", {"status": "down", "database": first_line(exc)}
+        logger.warning("Health: database %r does not answer: %s", using, first_line(exc))
+        return "down", {
+            "status": "down",
+            "database": "down",
+            "reasons": [DOWN],
+            "error": first_line(exc),
+        }
     statuses = outbox["statuses"]
     public = {
         "pending": statuses["pending"], "due": outbox["due"], "dead": statuses["dead"],
         "lag_seconds": outbox["lag_seconds"],
     }  # fmt: skip
-    status = "degraded" if problems(public) else "ok"
-    return status, {"status": status, "database": "ok", "outbox": public}
+    found = problems(public)
+    if not found:
+        return "ok", {"status": "ok", "database": "ok", "outbox": public}
+    return "degraded", {"status": "degraded", "reasons": found, "database": "ok", "outbox": public}
+
+
+DOWN = "the database does not answer"
 
 
 @never_cache
 @require_GET
 def health(request: HttpRequest, using: str = "default") -> HttpResponse:
-    """200 while the database answers ("ok" or "degraded"), 503 when it does not."""
+    """200 while the database answers ("ok" or "degraded"), 503 when it does not. The
+    database's error only to a signed-in staff user."""
     status, report = check(using)
+    user = getattr(request, "user", None)
+    if not (user is not None and user.is_staff):
+        report.pop("error", None)
     return HttpResponse(
         json.dumps(report), content_type="application/json", status=503 if status == "down" else 200
     )

@@ -12,11 +12,15 @@ logger (a handler's own lines) when set on a logging handler:
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-from .exceptions import HandlerNotFound
+from django.db import InterfaceError, OperationalError
+
+from .exceptions import BrokerUnreachable, HandlerNotFound
 from .messages import Command, Message, current_message, message_type_name
 from .registry import registry
 
@@ -100,3 +104,45 @@ class MessageFields(logging.Filter):
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+# A server that cannot be reached: the error's line says it all, its traceback (chained
+# through the driver's) is noise. psycopg's own, outside Django, when it is installed.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OperationalError, InterfaceError, ConnectionError, TimeoutError, socket.gaierror,
+    BrokerUnreachable,
+)  # fmt: skip
+
+
+def tells_more(exc: BaseException) -> bool:
+    """Whether ``exc``'s traceback tells a reader more than its first line: not when it, or
+    an error it was raised from, says a server cannot be reached."""
+    psycopg = sys.modules.get("psycopg")
+    unreachable = (*UNREACHABLE, psycopg.OperationalError) if psycopg else UNREACHABLE
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, unreachable):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
+
+
+def stack_once(exc: BaseException, failures: int) -> bool:
+    """Whether a loop waiting out an outage logs ``exc``'s traceback on try ``failures``:
+    on the first only, and only when it tells more than the line."""
+    return failures == 1 and tells_more(exc)
+
+
+def ensure_a_handler() -> None:
+    """In a project that configures no logging (neither the ``messagebus`` logger nor the
+    root one has a handler), the bus's INFO lines would vanish: Python's last resort prints
+    warnings only. Give ``messagebus`` a handler of its own then, to stderr, from INFO up.
+    Any LOGGING that gives either logger a handler stays in charge."""
+    bus = logging.getLogger("messagebus")
+    if bus.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    bus.addHandler(handler)
+    if bus.level == logging.NOTSET:
+        bus.setLevel(logging.INFO)

@@ -18,8 +18,8 @@ due delivery's wait).
 
 ``view`` serves them at ``/metrics`` to the addresses in
 MESSAGEBUS["METRICS_ALLOWED_IPS"] (none: 404); ``serve(port)`` in a process
-of its own (``messagebus worker --metrics-port``). With the environment
-variable ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn's processes, say), each
+of its own (``messagebus worker --metrics-port``, on 127.0.0.1 unless ``--metrics-bind``).
+With the environment variable ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn's processes, say), each
 process writes its counts there and whichever answers a scrape adds them up.
 """
 
@@ -245,8 +245,9 @@ def view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=prometheus.CONTENT_TYPE_LATEST)
 
 
-def serve(port: int, address: str = "0.0.0.0") -> None:
-    """Serve this process's metrics on ``port`` (a worker's, in a thread of its own)."""
+def serve(port: int, address: str = "127.0.0.1") -> None:
+    """Serve this process's metrics on ``address``:``port`` (a worker's, in a thread of its
+    own): this machine only unless told otherwise, since it answers anyone who connects."""
     if prometheus is None:
         raise ImportError(
             "metrics need prometheus-client: pip install 'django-messagebus[metrics]'"

@@ -126,6 +126,17 @@ class Delivery(models.Model):
         return self.finished_at - self.created_at if self.finished_at else None
 
 
+class WorkerBeatQuerySet(models.QuerySet["WorkerBeat"]):
+    def running(self) -> WorkerBeatQuerySet:
+        """Not stopped since they last said they were alive (a new process with an old
+        one's host:pid beats after its stop)."""
+        return self.filter(Q(stopped_at__isnull=True) | Q(stopped_at__lt=models.F("seen_at")))
+
+    def mark_stopped(self) -> int:
+        """Stopped cleanly: kept, so that when and where a worker was last seen is known."""
+        return self.update(stopped_at=timezone.now())
+
+
 class WorkerBeat(models.Model):
     """A ``messagebus worker`` process, as it last said it was alive."""
 
@@ -134,6 +145,11 @@ class WorkerBeat(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     seen_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed = models.PositiveBigIntegerField(default=0)
+    stopped_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it stopped cleanly (none: running, or killed)."
+    )
+
+    objects = WorkerBeatQuerySet.as_manager()
 
     class Meta:
         verbose_name = "worker"
@@ -141,6 +157,10 @@ class WorkerBeat(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None and self.stopped_at >= self.seen_at
 
 
 class InboxMessage(models.Model):

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
@@ -67,7 +68,8 @@ class Registry:
         """Register ``func`` for ``message_type`` (None: its first annotation).
 
         ``name`` is what deliveries remember the handler by (default: its
-        dotted path); give one to keep pending deliveries when it moves.
+        dotted path; for a callable object, its class's); give one to keep
+        pending deliveries when it moves, or to register two objects of one class.
         ``options`` override an event handler's delivery policy:
         ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``,
         ``batch=False`` for a transaction of its own per delivery,
@@ -87,7 +89,8 @@ class Registry:
         else:
             if any(h.name == handler.name for h in self._all(cls)):
                 raise HandlerAlreadyRegistered(
-                    f"{handler} is already registered for the event {cls.__qualname__}"
+                    f"{handler} is already registered for the event {cls.__qualname__} "
+                    "(two objects of one class: give each a name=)"
                 )
             kind = self._inline if handler.in_transaction else self._events
             kind[cls] = (*kind.get(cls, ()), handler)
@@ -162,10 +165,7 @@ def _inspect(
     options: dict[str, Any],
 ) -> Handler:
     if name is None:
-        qualname = getattr(func, "__qualname__", None)
-        if qualname is None:
-            raise RegistrationError(f"{func!r} has no __qualname__: register it with a name=")
-        name = f"{func.__module__}.{qualname}"
+        name = _default_name(func)
     if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
         raise RegistrationError(f"{name} is a generator: a handler returns, it does not yield")
     is_async = _is_async(func)
@@ -179,8 +179,9 @@ def _inspect(
     ):
         raise RegistrationError(f"{name} must take the message as its first parameter")
     if message_type is None:
+        annotated = func if _is_function_like(func) else type(func).__call__
         try:
-            message_type = typing.get_type_hints(func).get(params[0].name)
+            message_type = typing.get_type_hints(annotated).get(params[0].name)
         except NameError as exc:
             raise RegistrationError(f"{name}: cannot resolve annotations ({exc})") from None
         if message_type is None:
@@ -221,6 +222,25 @@ def _inspect(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
     return Handler(func, message_type, name, rest, tuple(sorted(options.items())), is_async)
+
+
+def _is_function_like(func: Callable[..., Any]) -> bool:
+    """A function, method or class (named by its own ``__qualname__``), through wrappers."""
+    target = inspect.unwrap(func)
+    return inspect.isroutine(target) or isinstance(target, type)
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    """The dotted path of a function, or of a callable object's class (not of a
+    ``functools.partial``'s, or a builtin's: those name nothing of their own)."""
+    if _is_function_like(func):
+        qualname = getattr(func, "__qualname__", None)
+        if qualname is not None:
+            return f"{func.__module__}.{qualname}"
+    elif not isinstance(func, partial) and type(func).__module__ != "builtins":
+        cls = type(func)
+        return f"{cls.__module__}.{cls.__qualname__}"
+    raise RegistrationError(f"{func!r} has no name of its own: register it with a name=")
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

@@ -1,8 +1,10 @@
 """JSON form of messages, driven by each dataclass's field annotations.
 
 Supported field types: str, int, float, bool, None, Decimal, date, datetime,
-UUID, Enum, ``X | None``, ``list[X]``, ``tuple[X, ...]`` and nested
-dataclasses of those. Anything else is an ``E002`` system check error.
+UUID, Enum, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and
+nested dataclasses of those; a plain ``dict`` (or ``dict[str, Any]``) holds
+JSON as it is: str keys; str, int, float, bool, None, lists and dicts. Anything
+else is an ``E002`` system check error.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def _codec(hint: Any) -> Codec:
         return _optional(hint, args)
     if origin is list or origin is tuple:
         return _sequence(hint, origin, args)
+    if hint is dict or origin is dict:
+        return _mapping(hint, args)
     if hint in _SCALARS:
         return _SCALARS[hint]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -135,6 +139,47 @@ def _sequence(hint: Any, origin: type, args: tuple[Any, ...]) -> Codec:
         return origin(decode(item) for item in value)
 
     return encode_all, decode_all
+
+
+def _mapping(hint: Any, args: tuple[Any, ...]) -> Codec:
+    if args and args[0] is not str:
+        raise MessageEncodeError(f"{hint!r}: a JSON object's keys are strings: use dict[str, X]")
+    if not args or args[1] is Any:
+        return _json_object, _decoder(dict, lambda v: v)
+    encode, decode = _codec(args[1])
+
+    def encode_all(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a dict, got {value!r}")
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError(f"expected str keys, got {list(value)!r}")
+        return {key: encode(item) for key, item in value.items()}
+
+    def decode_all(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {value!r}")
+        return {key: decode(item) for key, item in value.items()}
+
+    return encode_all, decode_all
+
+
+def _json_object(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a dict, got {value!r}")
+    return _json(value)
+
+
+def _json(value: Any) -> Any:
+    """A copy of ``value``, a JSON value as Python has it; TypeError naming what is not."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json(item) for item in value]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError(f"expected str keys, got {list(value)!r}")
+        return {key: _json(item) for key, item in value.items()}
+    raise TypeError(f"{value!r} has no JSON form: use str, int, float, bool, None, list, dict")
 
 
 NoneType = type(None)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -53,26 +53,47 @@ class Captured:
     def published(self, event_type: type[M]) -> list[M]:
         return [e for e in self.events if isinstance(e, event_type)]
 
-    def assert_published(self, event_type: type[M], **fields: Any) -> M:
-        """The one event of ``event_type`` with these field values; fail otherwise."""
-        return _one(self.published(event_type), event_type, fields, "published")
+    @overload
+    def assert_published(self, event_type: type[M], *, count: None = None, **fields: Any) -> M: ...
+    @overload
+    def assert_published(self, event_type: type[M], *, count: int, **fields: Any) -> list[M]: ...
+    def assert_published(
+        self, event_type: type[M], *, count: int | None = None, **fields: Any
+    ) -> M | list[M]:
+        """The one event of ``event_type`` with these field values; fail otherwise. With
+        ``count=n``: exactly n such events, as a list (``count`` is not a field then)."""
+        return _matching(self.published(event_type), event_type, fields, "published", count)
 
     def assert_not_published(self, event_type: type[Event]) -> None:
         found = self.published(event_type)
         assert not found, f"expected no {event_type.__name__}, got {found}"
 
-    def assert_handled(self, command_type: type[M], **fields: Any) -> M:
-        """The one command of ``command_type`` with these field values; fail otherwise."""
+    @overload
+    def assert_handled(self, command_type: type[M], *, count: None = None, **fields: Any) -> M: ...
+    @overload
+    def assert_handled(self, command_type: type[M], *, count: int, **fields: Any) -> list[M]: ...
+    def assert_handled(
+        self, command_type: type[M], *, count: int | None = None, **fields: Any
+    ) -> M | list[M]:
+        """The one message of ``command_type`` with these field values handed to the bus;
+        fail otherwise. With ``count=n``: exactly n such, as a list (``count`` is not a field
+        then)."""
         commands = [m for m in self.handled if isinstance(m, command_type)]
-        return _one(commands, command_type, fields, "handled")
+        return _matching(commands, command_type, fields, "handled", count)
 
 
-def _one(found: list[M], cls: type[M], fields: dict[str, Any], verb: str) -> M:
+def _matching(
+    found: list[M], cls: type[M], fields: dict[str, Any], verb: str, count: int | None
+) -> M | list[M]:
     matching = [m for m in found if all(getattr(m, k, object()) == v for k, v in fields.items())]
     wanted = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
-    assert matching, f"no {wanted} was {verb}; {verb}: {found}"
-    assert len(matching) == 1, f"{len(matching)} {wanted} were {verb}: {matching}"
-    return matching[0]
+    assert matching or count == 0, f"no {wanted} was {verb}; {verb}: {found}"
+    expected = 1 if count is None else count
+    assert len(matching) == expected, (
+        f"{len(matching)} {wanted} were {verb}, not {expected}: {matching}"
+        + ("; pass count=N to expect N" if count is None else "")
+    )
+    return matching if count is not None else matching[0]
 
 
 @contextmanager

@@ -126,7 +126,7 @@ class Worker:
         finally:
             self._wakeup.close()
             with suppress(DatabaseError):  # stopped: no longer one of the workers seen
-                WorkerBeat.objects.using(self.using).filter(id=self.id).delete()
+                WorkerBeat.objects.using(self.using).filter(id=self.id).mark_stopped()
         logger.info(
             "%s %s stopped after %s",
             self.role, self.id, plural(self.processed, "delivery", "deliveries"),
@@ -171,7 +171,7 @@ class Worker:
                 logger.error(
                     "%s %s cannot reach %s (failure %d, next try in %.0fs): %s",
                     self.role, self.id, unreached, failures, delay, first_line(exc),
-                    exc_info=failures == 1,  # the traceback once, not on every try
+                    exc_info=logs.stack_once(exc, failures),  # the traceback once, not on every try
                 )  # fmt: skip
                 self._stopping.wait(delay)
                 continue

@@ -49,7 +49,7 @@ def rabbitmq_queue():
     """A queue of the test's own, bound to line_allocated on the messagebus exchange."""
     with Connection(BROKER_URL) as connection:
         queue = Queue(
-            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
+            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.exchange(),
             routing_key="line_allocated", auto_delete=True,
         )(connection.default_channel)  # fmt: skip
         queue.declare()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,28 +14,41 @@ from typing import Any
 class Received:
     body: Any
     headers: dict[str, str]
-    started: float  # time.time(): comparable across processes
-    ended: float = 0.0
 
 
 @dataclass
 class Receiver:
-    """``with Receiver(status=200, delay=0) as receiver: receiver.url``."""
+    """``with Receiver(status=200) as receiver: receiver.url``.
+
+    ``hold_until=n`` holds each request until ``n`` are in at once (or ``hold_timeout``
+    seconds pass, shorter than the webhook client's own timeout), then answers them all:
+    ``receiver.held_together`` says whether they all met. Overlap proved by a meeting, not a
+    clock, holds on a machine however busy.
+    """
 
     status: int = 200
-    delay: float = 0.0
+    hold_until: int = 0
+    hold_timeout: float = 8.0
     received: list[Received] = field(default_factory=list)
+    held_together: bool = False
 
     def __enter__(self) -> Receiver:
         receiver = self
+        meeting = threading.Barrier(self.hold_until or 1, timeout=self.hold_timeout)
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                got = Received(json.loads(self.rfile.read(length)), dict(self.headers), time.time())
-                receiver.received.append(got)
-                time.sleep(receiver.delay)
-                got.ended = time.time()
+                receiver.received.append(
+                    Received(json.loads(self.rfile.read(length)), dict(self.headers))
+                )
+                if receiver.hold_until:
+                    try:
+                        meeting.wait()
+                    except threading.BrokenBarrierError:
+                        pass  # not all in before the timeout: held_together stays False
+                    else:
+                        receiver.held_together = True
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -58,17 +70,6 @@ class Receiver:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/hooks/allocations"
-
-    def most_at_once(self) -> int:
-        """The most requests that were being answered at one moment."""
-        moments = sorted(
-            [(r.started, 1) for r in self.received] + [(r.ended, -1) for r in self.received]
-        )
-        most = now = 0
-        for _, step in moments:
-            now += step
-            most = max(most, now)
-        return most
 
 
 def nothing_listens() -> str:

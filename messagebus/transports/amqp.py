@@ -1,4 +1,5 @@
-"""RabbitMQ through kombu: one durable topic exchange, the channel as routing key.
+"""RabbitMQ through kombu: one durable topic exchange (MESSAGEBUS["AMQP_EXCHANGE"]), the
+channel as routing key.
 
 Messages are persistent and confirmed by the broker before ``publish``
 returns; the message id, type and correlation id travel as AMQP properties,
@@ -29,16 +30,20 @@ from . import BATCH, Receive, Verdict, body
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE = Exchange("messagebus", type="topic", durable=True)
 TIMEOUT = 5.0  # seconds to connect, or to wait for the broker's confirmation
 DEAD = Exchange("messagebus.dead", type="fanout", durable=True)
 DEAD_QUEUE = Queue("messagebus.dead", DEAD, durable=True)
 
 
+def exchange() -> Exchange:
+    """The durable topic exchange every service publishes to and consumes from."""
+    return Exchange(conf.settings.AMQP_EXCHANGE, type="topic", durable=True)
+
+
 def inbound_queue(channel: str, app: str) -> Queue:
     """The durable queue where ``app`` takes in ``channel``'s messages."""
     return Queue(
-        f"{app}.{channel}", EXCHANGE, routing_key=channel, durable=True,
+        f"{app}.{channel}", exchange(), routing_key=channel, durable=True,
         queue_arguments={"x-dead-letter-exchange": DEAD.name},
     )  # fmt: skip
 
@@ -50,11 +55,12 @@ class AmqpTransport:
         self._local = threading.local()  # a connection per thread: kombu's are not shared
 
     def publish(self, channel: str, envelope: Envelope) -> None:
+        topic = exchange()
         self._producer().publish(
             body(envelope),
-            exchange=EXCHANGE,
+            exchange=topic,
             routing_key=channel,
-            declare=[EXCHANGE],
+            declare=[topic],
             delivery_mode="persistent",
             content_type="application/json",
             content_encoding="utf-8",

@@ -13,8 +13,10 @@ import pytest
 from django.contrib.staticfiles.storage import staticfiles_storage
 from django.core.management import call_command
 from django.test import Client, override_settings
+from whitenoise.storage import CompressedManifestStaticFilesStorage
 
 from config import settings as project_settings
+from config.storage import StaticFilesStorage
 
 # Each request runs Django's request_started/finished handlers, which look at the connection.
 pytestmark = pytest.mark.django_db
@@ -47,8 +49,9 @@ def get(path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
 
 def test_production_uses_whitenoise_manifest_storage():
     assert project_settings.STORAGES["staticfiles"]["BACKEND"] == (
-        "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "config.storage.StaticFilesStorage"
     )
+    assert issubclass(StaticFilesStorage, CompressedManifestStaticFilesStorage)
     assert project_settings.MIDDLEWARE[:2] == [
         "django.middleware.security.SecurityMiddleware",
         "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -107,3 +110,23 @@ def test_api_docs_assets_are_served(static_root):
     status, headers, content = get(bundle)
     assert "javascript" in headers["Content-Type"]
     assert b"SwaggerUIBundle" in content
+
+
+@pytest.mark.parametrize("page", ["/admin/login/", "/api/docs/"])
+def test_before_collectstatic_pages_name_the_apps_files_and_they_are_served(page, tmp_path, caplog):
+    never_collected = override_settings(
+        DEBUG=False,
+        STATIC_ROOT=tmp_path,
+        STORAGES=project_settings.STORAGES,
+        WHITENOISE_USE_FINDERS=True,  # as settings.py sets it while there is no manifest
+        WHITENOISE_AUTOREFRESH=False,
+    )
+    with never_collected:
+        status, _, body = get(page)
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', body.decode())
+
+        assert status == 200
+        assert assets
+        for url in assets:
+            assert get(url)[0] == 200, url
+    assert "Run `python manage.py collectstatic --noinput`" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from messagebus import executors, health, metrics, outbox
@@ -22,6 +23,8 @@ from messagebus.exceptions import BrokerUnreachable, ConfigurationError
 from messagebus.models import Delivery, InboxMessage
 from messagebus.wording import first_line, plural
 from messagebus.worker import Worker
+
+logger = logging.getLogger(__name__)
 
 
 def positive_int(value: str) -> int:
@@ -42,6 +45,13 @@ def seconds(value: str) -> float:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
     return number
+
+
+def ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
 
 
 def _exit(code: int) -> None:
@@ -87,7 +97,12 @@ class Command(BaseCommand):
         )  # fmt: skip
         worker.add_argument(
             "--metrics-port", type=positive_int, metavar="PORT",
-            help="Serve this worker's Prometheus metrics on this port (all addresses).",
+            help="Serve this worker's Prometheus metrics on this port (see --metrics-bind).",
+        )  # fmt: skip
+        worker.add_argument(
+            "--metrics-bind", type=ip_address, default="127.0.0.1", metavar="ADDRESS",
+            help="The address --metrics-port listens on (default 127.0.0.1: this machine "
+            "only; 0.0.0.0 for every interface, behind a firewall).",
         )  # fmt: skip
         worker.add_argument(
             "--grace", type=seconds, metavar="SECONDS",
@@ -118,6 +133,11 @@ class Command(BaseCommand):
         )  # fmt: skip
         which.add_argument("--all-dead", action="store_true", help="Every dead delivery.")
         which.add_argument("--handler", help="Dead deliveries to this handler (dotted name).")
+        retry.add_argument(
+            "--pending", action="store_true",
+            help="With --handler: its pending deliveries (waiting for their next try), made "
+            "due now, instead of its dead ones.",
+        )  # fmt: skip
 
         prune = action("prune", "Delete finished deliveries and their events.")
         prune.add_argument(
@@ -146,13 +166,17 @@ class Command(BaseCommand):
         concurrency: int,
         grace: float | None,
         metrics_port: int | None,
+        metrics_bind: str,
         **options: Any,
     ) -> None:
         if metrics_port is not None:
             try:
-                metrics.serve(metrics_port)
+                metrics.serve(metrics_port, metrics_bind)
             except (ImportError, OSError) as exc:
-                raise CommandError(f"Cannot serve metrics on port {metrics_port}: {exc}") from exc
+                raise CommandError(
+                    f"Cannot serve metrics on {metrics_bind} port {metrics_port}: {exc}"
+                ) from exc
+            logger.info("Metrics on http://%s:%d/metrics", metrics_bind, metrics_port)
         worker = Worker(
             batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
             concurrency=concurrency, grace=grace,
@@ -198,6 +222,7 @@ class Command(BaseCommand):
         outbox = health.figures(using)
         dead = list(health.dead_by_handler(using)[:20])
         beats = list(health.workers_seen(using))
+        last = None if beats else health.last_seen(using)
         received = dict(
             InboxMessage.objects.using(using)
             .values_list("status")
@@ -214,7 +239,12 @@ class Command(BaseCommand):
                 {"id": w.id, "seen_at": w.seen_at.isoformat(), "processed": w.processed}
                 for w in beats
             ]
-            report = {**outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox}
+            report = {
+                **outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox,
+                "last_seen": last and {
+                    "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
+                },
+            }  # fmt: skip
             self.stdout.write(json.dumps(report, indent=2))
             return
         for status in Delivery.Status:
@@ -228,6 +258,9 @@ class Command(BaseCommand):
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
                       f"seen {w.seen_at:%H:%M:%S}" for w in beats)
         )  # fmt: skip
+        if last:
+            how = "when it stopped" if last.stopped else "without saying it stopped"
+            self.stdout.write(f"  Last seen: {last.id} at {last.seen_at:%Y-%m-%d %H:%M:%S}, {how}.")
         self.stdout.write(f"Inbox: {inbox['handled']} handled, {inbox['skipped']} skipped.")
         if dead:
             self.stdout.write("Dead, by handler and error:")
@@ -235,9 +268,21 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {row['count']:>5}  {row['handler']}: {_first(row['error'])}")
 
     def handle_retry(
-        self, using: str, *, ids: list[int], all_dead: bool, handler: str | None, **options: Any
+        self,
+        using: str,
+        *,
+        ids: list[int],
+        all_dead: bool,
+        handler: str | None,
+        pending: bool,
+        **options: Any,
     ) -> None:
         deliveries = Delivery.objects.using(using)
+        if pending and not handler:
+            raise CommandError("--pending goes with --handler: whose pending deliveries?")
+        if handler:
+            self._retry_handler(using, handler, pending)
+            return
         if ids:
             statuses = dict(deliveries.filter(pk__in=ids).values_list("pk", "status"))
             missing = sorted(set(ids) - set(statuses))
@@ -250,10 +295,36 @@ class Command(BaseCommand):
                     )
             pks = sorted(statuses)
         else:
-            dead = deliveries.dead()
-            pks = list(
-                (dead.filter(handler=handler) if handler else dead).values_list("pk", flat=True)
+            pks = list(deliveries.dead().values_list("pk", flat=True))
+        self._retry(using, pks)
+
+    def _retry_handler(self, using: str, handler: str, pending: bool) -> None:
+        """A handler's dead deliveries (or, ``pending``, those waiting for a try) again."""
+        mine = Delivery.objects.using(using).filter(handler=handler)
+        # Pending, and not running now: no lease, or one its runner left to run out.
+        waiting = mine.pending().filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lt=timezone.now())
+        )
+        chosen = waiting if pending else mine.dead()
+        pks = list(chosen.values_list("pk", flat=True))
+        if pks:
+            self._retry(using, pks)
+        elif pending:
+            self.stdout.write(f"Nothing to retry. No delivery to {handler} is pending.")
+        else:
+            count = waiting.count()
+            self.stdout.write(
+                f"Nothing to retry. --handler retries dead deliveries: none to {handler} is dead."
+                + (
+                    f" Pending to it: {plural(count, 'delivery', 'deliveries')}; add --pending "
+                    "to make them due now."
+                    if count
+                    else ""
+                )
             )
+
+    def _retry(self, using: str, pks: list[int]) -> None:
+        deliveries = Delivery.objects.using(using)
         if not pks:
             self.stdout.write("Nothing to retry.")
             return

@@ -322,9 +322,9 @@ def test_a_message_taken_in_from_rabbitmq_continues_its_senders_trace(spans):
         headers: dict[str, str] = {}
         with trace.get_tracer("another service").start_as_current_span("send") as sender:
             propagate.inject(headers)
-        Producer(channel, exchange=amqp.EXCHANGE).publish(
+        Producer(channel, exchange=amqp.exchange()).publish(
             json.dumps({"batchref": "b1", "qty": 7}), routing_key="change_batch_quantity",
-            declare=[amqp.EXCHANGE], content_type="application/json", headers=headers,
+            declare=[amqp.exchange()], content_type="application/json", headers=headers,
             message_id=str(uuid.uuid4()),
         )  # fmt: skip
     spans.clear()

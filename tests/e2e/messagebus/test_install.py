@@ -193,6 +193,29 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         assert any(r.startswith(package) and f'extra == "{extra}"' in r for r in requires)
 
 
+def test_the_wheel_carries_its_licence_version_links_and_description(wheel):
+    import messagebus
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        [name] = [name for name in names if name.endswith(".dist-info/METADATA")]
+        meta = Parser().parsestr(archive.read(name).decode())
+        [licence] = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]
+        licence_text = archive.read(licence).decode()
+
+    assert meta["Version"] == messagebus.__version__
+    assert meta["License-Expression"] == "BSD-3-Clause"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    assert licence_text == (ROOT / "LICENSE").read_text()
+    assert licence_text.startswith("BSD 3-Clause License")
+    assert any(
+        url.startswith("Architecture Patterns with Python, https://")
+        for url in meta.get_all("Project-URL")
+    )
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert meta.get_payload().startswith("# ")  # the README, as the long description
+
+
 def install(wheel: Path, python: Path, wheels: Path, tmp: Path) -> None:
     """Install ``wheel`` and what it declares into ``python``'s environment, from ``wheels``
     only, at this environment's versions (requirements.txt); fetch them from PyPI if missing.
@@ -246,6 +269,7 @@ def test_a_new_project_handles_a_command_through_the_installed_bus(wheel, wheels
     manage("migrate", "--noinput")
     shell = manage("shell", "--no-imports", "-c", SCRIPT)
     status = manage("messagebus", "status")
+    worker = manage("messagebus", "worker", "--once")
 
     printed = json.loads(shell.stdout.strip().splitlines()[-1])
     assert printed["result"] == 1
@@ -253,3 +277,5 @@ def test_a_new_project_handles_a_command_through_the_installed_bus(wheel, wheels
     assert printed["deliveries"] == [["shop.handlers.confirm_order", "done"]]
     assert Path(printed["messagebus"]).is_relative_to(venv)  # the installed copy, not the checkout
     assert re.search(r"done\W+1\b", status.stdout, re.IGNORECASE), status.stdout
+    # No LOGGING in a new project: the bus's INFO lines still show, through its own handler.
+    assert re.search(r"INFO messagebus\.worker Worker \S+ started on database", worker.stderr)

@@ -30,7 +30,7 @@ def rabbitmq():
     with Connection(BROKER_URL) as connection:
         channel = connection.default_channel
         allocated = Queue(
-            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.EXCHANGE,
+            f"test-line-allocated-{uuid.uuid4().hex[:8]}", amqp.exchange(),
             routing_key="line_allocated", auto_delete=True,
         )(channel)  # fmt: skip
         allocated.declare()
@@ -41,7 +41,7 @@ def rabbitmq():
             inbound = amqp.inbound_queue(name, app)(channel)
             inbound.declare()
             inbound.purge()
-        producer = Producer(channel, exchange=amqp.EXCHANGE)
+        producer = Producer(channel, exchange=amqp.exchange())
 
         def publish(
             body: str | bytes,
@@ -53,7 +53,7 @@ def rabbitmq():
             """``with_id=False``: no message id at all, as some publishers send."""
             ids = {"message_id": message_id or str(uuid.uuid4())} if with_id else {}
             producer.publish(
-                body, routing_key=channel, declare=[amqp.EXCHANGE],
+                body, routing_key=channel, declare=[amqp.exchange()],
                 content_type="application/json", content_encoding="utf-8", **ids,
             )  # fmt: skip
 

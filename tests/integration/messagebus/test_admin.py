@@ -110,11 +110,33 @@ def test_retry_now_runs_a_dead_delivery_again(admin_client, dead_delivery):
     assert Entry.objects.filter(note="greeted").count() == 1
 
 
+def test_discard_asks_first_on_a_page_of_its_own(admin_client, dead_delivery):
+    row, _ = dead_delivery
+    done = Delivery.objects.create(event=row.event, handler="tests.other", status="done")
+
+    response = admin_client.post(
+        reverse("admin:messagebus_delivery_changelist"),
+        {"action": "discard", "_selected_action": [row.pk, done.pk]},
+    )
+
+    assert response.status_code == 200
+    assert response.templates[0].name == "admin/messagebus/delivery/discard_confirmation.html"
+    page = response.content.decode()
+    assert "Discard this delivery? It will never run" in page
+    assert f"Delivery {row.pk} (Dead) to {row.handler}" in unescape(page)
+    assert f"Left as it is, finished already: {done.pk} (Done)." in page
+    assert '<input type="hidden" name="action" value="discard">' in page
+    assert '<input type="hidden" name="post" value="yes">' in page
+    assert f'<input type="hidden" name="_selected_action" value="{done.pk}">' in page
+    row.refresh_from_db()
+    assert row.status == "dead"  # nothing discarded yet
+
+
 def test_discard_keeps_the_row_and_never_runs_it(admin_client, dead_delivery):
     row, state = dead_delivery
     admin_client.post(
         reverse("admin:messagebus_delivery_changelist"),
-        {"action": "discard", "_selected_action": [row.pk]},
+        {"action": "discard", "_selected_action": [row.pk], "post": "yes"},
     )
     row.refresh_from_db()
     assert row.status == "discarded" and row.finished_at is not None
@@ -237,10 +259,17 @@ def test_retry_now_with_workers_says_a_worker_will_run_it(admin_client, dead_del
     assert not Entry.objects.filter(note="greeted").exists()
 
 
-def test_discard_button_discards_it(admin_client, dead_delivery):
+def test_discard_button_asks_first_then_discards_it(admin_client, dead_delivery):
     row, _ = dead_delivery
 
-    response = admin_client.post(button(row, "discard"))
+    asked = admin_client.post(button(row, "discard"))
+
+    assert asked.status_code == 200 and "Yes, discard" in asked.content.decode()
+    assert 'name="action"' not in asked.content.decode()  # posts back to the button's URL
+    row.refresh_from_db()
+    assert row.status == "dead"
+
+    response = admin_client.post(button(row, "discard"), {"post": "yes"})
 
     assert response.status_code == 302 and response["Location"] == page_of(row)
     assert messages_of(response) == [(SUCCESS, f"Delivery {row.pk} discarded.")]
@@ -343,7 +372,7 @@ def test_the_delivery_list_shows_status_runs_and_error_first(admin_client, dead_
     assert list(cl.list_display) == [
         "action_checkbox",
         "id",
-        "status",
+        "status_label",
         "runs",
         "error",
         "event_type",
@@ -354,6 +383,9 @@ def test_the_delivery_list_shows_status_runs_and_error_first(admin_client, dead_
     assert [spec.title for spec in cl.filter_specs] == ["status", "type", "handler"]
     short = "&lt;locals&gt;.<wbr>greet"  # the last two dotted parts, the full name on hover
     assert f'<span title="{escape(row.handler)}">{short}</span>' in response.content.decode()
+    label = '<span class="delivery-status delivery-status-dead">Dead</span>'
+    assert label in response.content.decode()
+    assert ".delivery-status-dead { background:" in response.content.decode()
 
 
 def readonly_value(page: str, field: str) -> str:
@@ -530,7 +562,7 @@ def test_the_verdict_follows_the_health_check(viewer, settings, limits, verdict,
 
 
 def test_down_when_the_outbox_database_does_not_answer(viewer, monkeypatch):
-    down = ("down", {"status": "down", "database": "connection refused"})
+    down = ("down", {"status": "down", "database": "down", "error": "connection refused"})
     monkeypatch.setattr(health, "check", lambda using: down)
 
     page = viewer.get(DASHBOARD).content.decode()
@@ -602,6 +634,25 @@ def test_workers_seen_lately_with_their_role_and_the_stale_ones_marked(viewer, d
     assert "<strong>2</strong> workers seen in the last minute" in page
 
 
+def test_with_none_running_the_dashboard_says_when_the_last_worker_was_seen(viewer, db):
+    from messagebus.worker import Worker
+
+    assert "None: no worker, relay or consumer has said it is alive." in (
+        viewer.get(DASHBOARD).content.decode()
+    )
+    worker = Worker(once=True)
+    worker.run()  # says it is alive, then that it stopped
+
+    page = viewer.get(DASHBOARD).content.decode()
+
+    [said] = re.findall(r'<p class="last-seen">(.*?)</p>', page, re.S)
+    said = re.sub(r"<[^>]+>", "", said)
+    seen = r"[\d.]+ (ms|s|min)"
+    assert re.fullmatch(
+        rf"None running\. Last seen: worker {worker.id}, {seen} ago, when it stopped\.", said
+    ), said
+
+
 def test_the_dashboard_takes_a_few_queries_however_many_deliveries(
     viewer, django_assert_max_num_queries
 ):
@@ -614,3 +665,26 @@ def test_the_dashboard_takes_a_few_queries_however_many_deliveries(
         report = dashboard.report("default")
 
     assert len(bars(report["done_chart"])) == 20 and len(report["dead"]) == 20
+
+
+def test_what_the_admin_says_goes_through_the_translation_catalog(
+    admin_client, dead_delivery, monkeypatch
+):
+    from messagebus import admin as messagebus_admin
+
+    def shout(text: str) -> str:  # as a catalog would: the placeholders kept
+        return f"<<{text}>>"
+
+    monkeypatch.setattr(messagebus_admin, "gettext", shout)
+    monkeypatch.setattr(
+        messagebus_admin, "ngettext", lambda one, many, n: shout(one if n == 1 else many)
+    )
+    row, _ = dead_delivery
+
+    response = admin_client.post(
+        reverse("admin:messagebus_delivery_changelist"),
+        {"action": "discard", "_selected_action": [row.pk], "post": "yes"},
+        follow=True,
+    )
+
+    assert messages_of(response) == [(SUCCESS, "<<Discarded 1 delivery.>>")]

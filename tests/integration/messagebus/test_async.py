@@ -38,7 +38,8 @@ class Double(messagebus.Command):
     n: int
 
 
-NAP = 0.2  # seconds each handler awaits
+NAP = 0.2  # seconds each handler awaits, once the others it waits for have started
+MEET_WITHIN = 30.0  # seconds a handler waits for the others to start
 
 
 @pytest.fixture
@@ -47,15 +48,22 @@ def anyio_backend():
 
 
 class Timeline:
-    """When each handler's calls started and ended."""
+    """When each handler's calls started and ended. Each call waits until every handler
+    named in ``meet`` has started once: they overlap by meeting, not by a clock."""
 
     def __init__(self) -> None:
         self.spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.meet: set[str] = set()
+        self.started: set[str] = set()
 
-    async def nap(self, name: str, seconds: float = NAP) -> None:
+    async def nap(self, name: str) -> None:
         started = time.monotonic()
+        self.started.add(name)
         try:
-            await anyio.sleep(seconds)
+            with anyio.fail_after(MEET_WITHIN):
+                while not self.meet <= self.started:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(NAP)
         finally:
             self.spans[name].append((started, time.monotonic()))
 
@@ -66,8 +74,9 @@ class Timeline:
 
 @pytest.fixture
 def timeline(messagebus_registry):
-    """Two async handlers of Opened that each await NAP seconds; ``crm`` fails while
-    ``timeline.crm_down`` is true."""
+    """Two async handlers of Opened, ``welcome`` and ``crm``, that each await NAP seconds;
+    ``crm`` fails while ``timeline.crm_down`` is true. A test that needs them at once sets
+    ``timeline.meet``."""
     timeline = Timeline()
     timeline.crm_down = False
 
@@ -90,6 +99,7 @@ def deliveries() -> dict[str, Delivery]:
 
 
 def test_two_async_handlers_of_one_event_run_at_once_from_sync_code(timeline):
+    timeline.meet = {"welcome", "crm"}
     account = messagebus.bus.handle(OpenAccount(name="ann"))
 
     assert Account.objects.get(pk=account).name == "ann"
@@ -101,6 +111,7 @@ def test_two_async_handlers_of_one_event_run_at_once_from_sync_code(timeline):
 
 
 def test_one_failing_leaves_the_other_done_and_is_retried_itself(timeline):
+    timeline.meet = {"welcome", "crm"}
     timeline.crm_down = True
 
     messagebus.bus.handle(OpenAccount(name="ann"))
@@ -130,7 +141,7 @@ def test_a_handler_past_its_timeout_is_cancelled_and_retried_the_others_unaffect
 
     async def slow(event: Opened) -> None:
         calls.append("slow")
-        await anyio.sleep(0 if len(calls) > 1 else 10)
+        await anyio.sleep(0 if len(calls) > 1 else 60)
 
     async def quick(event: Opened) -> None:
         await anyio.sleep(0.05)
@@ -142,7 +153,7 @@ def test_a_handler_past_its_timeout_is_cancelled_and_retried_the_others_unaffect
 
     messagebus.bus.handle(OpenAccount(name="ann"))
 
-    assert time.monotonic() - started < 5  # not the 10 s it asked for
+    assert time.monotonic() - started < 30  # not the 60 s it asked for
     assert deliveries()["slow"].status == Delivery.Status.PENDING
     assert run_due() == 1  # its second call
     found = deliveries()
@@ -169,6 +180,7 @@ def test_the_timeout_setting_applies_to_every_async_handler(messagebus_registry)
 
 @pytest.mark.anyio
 async def test_ahandle_commits_the_command_and_delivers_its_events_on_this_loop(timeline):
+    timeline.meet = {"welcome", "crm"}
     account = await messagebus.bus.ahandle(OpenAccount(name="ann"))
 
     assert (await Account.objects.aget(pk=account)).name == "ann"
@@ -264,7 +276,7 @@ def test_an_async_handler_running_past_the_claim_timeout_keeps_its_lease(message
 
     async def slow(event: Opened) -> None:
         calls.append(time.monotonic())
-        await anyio.sleep(1.5)
+        await anyio.sleep(3)
 
     messagebus_registry.register(None, slow)
     with executors.use(WorkerExecutor()):
@@ -273,6 +285,7 @@ def test_an_async_handler_running_past_the_claim_timeout_keeps_its_lease(message
     with override_settings(MESSAGEBUS={"CLAIM_TIMEOUT": 0.6, "SWEEP_INTERVAL": 0}):
         thread = threading.Thread(target=worker.run)
         thread.start()
+        wait_for(lambda: calls)  # claimed and running
         time.sleep(1.2)  # twice the lease it was claimed with
         ended = states.lease_expired("default", run.policy_of)  # another worker's sweep
         thread.join(10)
@@ -305,9 +318,9 @@ def test_what_an_async_handlers_commands_store_runs_after_it_outside_its_timeout
         await bus.ahandle(Deposit(name=event.name, amount=5))
 
     async def slow_receipt(event: Deposited) -> None:
-        await anyio.sleep(0.6)
+        await anyio.sleep(2.5)
 
-    messagebus_registry.register(None, deposit_bonus, timeout=0.3)
+    messagebus_registry.register(None, deposit_bonus, timeout=2)
     messagebus_registry.register(None, slow_receipt)
 
     messagebus.bus.handle(OpenAccount(name="ann"))
@@ -336,6 +349,8 @@ def test_an_async_delivery_held_by_another_runner_is_left_to_it(timeline):
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_the_worker_runs_async_and_sync_handlers_with_their_own_bookkeeping(timeline, concurrency):
     timeline.crm_down = True
+    if concurrency > 1:
+        timeline.meet = {"welcome", "crm"}
     with executors.use(WorkerExecutor()):
         messagebus.bus.handle(OpenAccount(name="ann"))
         messagebus.bus.handle(OpenAccount(name="bob"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 
 from messagebus import worker as worker_module
 from messagebus.delivery import states
@@ -84,10 +84,31 @@ def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monke
     assert waits == [0.01, 0.02, 0.04, 0.08]  # doubling, from BACKOFF
     failures = [r for r in caplog.records if "cannot reach the outbox" in r.getMessage()]
     assert len(failures) == 4
-    assert [bool(r.exc_info) for r in failures] == [True, False, False, False]
+    assert [bool(r.exc_info) for r in failures] == [False] * 4  # refused: the line says it all
     assert all("connection refused" in r.getMessage() for r in failures)
     assert all("Is the server running" not in r.getMessage() for r in failures)  # one line
     assert "reached the outbox again" in caplog.text
+
+
+def test_an_unexpected_database_error_is_logged_with_its_traceback_once(
+    transactional_db, monkeypatch, caplog
+):
+    monkeypatch.setattr(worker_module, "BACKOFF", 0.01)
+    worker = Worker(poll_interval=0)
+    tries = []
+
+    def odd(*args, **kwargs):
+        tries.append(1)
+        if len(tries) <= 2:
+            raise DataError("value out of range")
+        worker.stop()
+        return []
+
+    monkeypatch.setattr(states, "claim", odd)
+    with caplog.at_level(logging.INFO, logger="messagebus"):
+        worker.run()
+    failures = [r for r in caplog.records if "cannot reach the outbox" in r.getMessage()]
+    assert [bool(r.exc_info) for r in failures] == [True, False]
 
 
 def test_a_worker_stops_on_a_misconfiguration_rather_than_waiting(transactional_db, monkeypatch):
@@ -97,3 +118,47 @@ def test_a_worker_stops_on_a_misconfiguration_rather_than_waiting(transactional_
     monkeypatch.setattr(states, "claim", missing)
     with pytest.raises(OperationalError):
         Worker(poll_interval=0).run()
+
+
+def test_retry_by_handler_says_it_retries_the_dead_and_pending_makes_the_waiting_due(
+    transactional_db,
+):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+    from django.test import override_settings
+    from django.utils import timezone
+
+    import messagebus
+    from messagebus.models import Delivery
+    from tests.busapp.events import Pinged
+
+    def retry(*args: str) -> str:
+        out = StringIO()
+        call_command("messagebus", "retry", *args, stdout=out)
+        return out.getvalue()
+
+    handler = "tests.busapp.handlers.record_ping"
+    with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
+        for n in range(2):
+            messagebus.bus.handle(Pinged(n=n))
+    later = timezone.now() + timedelta(hours=1)
+    Delivery.objects.update(next_attempt_at=later)  # waiting for their next try
+    running = Delivery.objects.create(
+        event=Delivery.objects.first().event, handler="tests.elsewhere", lease_until=later
+    )
+
+    assert retry("--handler", handler) == (
+        f"Nothing to retry. --handler retries dead deliveries: none to {handler} is dead. "
+        "Pending to it: 2 deliveries; add --pending to make them due now.\n"
+    )
+    assert "Requeued 2 deliveries." in retry("--handler", handler, "--pending")
+    assert all(row.next_attempt_at < later for row in Delivery.objects.filter(handler=handler))
+    assert retry("--handler", "tests.elsewhere", "--pending") == (
+        "Nothing to retry. No delivery to tests.elsewhere is pending.\n"
+    )  # the one running is left to its runner
+    running.refresh_from_db()
+    assert running.lease_until == later
+    with pytest.raises(CommandError, match="--pending goes with --handler"):
+        retry("--all-dead", "--pending")

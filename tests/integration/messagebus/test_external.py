@@ -34,11 +34,11 @@ def test_allocated_is_published_on_redis_as_the_books_clients_read_it(messagebus
     with external(REDIS_URL):
         allocate_the_books_order()
 
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30  # a ceiling: a busy machine is slow, not wrong
     message = None
     while message is None and time.monotonic() < deadline:
         message = subscriber.get_message(timeout=deadline - time.monotonic())
-    assert message is not None, "nothing on line_allocated within 3 s"
+    assert message is not None, "nothing on line_allocated within 30 s"
     assert json.loads(message["data"]) == {
         "orderid": "order1", "sku": "RETRO-CLOCK", "qty": 3, "batchref": "batch1",
     }  # fmt: skip
@@ -123,7 +123,7 @@ def test_the_books_scenario_on_redis(consumer):
 
     client.publish("change_batch_quantity", json.dumps({"batchref": "sooner", "qty": 5}))
 
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30  # a ceiling: a busy machine is slow, not wrong
     seen = []
     while time.monotonic() < deadline and not any(m["batchref"] == "later" for m in seen):
         message = subscriber.get_message(timeout=deadline - time.monotonic())
@@ -142,7 +142,7 @@ def test_the_books_scenario_on_rabbitmq(consumer, rabbitmq):
     rabbitmq.publish(json.dumps({"batchref": "sooner", "qty": 5}))
 
     seen: list[dict] = []
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30  # a ceiling: a busy machine is slow, not wrong
     while not seen and time.monotonic() < deadline:
         seen.extend(read_all(rabbitmq.allocated))
         time.sleep(0.05)

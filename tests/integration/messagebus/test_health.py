@@ -39,8 +39,11 @@ def test_degraded_when_the_outbox_falls_behind(client):
     Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=45))
     report = client.get("/health/").json()
     assert report["status"] == "degraded"
+    [reason] = report["reasons"]
+    assert reason.startswith("the oldest due delivery has waited 4")
+    assert reason.endswith("more than HEALTH_MAX_LAG (30s)")
     assert (report["outbox"]["due"], report["outbox"]["pending"]) == (1, 1)
-    assert 45 <= report["outbox"]["lag_seconds"] < 60
+    assert 45 <= report["outbox"]["lag_seconds"] < 300
 
 
 @override_settings(MESSAGEBUS={"EXECUTOR": "worker", "HEALTH_MAX_DEAD": 1})
@@ -52,6 +55,42 @@ def test_degraded_past_the_dead_letters_allowed(client):
     Delivery.objects.update(status="dead")
     response = client.get("/health/")
     assert (response.status_code, response.json()["status"]) == (200, "degraded")
+    assert response.json()["reasons"] == ["2 dead, more than HEALTH_MAX_DEAD (1)"]
+
+
+REFUSED = 'connection to server at "10.1.2.3", port 5432 failed: Connection refused'
+
+
+@pytest.fixture
+def database_refuses(monkeypatch):
+    from django.db import OperationalError
+
+    from messagebus import health
+
+    def refuse(using):
+        raise OperationalError(REFUSED)
+
+    monkeypatch.setattr(health, "figures", refuse)
+
+
+def test_down_says_why_but_not_where_the_database_is_to_anyone(client, database_refuses, caplog):
+    response = client.get("/health/")
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "down",
+        "database": "down",
+        "reasons": ["the database does not answer"],
+    }
+    assert "10.1.2.3" not in response.content.decode()
+    assert REFUSED in caplog.text  # for whoever reads the logs
+
+
+def test_down_tells_staff_the_databases_error(admin_client, database_refuses):
+    response = admin_client.get("/health/")
+
+    assert response.status_code == 503
+    assert response.json()["error"] == REFUSED
 
 
 CHECK = "from messagebus.health import check; print(check('default')[0])"
@@ -74,7 +113,7 @@ def test_down_within_seconds_when_the_database_is_cut_off_then_back():
     proxy.cut()
     status, took = health()
     assert status == "down"
-    assert took < 15  # the connect timeout (5 s), plus starting Django
+    assert took < 45  # the connect timeout (5 s), plus starting Django: not TCP's minutes
     proxy.mend()
     assert health()[0] == "ok"
 
@@ -86,6 +125,7 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
 
     from django.core.management import call_command
 
+    from messagebus import health
     from messagebus.worker import Worker
 
     def broken(event: Pinged) -> None:
@@ -95,7 +135,13 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     for n in range(3):
         messagebus.bus.handle(Pinged(n=n))
     Worker(once=True).run()  # record_ping done thrice, broken dead thrice
-    assert not WorkerBeat.objects.exists()  # a worker that stopped is not listed
+    [stopped] = WorkerBeat.objects.all()  # kept, marked stopped: not listed as seen
+    assert stopped.stopped and not health.workers_seen("default").exists()
+    out = StringIO()
+    call_command("messagebus", "status", stdout=out)
+    assert "Workers seen in the last minute: 0\n" in out.getvalue()
+    assert f"  Last seen: {stopped.id} at " in out.getvalue()
+    assert out.getvalue().count(", when it stopped.") == 1
     messagebus.bus.handle(Pinged(n=9))
     running = Worker()
     running._beat()  # as it does before each batch
@@ -108,7 +154,7 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     report = json.loads(out.getvalue())
     assert report["statuses"] == {"pending": 2, "done": 3, "dead": 3, "discarded": 0}
     assert (report["due"], report["done_last_minute"]) == (2, 3)
-    assert 90 <= report["lag_seconds"] < 120
+    assert 90 <= report["lag_seconds"] < 300
     [dead] = report["dead_by_handler"]
     assert dead["count"] == 3 and dead["error"].startswith("builtins.LookupError: no template")
     assert [w["id"] for w in report["workers"]] == [running.id]

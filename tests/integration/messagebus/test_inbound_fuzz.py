@@ -161,12 +161,12 @@ def test_a_consumer_on_rabbitmq_settles_every_message_and_never_stops(batch):
             queue = amqp.inbound_queue(name, app)(channel)
             queue.declare()
             queue.purge()
-        producer = Producer(channel, exchange=amqp.EXCHANGE)
+        producer = Producer(channel, exchange=amqp.exchange())
 
         def publish(name: str, body: bytes, message_id: str | None) -> None:
             ids = {"message_id": message_id} if message_id else {}
             producer.publish(
-                body, routing_key=name, declare=[amqp.EXCHANGE],
+                body, routing_key=name, declare=[amqp.exchange()],
                 content_type="application/json", content_encoding="utf-8", **ids,
             )  # fmt: skip
 

@@ -141,8 +141,41 @@ def test_a_worker_serves_its_metrics_on_a_port_of_its_own():
         code, output = worker.stop()
 
     assert code == 0, output
+    assert f"Metrics on http://127.0.0.1:{port}/metrics" in output  # this machine only
     key = (("handler", "tests.busapp.handlers.record_ping"), ("outcome", "done"))
     assert found["messagebus_deliveries_total", key] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "address"),
+    [
+        ([], "127.0.0.1"),
+        (["--metrics-bind", "0.0.0.0"], "0.0.0.0"),
+        (["--metrics-bind", "::1"], "::1"),
+    ],
+)
+def test_a_workers_metrics_listen_on_this_machine_only_unless_told(monkeypatch, options, address):
+    import signal
+
+    from django.core.management import call_command
+
+    listening = []
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # this process's stay pytest's
+    monkeypatch.setattr(
+        metrics.prometheus, "start_http_server", lambda port, addr, registry: listening.append(addr)
+    )
+    call_command("messagebus", "worker", "--once", "--metrics-port", "9999", *options)
+
+    assert listening == [address]
+
+
+def test_a_metrics_bind_that_is_not_an_address_is_refused(manage):
+    result = manage(
+        "messagebus", "worker", "--once", "--metrics-port", "9999", "--metrics-bind", "all"
+    )
+
+    assert result.returncode == 2
+    assert "argument --metrics-bind: 'all' is not an IP address" in result.stderr
 
 
 SCRIPT = """

@@ -245,17 +245,18 @@ def test_a_notify_wakes_a_worker_long_before_its_poll_interval(transactional_db)
         with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
             messagebus.bus.handle(Pinged(n=5))
         committed = time.monotonic()
-        while not Entry.objects.exists() and time.monotonic() - committed < 10:
+        while not Entry.objects.exists() and time.monotonic() - committed < 30:
             time.sleep(0.01)
         waited = time.monotonic() - committed
         worker.send_signal(signal.SIGTERM)  # noticed within a fraction of a second
         stopped = time.monotonic()
-        worker.communicate(timeout=10)
+        worker.communicate(timeout=30)
     finally:
         worker.kill()
     assert Entry.objects.filter(account="ping", amount=5).exists()
-    assert waited < 2, f"the delivery ran {waited:.2f}s after its commit, not at once"
-    assert time.monotonic() - stopped < 5
+    # Far under the 60 s poll interval, with room for a busy machine.
+    assert waited < 20, f"the delivery ran {waited:.2f}s after its commit, not at once"
+    assert time.monotonic() - stopped < 20
     assert worker.returncode == 0
 
 

@@ -66,6 +66,23 @@ def test_capture_assertions_fail_with_what_was_seen(messagebus_deliver, messageb
         messagebus_capture.assert_not_published(Audited)
 
 
+def test_capture_assertions_count_several_of_a_kind(messagebus_deliver, messagebus_capture):
+    messagebus.bus.handle(OpenAccount("a"))
+    for _ in range(2):
+        messagebus.bus.handle(Deposit("a", 5))
+
+    with pytest.raises(
+        AssertionError, match=r"2 Deposit\(name='a'\) were handled, not 1: .*count=N"
+    ):
+        messagebus_capture.assert_handled(Deposit, name="a")
+    both = messagebus_capture.assert_handled(Deposit, count=2, name="a")
+    assert [d.amount for d in both] == [5, 5]
+    assert len(messagebus_capture.assert_published(Deposited, count=2, amount=5)) == 2
+    assert messagebus_capture.assert_handled(Deposit, count=0, name="b") == []
+    with pytest.raises(AssertionError, match=r"2 Deposit\(\) were handled, not 3"):
+        messagebus_capture.assert_handled(Deposit, count=3)
+
+
 def test_registry_fixture_registers_handlers_for_one_test(messagebus_deliver, messagebus_registry):
     seen = []
 

@@ -124,6 +124,7 @@ def test_two_messages_stored_under_one_name_is_an_error(app_messages):
             {"DEPENDENCIES": {"clock": "no.such.Clock"}},
             "MESSAGEBUS['DEPENDENCIES']['clock'] cannot be imported",
         ),
+        ({"AMQP_EXCHANGE": ""}, "MESSAGEBUS['AMQP_EXCHANGE'] must be an exchange's name"),
         ({"RETRIES": 3}, "unknown key 'RETRIES'"),
     ],
 )

@@ -53,3 +53,14 @@ def test_validators_name_the_problem():
     assert conf.executor("inline") is None and conf.executor("worker") is None
     assert conf.executor("celery") is None
     assert "not 'inline', 'worker', 'celery' or an importable class" in conf.executor("no.Such")
+
+
+def test_the_amqp_exchange_is_a_setting():
+    from messagebus.transports import amqp
+
+    assert amqp.exchange().name == "messagebus"
+    with override_settings(MESSAGEBUS={"AMQP_EXCHANGE": "shop.events"}):
+        topic = amqp.exchange()
+        queue = amqp.inbound_queue("line_allocated", "allocation")
+    assert (topic.name, topic.type, topic.durable) == ("shop.events", "topic", True)
+    assert queue.exchange.name == "shop.events" and queue.routing_key == "line_allocated"

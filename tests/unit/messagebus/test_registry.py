@@ -210,6 +210,28 @@ def test_a_callable_without_a_qualified_name_needs_a_name(registry):
     assert registry.event_handler(Deposited, "notify_by_email") is not None
 
 
+class SendReceipt:
+    """A handler that keeps state of its own: a callable object."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    def __call__(self, event: Deposited) -> None: ...
+
+
+def test_a_callable_object_is_named_by_its_class_unless_given_a_name(registry):
+    by_email = SendReceipt("email")
+    registry.register(None, by_email)  # the event from __call__'s annotation
+
+    [handler] = registry.event_handlers(Deposited)
+    assert handler.name == f"{__name__}.SendReceipt"
+    assert handler.func is by_email
+    with pytest.raises(HandlerAlreadyRegistered, match="two objects of one class: give each"):
+        registry.register(None, SendReceipt("sms"))
+    registry.register(None, SendReceipt("sms"), name="receipts.by_sms")
+    assert registry.event_handler(Deposited, "receipts.by_sms").func.channel == "sms"
+
+
 @pytest.mark.parametrize("base", [messagebus.Event, messagebus.Command])
 def test_handlers_of_the_base_classes_are_refused(registry, base):
     with pytest.raises(RegistrationError, match="exact class"):

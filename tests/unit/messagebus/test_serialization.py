@@ -1,7 +1,9 @@
 import dataclasses
 import datetime as dt
 import enum
+import json
 import re
+import typing
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -115,13 +117,55 @@ def test_decoding_needs_an_object():
         from_dict(Everything, ["not", "an", "object"])
 
 
-@pytest.mark.parametrize("hint", [set[int], dict[str, int], object, int | str, tuple[int, str]])
+@pytest.mark.parametrize("hint", [set[int], dict[int, str], object, int | str, tuple[int, str]])
 def test_types_without_a_json_form_are_refused(hint):
     cls = dataclass(frozen=True)(
         type("Odd", (messagebus.Event,), {"__annotations__": {"value": hint}})
     )
     with pytest.raises(MessageEncodeError, match=r"Odd\.value"):
         check_serializable(cls)
+
+
+@dataclass(frozen=True)
+class Happened(messagebus.Event):
+    """Seed 001's event: a name and a payload of any JSON."""
+
+    name: str
+    payload: dict
+    prices: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    extra: dict[str, typing.Any] | None = None
+
+
+def test_dict_fields_round_trip():
+    event = Happened(
+        "allocated",
+        {"orderid": "o1", "qty": 3, "lines": [{"sku": "LAMP"}], "rush": True, "note": None},
+        prices={"LAMP": Decimal("9.99")},
+        extra={"by": "api"},
+    )
+    data = json.loads(json.dumps(to_dict(event)))
+    assert data["prices"] == {"LAMP": "9.99"}
+    back = from_dict(Happened, data)
+    assert back == event
+    assert isinstance(back.prices["LAMP"], Decimal)
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (
+            {"payload": {"at": dt.date(2026, 1, 1)}},
+            "Happened.payload: datetime.date(2026, 1, 1) has no JSON form",
+        ),
+        ({"payload": {1: "one"}}, "Happened.payload: expected str keys"),
+        ({"payload": ["not", "a", "dict"]}, "Happened.payload: expected a dict"),
+        ({"prices": {"LAMP": 9.99}}, "Happened.prices: expected Decimal"),
+    ],
+)
+def test_dict_fields_refuse_what_could_not_be_read_back(change, error):
+    event = dataclasses.replace(Happened("x", {}), **change)
+    with pytest.raises(MessageEncodeError, match=re.escape(error)):
+        to_dict(event)
 
 
 @dataclass(frozen=True)
