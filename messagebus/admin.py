@@ -27,6 +27,7 @@ from django.views.decorators.http import require_POST
 from . import dashboard, executors
 from .delivery import states
 from .models import Delivery, InboxMessage, StoredEvent
+from .wording import first_line
 
 Status = Delivery.Status
 DISCARD_CONFIRMATION = "admin/messagebus/delivery/discard_confirmation.html"
@@ -67,10 +68,6 @@ def _dotted(name: str) -> SafeString:
     return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in name.split(".")))
 
 
-def _first_line(text: str, length: int = 200) -> str:
-    return Truncator(text.strip().partition("\n")[0]).chars(length)
-
-
 class DeliveryColumns:
     """What the delivery list, a delivery's page and an event's deliveries show alike."""
 
@@ -83,8 +80,8 @@ class DeliveryColumns:
     def error(self, obj: Delivery) -> str:
         if not obj.last_error:
             return ""
-        line = _first_line(obj.last_error)
-        return format_html('<span title="{}">{}</span>', line, _first_line(line, 80))
+        line = first_line(obj.last_error, 200) if obj.last_error else ""
+        return format_html('<span title="{}">{}</span>', line, line and first_line(line, 80))
 
 
 class DeliveryInline(DeliveryColumns, admin.TabularInline):  # type: ignore[type-arg]
@@ -137,7 +134,7 @@ class ErrorFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         line = self.value()
-        return [] if line is None else [(line, _first_line(line, 80) or gettext("(none)"))]
+        return [] if line is None else [(line, first_line(line, 80) if line else gettext("(none)"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
         line = self.value()
@@ -400,7 +397,7 @@ def _retried(row: Delivery) -> tuple[str, int]:
     if outcome == "due":
         return gettext("Delivery %(id)s is due now; a worker will run it.") % said, messages.INFO
     said["wait"] = _duration((row.next_attempt_at - timezone.now()).total_seconds())
-    said["error"] = _first_line(row.last_error)
+    said["error"] = first_line(row.last_error, 200)
     if outcome == "failed":
         text = (
             gettext("Delivery %(id)s failed again: %(error)s; next call in %(wait)s.")

@@ -12,11 +12,11 @@ from django.db.models import Avg, Count, F, Max
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django.utils.http import urlencode
-from django.utils.text import Truncator
 
 from . import health
 from .charts import bar_chart, hhmm
 from .models import Delivery, WorkerBeat
+from .wording import first_line
 
 WINDOW = 60  # minutes the charts cover, the current one last
 WORKERS_LISTED = dt.timedelta(minutes=10)  # older beats are not listed at all
@@ -105,7 +105,7 @@ def _dead_group(row: dict[str, Any]) -> dict[str, Any]:
     query = {"status__exact": dead, "handler__exact": row["handler"], "error": row["error"]}
     return {
         **row,
-        "short_error": Truncator(row["error"]).chars(160) or "(no error recorded)",
+        "short_error": first_line(row["error"], 160),
         "query": urlencode(query),
     }
 

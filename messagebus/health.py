@@ -26,8 +26,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import conf, models, sql
+from .delivery.policy import WAITING_FOR_HANDLER
 from .models import Delivery, WorkerBeat
-from .wording import first_line
+from .wording import first_line, plural
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,11 @@ def figures(using: str) -> dict[str, Any]:
     now = timezone.now()
     due = models.due(now)
     by_status = {status.value: Count("id", filter=Q(status=status)) for status in Delivery.Status}
+    waiting = Q(status=Delivery.Status.PENDING, last_error__startswith=WAITING_FOR_HANDLER)
     rows = Delivery.objects.using(using).aggregate(
         **by_status,
         due=Count("id", filter=due),
+        waiting_for_a_handler=Count("id", filter=waiting),
         oldest_due=Min("next_attempt_at", filter=due),
         done_last_minute=Count(
             "id", filter=Q(status=Delivery.Status.DONE, finished_at__gte=now - RATE_WINDOW)
@@ -98,7 +101,14 @@ def problems(outbox: dict[str, Any]) -> list[str]:
         )
     if outbox["dead"] > max_dead:
         found.append(f"{outbox['dead']} dead, more than HEALTH_MAX_DEAD ({max_dead})")
+    if outbox["waiting_for_a_handler"]:
+        found.append(waiting_for_a_handler(outbox["waiting_for_a_handler"]))
     return found
+
+
+def waiting_for_a_handler(count: int) -> str:
+    many = plural(count, "delivery waits", "deliveries wait")
+    return f"{many} for a handler no running worker has"
 
 
 def check(using: str) -> tuple[str, dict[str, Any]]:
@@ -120,6 +130,7 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
     public = {
         "pending": statuses["pending"], "due": outbox["due"], "dead": statuses["dead"],
         "lag_seconds": outbox["lag_seconds"],
+        "waiting_for_a_handler": outbox["waiting_for_a_handler"],
     }  # fmt: skip
     found = problems(public)
     if not found:

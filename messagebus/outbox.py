@@ -6,14 +6,12 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import logs, sql, tracing
 from .delivery.reference import Reference
 from .envelope import Envelope
 from .messages import Event
-from .models import Delivery, StoredEvent
 from .registry import registry
 from .wording import plural
 
@@ -26,13 +24,8 @@ observers: list[Callable[[Event, str], None]] = []
 
 
 def prunable(using: str, before: dt.datetime) -> tuple[int, int]:
-    """How many deliveries and events ``prune`` would delete."""
-    deliveries = Delivery.objects.using(using)
-    staying = deliveries.filter(event=OuterRef("pk")).exclude(
-        status__in=Delivery.FINISHED, finished_at__lt=before
-    )
-    events = StoredEvent.objects.using(using).filter(created_at__lt=before)
-    return deliveries.finished_before(before).count(), events.exclude(Exists(staying)).count()
+    """How many deliveries and events ``prune`` would delete (its rule, counted)."""
+    return sql.prunable(using, before)
 
 
 def prune(using: str, before: dt.datetime, *, chunk: int = PRUNE_CHUNK) -> tuple[int, int]:

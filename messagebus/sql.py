@@ -107,9 +107,19 @@ class Statements:
         finished = ", ".join(f"'{status}'" for status in Delivery.FINISHED)
         # A chunk of finished deliveries (on PostgreSQL with the events among theirs
         # left without any), then (``prune_events``) the old events left without any.
+        # The prune rule, once: a delivery goes once finished before the cut-off; an
+        # event once old and left without deliveries.
+        gone = f"{{0}}{col['status']} IN ({finished}) AND {{0}}{col['finished_at']} < %s"
         chunk = (
             f"DELETE FROM {table} WHERE {col['id']} IN (SELECT {col['id']} FROM {table} "
-            f"WHERE {col['status']} IN ({finished}) AND {col['finished_at']} < %s LIMIT %s)"
+            f"WHERE {gone.format('')} LIMIT %s)"
+        )
+        # What a prune would delete (its dry run): the same rule, counted.
+        self.prunable = (
+            f"SELECT (SELECT count(*) FROM {table} WHERE {gone.format('')}), "
+            f"(SELECT count(*) FROM {events} e WHERE e.{created} < %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {table} d WHERE d.{col['event']} = e.{event_id} "
+            f"AND NOT ({gone.format('d.')})))"
         )
         if connection.vendor == "postgresql":
             # One statement, which still sees the deliveries it deletes: an event goes
@@ -292,6 +302,16 @@ def lock(using: str, ids: Sequence[int], lease: dt.datetime) -> set[int]:
             [PENDING, _WHEN.get_db_prep_value(lease, connection), *ids],
         )
         return {row[0] for row in cursor.fetchall()}
+
+
+def prunable(using: str, before: dt.datetime) -> tuple[int, int]:
+    """How many deliveries and events ``prune`` would delete: (deliveries, events)."""
+    connection = connections[using]
+    when = _WHEN.get_db_prep_value(before, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection).prunable, [when, when, when])
+        deliveries, events = cursor.fetchone()
+    return int(deliveries), int(events)
 
 
 def prune(using: str, before: dt.datetime, chunk: int) -> tuple[int, int]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from django.utils.text import Truncator
+
+NO_ERROR = "(no error recorded)"
+
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 delivery``, ``2 deliveries``."""
@@ -13,7 +17,12 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__module__}.{type(error).__qualname__}: {error}"
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (a database's can run to several)."""
+def first_line(error: BaseException | str, length: int | None = None) -> str:
+    """The first line of an error, or of an error as a delivery kept it (a database's can
+    run to several), cut to ``length`` characters with an ellipsis if given."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    if lines:
+        line = lines[0]
+    else:
+        line = type(error).__name__ if isinstance(error, BaseException) else NO_ERROR
+    return Truncator(line).chars(length) if length else line

@@ -68,32 +68,37 @@ class Postpone:
 
 Verdict = Dead | Retry | Postpone
 
-# A delivery whose handler is missing here is looked at again after this long.
+# A delivery whose handler is missing here is looked at again after this long, its
+# last error saying so (health and status count the deliveries that wait so).
 HANDLER_RECHECK = 60.0
+WAITING_FOR_HANDLER = "waiting: no handler"
 
 
 def missing_handler(handler: str, waited: float, limit: float) -> Dead | Postpone:
     """The verdict on a delivery whose handler this process lacks, ``waited`` seconds
     after its storing: it waits for a process that has the handler, up to ``limit``."""
-    reason = f"no handler {handler} is registered in this process"
+    reason = f"{handler} is registered in this process"
     if waited >= limit:
-        return Dead(f"{reason}, nor in any that took it on within {limit:.0f}s")
-    return Postpone(min(HANDLER_RECHECK, limit - waited), f"waiting: {reason}")
+        return Dead(f"no handler {reason}, nor in any that took it on within {limit:.0f}s")
+    return Postpone(min(HANDLER_RECHECK, limit - waited), f"{WAITING_FOR_HANDLER} {reason}")
 
 
 @dataclass(frozen=True)
 class Policy:
-    retry_attempts: int = 3
-    retry_wait: float = 0.5
-    retry_wait_max: float = 10.0
-    max_deliveries: int = 5
-    redelivery_delay: float = 30.0
-    redelivery_delay_max: float = 3600.0
+    """A handler's delivery policy; unset, each field is its MESSAGEBUS setting's default
+    (built for a handler, ``of`` reads the settings themselves)."""
+
+    retry_attempts: int = conf.Settings.RETRY_ATTEMPTS.default
+    retry_wait: float = conf.Settings.RETRY_WAIT.default
+    retry_wait_max: float = conf.Settings.RETRY_WAIT_MAX.default
+    max_deliveries: int = conf.Settings.MAX_DELIVERIES.default
+    redelivery_delay: float = conf.Settings.REDELIVERY_DELAY.default
+    redelivery_delay_max: float = conf.Settings.REDELIVERY_DELAY_MAX.default
     dead_at_once: tuple[type[BaseException], ...] = ()
     # False: this handler's deliveries each get a transaction of their own.
     batch: bool = True
     # Seconds an async handler's call may take before it is cancelled (None: no limit).
-    timeout: float | None = None
+    timeout: float | None = conf.Settings.HANDLER_TIMEOUT.default
     # AFTER_COMMIT: delivered from the outbox; IN_TRANSACTION: called inside the
     # transaction that records the event, as it ends (its failure fails that).
     run: str = AFTER_COMMIT

@@ -39,6 +39,11 @@ Status = Delivery.Status
 _END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "calls": 0, "lease_until": None}
 
 
+def _buried(reason: str) -> dict[str, Any]:
+    """What marks a delivery dead: its last run ended, kept with ``reason``."""
+    return {"status": Status.DEAD, "last_error": reason, "finished_at": timezone.now(), **_END_RUN}
+
+
 @dataclass(frozen=True)
 class Claim:
     """A delivery leased to this runner until ``lease`` (None: just stored, unleased);
@@ -150,7 +155,7 @@ def failed(
         "lease_until": None,
     }
     if isinstance(verdict, Dead):
-        changes.update(_END_RUN, status=Status.DEAD, last_error=verdict.reason, finished_at=now)
+        changes.update(_buried(verdict.reason))
     elif isinstance(verdict, Postpone):
         changes.update(next_attempt_at=at, last_error=verdict.reason)
     elif verdict.ends_run:
@@ -176,9 +181,7 @@ def renewed(claim: Claim) -> dt.datetime | None:
 
 def dead(ref: Reference, lease: dt.datetime | None, reason: str) -> int:
     """End its last run: dead, kept with ``reason`` until retried or discarded."""
-    return _held(ref, lease).update(
-        status=Status.DEAD, last_error=reason, finished_at=timezone.now(), **_END_RUN
-    )
+    return _held(ref, lease).update(**_buried(reason))
 
 
 def released(using: str, claims: Sequence[Claim]) -> int:
@@ -250,9 +253,7 @@ def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[
         deliveries = Delivery.objects.using(using)
         deliveries.filter(pk__in=again).update(**_END_RUN)
         for row, reason in died:
-            deliveries.filter(pk=row.pk).update(
-                status=Status.DEAD, last_error=reason, finished_at=timezone.now(), **_END_RUN
-            )
+            deliveries.filter(pk=row.pk).update(**_buried(reason))
     return died
 
 

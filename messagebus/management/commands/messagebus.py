@@ -232,7 +232,11 @@ class Command(BaseCommand):
         inbox = {status.value: received.get(status.value, 0) for status in InboxMessage.Status}
         if json_output:
             by_handler = [
-                {"handler": row["handler"], "error": _first(row["error"]), "count": row["count"]}
+                {
+                    "handler": row["handler"],
+                    "error": first_line(row["error"], 160),
+                    "count": row["count"],
+                }
                 for row in dead
             ]
             workers = [
@@ -253,6 +257,8 @@ class Command(BaseCommand):
             f"Due now: {outbox['due']}; the oldest has waited {outbox['lag_seconds']:.0f}s. "
             f"Done in the last minute: {outbox['done_last_minute']}."
         )
+        if outbox["waiting_for_a_handler"]:
+            self.stdout.write(health.waiting_for_a_handler(outbox["waiting_for_a_handler"]) + ".")
         self.stdout.write(
             f"Workers seen in the last minute: {len(beats)}"
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
@@ -265,7 +271,9 @@ class Command(BaseCommand):
         if dead:
             self.stdout.write("Dead, by handler and error:")
             for row in dead:
-                self.stdout.write(f"  {row['count']:>5}  {row['handler']}: {_first(row['error'])}")
+                self.stdout.write(
+                    f"  {row['count']:>5}  {row['handler']}: {first_line(row['error'], 160)}"
+                )
 
     def handle_retry(
         self,
@@ -347,7 +355,3 @@ class Command(BaseCommand):
             f"{verb} {plural(deliveries, 'delivery', 'deliveries')} and "
             f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
-
-
-def _first(error: str) -> str:
-    return error.splitlines()[0][:160] if error else "(no error recorded)"

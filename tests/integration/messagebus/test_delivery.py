@@ -212,6 +212,12 @@ def test_a_delivery_whose_handler_this_process_lacks_waits_for_one_that_has_it(c
     )
     warned = [r for r in caplog.records if "No handler" in r.getMessage()]
     assert len(warned) == 1  # once a minute per handler, however many deliveries
+    assert "1 delivery waits for a handler no running worker has." in run("status")
+    from messagebus.health import check
+
+    status, report = check("default")
+    assert (status, report["outbox"]["waiting_for_a_handler"]) == ("degraded", 1)
+    assert report["reasons"] == ["1 delivery waits for a handler no running worker has"]
 
 
 @override_settings(MESSAGEBUS={**BUS, "HANDLER_WAIT": 3600})

@@ -26,7 +26,13 @@ def test_ok_without_logging_in_or_cookies(client):
     assert response.json() == {
         "status": "ok",
         "database": "ok",
-        "outbox": {"pending": 0, "due": 0, "dead": 0, "lag_seconds": 0.0},
+        "outbox": {
+            "pending": 0,
+            "due": 0,
+            "dead": 0,
+            "lag_seconds": 0.0,
+            "waiting_for_a_handler": 0,
+        },
     }
     assert not response.cookies
     assert "no-cache" in response["Cache-Control"]
