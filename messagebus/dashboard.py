@@ -111,12 +111,11 @@ def _dead_group(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(beat: WorkerBeat, now: dt.datetime) -> dict[str, Any]:
-    """A beat's row: its role is the id's prefix ("relay:host:pid"); a worker's has none."""
-    parts = beat.id.split(":")
+    """A beat's row, with how long ago it was seen."""
     ago = (now - beat.seen_at).total_seconds()
     return {
         "beat": beat,
-        "role": parts[0] if len(parts) > 2 else "worker",
+        "role": beat.role,
         "ago": span(max(0.0, ago)),
         "stale": now - beat.seen_at > health.SEEN_RECENTLY,
     }

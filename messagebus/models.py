@@ -138,9 +138,15 @@ class WorkerBeatQuerySet(models.QuerySet["WorkerBeat"]):
 
 
 class WorkerBeat(models.Model):
-    """A ``messagebus worker`` process, as it last said it was alive."""
+    """A process of the bus (a worker, a relay, a consumer), as it last said it was alive."""
 
-    id = models.CharField(primary_key=True, max_length=255, help_text="host:pid")
+    class Role(models.TextChoices):
+        WORKER = "worker"
+        RELAY = "relay"
+        CONSUMER = "consumer"
+
+    id = models.CharField(primary_key=True, max_length=255, help_text="[role:]host:pid")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.WORKER)
     database = models.CharField(max_length=100)
     started_at = models.DateTimeField(default=timezone.now)
     seen_at = models.DateTimeField(default=timezone.now, db_index=True)

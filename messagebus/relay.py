@@ -23,7 +23,7 @@ class Relay(Worker):
     time from Celery beat (the ``messagebus.relay`` task).
     """
 
-    role = "Relay"
+    role = "relay"
     outages = {DatabaseError: "the outbox", BrokerUnreachable: "the broker"}
 
     def run(self) -> int:
@@ -36,7 +36,7 @@ class Relay(Worker):
 
     def run_batch(self) -> int:
         """Claim one batch and send its tasks; the number claimed."""
-        self._beat()
+        self.beat(self.processed)
         self._end_lost_runs()
         claims = states.claim(self.using, self._batch())
         lease = claims[0].lease if claims else None

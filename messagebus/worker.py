@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import threading
 import time
 from contextlib import suppress
 
@@ -13,27 +10,19 @@ import anyio
 from anyio import from_thread, to_thread
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
-from django.utils import timezone
 
 from . import conf, logs, metrics
 from .delivery import concurrent, states
 from .delivery.run import policy_of
-from .models import WorkerBeat
+from .process import Process
 from .wakeup import Wakeup
-from .wording import first_line, plural
+from .wording import plural
 
 logger = logs.get_logger(__name__)
-BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach a database or broker
-BEAT = 5.0  # seconds between a worker's heartbeats
 
 # SQLSTATE classes of errors that waiting will not fix: no such database (3D),
 # refused credentials (28), no such table: not migrated (42P01).
 LASTING = ("3D", "28", "42P01")
-
-
-def backoff(failures: int) -> float:
-    """Seconds to wait after this many failures in a row: doubling, capped."""
-    return min(BACKOFF * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
 def lasting(exc: DatabaseError) -> bool:
@@ -46,7 +35,7 @@ def lasting(exc: DatabaseError) -> bool:
     return ("database" in text and "does not exist" in text) or "no such table" in text
 
 
-class Worker:
+class Worker(Process):
     """Claim due deliveries in batches and run them until stopped.
 
     ``once``: stop when nothing is due. ``limit``: stop after that many
@@ -62,7 +51,7 @@ class Worker:
     so their transactions roll back and they run again once their leases run out.
     """
 
-    role = "Worker"
+    role = "worker"
     # What it waits out, backing off: each with what could not be reached.
     outages: dict[type[Exception], str] = {DatabaseError: "the outbox"}
 
@@ -83,13 +72,9 @@ class Worker:
         self.once = once
         self.limit = limit
         self.poll_interval = poll_interval
-        self.using = using
+        super().__init__(using)
         self.processed = 0
-        self.id = f"{socket.gethostname()}:{os.getpid()}"
-        if self.role != Worker.role:
-            self.id = f"{self.role.lower()}:{self.id}"
-        self._stopping = threading.Event()
-        self._expiry_checked = self._beaten = float("-inf")  # both due at the first batch
+        self._expiry_checked = float("-inf")  # due at the first batch
         self._wakeup = Wakeup(using)
         self.abandoned = 0  # sync deliveries still running in threads when it stopped
         self._pool: concurrent.Pool | None = None
@@ -97,16 +82,13 @@ class Worker:
 
     def stop(self, *args: object) -> None:
         """Finish the running deliveries, then stop; asked twice, stop at once."""
-        if self._stopping.is_set():
-            raise SystemExit(f"{self.role} {self.id} stopped at once: its running batch rolls back")
+        if self.stopping.is_set():
+            raise SystemExit(f"{self.name} stopped at once: its running batch rolls back")
         if self._pool is None:
-            logger.info("%s %s stopping after the current delivery", self.role, self.id)
+            logger.info("%s stopping after the current delivery", self.name)
         else:
-            logger.info(
-                "%s %s stopping: running deliveries have %gs to finish",
-                self.role, self.id, self.grace,
-            )  # fmt: skip
-        self._stopping.set()
+            logger.info("%s stopping: running deliveries have %gs to finish", self.name, self.grace)
+        self.stopping.set()
         loop, pool = self._loop, self._pool
         if loop is not None and pool is not None:  # waiting for a slot, or for the last ones
             with suppress(RuntimeError):  # the loop closed meanwhile: nothing waits
@@ -115,8 +97,8 @@ class Worker:
     def run(self) -> int:
         """Run until stopped; the number of deliveries processed."""
         logger.info(
-            "%s %s started on database %r (batch %d, concurrency %d)",
-            self.role, self.id, self.using, self._batch(), self.concurrency,
+            "%s started on database %r (batch %d, concurrency %d)",
+            self.name, self.using, self._batch(), self.concurrency,
         )  # fmt: skip
         try:
             if self.concurrency == 1:
@@ -125,12 +107,10 @@ class Worker:
                 anyio.run(self._serve)
         finally:
             self._wakeup.close()
-            with suppress(DatabaseError):  # stopped: no longer one of the workers seen
-                WorkerBeat.objects.using(self.using).filter(id=self.id).mark_stopped()
+            self.stopped()
         logger.info(
-            "%s %s stopped after %s",
-            self.role, self.id, plural(self.processed, "delivery", "deliveries"),
-        )  # fmt: skip
+            "%s stopped after %s", self.name, plural(self.processed, "delivery", "deliveries")
+        )
         return self.processed
 
     async def _serve(self) -> None:
@@ -141,7 +121,7 @@ class Worker:
             try:
                 await to_thread.run_sync(self._claiming_here)
             finally:
-                await pool.stop(self.grace, self._stopping.is_set)
+                await pool.stop(self.grace, self.stopping.is_set)
                 self._pool = self._loop = None
         await sync_to_async(connections.close_all, thread_sensitive=True)()  # the pool's
         self.processed = pool.ended
@@ -156,44 +136,35 @@ class Worker:
 
     def _claiming(self) -> None:
         """Claim and run batches until stopped, waiting out outages."""
-        failures, unreached = 0, ""
+        unreached = ""
         outages = tuple(self.outages)
-        while not self._stopping.is_set() and not self._reached_limit():
+        while not self.stopping.is_set() and not self._reached_limit():
             close_old_connections()
             try:
                 claimed = self.run_batch()
             except outages as exc:
                 if self.once or (isinstance(exc, DatabaseError) and lasting(exc)):
                     raise
-                failures += 1
-                delay = backoff(failures)
                 unreached = next(w for kind, w in self.outages.items() if isinstance(exc, kind))
-                logger.error(
-                    "%s %s cannot reach %s (failure %d, next try in %.0fs): %s",
-                    self.role, self.id, unreached, failures, delay, first_line(exc),
-                    exc_info=logs.stack_once(exc, failures),  # the traceback once, not on every try
-                )  # fmt: skip
-                self._stopping.wait(delay)
+                self.wait_out(exc, unreached)
                 continue
-            if failures:
-                logger.info("%s %s reached %s again", self.role, self.id, unreached)
-                failures = 0
+            self.reached(unreached)
             if not claimed:
                 if self.once:  # done when nothing is due and nothing runs that could add any
                     if self._pool is None or not from_thread.run(self._pool.wait_running):
                         break
                     continue
-                self._wakeup.wait(self._interval(), self._stopping)
+                self._wakeup.wait(self._interval(), self.stopping)
 
     def run_batch(self) -> int:
         """Claim and run one batch; the number of deliveries it claimed."""
-        self._beat()
+        self.beat(self.processed)
         self._end_lost_runs()
         limit = self._batch()
         if self.limit is not None:
             limit = min(limit, self.limit - self.processed)
         if self._pool is not None:  # as many as there are free slots, once one is
-            limit = min(limit, from_thread.run(self._pool.wait_free, self._stopping.is_set))
+            limit = min(limit, from_thread.run(self._pool.wait_free, self.stopping.is_set))
             if not limit:
                 return 0
             from_thread.run(concurrent.refresh)
@@ -202,17 +173,8 @@ class Worker:
             from_thread.run_sync(self._pool.start, claims)
             self.processed += len(claims)
             return len(claims)
-        self.processed += concurrent.run_claimed(claims, stopping=self._stopping.is_set)
+        self.processed += concurrent.run_claimed(claims, stopping=self.stopping.is_set)
         return len(claims)
-
-    def _beat(self) -> None:
-        """Every few seconds: say this worker is alive, for `messagebus status`."""
-        now = time.monotonic()
-        if now - self._beaten < BEAT:
-            return
-        self._beaten = now
-        alive = {"database": self.using, "seen_at": timezone.now(), "processed": self.processed}
-        WorkerBeat.objects.using(self.using).update_or_create(id=self.id, defaults=alive)
 
     def _end_lost_runs(self) -> None:
         """Every few seconds: deliveries whose runner's lease ran out are due again (or dead)."""

@@ -616,8 +616,9 @@ def test_workers_seen_lately_with_their_role_and_the_stale_ones_marked(viewer, d
         ("web-3:9", 1800, 40),  # half an hour ago: not listed
     ]:
         WorkerBeat.objects.create(
-            id=id_, database="default", seen_at=now - timedelta(seconds=seen), processed=processed
-        )
+            id=id_, role=id_.split(":")[0] if id_.count(":") == 2 else "worker",
+            database="default", seen_at=now - timedelta(seconds=seen), processed=processed,
+        )  # fmt: skip
 
     page = viewer.get(DASHBOARD).content.decode()
 

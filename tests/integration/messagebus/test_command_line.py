@@ -9,7 +9,7 @@ import sys
 import pytest
 from django.db import DataError, OperationalError
 
-from messagebus import worker as worker_module
+from messagebus import process
 from messagebus.delivery import states
 from messagebus.worker import Worker
 from tests.conftest import ROOT
@@ -59,7 +59,7 @@ def test_each_action_describes_itself(manage):
 
 
 def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monkeypatch, caplog):
-    monkeypatch.setattr(worker_module, "BACKOFF", 0.01)
+    monkeypatch.setattr(process, "BACKOFF", 0.01)
     worker = Worker(poll_interval=0)
     tries = []
 
@@ -72,13 +72,13 @@ def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monke
 
     monkeypatch.setattr(states, "claim", unreachable)
     waits = []
-    real_wait = worker._stopping.wait
+    real_wait = worker.stopping.wait
 
     def wait(seconds):
         waits.append(seconds)
         return real_wait(0)
 
-    monkeypatch.setattr(worker._stopping, "wait", wait)
+    monkeypatch.setattr(worker.stopping, "wait", wait)
     with caplog.at_level(logging.INFO, logger="messagebus"):
         worker.run()
     assert waits == [0.01, 0.02, 0.04, 0.08]  # doubling, from BACKOFF
@@ -93,7 +93,7 @@ def test_a_worker_backs_off_from_an_unreachable_database(transactional_db, monke
 def test_an_unexpected_database_error_is_logged_with_its_traceback_once(
     transactional_db, monkeypatch, caplog
 ):
-    monkeypatch.setattr(worker_module, "BACKOFF", 0.01)
+    monkeypatch.setattr(process, "BACKOFF", 0.01)
     worker = Worker(poll_interval=0)
     tries = []
 

@@ -150,7 +150,8 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     assert out.getvalue().count(", when it stopped.") == 1
     messagebus.bus.handle(Pinged(n=9))
     running = Worker()
-    running._beat()  # as it does before each batch
+    running.beat(running.processed)  # as it does before each batch
+    assert WorkerBeat.objects.get(id=running.id).role == "worker"
     Delivery.objects.filter(status="pending").update(
         next_attempt_at=timezone.now() - timedelta(seconds=90)
     )
@@ -170,3 +171,15 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
     assert "Due now: 2; the oldest has waited 9" in out.getvalue()
     assert "Done in the last minute: 3." in out.getvalue()
     assert f"Workers seen in the last minute: 1\n  {running.id}: 0 deliveries" in out.getvalue()
+
+
+def test_each_process_says_its_role_in_its_heartbeat(db):
+    from messagebus.consumer import Consumer
+    from messagebus.relay import Relay
+    from messagebus.worker import Worker
+
+    for process in (Worker(), Relay(), Consumer()):
+        process.beat(0)
+    roles = dict(WorkerBeat.objects.values_list("role", "id"))
+    assert set(roles) == {"worker", "relay", "consumer"}
+    assert roles["relay"].startswith("relay:") and roles["consumer"].startswith("consumer:")
