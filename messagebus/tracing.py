@@ -18,14 +18,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import conf, logs
 from .exceptions import CommandRejected
 from .messages import Message, message_type_name
-
-if TYPE_CHECKING:
-    from .delivery.run import Job
 
 try:
     from opentelemetry import context, propagate, trace
@@ -187,14 +184,16 @@ def stored(message: Message) -> Carried | None:
     return carrier or None
 
 
-def delivery(task: Job, run: int | None = None) -> Span:
-    """The span of a delivery's run, child of the span its event was stored in (``run``:
-    its number, counting the runs that ended before it, when known)."""
+def delivery(
+    message: Message, handler: str, carried: Mapping[str, str] | None, run: int | None = None
+) -> Span:
+    """The span of a delivery's call, child of the span its event was stored in
+    (``carried``: that trace context, as kept with the event; ``run``: the number of the
+    run the call belongs to, when known)."""
     tracer = _tracer()
     if tracer is None:
         return _off
-    message, carried = task.event, task.trace
-    attributes = _about(message, task.handler.name)
+    attributes = _about(message, handler)
     if run is not None:
         attributes["messagebus.run"] = run
     # Parsed from the outbox's copy only in another process than the one that stored it.

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import anyio
 from asgiref.sync import sync_to_async
@@ -34,9 +34,7 @@ from ..messages import current_message
 from ..wording import plural
 from . import run as engine
 from . import states
-
-if TYPE_CHECKING:
-    from .run import Job
+from .run import Job
 
 logger = logs.get_logger(__name__)
 T = TypeVar("T")

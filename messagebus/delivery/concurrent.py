@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import anyio
 from anyio import to_thread
@@ -20,14 +19,12 @@ from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from .. import conf, logs, metrics, tracing
+from .. import conf, logs, metrics
 from ..wording import plural
 from . import run as engine
 from . import states
 from .awaiting import Held, Marks, db, renew, run
-
-if TYPE_CHECKING:
-    from .run import Job
+from .run import Job
 
 logger = logs.get_logger(__name__)
 
@@ -157,7 +154,7 @@ class Pool:
                 self.ended += 1
             elif task.handler.is_async:
                 metrics.claimed(claim, timezone.now())  # held: its to run
-                span = tracing.delivery(task, engine.number(claim))
+                span = task.span()
                 with logs.handling(task.event, task.handler.name), span:
                     self.completed += await run(task, held, self.marks)
                 self.ended += 1

@@ -69,6 +69,10 @@ class Job:
     def __str__(self) -> str:
         return f"delivery of {self.event} to {self.handler}"
 
+    def span(self) -> tracing.Span:
+        """The span of this call: a child of the one its event was stored in."""
+        return tracing.delivery(self.event, self.handler.name, self.trace, number(self.claim))
+
 
 def policy_of(handler: Handler | str) -> Policy:
     """The delivery policy of ``handler`` (or of the handler of that name)."""
@@ -166,7 +170,7 @@ def deliver(
 
 def call(job: Job) -> bool:
     """One call of a sync handler in a transaction of its own; True if it completed."""
-    with logs.handling(job.event, job.handler.name), tracing.delivery(job, number(job.claim)):
+    with logs.handling(job.event, job.handler.name), job.span():
         begun, started = timezone.now(), time.perf_counter()
         try:
             with UnitOfWork(job.ref.using) as uow:
@@ -213,7 +217,7 @@ def _batch(
                 count += 1
                 if job.claim.id not in ours:
                     continue
-                span = tracing.delivery(job, number(job.claim))
+                span = job.span()
                 error: Exception | None = None
                 with logs.handling(job.event, job.handler.name), span:
                     span.hold()

@@ -23,20 +23,13 @@ MODULES = sorted(
 
 
 def imported_by(path: Path) -> set[str]:
-    """The messagebus modules ``path`` imports, anywhere in it but TYPE_CHECKING blocks."""
+    """The messagebus modules ``path`` imports, anywhere in it, TYPE_CHECKING blocks and
+    functions included: a circle there is a circle in the design."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
-    skipped = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for node in ast.walk(block)
-    }
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
