@@ -56,7 +56,7 @@ class Consumer(Process):
                     except Exception as exc:
                         if not is_outage(exc):
                             raise
-                        self.wait_out(exc, "the broker or the database")
+                        self.wait_out(exc, "the broker or the database", lost=True)
                     else:
                         self.reached("the broker and the database")
         finally:

@@ -93,15 +93,16 @@ class Process:
             done.set()
             thread.join(BEAT * 2)
 
-    def wait_out(self, exc: BaseException, unreached: str) -> None:
-        """An outage: log it (its traceback once, if it tells more than the line), then
-        wait, the waits doubling with each failure in a row."""
+    def wait_out(self, exc: BaseException, unreached: str, *, lost: bool = False) -> None:
+        """An outage: log it (its traceback once, if it tells more than the line, unless
+        ``lost``: known to be a lost connection), then wait, the waits doubling with each
+        failure in a row."""
         self.failures += 1
         delay = backoff(self.failures)
         logger.error(
-            "%s cannot reach %s (failure %d, next try in %.0fs): %s",
-            self.name, unreached, self.failures, delay, first_line(exc),
-            exc_info=logs.stack_once(exc, self.failures),
+            "%s cannot reach %s (failure %d, next try in %.0fs): %s: %s",
+            self.name, unreached, self.failures, delay, type(exc).__name__, first_line(exc),
+            exc_info=not lost and logs.stack_once(exc, self.failures),
         )  # fmt: skip
         self.stopping.wait(delay)
 
