@@ -80,7 +80,7 @@ def settings_table() -> nodes.table:
     table = nodes.table(classes=["messagebus-settings"])
     group = nodes.tgroup(cols=len(columns))
     table += group
-    for width in (3, 3, 4, 6):
+    for width in (24, 26, 36, 46):
         group += nodes.colspec(colwidth=width)
     head = nodes.thead()
     row = nodes.row()

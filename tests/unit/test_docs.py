@@ -1,8 +1,9 @@
 """The docs (docs/): they build with no warning, the settings reference in them is
-generated from messagebus/conf.py."""
+generated from messagebus/conf.py, and the README's links into them lead somewhere."""
 
 import ast
 import io
+import re
 import subprocess
 import sys
 import tokenize
@@ -102,7 +103,9 @@ def test_the_docs_build_without_a_warning(build):
 
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr and "ERROR" not in result.stderr, result.stderr
-    assert {"index", "settings"} <= {path.stem for path in html.glob("*.html")}
+    pages = {path.stem for path in html.glob("*.html")}
+    assert {"index", "guide", "delivery", "settings", "external", "production"} <= pages
+    assert {"service", "benchmarks"} <= pages
 
 
 def test_the_settings_block_agrees_with_the_declarations(built):
@@ -124,3 +127,12 @@ def test_the_settings_table_has_each_key_its_default_rule_and_description(built)
         assert rule and setting.validate(Refused()).startswith(rule), setting.key
         assert setting.validate(setting.default) is None, setting.key  # the default passes
         assert description == setting.description, setting.key
+
+
+def test_the_readme_links_into_the_docs_lead_to_pages():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[^)#]+)\)", readme)
+
+    assert {"docs/guide.md", "docs/settings.md", "docs/production.md"} <= set(links)
+    for link in links:
+        assert (ROOT / link).is_file(), link
