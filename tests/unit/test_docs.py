@@ -105,7 +105,7 @@ def test_the_docs_build_without_a_warning(build):
     assert "WARNING" not in result.stderr and "ERROR" not in result.stderr, result.stderr
     pages = {path.stem for path in html.glob("*.html")}
     assert {"index", "guide", "delivery", "settings", "external", "production"} <= pages
-    assert {"service", "benchmarks"} <= pages
+    assert {"service", "benchmarks", "changelog"} <= pages
 
 
 def test_the_settings_block_agrees_with_the_declarations(built):
