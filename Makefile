@@ -6,7 +6,7 @@ POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
 BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-postgres bench lint worker clean
+.PHONY: run test test-postgres bench lint docs worker clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,5 +58,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## docs: the documentation as HTML in docs/_build/html (warnings are errors)
+docs: $(VENV)/.installed
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) db.sqlite3* test_db.sqlite3* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) docs/_build db.sqlite3* test_db.sqlite3* .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Behind an HTTPS proxy, as the README's production variables configure it."""
+"""Behind an HTTPS proxy, as the production variables of docs/production.md configure it."""
 
 import re
 import secrets
@@ -25,16 +25,16 @@ print(answer.status_code, answer.get("Location", ""), answer.get("Strict-Transpo
 
 
 def production_variables() -> dict[str, str]:
-    """The variables of the README's "Behind an HTTPS proxy" block; a fresh secret key."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"Behind an HTTPS proxy.*?```sh\n(.*?)```", readme, re.DOTALL)
-    assert block, "the README's block of production variables"
+    """The variables of docs/production.md's "Behind an HTTPS proxy" block; a fresh secret key."""
+    page = (ROOT / "docs" / "production.md").read_text()
+    block = re.search(r"Behind an HTTPS proxy.*?```sh\n(.*?)```", page, re.DOTALL)
+    assert block, "docs/production.md's block of production variables"
     found = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", block[1]))
     assert found.pop("DJANGO_SECRET_KEY").startswith('"$(')  # a command that makes one
     return {**found, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_DEBUG": "0"}
 
 
-def test_check_deploy_is_clean_with_the_readmes_production_variables(manage):
+def test_check_deploy_is_clean_with_the_documented_production_variables(manage):
     variables = production_variables()
     assert {"DJANGO_SECURE_PROXY_SSL_HEADER", "DJANGO_CSRF_TRUSTED_ORIGINS"} <= set(variables)
 
