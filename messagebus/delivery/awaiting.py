@@ -71,16 +71,20 @@ async def call(job: Job) -> None:
         started = time.perf_counter()
         kwargs = dependencies.kwargs(job.handler, None, bus) if job.handler.parameters else {}
         async with executors.here():
-            scope = anyio.move_on_after(job.policy.timeout or math.inf)
-            try:
-                with scope:
-                    await job.handler.func(job.event, **kwargs)
-            except anyio.get_cancelled_exc_class():
-                if not scope.cancel_called:
-                    raise
-                # The timeout's, let through by code of the handler's: still a timeout.
-            if scope.cancel_called:
-                raise HandlerTimeout(job.handler.name, job.policy.timeout or 0)
+            timeout = job.policy.timeout
+            if timeout is None:  # no scope to enter and leave
+                await job.handler.func(job.event, **kwargs)
+            else:
+                scope = anyio.move_on_after(timeout)
+                try:
+                    with scope:
+                        await job.handler.func(job.event, **kwargs)
+                except anyio.get_cancelled_exc_class():
+                    if not scope.cancel_called:
+                        raise
+                    # The timeout's, let through by code of the handler's: still a timeout.
+                if scope.cancel_called:
+                    raise HandlerTimeout(job.handler.name, timeout)
         engine.returned(job, time.perf_counter() - started)
     finally:
         current_message.reset(token)

@@ -11,10 +11,11 @@ on an event loop, if it runs any in the caller's thread).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
+from types import TracebackType
 from typing import Protocol, cast
 
 from django.db import connections, transaction
@@ -84,29 +85,37 @@ def later() -> list[Reference] | None:
     return _here.get()
 
 
-@asynccontextmanager
-async def here() -> AsyncIterator[None]:
+class here:
     """Deliveries the executor would run in a thread inside the block (the inline one,
     after a commit in ``sync_to_async``) are awaited on this event loop after it, even
-    if it raises; inside another ``here()``, after that one's block instead."""
-    if _here.get() is not None:
-        yield
-        return
-    refs: list[Reference] = []
-    token = _here.set(refs)
-    failed: Exception | None = None
-    try:
+    if it raises; inside another ``here()``, after that one's block instead.
+
+    A class rather than a generator: every async delivery enters one."""
+
+    __slots__ = ("refs", "token")
+
+    async def __aenter__(self) -> None:
+        if _here.get() is not None:
+            self.token = None
+            return
+        self.refs: list[Reference] = []
+        self.token = _here.set(self.refs)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.token is None:  # inside another: it runs them
+            return
         try:
-            yield
-        except Exception as exc:  # noqa: BLE001  (re-raised once what committed has run)
-            failed = exc
-        run_here = getattr(get(), "arun", None)  # the executors that fill it have one
-        if refs and run_here is not None:
-            await run_here(refs)
-    finally:
-        _here.reset(token)
-    if failed is not None:
-        raise failed
+            if self.refs and (kind is None or issubclass(kind, Exception)):
+                run_here = getattr(get(), "arun", None)  # the executors that fill it have one
+                if run_here is not None:
+                    await run_here(self.refs)  # what committed runs, even if the block raised
+        finally:
+            _here.reset(self.token)
 
 
 def reset() -> None:
