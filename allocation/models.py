@@ -100,8 +100,9 @@ class Product(messagebus.Aggregate, models.Model):
         self._state.db = using
 
     @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Product:
-        product = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Product:
+        # kwargs: what newer Djangos pass besides (6.1: fetch_mode).
+        product = super().from_db(db, field_names, values, **kwargs)
         product._loaded_version = product.__dict__.get("version_number")
         return product
 
