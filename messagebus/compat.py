@@ -73,6 +73,15 @@ def commits_at_savepoints(connection: BaseDatabaseWrapper) -> Iterator[None]:
         del connection.savepoint_commit
 
 
+def new_connection(connection: BaseDatabaseWrapper) -> Any:
+    """A DB-API connection of its own to ``connection``'s database, made as Django makes
+    its own (settings, OPTIONS): Django does not manage it; the caller closes it.
+
+    With a PostgreSQL connection pool (OPTIONS["pool"]), it is taken from the pool.
+    """
+    return connection.get_new_connection(connection.get_connection_params())
+
+
 def tracer_provider_unset(trace: ModuleType) -> bool:
     """Whether OpenTelemetry surely has no global tracer provider yet: neither set nor
     loaded from OTEL_PYTHON_TRACER_PROVIDER (False when it cannot tell).

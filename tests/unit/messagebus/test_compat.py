@@ -112,6 +112,20 @@ def test_commits_at_savepoints_runs_the_callbacks_as_the_outermost_block_ends():
     assert "savepoint_commit" not in vars(connection)  # the connection's own method again
 
 
+@pytest.mark.django_db
+def test_new_connection_is_one_of_its_own_to_the_same_database():
+    Group.objects.create(name="seen")
+    raw = compat.new_connection(connection)
+    try:
+        assert raw is not connection.connection
+        cursor = raw.cursor()
+        cursor.execute(f"SELECT COUNT(*) FROM {Group._meta.db_table}")  # the test database's
+        assert cursor.fetchone() == (0,)  # the test's transaction is not committed
+    finally:
+        raw.close()
+    assert Group.objects.filter(name="seen").exists()  # Django's own is untouched
+
+
 def test_tracer_provider_unset_reads_where_opentelemetry_keeps_its_provider(monkeypatch):
     trace = pytest.importorskip("opentelemetry.trace")
     sdk = pytest.importorskip("opentelemetry.sdk.trace")
