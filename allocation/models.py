@@ -14,10 +14,11 @@ batches and no allocations, so the domain can be exercised without a database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from django.db import models
+from django.db import models, router
 from django.db.models import F, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils.functional import cached_property
@@ -62,35 +63,48 @@ class Product(messagebus.Aggregate, models.Model):
         """Save, unless another transaction saved it first: ``ProductChanged`` then.
 
         An update is a compare-and-set on ``version_number``, so no code path
-        loses an update, whether or not it loaded the product ``locked()``.
+        loses an update, whether or not it loaded the product ``locked()``: one
+        ``UPDATE`` of the fields to save (``update_fields``, or all of them)
+        where the row still holds the version this instance was read with. Like
+        ``QuerySet.update()``, it sends no ``pre_save`` / ``post_save`` signal.
+        A new product, or one read without its version, is saved by ``Model.save()``.
         """
-        super().save(*args, **kwargs)
+        loaded = self._loaded_version
+        if loaded is None or self._state.adding or args or kwargs.get("force_insert"):
+            super().save(*args, **kwargs)
+        else:
+            self._save_unless_changed(loaded, **kwargs)
         self._loaded_version = self.version_number
 
+    def _save_unless_changed(
+        self,
+        loaded: int,
+        *,
+        force_update: bool = False,
+        using: str | None = None,
+        update_fields: Iterable[str] | None = None,
+    ) -> None:
+        using = using or router.db_for_write(type(self), instance=self)
+        names = None if update_fields is None else frozenset(update_fields)
+        if names is not None and not names:
+            return  # as Model.save(update_fields=[]): nothing to save
+        fields = [field for field in self._meta.concrete_fields if not field.primary_key]
+        if names is not None:
+            fields = [field for field in fields if {field.name, field.attname} & names]
+            if len(fields) < len(names):
+                raise ValueError(f"update_fields names a field Product lacks: {sorted(names)}")
+        values = {field.name: field.pre_save(self, add=False) for field in fields}
+        saved = type(self)._base_manager.using(using).filter(pk=self.pk, version_number=loaded)
+        if not saved.update(**values):
+            raise ProductChanged(self.sku, loaded)
+        self._state.db = using
+
     @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Product:
-        product = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Product:
+        # kwargs: what newer Djangos pass besides (6.1: fetch_mode).
+        product = super().from_db(db, field_names, values, **kwargs)
         product._loaded_version = product.__dict__.get("version_number")
         return product
-
-    def _do_update(
-        self,
-        base_qs: Any,
-        using: Any,
-        pk_val: Any,
-        values: Any,
-        update_fields: Any,
-        forced_update: Any,
-    ) -> bool:
-        loaded = self._loaded_version
-        if loaded is not None:
-            base_qs = base_qs.filter(version_number=loaded)
-        updated = bool(
-            super()._do_update(base_qs, using, pk_val, values, update_fields, forced_update)
-        )
-        if not updated and loaded is not None:
-            raise ProductChanged(self.sku, loaded)
-        return updated
 
     @cached_property
     def batches(self) -> list[Batch]:

@@ -27,7 +27,7 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import conf, executors, logs, metrics, tracing
+from . import compat, conf, executors, logs, metrics, tracing
 from .dependencies import dependencies
 from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from .messages import Command, Event, Message, current_message, message_type_name
@@ -101,7 +101,7 @@ class MessageBus:
             except (DatabaseError, ConcurrencyError) as exc:
                 runs = conf.settings.COMMAND_RETRIES
                 # Only a whole transaction runs again, not a savepoint inside another.
-                nested = connections[using or DEFAULT_DB_ALIAS].in_atomic_block
+                nested = compat.in_atomic_block(connections[using or DEFAULT_DB_ALIAS])
                 if nested or run >= runs or not _lost_a_race(exc):
                     raise
                 run += 1

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, overload
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from . import executors, message_bus, outbox
+from . import compat, executors, message_bus, outbox
 from .delivery.concurrent import drain
 from .dependencies import dependencies
 from .executors.inline import InlineExecutor
@@ -125,32 +125,8 @@ def deliver_on_commit(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     drops them, as in production. Deliveries run inline, in this thread,
     whatever the configured executor.
     """
-    with executors.use(InlineExecutor()), _commits_at_savepoints(using):
+    with executors.use(InlineExecutor()), compat.commits_at_savepoints(connections[using]):
         yield
-
-
-@contextmanager
-def _commits_at_savepoints(using: str) -> Iterator[None]:
-    connection = connections[using]
-    depth, start = len(connection.atomic_blocks), len(connection.run_on_commit)
-    release = connection.savepoint_commit
-
-    def savepoint_commit(sid: str) -> None:
-        release(sid)
-        # Atomic.__exit__ pops its block before releasing its savepoint.
-        if len(connection.atomic_blocks) != depth:
-            return
-        while len(connection.run_on_commit) > start:
-            callbacks = connection.run_on_commit[start:]
-            del connection.run_on_commit[start:]
-            for _, callback, *_ in callbacks:
-                callback()
-
-    connection.savepoint_commit = savepoint_commit  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del connection.savepoint_commit
 
 
 def run_due(using: str = DEFAULT_DB_ALIAS) -> int:

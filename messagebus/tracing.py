@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from . import conf, logs
+from . import compat, conf, logs
 from .exceptions import CommandRejected
 from .messages import Message, message_type_name
 
@@ -47,7 +47,7 @@ def _tracer() -> Any:
     global _last
     if trace is None:
         return None
-    if getattr(trace, "_TRACER_PROVIDER", True) is None and not _NAMED:
+    if compat.tracer_provider_unset(trace) and not _NAMED:
         return None
     provider = trace.get_tracer_provider()
     if _last[0] is not provider:

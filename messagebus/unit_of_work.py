@@ -18,9 +18,9 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router
 
-from . import executors, logs, metrics, outbox, tracing
+from . import compat, executors, logs, metrics, outbox, tracing
 from .dependencies import dependencies
 from .exceptions import UnitOfWorkError
 from .messages import Event
@@ -45,7 +45,7 @@ def joined() -> Iterator[None]:
         _joining.reset(token)
 
 
-class UnitOfWork(transaction.Atomic):
+class UnitOfWork(compat.Atomic):
     """``with UnitOfWork():`` is ``transaction.atomic`` (a savepoint if nested)
     that stores the events recorded inside it and delivers them after commit.
 
@@ -57,7 +57,7 @@ class UnitOfWork(transaction.Atomic):
 
     def __init__(self, using: str | None = None) -> None:
         # A savepoint when nested (unless joined()), never durable.
-        super().__init__(using or DEFAULT_DB_ALIAS, not _joining.get(), False)
+        super().__init__(using or DEFAULT_DB_ALIAS, savepoint=not _joining.get(), durable=False)
         # Per entry (it may be entered again while open): events whose handlers run
         # in the transaction, as that entry's block ends.
         self._inline: list[list[Event]] = []
@@ -113,7 +113,7 @@ class UnitOfWork(transaction.Atomic):
 
 def current(using: str = DEFAULT_DB_ALIAS) -> UnitOfWork | None:
     """The innermost unit of work open on database ``using`` in this thread."""
-    for block in reversed(connections[using].atomic_blocks):
+    for block in reversed(compat.atomic_blocks(connections[using])):
         if isinstance(block, UnitOfWork):
             return block
     return None
@@ -123,7 +123,7 @@ def _open_elsewhere() -> list[str]:
     return [
         connection.alias
         for connection in connections.all(initialized_only=True)
-        if any(isinstance(block, UnitOfWork) for block in connection.atomic_blocks)
+        if any(isinstance(block, UnitOfWork) for block in compat.atomic_blocks(connection))
     ]
 
 
@@ -152,7 +152,7 @@ class Aggregate:
                 f"{type(self).__name__} lives on database {using!r} but the unit of work "
                 f"is open on {elsewhere[0]!r}; open UnitOfWork(using={using!r})"
             )
-        elif transaction.get_connection(using).in_atomic_block:
+        elif compat.in_atomic_block(connections[using]):
             logger.warning(
                 "%s recorded %s outside a unit of work: it is not stored or delivered "
                 "(use bus.handle(), or open messagebus.UnitOfWork())",

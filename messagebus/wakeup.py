@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import sql
+from . import compat, sql
 from .wording import first_line
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Wakeup:
 
         self._errors = (psycopg.Error, OSError)
         try:
-            listener = connection.get_new_connection(connection.get_connection_params())
+            listener = compat.new_connection(connection)
             listener.autocommit = True
             listener.execute(sql.listen_statement())
         except self._errors as exc:

@@ -21,7 +21,7 @@ from typing import Protocol, cast
 from django.db import connections, transaction
 from django.utils.module_loading import import_string
 
-from .. import conf
+from .. import compat, conf
 from ..delivery import states
 from ..delivery.reference import Reference
 from ..models import Delivery
@@ -70,8 +70,7 @@ def committing(using: str, callback: Callable[[str, set[uuid.UUID]], None]) -> s
 
     A savepoint rolled back drops the callback with it; the next event registers anew.
     """
-    for entry in connections[using].run_on_commit:
-        registered = entry[1]
+    for registered in compat.on_commit_callbacks(connections[using]):
         if isinstance(registered, partial) and registered.func == callback:
             events: set[uuid.UUID] = registered.args[1]
             return events

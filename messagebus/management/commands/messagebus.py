@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import ipaddress
 import json
 import logging
@@ -18,7 +17,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from messagebus import executors, health, metrics, outbox
+from messagebus import compat, executors, health, metrics, outbox
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError
 from messagebus.models import Delivery, InboxMessage
 from messagebus.wording import first_line, plural
@@ -70,9 +69,7 @@ class Command(BaseCommand):
         common = CommandParser(add_help=False)
         common.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
         # Django's own options work after the action too: `messagebus worker -v 2`.
-        for option in parser._actions:
-            if option.option_strings and option.dest not in ("help", "database"):
-                common._add_action(copy.copy(option)).default = argparse.SUPPRESS
+        compat.copy_options(parser, common, leave={"help", "database"})
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
         def action(name: str, help: str) -> argparse.ArgumentParser:

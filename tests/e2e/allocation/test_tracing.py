@@ -150,6 +150,11 @@ def test_deliveries_a_celery_worker_runs_are_in_the_requests_trace(spans, tmp_pa
     assert [s["attributes"]["messagebus.handler"] for s in delivered()] == [
         "publish:line_allocated"
     ]
+    [read_model] = [s for s in found if s.name == "handle allocation.Allocated"]  # in its
+    assert read_model.context.trace_id == request.context.trace_id  # command's transaction
+    assert read_model.attributes["messagebus.handler"] == (
+        "allocation.handlers.add_allocation_to_read_model"
+    )
     for delivery in delivered():
         assert delivery["parent_id"] == f"0x{store.context.span_id:016x}"
         assert delivery["kind"] == "SpanKind.CONSUMER"

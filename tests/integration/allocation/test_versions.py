@@ -52,3 +52,18 @@ def test_a_command_that_loaded_a_stale_product_runs_again(messagebus_registry):
     assert len(runs) == 2
     assert list(OrderLine.objects.values_list("orderid", "qty")) == [("o1", 2)]
     assert Product.objects.get().version_number == 1  # the bump went with the first run
+
+
+def test_a_save_writes_its_update_fields_only_and_moves_the_version_along():
+    BatchFactory(reference="b1", product__sku="LAMP", purchased_quantity=10)
+    product = Product.objects.get(sku="LAMP")
+    product.sku, product.version_number = "LAMPS", 5
+    product.save(update_fields=["version_number"])
+    assert list(Product.objects.values_list("sku", "version_number")) == [("LAMP", 5)]
+
+    product.sku = "LAMP"
+    product.save(update_fields=[])  # nothing to save: no query, no version check
+    with pytest.raises(ValueError, match="colour"):
+        product.save(update_fields=["colour"])
+    product.save()
+    assert list(Product.objects.values_list("sku", "version_number")) == [("LAMP", 5)]

@@ -118,6 +118,7 @@ def test_one_that_is_async_or_takes_the_bus_is_refused(messagebus_registry, kind
         messagebus_registry.register(None, handler, run="in_transaction")
 
 
+@pytest.mark.django_db(databases="__all__", transaction=True)  # Django 6.1's check uses each
 def test_an_unknown_lifecycle_is_a_check_error(messagebus_registry):
     messagebus_registry.register(None, note_opening, run="later")
     with pytest.raises(SystemCheckError) as found:

@@ -11,6 +11,11 @@ from django.test import override_settings
 import messagebus
 from messagebus import messages
 
+# From Django 6.1, `check` runs the model checks against every database: on SQLite, the
+# JSON fields' check opens a connection to each. Outside a test transaction: two would
+# wait on each other's lock on one SQLite file.
+pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
+
 APP_MODULE = "tests.busapp.checked"  # a module of an installed app
 
 
