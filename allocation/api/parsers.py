@@ -1,14 +1,16 @@
 """The API's only parser (``REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]``)."""
 
+import io
 from collections.abc import Mapping
 from typing import IO, Any
 
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
-# The API's bodies are flat objects: JSON nested deeper than this is refused,
-# well before Python's recursion limit, which validating or showing it could reach.
-MAX_NESTING = 100
+from messagebus.inbound import MAX_NESTING, nested_deeper
+
+# The API's bodies are flat objects: JSON nested deeper than the limit every door of
+# the service applies (the inbound consumer's too) is refused before it is decoded.
 TOO_DEEP = f"JSON parse error - nested more than {MAX_NESTING} deep"
 
 
@@ -16,7 +18,8 @@ class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing JSON nested more than ``MAX_NESTING`` deep.
 
     DRF's own turns only a ``ValueError`` into a parse error: JSON nested
-    deeper than Python's recursion limit was a ``RecursionError``, a 500.
+    deeper than Python's recursion limit was a ``RecursionError``, a 500. The
+    depth is read from the bytes, so decoding never recurses that far.
     """
 
     def parse(
@@ -25,24 +28,8 @@ class JSONParser(parsers.JSONParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        try:
-            data = super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise ParseError(TOO_DEEP) from None
-        if nesting_exceeds(data, MAX_NESTING):
+        body = stream.read()
+        if nested_deeper(body, MAX_NESTING):
             raise ParseError(TOO_DEEP)
+        data: dict[str, Any] = super().parse(io.BytesIO(body), media_type, parser_context)
         return data
-
-
-def nesting_exceeds(data: Any, limit: int) -> bool:
-    """Whether arrays and objects in ``data`` are nested more than ``limit`` deep (no recursion)."""
-    pending = [(data, 0)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, list):
-            if depth == limit:
-                return True
-            pending.extend((item, depth + 1) for item in value)
-    return False

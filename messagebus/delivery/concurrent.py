@@ -215,7 +215,7 @@ def _close(used: set[BaseDatabaseWrapper]) -> None:
             connection.dec_thread_sharing()
 
 
-async def deliver(
+async def adeliver(
     claims: Sequence[states.Claim],
     *,
     concurrency: int | None = None,
@@ -285,7 +285,7 @@ def run_now(
     concurrency: int | None = None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Pool:
-    """``deliver()`` from sync code, on the caller's event loop if it has one (asgiref's
+    """``adeliver()`` from sync code, on the caller's event loop if it has one (asgiref's
     ``async_to_sync``), else on a loop of its own."""
-    pool: Pool = async_to_sync(deliver)(claims, concurrency=concurrency, stopping=stopping)
+    pool: Pool = async_to_sync(adeliver)(claims, concurrency=concurrency, stopping=stopping)
     return pool

@@ -1,8 +1,8 @@
 """The engine: every delivery runs here, whatever the executor, one call at a time.
 
-``deliver(claims)`` runs deliveries (claimed by a worker, or just stored,
-unleased): each handler is called once, and a failure becomes the policy's
-verdict (due again soon, due again after a delay, postponed, dead), recorded
+``deliver(claims)`` runs a worker's claimed deliveries, ``call(job)`` one
+delivery (just stored, swept, or a Celery task's): each handler is called
+once, and a failure becomes the policy's verdict (due again soon, due again after a delay, postponed, dead), recorded
 by ``states.failed``. Nothing sleeps between calls: a delivery due again is
 taken on again when it is due, by whichever process takes due deliveries, so
 a failing handler never holds up the others.
@@ -21,6 +21,7 @@ transaction) for a while. Async handlers are awaited on an event loop
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -38,7 +39,7 @@ from ..messages import Event
 from ..registry import Handler, registry
 from ..unit_of_work import UnitOfWork
 from . import states
-from .policy import Dead, Policy, Postpone, Verdict, missing_handler
+from .policy import HANDLER_RECHECK, Dead, Policy, Postpone, Verdict, missing_handler
 from .reference import Reference
 
 logger = logs.get_logger(__name__)
@@ -113,8 +114,7 @@ def resolve(claim: states.Claim) -> Job | None:
         if envelope is None:
             logger.warning("No event %s for %s: pruned?", ref.event_id, ref)
             return None
-        ref = ref.with_envelope(envelope)
-        claim = states.Claim(ref, claim.id, claim.runs, claim.lease, claim.stored, claim.calls)
+        claim = dataclasses.replace(claim, ref=ref.with_envelope(envelope))
     job = examine(claim)
     if isinstance(job, str):
         _dead_on_arrival(claim, job)
@@ -157,8 +157,8 @@ def deliver(
         if failed is not None:  # rolled back: the rest run again, without its handler
             batched.remove(failed)
             ran += 1
-            alone += [job for job in batched if job.handler.name == failed.handler.name]
-            batched = [job for job in batched if job.handler.name != failed.handler.name]
+            alone += [job for job in batched if job.handler == failed.handler]
+            batched = [job for job in batched if job.handler != failed.handler]
     while alone and not stopping():
         call(alone.pop(0))
         ran += 1
@@ -171,7 +171,9 @@ def deliver(
 def call(job: Job) -> bool:
     """One call of a sync handler in a transaction of its own; True if it completed."""
     with logs.handling(job.event, job.handler.name), job.span():
-        begun, started = timezone.now(), time.perf_counter()
+        # When it began, to time a first call's wait from its storing (if it was read).
+        begun = timezone.now() if job.claim.stored is not None else None
+        started = time.perf_counter()
         try:
             with UnitOfWork(job.ref.using) as uow:
                 # Its row locked for the transaction: a second runner waits, then finds it done.
@@ -182,7 +184,8 @@ def call(job: Job) -> bool:
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
             failed(job, exc, begun)
             return False
-        metrics.claimed(job.claim, begun)
+        if begun is not None:
+            metrics.claimed(job.claim, begun)
         returned(job, time.perf_counter() - started)
         tracing.ended("done")
     metrics.ended(job.handler.name, "done")
@@ -272,6 +275,7 @@ def failed(job: Job, exc: BaseException, begun: dt.datetime | None = None) -> Ve
     """Record a failed call as the policy judges it: one line in the log, a traceback
     when a run ends. ``begun``: when the call began, to time a first call's wait."""
     claim = job.claim
+    # A claim read with its counts, or a Celery task's (id 0), read only now it failed.
     runs, calls = (claim.runs, claim.calls) if claim.id else states.counts(job.ref)[:2]
     verdict = job.policy.after_failed_call(calls + 1, runs, exc)
     if not isinstance(exc, RetryLater):
@@ -329,7 +333,7 @@ def _handler_missing(claim: states.Claim) -> None:
     """A delivery to a handler this process lacks waits for one that has it (a rolling
     deploy, a handler registered elsewhere), and dies only after HANDLER_WAIT."""
     ref = claim.ref
-    stored = claim.stored or states.counts(ref)[2] or timezone.now()
+    stored = claim.stored or states.counts(ref).stored or timezone.now()
     waited = (timezone.now() - stored).total_seconds()
     verdict = missing_handler(ref.handler, waited, conf.settings.HANDLER_WAIT)
     if isinstance(verdict, Dead):
@@ -337,7 +341,7 @@ def _handler_missing(claim: states.Claim) -> None:
         return
     states.waiting(ref, claim.lease, verdict)
     now = time.monotonic()
-    if now - _missing_logged.get(ref.handler, float("-inf")) >= 60.0:
+    if now - _missing_logged.get(ref.handler, float("-inf")) >= HANDLER_RECHECK:
         _missing_logged[ref.handler] = now
         logger.warning(
             "No handler %s in this process: its deliveries wait for a process that has it "

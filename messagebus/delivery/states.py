@@ -22,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -257,11 +257,18 @@ def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[
     return died
 
 
-def counts(ref: Reference) -> tuple[int, int, dt.datetime | None]:
-    """Runs ended so far, calls of the run under way, and when it was stored
-    ((0, 0, None) if the delivery is gone)."""
+class Counts(NamedTuple):
+    """Runs ended so far, calls of the run under way, and when it was stored."""
+
+    runs: int = 0
+    calls: int = 0
+    stored: dt.datetime | None = None
+
+
+def counts(ref: Reference) -> Counts:
+    """A delivery's counts, read (all zero if the delivery is gone)."""
     found = _row(ref).values_list("runs", "calls", "created_at").first()
-    return found or (0, 0, None)
+    return Counts(*found) if found else Counts()
 
 
 def held(ref: Reference, lease: dt.datetime) -> list[Claim]:

@@ -82,7 +82,7 @@ class InlineExecutor:
             try:
                 if awaited(entries[0][0]):
                     claims = await sync_to_async(_claims)(entries)
-                    await concurrent.deliver(claims)
+                    await concurrent.adeliver(claims)
                 else:
                     await sync_to_async(_run)(entries)
             except DatabaseError:

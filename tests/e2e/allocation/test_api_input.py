@@ -178,6 +178,15 @@ def test_json_nested_as_deep_as_allowed_is_read(api, method, path, valid):
 
 
 @pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
+def test_brackets_inside_a_string_are_not_nesting(api, method, path, valid):
+    body = json.dumps({**valid, "extra": "[{" * 500 + '\\"' + "]}" * 500})
+
+    response = send(api, method, path, body)
+
+    assert response.status_code < 300
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), WRITES, ids=WRITE_IDS)
 def test_a_body_over_the_upload_limit(api, settings, method, path, valid):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     body = json.dumps({**valid, "padding": "x" * 1000})
