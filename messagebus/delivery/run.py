@@ -2,10 +2,11 @@
 
 ``deliver(claims)`` runs a worker's claimed deliveries, ``call(job)`` one
 delivery (just stored, swept, or a Celery task's): each handler is called
-once, and a failure becomes the policy's verdict (due again soon, due again after a delay, postponed, dead), recorded
-by ``states.failed``. Nothing sleeps between calls: a delivery due again is
-taken on again when it is due, by whichever process takes due deliveries, so
-a failing handler never holds up the others.
+once, and a failure becomes the policy's verdict (due again soon, due again
+after a delay, postponed, dead), recorded by ``states.failed``. Nothing sleeps
+between calls: a delivery due again is taken on again when it is due, by
+whichever process takes due deliveries, so a failing handler never holds up
+the others.
 
 Sync handlers run in a transaction that locks their delivery's row first and
 marks it done: their work and the mark commit together, so a handler whose
