@@ -59,7 +59,7 @@ import messagebus  # noqa: E402
 from messagebus import executors  # noqa: E402
 from messagebus.executors.worker import WorkerExecutor  # noqa: E402
 from messagebus.models import Delivery  # noqa: E402
-from messagebus.worker import Worker  # noqa: E402
+from messagebus.processes.worker import Worker  # noqa: E402
 from tests.busapp.events import Napped  # noqa: E402
 from tests.busapp.handlers import nap  # noqa: E402
 

@@ -49,9 +49,9 @@ from django.utils import timezone  # noqa: E402
 
 import messagebus  # noqa: E402
 from config import celery_app  # noqa: E402
-from messagebus.delivery.reference import Reference  # noqa: E402
 from messagebus.executors.celery import CeleryExecutor  # noqa: E402
 from messagebus.models import Delivery  # noqa: E402
+from messagebus.outbox.reference import Reference  # noqa: E402
 from tests.busapp import tasks  # noqa: E402
 from tests.busapp.events import Pinged  # noqa: E402
 from tests.busapp.models import Entry  # noqa: E402

@@ -46,11 +46,12 @@ from django.test.utils import override_settings, setup_databases, teardown_datab
 from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
 
 import messagebus  # noqa: E402
-from messagebus import external, inbox  # noqa: E402
-from messagebus.consumer import Consumer as BusConsumer  # noqa: E402
+from messagebus import external  # noqa: E402
+from messagebus.external import inbox  # noqa: E402
+from messagebus.external.transports import amqp  # noqa: E402
 from messagebus.models import Delivery, InboxMessage  # noqa: E402
-from messagebus.transports import amqp  # noqa: E402
-from messagebus.worker import Worker  # noqa: E402
+from messagebus.processes.consumer import Consumer as BusConsumer  # noqa: E402
+from messagebus.processes.worker import Worker  # noqa: E402
 from tests.busapp.events import Announced  # noqa: E402
 from tests.busapp.models import Entry  # noqa: E402
 

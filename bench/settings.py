@@ -11,6 +11,6 @@ ALLOWED_HOSTS = ["127.0.0.1"]
 API_ALLOW_ANONYMOUS = True
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 # The bare view runs the domain outside a unit of work on purpose: no warning per request.
-LOGGING["loggers"]["messagebus.unit_of_work"] = {"level": "ERROR"}  # noqa: F405
+LOGGING["loggers"]["messagebus.handling.unit_of_work"] = {"level": "ERROR"}  # noqa: F405
 # Nothing static is served here, and nothing was collected: no scan of STATIC_ROOT.
 WHITENOISE_AUTOREFRESH = True

@@ -271,14 +271,14 @@ LOGGING: dict[str, Any] = {
     "disable_existing_loggers": False,
     "formatters": {
         "console": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        # One JSON object a line, with the message's fields (messagebus.logs) as keys.
+        # One JSON object a line, with the message's fields (messagebus.observe.logs) as keys.
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
     },
     # Every record (a handler's own lines too) gets the fields of the message being handled.
-    "filters": {"message": {"()": "messagebus.logs.MessageFields"}},
+    "filters": {"message": {"()": "messagebus.observe.logs.MessageFields"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

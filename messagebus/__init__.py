@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here)
 
-from .dependencies import dependencies
+from .core.dependencies import dependencies
+from .core.messages import Command, Event, Message
+from .core.registry import Registry, handler, registry
 from .exceptions import (
     CommandRejected,
     ConcurrencyError,
@@ -28,20 +30,18 @@ from .exceptions import (
     RetryLater,
     UnitOfWorkError,
 )
-from .messages import Command, Event, Message
-from .registry import Registry, handler, registry
 
 if TYPE_CHECKING:
     from .external import consumes, publishes
-    from .message_bus import MessageBus, bus
-    from .unit_of_work import Aggregate, UnitOfWork
+    from .handling.message_bus import MessageBus, bus
+    from .handling.unit_of_work import Aggregate, UnitOfWork
 
 # These import the outbox models, so they load on first use, once apps are ready.
 _LAZY = {
-    "Aggregate": ".unit_of_work",
-    "UnitOfWork": ".unit_of_work",
-    "MessageBus": ".message_bus",
-    "bus": ".message_bus",
+    "Aggregate": ".handling.unit_of_work",
+    "UnitOfWork": ".handling.unit_of_work",
+    "MessageBus": ".handling.message_bus",
+    "bus": ".handling.message_bus",
     "publishes": ".external",
     "consumes": ".external",
 }

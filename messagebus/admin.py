@@ -24,9 +24,10 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from . import dashboard, executors
-from .delivery import states
+from . import executors
 from .models import Delivery, InboxMessage, StoredEvent
+from .ops import dashboard
+from .outbox import states
 from .wording import first_line
 
 Status = Delivery.Status

@@ -10,7 +10,7 @@ class MessagebusConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from .logs import ensure_a_handler
+        from .observe.logs import ensure_a_handler
 
         ensure_a_handler()  # the bus's INFO lines visible in a project with no LOGGING
 
@@ -22,8 +22,8 @@ class MessagebusConfig(AppConfig):
 def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
     if setting == "MESSAGEBUS":
         from . import executors
-        from .delivery import policy
-        from .dependencies import dependencies
+        from .core import policy
+        from .core.dependencies import dependencies
 
         executors.reset()
         policy.reset()

@@ -11,12 +11,12 @@ from django.conf import settings
 from django.core import checks
 
 from . import conf
-from .delivery.policy import OVERRIDABLE
-from .dependencies import dependencies
+from .core.dependencies import dependencies
+from .core.messages import Command, Message, message_classes, message_type_name
+from .core.policy import OVERRIDABLE
+from .core.registry import Handler, registry
+from .core.serialization import check_serializable
 from .exceptions import MessageEncodeError
-from .messages import Command, Message, message_classes, message_type_name
-from .registry import Handler, registry
-from .serialization import check_serializable
 
 JSON_TYPES = (
     "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "

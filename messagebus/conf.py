@@ -133,12 +133,12 @@ EXECUTORS = {
     "worker": "messagebus.executors.worker.WorkerExecutor",
     "celery": "messagebus.executors.celery.CeleryExecutor",
 }
-# MESSAGEBUS["EXTERNAL_URL"]'s scheme -> the transport class (messagebus.transports).
+# MESSAGEBUS["EXTERNAL_URL"]'s scheme -> the transport class (messagebus.external.transports).
 TRANSPORTS = {
-    "redis": "messagebus.transports.redis.RedisTransport",
-    "rediss": "messagebus.transports.redis.RedisTransport",
-    "amqp": "messagebus.transports.amqp.AmqpTransport",
-    "amqps": "messagebus.transports.amqp.AmqpTransport",
+    "redis": "messagebus.external.transports.redis.RedisTransport",
+    "rediss": "messagebus.external.transports.redis.RedisTransport",
+    "amqp": "messagebus.external.transports.amqp.AmqpTransport",
+    "amqps": "messagebus.external.transports.amqp.AmqpTransport",
 }
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",

@@ -1,38 +1,5 @@
-"""Whose fault a failure is: a lost connection's, or the input's.
+"""Moved to ``messagebus.external.failures``: this path still works, with a DeprecationWarning."""
 
-A lost connection to the database or to a broker is an *outage*: nothing is
-wrong with the message or the delivery in hand, so it is waited out and tried
-again. Anything else (a value the database refuses, a body that does not
-decode, a domain error) is the input's fault: trying it again fails the same
-way, so it is set aside with the reason at once.
-"""
+from .moved import moved
 
-from __future__ import annotations
-
-from django.db import DatabaseError, InterfaceError, OperationalError
-
-from . import transports
-
-# A lost or refused connection, whichever library reports it: the database's
-# (Django wraps the driver's), or a socket's, which is an OSError.
-LOST_CONNECTION: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError)
-# SQLSTATEs of a schema the code does not find (not migrated yet): no input is to blame.
-# SQLite says "no such table" with an OperationalError.
-NOT_MIGRATED = ("42P01", "42703", "3F000")
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` is a lost connection to the database or a broker (or a
-    database not migrated yet, which waiting for an operator fixes too).
-
-    ``IntegrityError``, ``DataError``, ``ProgrammingError``, ``ValueError``,
-    ``RecursionError`` and the rest are not: they are the input's fault.
-    """
-    if isinstance(exc, LOST_CONNECTION + transports.connection_errors()):
-        return True
-    return isinstance(exc, DatabaseError) and sqlstate(exc) in NOT_MIGRATED
-
-
-def sqlstate(exc: DatabaseError) -> str:
-    """The SQLSTATE of the driver's error behind ``exc`` (PostgreSQL's), or ''."""
-    return str(getattr(exc.__cause__, "sqlstate", None) or "")
+__getattr__ = moved(__name__, "messagebus.external.failures")

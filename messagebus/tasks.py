@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from .executors.celery import run_delivery
-from .relay import Relay
+from .processes.relay import Relay
 
 __all__ = ["relay", "run_delivery"]
 

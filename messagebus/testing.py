@@ -31,12 +31,13 @@ from typing import Any, TypeVar, overload
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from . import compat, executors, message_bus, outbox
+from . import compat, executors, outbox
+from .core.dependencies import dependencies
+from .core.messages import Command, Event, Message
+from .core.registry import Registry, registry
 from .delivery.concurrent import drain
-from .dependencies import dependencies
 from .executors.inline import InlineExecutor
-from .messages import Command, Event, Message
-from .registry import Registry, registry
+from .handling import message_bus
 
 M = TypeVar("M", bound=Message)
 

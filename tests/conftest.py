@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from kombu import Connection, Queue
 
-from messagebus.transports import amqp
+from messagebus.external.transports import amqp
 
 pytest_plugins = ["messagebus.testing"]
 

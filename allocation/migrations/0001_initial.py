@@ -2,7 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
-import messagebus.unit_of_work
+import messagebus
 from django.db import migrations, models
 
 
@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
             options={
                 'ordering': ['sku'],
             },
-            bases=(messagebus.unit_of_work.Aggregate, models.Model),
+            bases=(messagebus.Aggregate, models.Model),
         ),
         migrations.CreateModel(
             name='AllocationView',

@@ -26,14 +26,15 @@ import anyio
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
-from .. import executors, logs, metrics, tracing
-from ..dependencies import dependencies
+from ..core.dependencies import dependencies
+from ..core.messages import current_message
 from ..exceptions import HandlerTimeout
-from ..message_bus import bus
-from ..messages import current_message
+from ..handling import executor
+from ..handling.message_bus import bus
+from ..observe import logs, metrics, tracing
+from ..outbox import states
 from ..wording import plural
 from . import run as engine
-from . import states
 from .run import Job
 
 logger = logs.get_logger(__name__)
@@ -64,13 +65,13 @@ async def call(job: Job) -> None:
     """One call of an async handler, cancelled if it runs past its timeout.
 
     Deliveries that the commands it awaits store (``bus.ahandle``) run after it,
-    outside its time (``executors.here()``).
+    outside its time (``executor.here()``).
     """
     token = current_message.set(job.event)
     try:
         started = time.perf_counter()
         kwargs = dependencies.kwargs(job.handler, None, bus) if job.handler.parameters else {}
-        async with executors.here():
+        async with executor.here():
             timeout = job.policy.timeout
             if timeout is None:  # no scope to enter and leave
                 await job.handler.func(job.event, **kwargs)

@@ -19,10 +19,11 @@ from django.db import DatabaseError, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from .. import conf, logs, metrics
+from .. import conf
+from ..observe import logs, metrics
+from ..outbox import states
 from ..wording import plural
 from . import run as engine
-from . import states
 from .awaiting import Held, Marks, db, renew, run
 from .run import Job
 

@@ -31,17 +31,18 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from .. import conf, logs, metrics, sql, tracing
-from ..dependencies import dependencies
-from ..envelope import Envelope
+from .. import conf
+from ..core.dependencies import dependencies
+from ..core.envelope import Envelope
+from ..core.messages import Event
+from ..core.policy import HANDLER_RECHECK, Dead, Policy, Postpone, Verdict, missing_handler
+from ..core.registry import Handler, registry
 from ..exceptions import MessageDecodeError, RetryLater
-from ..message_bus import bus
-from ..messages import Event
-from ..registry import Handler, registry
-from ..unit_of_work import UnitOfWork
-from . import states
-from .policy import HANDLER_RECHECK, Dead, Policy, Postpone, Verdict, missing_handler
-from .reference import Reference
+from ..handling.message_bus import bus
+from ..handling.unit_of_work import UnitOfWork
+from ..observe import logs, metrics, tracing
+from ..outbox import sql, states
+from ..outbox.reference import Reference
 
 logger = logs.get_logger(__name__)
 

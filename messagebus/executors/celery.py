@@ -16,10 +16,11 @@ from django.db import DatabaseError
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from .. import logs
-from ..delivery import concurrent, states
-from ..delivery.reference import Reference
+from ..delivery import concurrent
 from ..exceptions import BrokerUnreachable, MessageDecodeError
+from ..observe import logs
+from ..outbox import states
+from ..outbox.reference import Reference
 from ..wording import first_line, plural
 from . import committing
 

@@ -10,10 +10,12 @@ from functools import partial
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, transaction
 
-from .. import conf, logs
-from ..delivery import concurrent, states
-from ..delivery.reference import Reference
+from .. import conf
+from ..delivery import concurrent
 from ..delivery.run import awaited, policy_of
+from ..observe import logs
+from ..outbox import states
+from ..outbox.reference import Reference
 from ..wording import plural
 from . import later
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from .. import sql
-from ..delivery.reference import Reference
+from ..outbox import sql
+from ..outbox.reference import Reference
 from . import committing
 
 

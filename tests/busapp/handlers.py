@@ -4,7 +4,7 @@ import time
 import anyio
 
 import messagebus
-from messagebus.unit_of_work import UnitOfWork
+from messagebus.handling.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn, Record
 from .events import Audited, Deposited, Napped, Pinged

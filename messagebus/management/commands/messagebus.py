@@ -17,11 +17,12 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from messagebus import compat, executors, health, metrics, outbox
+from messagebus import compat, executors, outbox
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError
 from messagebus.models import Delivery, InboxMessage
+from messagebus.ops import health, prometheus
+from messagebus.processes.worker import Worker
 from messagebus.wording import first_line, plural
-from messagebus.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class Command(BaseCommand):
     ) -> None:
         if metrics_port is not None:
             try:
-                metrics.serve(metrics_port, metrics_bind)
+                prometheus.serve(metrics_port, metrics_bind)
             except (ImportError, OSError) as exc:
                 raise CommandError(
                     f"Cannot serve metrics on {metrics_bind} port {metrics_port}: {exc}"
@@ -192,7 +193,7 @@ class Command(BaseCommand):
     def handle_relay(
         self, using: str, *, once: bool, interval: float | None, **options: Any
     ) -> None:
-        from messagebus.relay import Relay  # imports Celery
+        from messagebus.processes.relay import Relay  # imports Celery
 
         relay = Relay(once=once, poll_interval=interval, using=using)
         signal.signal(signal.SIGTERM, relay.stop)
@@ -204,7 +205,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Sent {plural(sent, 'delivery', 'deliveries')} to Celery.")
 
     def handle_consume(self, using: str, *, limit: int | None, **options: Any) -> None:
-        from messagebus.consumer import Consumer
+        from messagebus.processes.consumer import Consumer
 
         consumer = Consumer(using, limit=limit)
         signal.signal(signal.SIGTERM, consumer.stop)

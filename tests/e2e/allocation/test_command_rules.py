@@ -14,9 +14,9 @@ from allocation.commands import Allocate, ChangeBatchQuantity, CreateBatch
 from allocation.exceptions import InvalidCommand
 from allocation.forms import ChangeBatchQuantityForm
 from allocation.models import Batch
-from messagebus.inbox import receive
+from messagebus.external.inbox import receive
+from messagebus.external.transports import Verdict
 from messagebus.models import InboxMessage
-from messagebus.transports import Verdict
 from tests.factories import BatchFactory
 
 pytestmark = pytest.mark.usefixtures("messagebus_deliver")

@@ -28,12 +28,13 @@ import messagebus
 from allocation.commands import Allocate, CreateBatch
 from allocation.exceptions import InvalidSku
 from config import celery_app
-from messagebus.consumer import Consumer
-from messagebus.delivery import run, states
+from messagebus.delivery import run
 from messagebus.external import consumed
+from messagebus.external.transports import amqp
 from messagebus.models import StoredEvent
-from messagebus.transports import amqp
-from messagebus.worker import Worker
+from messagebus.outbox import states
+from messagebus.processes.consumer import Consumer
+from messagebus.processes.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
 from tests.conftest import BROKER_URL, ROOT, celery_on_postgres, needs_rabbitmq

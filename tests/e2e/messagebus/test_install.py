@@ -278,4 +278,5 @@ def test_a_new_project_handles_a_command_through_the_installed_bus(wheel, wheels
     assert Path(printed["messagebus"]).is_relative_to(venv)  # the installed copy, not the checkout
     assert re.search(r"done\W+1\b", status.stdout, re.IGNORECASE), status.stdout
     # No LOGGING in a new project: the bus's INFO lines still show, through its own handler.
-    assert re.search(r"INFO messagebus\.worker Worker \S+ started on database", worker.stderr)
+    started = r"INFO messagebus\.processes\.worker Worker \S+ started on database"
+    assert re.search(started, worker.stderr)

@@ -13,7 +13,7 @@ from allocation.handlers import post_allocation
 from messagebus import executors
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
-from messagebus.worker import Worker
+from messagebus.processes.worker import Worker
 from tests.receiver import Receiver, nothing_listens
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,7 @@ import pytest
 from kombu import Connection, Producer, Queue
 
 from messagebus.external import consumed
-from messagebus.transports import amqp
+from messagebus.external.transports import amqp
 from tests.brokers import ConsumerProcess
 from tests.conftest import BROKER_URL
 

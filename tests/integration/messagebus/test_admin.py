@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.html import escape
 
 import messagebus
-from messagebus import dashboard, health
 from messagebus.models import Delivery, StoredEvent, WorkerBeat
+from messagebus.ops import dashboard, health
 from messagebus.testing import run_due
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened
@@ -636,7 +636,7 @@ def test_workers_seen_lately_with_their_role_and_the_stale_ones_marked(viewer, d
 
 
 def test_with_none_running_the_dashboard_says_when_the_last_worker_was_seen(viewer, db):
-    from messagebus.worker import Worker
+    from messagebus.processes.worker import Worker
 
     assert "None: no worker, relay or consumer has said it is alive." in (
         viewer.get(DASHBOARD).content.decode()

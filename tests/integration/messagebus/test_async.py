@@ -17,13 +17,14 @@ from django.test import override_settings
 
 import messagebus
 from messagebus import executors
-from messagebus.delivery import concurrent, run, states
-from messagebus.delivery.reference import Reference
+from messagebus.delivery import concurrent, run
 from messagebus.exceptions import HandlerTimeout
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
+from messagebus.outbox import states
+from messagebus.outbox.reference import Reference
+from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
-from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Deposited, Napped, Opened, Pinged
 from tests.busapp.models import Account, Entry

@@ -9,9 +9,9 @@ import sys
 import pytest
 from django.db import DataError, OperationalError
 
-from messagebus import process
-from messagebus.delivery import states
-from messagebus.worker import Worker
+from messagebus.outbox import states
+from messagebus.processes import process
+from messagebus.processes.worker import Worker
 from tests.conftest import ROOT
 
 UNREACHABLE = "postgres://root@127.0.0.1:1/test"  # nothing listens on port 1

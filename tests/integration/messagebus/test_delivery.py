@@ -12,8 +12,8 @@ from django.utils import timezone
 
 import messagebus
 from messagebus.models import Delivery, StoredEvent
+from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
-from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Deposited, Opened, Pinged
 from tests.busapp.models import Account, Entry
@@ -213,7 +213,7 @@ def test_a_delivery_whose_handler_this_process_lacks_waits_for_one_that_has_it(c
     warned = [r for r in caplog.records if "No handler" in r.getMessage()]
     assert len(warned) == 1  # once a minute per handler, however many deliveries
     assert "1 delivery waits for a handler no running worker has." in run("status")
-    from messagebus.health import check
+    from messagebus.ops.health import check
 
     status, report = check("default")
     assert (status, report["outbox"]["waiting_for_a_handler"]) == ("degraded", 1)
@@ -256,7 +256,7 @@ def test_prune_deletes_old_finished_deliveries_and_their_events():
 def test_a_worker_rides_out_a_database_error(monkeypatch, caplog):
     from django.db import OperationalError
 
-    from messagebus.delivery import states
+    from messagebus.outbox import states
 
     messagebus.bus.handle(Deposited(name="hal", amount=1))
     real_claim, calls = states.claim, []
@@ -275,7 +275,7 @@ def test_a_worker_rides_out_a_database_error(monkeypatch, caplog):
 
 
 def test_a_claim_leases_the_delivery_and_a_release_hands_it_back():
-    from messagebus.delivery import states
+    from messagebus.outbox import states
 
     with override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker", "CLAIM_TIMEOUT": 120}):
         messagebus.bus.handle(Pinged(n=1))

@@ -16,7 +16,7 @@ import messagebus
 from allocation.commands import Allocate, CreateBatch
 from allocation.models import Batch
 from messagebus.models import Delivery, InboxMessage, StoredEvent, WorkerBeat
-from messagebus.worker import Worker
+from messagebus.processes.worker import Worker
 from tests.brokers import external, needs_redis, read_all, wait_for
 from tests.conftest import BROKER_URL, REDIS_URL, needs_rabbitmq
 from tests.proxy import Proxy

@@ -9,11 +9,11 @@ from django.test import override_settings
 
 import messagebus
 from messagebus.delivery.concurrent import run_one
-from messagebus.delivery.reference import Reference
-from messagebus.delivery.states import Claim
 from messagebus.models import Delivery, StoredEvent
+from messagebus.outbox.reference import Reference
+from messagebus.outbox.states import Claim
+from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
-from messagebus.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry

@@ -71,7 +71,7 @@ REFUSED = 'connection to server at "10.1.2.3", port 5432 failed: Connection refu
 def database_refuses(monkeypatch):
     from django.db import OperationalError
 
-    from messagebus import health
+    from messagebus.ops import health
 
     def refuse(using):
         raise OperationalError(REFUSED)
@@ -99,7 +99,7 @@ def test_down_tells_staff_the_databases_error(admin_client, database_refuses):
     assert response.json()["error"] == REFUSED
 
 
-CHECK = "from messagebus.health import check; print(check('default')[0])"
+CHECK = "from messagebus.ops.health import check; print(check('default')[0])"
 
 
 @postgres_only
@@ -131,8 +131,8 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
 
     from django.core.management import call_command
 
-    from messagebus import health
-    from messagebus.worker import Worker
+    from messagebus.ops import health
+    from messagebus.processes.worker import Worker
 
     def broken(event: Pinged) -> None:
         raise LookupError("no template")
@@ -174,9 +174,9 @@ def test_status_tells_the_lag_the_rate_and_the_dead_as_json_too(messagebus_regis
 
 
 def test_each_process_says_its_role_in_its_heartbeat(db):
-    from messagebus.consumer import Consumer
-    from messagebus.relay import Relay
-    from messagebus.worker import Worker
+    from messagebus.processes.consumer import Consumer
+    from messagebus.processes.relay import Relay
+    from messagebus.processes.worker import Worker
 
     for process in (Worker(), Relay(), Consumer()):
         process.beat(0)

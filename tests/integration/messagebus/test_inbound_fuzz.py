@@ -27,11 +27,11 @@ from kombu import Connection, Producer
 
 import messagebus
 from allocation.commands import CreateBatch
-from messagebus.consumer import Consumer
 from messagebus.external import consumed
-from messagebus.inbox import receive_batch
+from messagebus.external.inbox import receive_batch
+from messagebus.external.transports import Verdict, amqp
 from messagebus.models import InboxMessage
-from messagebus.transports import Verdict, amqp
+from messagebus.processes.consumer import Consumer
 from tests.brokers import external, needs_redis
 from tests.busapp.models import Entry
 from tests.conftest import BROKER_URL, REDIS_URL, needs_rabbitmq

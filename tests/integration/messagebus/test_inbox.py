@@ -15,9 +15,9 @@ from allocation.models import Batch
 from messagebus import external
 from messagebus.checks import check_external
 from messagebus.exceptions import RegistrationError
-from messagebus.inbox import Malformed, receive, receive_batch, translated
+from messagebus.external.inbox import Malformed, receive, receive_batch, translated
+from messagebus.external.transports import Verdict
 from messagebus.models import InboxMessage
-from messagebus.transports import Verdict
 from tests.busapp.events import Announced
 
 CHANNEL = "change_batch_quantity"

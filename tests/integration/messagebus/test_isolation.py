@@ -21,7 +21,7 @@ from django.test import override_settings
 
 import messagebus
 from messagebus.models import Delivery
-from messagebus.worker import Worker
+from messagebus.processes.worker import Worker
 from tests.busapp.events import Pinged
 
 pytestmark = pytest.mark.django_db(transaction=True)

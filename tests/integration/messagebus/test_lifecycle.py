@@ -10,7 +10,7 @@ from messagebus import executors
 from messagebus.exceptions import RegistrationError
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery, StoredEvent
-from messagebus.worker import Worker
+from messagebus.processes.worker import Worker
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Audited, Opened, Pinged
 from tests.busapp.models import Account, Entry

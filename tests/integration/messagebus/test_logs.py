@@ -11,7 +11,7 @@ from allocation.events import Allocated
 from allocation.handlers import post_allocation
 from messagebus import executors
 from messagebus.executors.worker import WorkerExecutor
-from messagebus.logs import MessageFields
+from messagebus.observe.logs import MessageFields
 from messagebus.testing import run_due
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened

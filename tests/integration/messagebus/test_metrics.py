@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import messagebus
-from messagebus import executors, metrics
-from messagebus.delivery import states
+from messagebus import executors
 from messagebus.executors.celery import run_delivery
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery
+from messagebus.ops import prometheus
+from messagebus.outbox import states
+from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
-from messagebus.worker import Worker
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Napped, Pinged
 from tests.conftest import ROOT, database_url
@@ -41,7 +42,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def now(name: str, **labels: str) -> float:
     counts = CollectorRegistry()
-    counts.register(metrics.Collector())
+    counts.register(prometheus.Collector())
     return counts.get_sample_value(name, labels) or 0.0
 
 
@@ -63,7 +64,7 @@ def test_metrics_are_refused_to_an_address_not_allowed(client):
 
 @override_settings(MESSAGEBUS=ALLOWED)
 def test_the_endpoint_shows_what_the_bus_did(client, monkeypatch):
-    monkeypatch.setattr(metrics, "OUTBOX_EVERY", 0)
+    monkeypatch.setattr(prometheus, "OUTBOX_EVERY", 0)
     ok = ("messagebus_commands_total", {"type": "busapp.OpenAccount", "outcome": "ok"})
     rejected = ("messagebus_commands_total", {"type": "busapp.Deposit", "outcome": "rejected"})
     done = (
@@ -162,7 +163,9 @@ def test_a_workers_metrics_listen_on_this_machine_only_unless_told(monkeypatch, 
     listening = []
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # this process's stay pytest's
     monkeypatch.setattr(
-        metrics.prometheus, "start_http_server", lambda port, addr, registry: listening.append(addr)
+        prometheus.prometheus,
+        "start_http_server",
+        lambda port, addr, registry: listening.append(addr),
     )
     call_command("messagebus", "worker", "--once", "--metrics-port", "9999", *options)
 
@@ -192,8 +195,8 @@ SCRAPE = """
 import django
 django.setup()
 from prometheus_client import generate_latest
-from messagebus import metrics
-print(generate_latest(metrics.registry()).decode())
+from messagebus.ops import prometheus
+print(generate_latest(prometheus.registry()).decode())
 """
 
 
@@ -235,7 +238,7 @@ def test_the_wait_from_commit_to_a_workers_first_run_is_timed():
 
     assert now("messagebus_commit_to_handler_seconds_count", handler=handler) == before + 3
     waited = CollectorRegistry()
-    waited.register(metrics.Collector())
+    waited.register(prometheus.Collector())
     small = waited.get_sample_value(
         "messagebus_commit_to_handler_seconds_bucket", {"handler": handler, "le": "0.1"}
     )

@@ -12,10 +12,10 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 import messagebus
-from messagebus.delivery import states
 from messagebus.delivery.concurrent import run_one
-from messagebus.delivery.reference import Reference
 from messagebus.models import Delivery
+from messagebus.outbox import states
+from messagebus.outbox.reference import Reference
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry

@@ -6,7 +6,7 @@ judges each (called again soon, the run ended, postponed, dead), workers stop
 and hand back what they did not start, leases run out and the reaper ends the
 runs of the workers that vanished, delays pass, and an operator requeues or
 discards. Every step goes through the transitions of
-``messagebus.delivery.states`` the way the engine (``delivery.run``) uses them,
+``messagebus.outbox.states`` the way the engine (``delivery.run``) uses them,
 and checks what the transition did; after every step the rows must still make
 sense.
 
@@ -38,11 +38,11 @@ from hypothesis.stateful import (
 )
 
 import messagebus
-from messagebus.delivery import states
-from messagebus.delivery.policy import Dead, Policy, Postpone, Retry
-from messagebus.delivery.reference import Reference
+from messagebus.core.policy import Dead, Policy, Postpone, Retry
 from messagebus.exceptions import RetryLater
 from messagebus.models import Delivery, StoredEvent
+from messagebus.outbox import states
+from messagebus.outbox.reference import Reference
 from tests.busapp.events import Pinged
 from tests.busapp.handlers import record_ping
 from tests.busapp.models import Entry

@@ -9,7 +9,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 import messagebus
-from messagebus import messages
+from messagebus.core import messages
 
 # From Django 6.1, `check` runs the model checks against every database: on SQLite, the
 # JSON fields' check opens a connection to each. Outside a test transaction: two would

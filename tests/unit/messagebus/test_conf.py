@@ -29,7 +29,7 @@ def test_validators_name_the_problem():
 
 
 def test_the_amqp_exchange_is_a_setting():
-    from messagebus.transports import amqp
+    from messagebus.external.transports import amqp
 
     assert amqp.exchange().name == "messagebus"
     with override_settings(MESSAGEBUS={"AMQP_EXCHANGE": "shop.events"}):

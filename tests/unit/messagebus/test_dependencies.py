@@ -1,9 +1,9 @@
 import pytest
 from django.test import override_settings
 
-from messagebus.dependencies import Dependencies
+from messagebus.core.dependencies import Dependencies
+from messagebus.core.registry import Registry
 from messagebus.exceptions import UnknownDependency
-from messagebus.registry import Registry
 from tests.busapp.events import Opened
 from tests.busapp.services import Clock
 

@@ -60,6 +60,55 @@ def test_no_module_of_messagebus_imports_one_that_imports_it_back():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
 
 
+# The layers, lowest first: a module imports only from its own layer and those before it.
+# What no layer names (the package itself, apps, admin, checks, tasks, testing, the
+# management command, the old paths kept for a while) sits on top and may import any.
+LAYERS = [
+    ("messagebus.conf", "messagebus.exceptions", "messagebus.compat", "messagebus.wording",
+     "messagebus.models", "messagebus.moved"),
+    ("messagebus.core",),
+    ("messagebus.observe",),
+    ("messagebus.outbox",),
+    ("messagebus.handling",),
+    ("messagebus.delivery.run", "messagebus.delivery.concurrent", "messagebus.delivery.awaiting"),
+    ("messagebus.executors",),
+    ("messagebus.external",),
+    ("messagebus.processes",),
+    ("messagebus.ops",),
+]  # fmt: skip
+
+
+def layer(module: str) -> int:
+    for number, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return number
+    return len(LAYERS)
+
+
+def test_each_layer_imports_only_the_layers_under_it():
+    upward = [
+        f"{name} -> {target}"
+        for path in PACKAGE.rglob("*.py")
+        if "migrations" not in path.parts
+        for name in [module_name(path)]
+        for target in sorted(imported_by(path))
+        if layer(target) > layer(name)
+    ]
+    assert not upward, upward
+
+
+def test_every_module_of_the_engine_and_below_is_in_a_layer():
+    assert layer("messagebus.delivery.run") < layer("messagebus.processes.worker") < len(LAYERS)
+    top = {name for name in MODULES if layer(name) == len(LAYERS)}
+    assert top == {
+        "messagebus", "messagebus.admin", "messagebus.apps", "messagebus.checks",
+        "messagebus.delivery", "messagebus.delivery.reference", "messagebus.delivery.states",
+        "messagebus.failures", "messagebus.health", "messagebus.logs",
+        "messagebus.management.commands.messagebus", "messagebus.metrics",
+        "messagebus.tasks", "messagebus.testing", "messagebus.unit_of_work",
+    }  # fmt: skip
+
+
 def test_messagebus_never_imports_the_domain_app():
     for path in PACKAGE.rglob("*.py"):
         assert "allocation" not in path.read_text(), path

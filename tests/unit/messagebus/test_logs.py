@@ -9,7 +9,7 @@ import pytest
 from django.db import DatabaseError, DataError, OperationalError
 
 from messagebus.exceptions import BrokerUnreachable
-from messagebus.logs import ensure_a_handler, stack_once, tells_more
+from messagebus.observe.logs import ensure_a_handler, stack_once, tells_more
 
 
 def raised_from(error: BaseException, cause: BaseException) -> BaseException:

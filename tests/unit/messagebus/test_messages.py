@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 import messagebus
-from messagebus.messages import current_message, message_class, message_type_name
+from messagebus.core.messages import current_message, message_class, message_type_name
 from tests.busapp.commands import Deposit
 from tests.busapp.events import Deposited
 

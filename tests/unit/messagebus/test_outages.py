@@ -7,10 +7,10 @@ import redis
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from django.test import override_settings
 
-from messagebus import transports
 from messagebus.exceptions import Reject
-from messagebus.failures import is_outage
-from messagebus.inbound import nested_deeper, storable
+from messagebus.external import transports
+from messagebus.external.failures import is_outage
+from messagebus.external.inbound import nested_deeper, storable
 
 
 def not_migrated() -> ProgrammingError:

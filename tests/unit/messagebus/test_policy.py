@@ -6,7 +6,7 @@ from django.db import IntegrityError
 from django.test import override_settings
 
 import messagebus
-from messagebus.delivery.policy import Dead, Policy, Postpone, Retry, missing_handler
+from messagebus.core.policy import Dead, Policy, Postpone, Retry, missing_handler
 
 POISON = (IntegrityError, ValidationError, messagebus.Reject)
 DOWN = ConnectionError("down")

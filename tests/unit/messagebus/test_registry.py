@@ -3,8 +3,8 @@ from dataclasses import dataclass
 import pytest
 
 import messagebus
+from messagebus.core.registry import Registry
 from messagebus.exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
-from messagebus.registry import Registry
 from tests.busapp.commands import Deposit, OpenAccount
 from tests.busapp.events import Deposited, Opened
 

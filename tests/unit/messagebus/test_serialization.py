@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 
 import messagebus
+from messagebus.core.serialization import check_serializable, from_dict, to_dict
 from messagebus.exceptions import MessageDecodeError, MessageEncodeError
-from messagebus.serialization import check_serializable, from_dict, to_dict
 
 
 class Colour(enum.Enum):

@@ -16,8 +16,8 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from . import conf
-from .exceptions import ConfigurationError, RegistrationError, UnknownDependency
+from .. import conf
+from ..exceptions import ConfigurationError, RegistrationError, UnknownDependency
 from .registry import Handler
 
 BUILTIN = frozenset({"uow", "bus"})

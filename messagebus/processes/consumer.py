@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from django.db import DEFAULT_DB_ALIAS, close_old_connections
 
-from . import external, inbox, logs, transports
-from .exceptions import ConfigurationError
-from .failures import is_outage
+from .. import external
+from ..exceptions import ConfigurationError
+from ..external import inbox, transports
+from ..external.failures import is_outage
+from ..external.transports import Inbound, Settled
+from ..observe import logs
 from .process import Process
-from .transports import Inbound, Settled
 
 logger = logs.get_logger(__name__)
 

@@ -6,7 +6,7 @@ returns; the message id, type and correlation id travel as AMQP properties,
 the causation id as a header. Coming in, each consuming app has a durable
 queue per channel (``<app label>.<channel>``), bound to the exchange; a
 message is acknowledged once its command committed, and a dead one (its own
-fault: ``messagebus.inbox``) is copied to the dead-letter queue ``messagebus.dead``
+fault: ``messagebus.external.inbox``) is copied to the dead-letter queue ``messagebus.dead``
 with the reason in its headers, for an operator to read, then acknowledged: the
 consumer goes on with the next at once. A copy keeps at most
 ``MESSAGEBUS["INBOUND_MAX_BYTES"]`` of the body; the header ``x-original-size``
@@ -24,8 +24,8 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
-from .. import conf
-from ..envelope import Envelope
+from ... import conf
+from ...core.envelope import Envelope
 from . import BATCH, Receive, Verdict, body
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import json
 import re
 from typing import Any
 
-from . import conf, external
-from .exceptions import MessageBusError, MessageEncodeError
-from .messages import Command
-from .serialization import to_dict
+from .. import conf, external
+from ..core.messages import Command
+from ..core.serialization import to_dict
+from ..exceptions import MessageBusError, MessageEncodeError
 
 MAX_NESTING = 100  # arrays and objects within each other; as the API's JSON parser
 KEPT_BYTES = 1024  # of a message too large to keep whole: its first bytes

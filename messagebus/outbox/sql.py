@@ -18,7 +18,7 @@ from uuid import UUID
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .models import Delivery, StoredEvent
+from ..models import Delivery, StoredEvent
 
 EVENT_COLUMNS = (
     "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"

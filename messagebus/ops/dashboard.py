@@ -13,10 +13,10 @@ from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from ..models import Delivery, WorkerBeat
+from ..wording import first_line
 from . import health
 from .charts import bar_chart, hhmm
-from .models import Delivery, WorkerBeat
-from .wording import first_line
 
 WINDOW = 60  # minutes the charts cover, the current one last
 WORKERS_LISTED = dt.timedelta(minutes=10)  # older beats are not listed at all

@@ -11,12 +11,14 @@ from anyio import from_thread, to_thread
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 
-from . import conf, logs, metrics
-from .delivery import concurrent, states
-from .delivery.run import policy_of
+from .. import conf
+from ..delivery import concurrent
+from ..delivery.run import policy_of
+from ..observe import logs, metrics
+from ..outbox import states
+from ..wording import plural
 from .process import Process
 from .wakeup import Wakeup
-from .wording import plural
 
 logger = logs.get_logger(__name__)
 

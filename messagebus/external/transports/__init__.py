@@ -17,9 +17,9 @@ from typing import NamedTuple, Protocol, cast
 
 from django.utils.module_loading import import_string
 
-from .. import conf
-from ..envelope import Envelope
-from ..exceptions import ConfigurationError
+from ... import conf
+from ...core.envelope import Envelope
+from ...exceptions import ConfigurationError
 
 
 class Verdict(enum.Enum):

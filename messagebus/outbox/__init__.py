@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 from django.utils import timezone
 
-from . import logs, sql, tracing
-from .delivery.reference import Reference
-from .envelope import Envelope
-from .messages import Event
-from .registry import registry
-from .wording import plural
+from ..core.envelope import Envelope
+from ..core.messages import Event
+from ..core.registry import registry
+from ..observe import logs, tracing
+from ..wording import plural
+from . import sql
+from .reference import Reference
 
 logger = logs.get_logger(__name__)
 

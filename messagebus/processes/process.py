@@ -19,9 +19,9 @@ from contextlib import contextmanager, suppress
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from . import logs
-from .models import WorkerBeat
-from .wording import first_line
+from ..models import WorkerBeat
+from ..observe import logs
+from ..wording import first_line
 
 logger = logs.get_logger(__name__)
 BACKOFF, BACKOFF_MAX = 1.0, 30.0  # seconds between tries to reach a database or broker

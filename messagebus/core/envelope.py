@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .exceptions import MessageDecodeError
+from ..exceptions import MessageDecodeError
 from .messages import Message, message_class, message_type_name
 from .serialization import from_dict, to_dict
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .exceptions import MessageDecodeError, MessageEncodeError
+from ..exceptions import MessageDecodeError, MessageEncodeError
 from .messages import Message
 
 Convert = Callable[[Any], Any]

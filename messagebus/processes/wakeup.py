@@ -14,8 +14,9 @@ from typing import Any
 
 from django.db import connections
 
-from . import compat, sql
-from .wording import first_line
+from .. import compat
+from ..outbox import sql
+from ..wording import first_line
 
 logger = logging.getLogger(__name__)
 SLICE = 0.25  # seconds: how soon a waiting worker notices it is asked to stop

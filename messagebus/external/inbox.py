@@ -20,16 +20,16 @@ from collections.abc import Sequence
 
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 
-from . import logs, tracing
-from .exceptions import CommandRejected
+from ..core.messages import Command
+from ..exceptions import CommandRejected
+from ..handling.message_bus import bus
+from ..handling.unit_of_work import joined
+from ..models import InboxMessage
+from ..observe import logs, tracing
+from ..wording import describe
 from .failures import is_outage
 from .inbound import REASON_LENGTH, Malformed, storable, text, translated
-from .message_bus import bus
-from .messages import Command
-from .models import InboxMessage
 from .transports import ACKED, Inbound, Settled, Verdict
-from .unit_of_work import joined
-from .wording import describe
 
 __all__ = ["Malformed", "new_id", "receive", "receive_batch", "translated"]
 

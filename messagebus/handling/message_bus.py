@@ -27,11 +27,13 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from . import compat, conf, executors, logs, metrics, tracing
-from .dependencies import dependencies
-from .exceptions import CommandRejected, ConcurrencyError, NotAMessage
-from .messages import Command, Event, Message, current_message, message_type_name
-from .registry import Handler, registry
+from .. import compat, conf
+from ..core.dependencies import dependencies
+from ..core.messages import Command, Event, Message, current_message, message_type_name
+from ..core.registry import Handler, registry
+from ..exceptions import CommandRejected, ConcurrencyError, NotAMessage
+from ..observe import logs, metrics, tracing
+from . import executor
 from .unit_of_work import UnitOfWork
 
 logger = logs.get_logger(__name__)
@@ -82,7 +84,7 @@ class MessageBus:
                         raise
                 metrics.handled(type(message))
                 return result
-        async with executors.here():
+        async with executor.here():
             return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
 
     async def _await(self, handler: Handler, command: Command) -> Any:

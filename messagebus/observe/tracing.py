@@ -20,9 +20,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from . import compat, conf, logs
-from .exceptions import CommandRejected
-from .messages import Message, message_type_name
+from .. import compat, conf
+from ..core.messages import Message, message_type_name
+from ..exceptions import CommandRejected
+from . import logs
 
 try:
     from opentelemetry import context, propagate, trace

@@ -22,9 +22,9 @@ from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
 
-from .delivery.policy import IN_TRANSACTION, OVERRIDABLE
-from .exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
+from ..exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
 from .messages import BASES, Command, Event, Message
+from .policy import IN_TRANSACTION, OVERRIDABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 

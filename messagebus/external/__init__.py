@@ -28,11 +28,12 @@ from typing import Any
 
 from django.apps import apps
 
-from . import logs, tracing, transports
-from .envelope import Envelope
-from .exceptions import RegistrationError
-from .messages import Command, Event
-from .registry import registry
+from ..core.envelope import Envelope
+from ..core.messages import Command, Event
+from ..core.registry import registry
+from ..exceptions import RegistrationError
+from ..observe import logs, tracing
+from . import transports
 
 logger = logs.get_logger(__name__)
 

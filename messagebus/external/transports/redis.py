@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import redis
 
-from ..envelope import Envelope
+from ...core.envelope import Envelope
 from . import BATCH, Inbound, Receive, body
 
 logger = logging.getLogger(__name__)

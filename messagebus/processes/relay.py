@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django.db import DatabaseError
 
-from . import conf, executors
-from .delivery import states
-from .exceptions import BrokerUnreachable, ConfigurationError
-from .executors.celery import CeleryExecutor, send
+from .. import conf, executors
+from ..exceptions import BrokerUnreachable, ConfigurationError
+from ..executors.celery import CeleryExecutor, send
+from ..outbox import states
 from .worker import Worker
 
 

@@ -1,0 +1,299 @@
+"""Every change of a delivery's state, each a named function, most one statement.
+
+A delivery is *pending* until it is *done*, *dead* or *discarded*. A pending
+delivery is due from ``next_attempt_at`` on, unless a runner holds a lease on
+it (``lease_until``): a claimed batch, or a run waiting between calls. A
+lease that runs out is the sign of a runner that died.
+
+``attempts`` counts every call of the handler; ``calls`` those of the run
+under way, and ``runs`` the runs that ended: done, failed, dead or lost with
+their runner. A run ends in ``_END_RUN`` (and its SQL twin ``sql.done_*``),
+and only a requeue sets ``runs`` back to 0. A ``RetryLater``, a missing
+handler and a hand-back at shutdown end no run.
+
+Transitions that name a ``lease`` act only while the row is still held under
+it (None: not leased), so a runner that lost its lease changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from .. import conf
+from ..core.envelope import Envelope
+from ..core.policy import Dead, Policy, Postpone, Verdict
+from ..models import Delivery, DeliveryQuerySet
+from ..wording import describe
+from . import sql
+from .reference import Reference
+
+Status = Delivery.Status
+_END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "calls": 0, "lease_until": None}
+
+
+def _buried(reason: str) -> dict[str, Any]:
+    """What marks a delivery dead: its last run ended, kept with ``reason``."""
+    return {"status": Status.DEAD, "last_error": reason, "finished_at": timezone.now(), **_END_RUN}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to this runner until ``lease`` (None: just stored, unleased);
+    ``runs``: runs ended before; ``calls``: calls of the run under way; ``stored``: when
+    its event was stored, if read with it."""
+
+    ref: Reference
+    id: int
+    runs: int
+    lease: dt.datetime | None
+    stored: dt.datetime | None = field(default=None, compare=False)
+    calls: int = 0
+
+    @classmethod
+    def fresh(cls, ref: Reference) -> Claim:
+        """A delivery just stored (or just made due again): unleased, nothing run yet."""
+        return cls(ref, 0, 0, None)
+
+
+def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
+    """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED)."""
+    now = timezone.now()
+    lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
+    due = now - dt.timedelta(seconds=overdue)
+    return [
+        Claim(Reference(using, event, handler,
+                        Envelope(kind, event, corr, cause, payload, trace=trace)),
+              pk, runs, lease, stored, calls)
+        for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored in sql.claim(
+            using, limit, lease, due
+        )
+    ]  # fmt: skip
+
+
+def start(using: str, claims: Sequence[Claim]) -> set[int]:
+    """Lock, for the current transaction, the claimed deliveries still ours; their ids.
+
+    The claims are one ``claim()``'s, so they share one lease.
+    """
+    if not claims:
+        return set()
+    lease = claims[0].lease
+    assert lease is not None, "only claimed deliveries are locked by id"
+    return sql.lock(using, [c.id for c in claims], lease)
+
+
+def done(ref: Reference, lease: dt.datetime | None) -> bool:
+    """Mark it done in the current transaction; False if not pending under ``lease``.
+
+    Written as the handler's call begins, it locks the row: the handler's work
+    and the mark commit together or roll back together.
+    """
+    return sql.done_one(ref.using, ref.event_id, ref.handler, lease, timezone.now())
+
+
+def batch_done(using: str, ids: Sequence[int], begun: dt.datetime | None = None) -> None:
+    """Mark these deliveries, locked by ``start`` in this transaction, done, as of
+    ``begun`` (when the batch's calls began; default now)."""
+    sql.done_many(using, ids, begun or timezone.now())
+
+
+def finished(claims: Sequence[Claim]) -> set[int]:
+    """Mark done, in one transaction, the claims whose handler has returned (async
+    handlers: after their work, not with it); the ids of those still ours."""
+    if not claims:
+        return set()
+    using = claims[0].ref.using
+    leases: dict[dt.datetime | None, list[Claim]] = {}
+    for claim in claims:
+        leases.setdefault(claim.lease, []).append(claim)
+    ours: set[int] = set()
+    with transaction.atomic(using=using):
+        for group in leases.values():
+            ours |= start(using, group)
+        batch_done(using, sorted(ours))
+    return ours
+
+
+def taken(refs: Sequence[Reference]) -> list[Claim]:
+    """Lease these pending, unleased deliveries to this runner, for an async handler's
+    run (which holds no row lock); those another runner holds are left out."""
+    if not refs:
+        return []
+    using = refs[0].using
+    lease = fresh_lease()
+    by_key = {(ref.event_id, ref.handler): ref for ref in refs}
+    rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
+    rows.filter(lease_until__isnull=True).update(lease_until=lease)
+    return [
+        Claim(by_key[event, handler], pk, runs, lease, calls=calls)
+        for pk, event, handler, runs, calls in rows.filter(lease_until=lease).values_list(
+            "pk", "event_id", "handler", "runs", "calls"
+        )
+    ]
+
+
+def failed(
+    ref: Reference, lease: dt.datetime | None, error: BaseException, verdict: Verdict
+) -> bool:
+    """Record a failed call and what the policy made of it: due again (the run goes on,
+    or it ended), postponed (no run counted), or dead. False: not held under ``lease``
+    any more, so nothing is recorded (its holder records its own)."""
+    now = timezone.now()
+    at = now + dt.timedelta(seconds=0 if isinstance(verdict, Dead) else verdict.delay)
+    changes: dict[str, Any] = {
+        "attempts": F("attempts") + 1,
+        "last_error": describe(error),
+        "traceback": "".join(traceback.format_exception(error)),
+        "lease_until": None,
+    }
+    if isinstance(verdict, Dead):
+        changes.update(_buried(verdict.reason))
+    elif isinstance(verdict, Postpone):
+        changes.update(next_attempt_at=at, last_error=verdict.reason)
+    elif verdict.ends_run:
+        changes.update(_END_RUN, next_attempt_at=at)
+    else:
+        changes.update(calls=F("calls") + 1, next_attempt_at=at)
+    return bool(_held(ref, lease).update(**changes))
+
+
+def waiting(ref: Reference, lease: dt.datetime | None, verdict: Postpone) -> int:
+    """Its handler is missing here: due again in a while, for a process that has it."""
+    at = timezone.now() + dt.timedelta(seconds=verdict.delay)
+    return _held(ref, lease).update(next_attempt_at=at, lease_until=None, last_error=verdict.reason)
+
+
+def renewed(claim: Claim) -> dt.datetime | None:
+    """Extend a lease still held (a long run); the new one, or None if it is lost."""
+    lease = fresh_lease()
+    rows = Delivery.objects.using(claim.ref.using).pending()
+    held = rows.filter(pk=claim.id, lease_until=claim.lease).update(lease_until=lease)
+    return lease if held else None
+
+
+def dead(ref: Reference, lease: dt.datetime | None, reason: str) -> int:
+    """End its last run: dead, kept with ``reason`` until retried or discarded."""
+    return _held(ref, lease).update(**_buried(reason))
+
+
+def released(using: str, claims: Sequence[Claim]) -> int:
+    """Hand back claimed deliveries that did not run (a runner stopping): due now."""
+    if not claims:
+        return 0
+    held = Q()
+    for claim in claims:
+        held |= Q(pk=claim.id, lease_until=claim.lease)
+    return Delivery.objects.using(using).pending().filter(held).update(lease_until=None)
+
+
+def leased(using: str, events: Collection[uuid.UUID], lease: dt.datetime) -> list[Reference]:
+    """Lease the due, unleased deliveries of these events to tasks about to be sent.
+
+    Those already leased (a relay got there first) are left to their holder.
+    """
+    deliveries = Delivery.objects.using(using).pending().filter(event_id__in=events)
+    deliveries.due().update(lease_until=lease)
+    ours = deliveries.filter(lease_until=lease).values_list("event_id", "handler")
+    return [Reference(using, event, handler) for event, handler in ours]
+
+
+def unleased(refs: Sequence[Reference], lease: dt.datetime) -> int:
+    """Hand back deliveries leased to tasks that were never sent: due again now."""
+    if not refs:
+        return 0
+    rows = Delivery.objects.using(refs[0].using).pending().filter(_any_of(refs), lease_until=lease)
+    return rows.update(lease_until=None)
+
+
+def requeued(deliveries: DeliveryQuerySet) -> int:
+    """Dead or waiting deliveries: due now, with a fresh run budget."""
+    return deliveries.retryable().update(
+        status=Status.PENDING, runs=0, calls=0, next_attempt_at=timezone.now(),
+        lease_until=None, finished_at=None,
+    )  # fmt: skip
+
+
+def discarded(deliveries: DeliveryQuerySet) -> int:
+    """Unfinished deliveries given up on: kept, never run."""
+    return deliveries.retryable().update(
+        status=Status.DISCARDED, finished_at=timezone.now(), lease_until=None
+    )
+
+
+def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[Delivery, str]]:
+    """End the runs whose runner vanished: due again, or dead past the limit.
+
+    ``policy_of(handler name)`` gives each one's limit. Returns the
+    deliveries that died, each with the reason.
+    """
+    died: list[tuple[Delivery, str]] = []
+    with transaction.atomic(using=using):
+        rows = list(
+            Delivery.objects.using(using)
+            .leased()
+            .filter(lease_until__lte=timezone.now())
+            .select_related("event")
+            .select_for_update(skip_locked=True, of=("self",))
+        )
+        again = []
+        for row in rows:
+            verdict = policy_of(row.handler).after_lost_run(row.runs + 1)
+            if isinstance(verdict, Dead):
+                died.append((row, verdict.reason))
+            else:
+                again.append(row.pk)
+        deliveries = Delivery.objects.using(using)
+        deliveries.filter(pk__in=again).update(**_END_RUN)
+        for row, reason in died:
+            deliveries.filter(pk=row.pk).update(**_buried(reason))
+    return died
+
+
+class Counts(NamedTuple):
+    """Runs ended so far, calls of the run under way, and when it was stored."""
+
+    runs: int = 0
+    calls: int = 0
+    stored: dt.datetime | None = None
+
+
+def counts(ref: Reference) -> Counts:
+    """A delivery's counts, read (all zero if the delivery is gone)."""
+    found = _row(ref).values_list("runs", "calls", "created_at").first()
+    return Counts(*found) if found else Counts()
+
+
+def held(ref: Reference, lease: dt.datetime) -> list[Claim]:
+    """The claim on a delivery still pending under ``lease`` (a list of one), or none."""
+    rows = _held(ref, lease).values_list("pk", "runs", "calls", "created_at")
+    return [Claim(ref, pk, runs, lease, stored, calls) for pk, runs, calls, stored in rows]
+
+
+def fresh_lease() -> dt.datetime:
+    """A lease taken now: until CLAIM_TIMEOUT from now."""
+    return timezone.now() + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
+
+
+def _any_of(refs: Sequence[Reference]) -> Q:
+    held = Q()
+    for ref in refs:
+        held |= Q(event_id=ref.event_id, handler=ref.handler)
+    return held
+
+
+def _row(ref: Reference) -> DeliveryQuerySet:
+    return Delivery.objects.using(ref.using).filter(event_id=ref.event_id, handler=ref.handler)
+
+
+def _held(ref: Reference, lease: dt.datetime | None) -> DeliveryQuerySet:
+    rows = _row(ref).pending()
+    return rows.filter(lease_until=lease) if lease else rows.filter(lease_until__isnull=True)
