@@ -25,6 +25,7 @@ from .exceptions import (
     HandlerNotFound,
     MessageBusError,
     MessageDecodeError,
+    NotPausable,
     RegistrationError,
     Reject,
     RetryLater,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .external import consumes, publishes
     from .handling.message_bus import MessageBus, bus
     from .handling.unit_of_work import Aggregate, UnitOfWork
+    from .ops.pauses import pause, resume
 
 # These import the outbox models, so they load on first use, once apps are ready.
 _LAZY = {
@@ -44,6 +46,8 @@ _LAZY = {
     "bus": ".handling.message_bus",
     "publishes": ".external",
     "consumes": ".external",
+    "pause": ".ops.pauses",
+    "resume": ".ops.pauses",
 }
 
 
@@ -67,6 +71,7 @@ __all__ = [
     "MessageBus",
     "MessageBusError",
     "MessageDecodeError",
+    "NotPausable",
     "RegistrationError",
     "Registry",
     "Reject",
@@ -77,6 +82,8 @@ __all__ = [
     "consumes",
     "dependencies",
     "handler",
+    "pause",
     "publishes",
     "registry",
+    "resume",
 ]

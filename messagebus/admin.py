@@ -25,8 +25,9 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from . import executors
+from .exceptions import NotPausable
 from .models import Delivery, InboxMessage, StoredEvent
-from .ops import dashboard
+from .ops import dashboard, pauses
 from .outbox import states
 from .wording import first_line
 
@@ -295,6 +296,16 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
                 self.admin_site.admin_view(self.dashboard_view),
                 name=f"{prefix}_dashboard",
             ),
+            path(
+                "dashboard/pause/",
+                self.admin_site.admin_view(require_POST(self.pause_view)),
+                name=f"{prefix}_pause",
+            ),
+            path(
+                "dashboard/resume/",
+                self.admin_site.admin_view(require_POST(self.resume_view)),
+                name=f"{prefix}_resume",
+            ),
             button("retry", self.retry_view),
             button("discard", self.discard_view),
             *super().get_urls(),
@@ -312,6 +323,39 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
             "can_retry": self.has_retry_permission(request),
         }
         return TemplateResponse(request, "admin/messagebus/delivery/dashboard.html", context)
+
+    def pause_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        """The dashboard's Pause button: the handler's deliveries wait until resumed."""
+        handler, using = self._handler(request)
+        try:
+            pauses.pause(
+                handler, by=request.user.get_username(), reason=request.POST.get("reason", ""),
+                using=using,
+            )  # fmt: skip
+        except NotPausable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, gettext("Paused %(handler)s.") % {"handler": handler})
+        return HttpResponseRedirect(reverse("admin:messagebus_delivery_dashboard"))
+
+    def resume_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        """The dashboard's Resume button: the handler's due deliveries go to the executor."""
+        handler, using = self._handler(request)
+        if pauses.resume(handler, by=request.user.get_username(), using=using):
+            self.message_user(request, gettext("Resumed %(handler)s.") % {"handler": handler})
+        else:
+            said = gettext("%(handler)s was not paused.") % {"handler": handler}
+            self.message_user(request, said, messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:messagebus_delivery_dashboard"))
+
+    def _handler(self, request: HttpRequest) -> tuple[str, str]:
+        """The handler a dashboard button acts on, and the database to change it in."""
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        handler = request.POST.get("handler", "").strip()
+        if not handler:
+            raise Http404("No handler named")
+        return handler, router.db_for_write(Delivery)
 
     def render_change_form(
         self,

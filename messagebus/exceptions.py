@@ -20,6 +20,10 @@ class HandlerNotFound(MessageBusError, LookupError):
         super().__init__(f"No handler is registered for the command {message_type.__qualname__}")
 
 
+class NotPausable(MessageBusError, LookupError):
+    """``pause``/``resume`` named no handler that has deliveries."""
+
+
 class NotAMessage(MessageBusError, TypeError):
     def __init__(self, obj: object) -> None:
         super().__init__(f"bus.handle() takes a Command or an Event, not {type(obj).__qualname__}")

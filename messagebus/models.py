@@ -29,8 +29,14 @@ class StoredEvent(models.Model):
 
 
 def due(now: dt.datetime) -> Q:
-    """A delivery that is due: pending, not leased to a runner, and its time has come."""
-    return Q(status="pending", lease_until__isnull=True, next_attempt_at__lte=now)
+    """A delivery that is due: pending, not leased to a runner, its time has come, and
+    its handler is not paused."""
+    return Q(status="pending", lease_until__isnull=True, next_attempt_at__lte=now) & ~paused()
+
+
+def paused() -> Q:
+    """A delivery whose handler is paused."""
+    return Q(handler__in=Pause.objects.values("handler"))
 
 
 class DeliveryQuerySet(models.QuerySet["Delivery"]):
@@ -192,3 +198,20 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} {self.message_id}"
+
+
+class Pause(models.Model):
+    """A paused handler: none of its deliveries starts until it is resumed; they stay
+    pending (``messagebus.pause``, ``messagebus.resume``)."""
+
+    handler = models.CharField(primary_key=True, max_length=255)
+    paused_at = models.DateTimeField(default=timezone.now)
+    paused_by = models.CharField(max_length=150, blank=True, help_text="Who paused it.")
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "paused handler"
+        ordering = ["handler"]
+
+    def __str__(self) -> str:
+        return f"{self.handler} paused"

@@ -180,7 +180,9 @@ def call(job: Job) -> bool:
             with UnitOfWork(job.ref.using) as uow:
                 # Its row locked for the transaction: a second runner waits, then finds it done.
                 if not states.done(job.ref, job.claim.lease):
-                    logger.info("Not run: %s is done, or another runner's", job)
+                    logger.info("Not run: %s is done, paused, or another runner's", job)
+                    if job.claim.lease is not None:  # paused: due again once resumed
+                        states.let_go(job.ref, job.claim.lease)
                     return False
                 dependencies.call(job.handler, job.event, uow, bus)
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)

@@ -13,7 +13,9 @@ from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from ..models import Delivery, WorkerBeat
+from ..core.messages import Event
+from ..core.registry import registry
+from ..models import Delivery, Pause, WorkerBeat
 from ..wording import first_line
 from . import health
 from .charts import bar_chart, hhmm
@@ -92,10 +94,30 @@ def report(using: str) -> dict[str, Any]:
             span,
         ),
         "dead": [_dead_group(row) for row in health.dead_by_handler(using)[:DEAD_GROUPS]],
+        "handlers": handlers(using),
         "workers": workers,
         "last_seen": _worker(last, now) if last else None,
         "listed_minutes": int(WORKERS_LISTED / MINUTE),
     }
+
+
+def handlers(using: str) -> list[dict[str, Any]]:
+    """Each handler delivered after commit, by name: how many of its deliveries are
+    pending, and its pause, if paused."""
+    names = {
+        h.name
+        for h in registry.handlers()
+        if issubclass(h.message_type, Event) and not h.in_transaction
+    }
+    pending = dict(
+        Delivery.objects.using(using).pending().values_list("handler").annotate(n=Count("id"))
+        .order_by()
+    )  # fmt: skip
+    paused = {pause.handler: pause for pause in Pause.objects.using(using)}
+    return [
+        {"name": name, "pending": pending.get(name, 0), "pause": paused.get(name)}
+        for name in sorted({*names, *paused})
+    ]
 
 
 def _dead_group(row: dict[str, Any]) -> dict[str, Any]:

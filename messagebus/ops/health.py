@@ -39,7 +39,8 @@ SEEN_RECENTLY = dt.timedelta(minutes=1)  # a worker seen longer ago may be gone
 
 def figures(using: str) -> dict[str, Any]:
     """Counts by status, what is due (waiting for a runner), how long the oldest due one
-    has waited, and how many were done in the last minute: one query."""
+    has waited, how many wait for a paused handler, and how many were done in the last
+    minute: one query."""
     now = timezone.now()
     due = models.due(now)
     by_status = {status.value: Count("id", filter=Q(status=status)) for status in Delivery.Status}
@@ -48,6 +49,7 @@ def figures(using: str) -> dict[str, Any]:
         **by_status,
         due=Count("id", filter=due),
         waiting_for_a_handler=Count("id", filter=waiting),
+        paused=Count("id", filter=Q(status=Delivery.Status.PENDING) & models.paused()),
         oldest_due=Min("next_attempt_at", filter=due),
         done_last_minute=Count(
             "id", filter=Q(status=Delivery.Status.DONE, finished_at__gte=now - RATE_WINDOW)
@@ -131,7 +133,7 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
     public = {
         "pending": statuses["pending"], "due": outbox["due"], "dead": statuses["dead"],
         "lag_seconds": outbox["lag_seconds"],
-        "waiting_for_a_handler": outbox["waiting_for_a_handler"],
+        "waiting_for_a_handler": outbox["waiting_for_a_handler"], "paused": outbox["paused"],
     }  # fmt: skip
     found = problems(public)
     if not found:

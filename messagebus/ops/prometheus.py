@@ -3,8 +3,8 @@ served.
 
 What the scraping process reads from the outbox, at most every ``OUTBOX_EVERY``
 seconds (one query, cached): ``messagebus_outbox_deliveries{status}``,
-``messagebus_outbox_due`` and ``messagebus_outbox_lag_seconds`` (the oldest
-due delivery's wait).
+``messagebus_outbox_due``, ``messagebus_outbox_paused`` (pending deliveries of paused
+handlers) and ``messagebus_outbox_lag_seconds`` (the oldest due delivery's wait).
 
 ``view`` serves them at ``/metrics`` to the addresses in
 MESSAGEBUS["METRICS_ALLOWED_IPS"] (none: 404); ``serve(port)`` in a process
@@ -64,6 +64,9 @@ class OutboxCollector:
             by_status.add_metric([status], count)
         yield by_status
         yield GaugeMetricFamily("messagebus_outbox_due", "Deliveries due", figures["due"])
+        yield GaugeMetricFamily(
+            "messagebus_outbox_paused", "Pending deliveries of paused handlers", figures["paused"]
+        )
         yield GaugeMetricFamily(
             "messagebus_outbox_lag_seconds",
             "How long the oldest due delivery has waited",

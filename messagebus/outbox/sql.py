@@ -18,7 +18,7 @@ from uuid import UUID
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ..models import Delivery, StoredEvent
+from ..models import Delivery, Pause, StoredEvent
 
 EVENT_COLUMNS = (
     "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"
@@ -74,7 +74,17 @@ class Statements:
             f"{col['attempts']} = {col['attempts']} + 1, {col['runs']} = {col['runs']} + 1, "
             f"{col['calls']} = 0, {col['lease_until']} = NULL"
         )
-        one = f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s"
+        # Not while its handler is paused (``models.paused``): no claim, no done-mark.
+        pauses = quote(Pause._meta.db_table)
+        pause_handler = quote(_field(Pause, "handler").column)
+        unpaused = (
+            f"NOT EXISTS (SELECT 1 FROM {pauses} p WHERE p.{pause_handler} = "
+            f"{table}.{col['handler']})"
+        )
+        one = (
+            f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s "
+            f"AND {unpaused}"
+        )
         self.done_one = {
             False: f"{done} {one} AND {col['lease_until']} IS NULL{lazy}",
             True: f"{done} {one} AND {col['lease_until']} = %s{lazy}",
@@ -95,7 +105,7 @@ class Statements:
         due = (
             f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
             f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
-            f"ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
+            f"AND {unpaused} ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, c.{col['calls']}, "

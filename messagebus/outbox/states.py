@@ -31,7 +31,7 @@ from django.utils import timezone
 from .. import conf
 from ..core.envelope import Envelope
 from ..core.policy import Dead, Policy, Postpone, Verdict
-from ..models import Delivery, DeliveryQuerySet
+from ..models import Delivery, DeliveryQuerySet, Pause, paused
 from ..wording import describe
 from . import sql
 from .reference import Reference
@@ -132,7 +132,7 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
     lease = fresh_lease()
     by_key = {(ref.event_id, ref.handler): ref for ref in refs}
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
-    rows.filter(lease_until__isnull=True).update(lease_until=lease)
+    rows.filter(lease_until__isnull=True).exclude(paused()).update(lease_until=lease)
     return [
         Claim(by_key[event, handler], pk, runs, lease, calls=calls)
         for pk, event, handler, runs, calls in rows.filter(lease_until=lease).values_list(
@@ -195,6 +195,11 @@ def released(using: str, claims: Sequence[Claim]) -> int:
     return Delivery.objects.using(using).pending().filter(held).update(lease_until=None)
 
 
+def let_go(ref: Reference, lease: dt.datetime) -> int:
+    """Give up the lease on a delivery that did not start (its handler is paused)."""
+    return _held(ref, lease).update(lease_until=None)
+
+
 def leased(using: str, events: Collection[uuid.UUID], lease: dt.datetime) -> list[Reference]:
     """Lease the due, unleased deliveries of these events to tasks about to be sent.
 
@@ -220,6 +225,25 @@ def requeued(deliveries: DeliveryQuerySet) -> int:
         status=Status.PENDING, runs=0, calls=0, next_attempt_at=timezone.now(),
         lease_until=None, finished_at=None,
     )  # fmt: skip
+
+
+def handler_paused(using: str, handler: str, by: str = "", reason: str = "") -> bool:
+    """Start none of ``handler``'s deliveries from now on (those under way finish); they
+    stay pending. False if it was paused already (kept as it was)."""
+    _, created = Pause.objects.using(using).get_or_create(
+        handler=handler, defaults={"paused_by": by, "reason": reason}
+    )
+    return created
+
+
+def handler_resumed(using: str, handler: str) -> list[Reference] | None:
+    """Start ``handler``'s deliveries again: the ones due now, to hand to the executor;
+    None if it was not paused."""
+    deleted, _ = Pause.objects.using(using).filter(handler=handler).delete()
+    if not deleted:
+        return None
+    rows = Delivery.objects.using(using).due().filter(handler=handler)
+    return [Reference(using, event, handler) for event in rows.values_list("event_id", flat=True)]
 
 
 def discarded(deliveries: DeliveryQuerySet) -> int:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from datetime import timedelta
 from typing import Any
@@ -18,9 +19,9 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from messagebus import compat, executors, outbox
-from messagebus.exceptions import BrokerUnreachable, ConfigurationError
+from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPausable
 from messagebus.models import Delivery, InboxMessage
-from messagebus.ops import health, prometheus
+from messagebus.ops import health, pauses, prometheus
 from messagebus.processes.worker import Worker
 from messagebus.wording import first_line, plural
 
@@ -63,8 +64,20 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def _who() -> str:
+    """Who runs this command, as the pauses record it: the login, and the machine."""
+    try:
+        user = os.getlogin()
+    except OSError:
+        user = os.environ.get("USER", "")
+    return f"{user}@{socket.gethostname()}" if user else socket.gethostname()
+
+
 class Command(BaseCommand):
-    help = "Run and inspect event deliveries: worker, relay, consume, status, retry, prune."
+    help = (
+        "Run and inspect event deliveries: worker, relay, consume, status, retry, pause, "
+        "resume, prune."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         common = CommandParser(add_help=False)
@@ -136,6 +149,12 @@ class Command(BaseCommand):
             help="With --handler: its pending deliveries (waiting for their next try), made "
             "due now, instead of its dead ones.",
         )  # fmt: skip
+
+        pause = action("pause", "Start none of a handler's deliveries until it is resumed.")
+        pause.add_argument("handler", help="The event handler (dotted name, as in `status`).")
+        pause.add_argument("--reason", default="", help="Why, shown in status and the admin.")
+        resume = action("resume", "Start a paused handler's deliveries again.")
+        resume.add_argument("handler", help="The event handler (dotted name).")
 
         prune = action("prune", "Delete finished deliveries and their events.")
         prune.add_argument(
@@ -220,6 +239,7 @@ class Command(BaseCommand):
         outbox = health.figures(using)
         dead = list(health.dead_by_handler(using)[:20])
         beats = list(health.workers_seen(using))
+        paused = pauses.paused(using)
         last = None if beats else health.last_seen(using)
         received = dict(
             InboxMessage.objects.using(using)
@@ -243,6 +263,11 @@ class Command(BaseCommand):
             ]
             report = {
                 **outbox, "workers": workers, "dead_by_handler": by_handler, "inbox": inbox,
+                "paused_handlers": [
+                    {"handler": p.handler, "paused_by": p.paused_by,
+                     "paused_at": p.paused_at.isoformat(), "reason": p.reason}
+                    for p in paused
+                ],
                 "last_seen": last and {
                     "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
                 },
@@ -257,6 +282,15 @@ class Command(BaseCommand):
         )
         if outbox["waiting_for_a_handler"]:
             self.stdout.write(health.waiting_for_a_handler(outbox["waiting_for_a_handler"]) + ".")
+        for pause in paused:
+            by = f" by {pause.paused_by}" if pause.paused_by else ""
+            why = f": {pause.reason}" if pause.reason else ""
+            self.stdout.write(
+                f"Paused: {pause.handler}{by} at {pause.paused_at:%Y-%m-%d %H:%M:%S}{why}."
+            )
+        if outbox["paused"]:
+            many = plural(outbox["paused"], "delivery waits", "deliveries wait")
+            self.stdout.write(f"{many} for a paused handler.")
         self.stdout.write(
             f"Workers seen in the last minute: {len(beats)}"
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "
@@ -340,6 +374,22 @@ class Command(BaseCommand):
             deliveries.filter(pk__in=pks).values_list("status").annotate(n=Count("id")).order_by()
         )
         self.stdout.write(", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
+
+    def handle_pause(self, using: str, *, handler: str, reason: str, **options: Any) -> None:
+        try:
+            done = pauses.pause(handler, by=_who(), reason=reason, using=using)
+        except NotPausable as exc:
+            raise CommandError(str(exc)) from exc
+        waiting = Delivery.objects.using(using).pending().filter(handler=handler).count()
+        said = "Paused" if done else "Already paused:"
+        self.stdout.write(
+            f"{said} {handler}; {plural(waiting, 'delivery waits', 'deliveries wait')}."
+        )
+
+    def handle_resume(self, using: str, *, handler: str, **options: Any) -> None:
+        if not pauses.resume(handler, by=_who(), using=using):
+            raise CommandError(f"{handler} is not paused")
+        self.stdout.write(f"Resumed {handler}.")
 
     def handle_prune(self, using: str, *, days: int, dry_run: bool, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)

@@ -1,0 +1,63 @@
+"""Pausing a handler: its deliveries wait, pending, until it is resumed.
+
+A pause is stored, so it holds across restarts and for every process on the
+database. Workers, the relay and the sweeps claim none of a paused handler's
+deliveries, and one handed to a runner directly (the inline executor, a Celery
+task) finds its handler paused as it would begin and stays pending. Deliveries
+under way when it is paused finish. Resumed, the deliveries due go to the
+executor: workers are woken, the relay sends them, the inline executor runs
+them in the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DEFAULT_DB_ALIAS
+
+from ..core.registry import registry
+from ..exceptions import NotPausable
+from ..handling import executor
+from ..models import Pause
+from ..outbox import states
+from ..wording import plural
+
+logger = logging.getLogger(__name__)
+
+
+def pause(handler: str, *, by: str = "", reason: str = "", using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Pause the event handler named ``handler``; False if it was paused already."""
+    _check(handler)
+    paused = states.handler_paused(using, handler, by, reason)
+    if paused:
+        logger.warning("Paused %s%s%s", handler, f" (by {by})" if by else "",
+                       f": {reason}" if reason else "")  # fmt: skip
+    return paused
+
+
+def resume(handler: str, *, by: str = "", using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Resume ``handler`` and hand its due deliveries to the executor; False if it was
+    not paused."""
+    refs = states.handler_resumed(using, handler)
+    if refs is None:
+        return False
+    logger.warning("Resumed %s%s: %s", handler, f" (by {by})" if by else "",
+                   plural(len(refs), "delivery due", "deliveries due"))  # fmt: skip
+    executor.get().retried(refs)
+    return True
+
+
+def paused(using: str = DEFAULT_DB_ALIAS) -> list[Pause]:
+    """The paused handlers, by name."""
+    return list(Pause.objects.using(using))
+
+
+def _check(name: str) -> None:
+    handler = registry.named(name)
+    if handler is None:
+        raise NotPausable(f"No event handler is registered as {name!r}")
+    if handler.in_transaction:
+        raise NotPausable(
+            f"{name} runs in the transaction of the command that records its event: "
+            "it has no deliveries to hold back"
+        )
