@@ -8,7 +8,17 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Avg, Count, F, Max
+from django.db.models import (
+    Avg,
+    CharField,
+    Count,
+    DateTimeField,
+    F,
+    IntegerField,
+    Max,
+    TextField,
+    Value,
+)
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from django.utils.http import urlencode
@@ -69,8 +79,8 @@ def report(using: str) -> dict[str, Any]:
         return {**verdict, "reasons": [f"{health.DOWN}: {checked['error']}"]}
     now = timezone.now()
     series = minutes(using, now)
-    workers = [_worker(beat, now) for beat in health.workers_seen(using, WORKERS_LISTED)]
-    last = None if workers else health.last_seen(using)
+    beats, last = health.workers_and_last(using, WORKERS_LISTED)
+    workers = [_worker(beat, now) for beat in beats]
     return {
         **verdict,
         "reasons": health.problems(checked["outbox"]),
@@ -103,21 +113,35 @@ def report(using: str) -> dict[str, Any]:
 
 def handlers(using: str) -> list[dict[str, Any]]:
     """Each handler delivered after commit, by name: how many of its deliveries are
-    pending, and its pause, if paused."""
+    pending, and its pause (who, when, why), if paused. One query."""
     names = {
         h.name
         for h in registry.handlers()
         if issubclass(h.message_type, Event) and not h.in_transaction
     }
-    pending = dict(
-        Delivery.objects.using(using).pending().values_list("handler").annotate(n=Count("id"))
-        .order_by()
+    none = {
+        "paused_by": Value(None, CharField()),
+        "paused_at": Value(None, DateTimeField()),
+        "reason": Value(None, TextField()),
+    }
+    pending = (
+        Delivery.objects.using(using).pending().order_by().values("handler")
+        .annotate(count=Count("id"), **none)
     )  # fmt: skip
-    paused = {pause.handler: pause for pause in Pause.objects.using(using)}
-    return [
-        {"name": name, "pending": pending.get(name, 0), "pause": paused.get(name)}
-        for name in sorted({*names, *paused})
-    ]
+    pauses = (
+        Pause.objects.using(using)
+        .order_by()
+        .values("handler")
+        .annotate(count=Value(None, IntegerField()), **{field: F(field) for field in none})
+    )
+    found: dict[str, dict[str, Any]] = {name: {"pending": 0, "pause": None} for name in names}
+    for row in pending.union(pauses, all=True):
+        handler = found.setdefault(row["handler"], {"pending": 0, "pause": None})
+        if row["count"] is None:
+            handler["pause"] = Pause(**{k: v for k, v in row.items() if k != "count"})
+        else:
+            handler["pending"] = row["count"]
+    return [{"name": name, **found[name]} for name in sorted(found)]
 
 
 def _dead_group(row: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,20 @@ import logging
 from typing import Any
 
 from django.db import DatabaseError, transaction
-from django.db.models import Case, Count, F, Max, Min, Q, QuerySet, TextField, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.functions import StrIndex, Substr
 from django.db.models.lookups import GreaterThan
 from django.http import HttpRequest, HttpResponse
@@ -86,6 +99,18 @@ def workers_seen(using: str, within: dt.timedelta = SEEN_RECENTLY) -> QuerySet[W
     """The workers (and relays, consumers) that said they were alive within ``within``
     and have not stopped since."""
     return WorkerBeat.objects.using(using).running().filter(seen_at__gte=timezone.now() - within)
+
+
+def workers_and_last(
+    using: str, within: dt.timedelta
+) -> tuple[list[WorkerBeat], WorkerBeat | None]:
+    """``workers_seen(using, within)``, and, if there are none, ``last_seen(using)``: in
+    one query."""
+    newest = ~Exists(WorkerBeat.objects.using(using).filter(seen_at__gt=OuterRef("seen_at")))
+    since = timezone.now() - within
+    beats = list(WorkerBeat.objects.using(using).filter(Q(seen_at__gte=since) | newest))
+    seen = [b for b in beats if b.seen_at >= since and not b.stopped]
+    return seen, None if seen else max(beats, key=lambda b: b.seen_at, default=None)
 
 
 def last_seen(using: str) -> WorkerBeat | None:

@@ -32,6 +32,7 @@ def test_ok_without_logging_in_or_cookies(client):
             "dead": 0,
             "lag_seconds": 0.0,
             "waiting_for_a_handler": 0,
+            "paused": 0,
         },
     }
     assert not response.cookies

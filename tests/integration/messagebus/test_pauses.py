@@ -197,9 +197,16 @@ def test_the_dashboard_pauses_and_resumes_a_handler_saying_who(admin_client, adm
         admin_user.username,
         "vendor down",
     )
+    assert 'value="Resume"' in admin_client.get(dashboard).content.decode()  # none pending
     messagebus.bus.handle(Pinged(n=1))
-    page = admin_client.get(dashboard).content.decode()
-    assert 'value="Resume"' in page and "vendor down" in page
+    handlers = {h["name"]: h for h in admin_client.get(dashboard).context["handlers"]}
+    assert handlers[PING]["pending"] == 1
+    assert handlers[PING]["pause"].reason == "vendor down"
+    assert handlers["tests.busapp.handlers.write_entry"] == {
+        "name": "tests.busapp.handlers.write_entry",
+        "pending": 0,
+        "pause": None,
+    }
 
     admin_client.post(reverse("admin:messagebus_delivery_resume"), {"handler": PING})
 
