@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here)
 
 from .core.dependencies import dependencies
+from .core.events import HandlerPaused, HandlerResumed
 from .core.messages import Command, Event, Message
 from .core.registry import Registry, handler, registry
 from .exceptions import (
@@ -67,6 +68,8 @@ __all__ = [
     "Event",
     "HandlerAlreadyRegistered",
     "HandlerNotFound",
+    "HandlerPaused",
+    "HandlerResumed",
     "Message",
     "MessageBus",
     "MessageBusError",

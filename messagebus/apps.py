@@ -24,7 +24,9 @@ def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:
         from . import executors
         from .core import policy
         from .core.dependencies import dependencies
+        from .delivery import breaker
 
         executors.reset()
         policy.reset()
+        breaker.reset()
         dependencies.clear()

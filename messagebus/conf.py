@@ -68,6 +68,32 @@ def seconds_or_none(value: Any) -> str | None:
     return f"must be a number of seconds above 0, or None, not {value!r}"
 
 
+BREAKER_FIELDS = {
+    "rate": "a share of calls, above 0 and up to 1",
+    "window": "seconds",
+    "calls": "a whole number",
+    "cool_down": "seconds",
+}
+
+
+def breaker(value: Any) -> str | None:
+    """A circuit breaker: None or False (none), True (the defaults), or a dict of some of
+    ``rate``, ``window``, ``calls`` and ``cool_down``."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, tuple):  # a handler's option, as registered
+        value = dict(value)
+    if not isinstance(value, dict):
+        return f"must be None, True or a dict of {', '.join(BREAKER_FIELDS)}, not {value!r}"
+    for key, given in value.items():
+        if key not in BREAKER_FIELDS:
+            return f"has {key!r}; a breaker takes {', '.join(BREAKER_FIELDS)}"
+        number = isinstance(given, int | float) and not isinstance(given, bool) and given > 0
+        if not number or (key == "rate" and given > 1) or (key == "calls" and given % 1):
+            return f"has {key}={given!r}; it must be {BREAKER_FIELDS[key]}"
+    return None
+
+
 def networks(value: Any) -> str | None:
     if not isinstance(value, list | tuple):
         return "must be a list of IP addresses or networks"
@@ -183,6 +209,11 @@ class Settings:
     )
     HEALTH_MAX_DEAD = Setting[int](0, at_least_zero, "health is degraded past this many dead")
     HEALTH_TIMEOUT = Setting[float](3.0, seconds, "health: a statement's time limit (PostgreSQL)")
+    BREAKER = Setting[bool | dict[str, float] | None](
+        None, breaker, "a circuit breaker for every handler delivered after commit: None "
+        "(none), True (the defaults) or a dict of rate, window, calls and cool_down; "
+        "@handler(breaker=...) overrides it"
+    )  # fmt: skip
     HANDLER_TIMEOUT = Setting[float | None](
         None, seconds_or_none, "async handlers: cancelled and retried after this long (None: never)"
     )

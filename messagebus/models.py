@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 
@@ -35,8 +35,9 @@ def due(now: dt.datetime) -> Q:
 
 
 def paused() -> Q:
-    """A delivery whose handler is paused."""
-    return Q(handler__in=Pause.objects.values("handler"))
+    """A delivery whose handler is paused (but for a circuit breaker's probe)."""
+    pauses = Pause.objects.filter(handler=OuterRef("handler")).exclude(probe=OuterRef("event_id"))
+    return Q(Exists(pauses))
 
 
 class DeliveryQuerySet(models.QuerySet["Delivery"]):
@@ -208,6 +209,9 @@ class Pause(models.Model):
     paused_at = models.DateTimeField(default=timezone.now)
     paused_by = models.CharField(max_length=150, blank=True, help_text="Who paused it.")
     reason = models.TextField(blank=True)
+    # A circuit breaker's: from then on, one delivery (of the event ``probe``) may run.
+    until = models.DateTimeField(null=True, blank=True, help_text="Opened by the breaker until.")
+    probe = models.UUIDField(null=True, blank=True, help_text="The event whose delivery probes.")
 
     class Meta:
         verbose_name = "paused handler"

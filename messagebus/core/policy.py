@@ -42,7 +42,29 @@ OVERRIDABLE: dict[str, conf.Validator] = {
     "redelivery_delay": conf.seconds,
     "batch": lambda value: None if isinstance(value, bool) else "must be True or False",
     "timeout": conf.seconds_or_none,
+    "breaker": conf.breaker,
 }
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """A circuit breaker: open (the handler paused) once, within ``window`` seconds, at
+    least ``calls`` calls were made and ``rate`` of them failed (not of poison, not
+    postponed); ``cool_down`` seconds later one delivery probes: done, it closes; failed,
+    it stays open another cool-down."""
+
+    rate: float = 0.5
+    window: float = 30.0
+    calls: int = 10
+    cool_down: float = 30.0
+
+    @classmethod
+    def of(cls, value: Any) -> Breaker | None:
+        """The breaker a setting or a handler's option describes: None, True, or its
+        fields (a dict, or a handler's option: its items)."""
+        if not value:
+            return None
+        return cls() if value is True else cls(**dict(value))
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,8 @@ class Policy:
     # AFTER_COMMIT: delivered from the outbox; IN_TRANSACTION: called inside the
     # transaction that records the event, as it ends (its failure fails that).
     run: str = AFTER_COMMIT
+    # Pauses the handler while its calls keep failing (None: never).
+    breaker: Breaker | None = None
 
     @classmethod
     def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:
@@ -125,6 +149,7 @@ class Policy:
             redelivery_delay_max=settings.REDELIVERY_DELAY_MAX,
             dead_at_once=tuple(import_string(path) for path in settings.DEAD_AT_ONCE),
             timeout=settings.HANDLER_TIMEOUT,
+            breaker=Breaker.of(overrides.pop("breaker", settings.BREAKER)),
         ).replace(**overrides)
 
     def replace(self, **changes: Any) -> Policy:

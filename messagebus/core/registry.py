@@ -221,7 +221,9 @@ def _inspect(
         raise RegistrationError(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
-    return Handler(func, message_type, name, rest, tuple(sorted(options.items())), is_async)
+    # Hashable, as policies are cached by their options: a dict value as its items.
+    frozen = {k: tuple(sorted(v.items())) if isinstance(v, dict) else v for k, v in options.items()}
+    return Handler(func, message_type, name, rest, tuple(sorted(frozen.items())), is_async)
 
 
 def _is_function_like(func: Callable[..., Any]) -> bool:

@@ -23,6 +23,7 @@ from .. import conf
 from ..observe import logs, metrics
 from ..outbox import states
 from ..wording import plural
+from . import breaker
 from . import run as engine
 from .awaiting import Held, Marks, db, renew, run
 from .run import Job
@@ -249,10 +250,13 @@ def run_one(claim: states.Claim) -> bool:
     ref = claim.ref
     if not engine.awaited(ref):
         job = engine.resolve(claim)
-        return job is not None and engine.call(job)
-    claims = states.taken([ref]) if claim.lease is None else states.held(ref, claim.lease)
-    claims = [replace(found, stored=claim.stored) for found in claims]  # timed as it starts
-    return bool(claims) and run_now(claims).completed == 1
+        completed = job is not None and engine.call(job)
+    else:
+        claims = states.taken([ref]) if claim.lease is None else states.held(ref, claim.lease)
+        claims = [replace(found, stored=claim.stored) for found in claims]  # timed as it starts
+        completed = bool(claims) and run_now(claims).completed == 1
+    breaker.tick(ref.using)
+    return completed
 
 
 def run_claimed(
@@ -275,8 +279,10 @@ def drain(using: str, *, batch: int = 100) -> int:
     """Run every delivery due now, and those due again at once after a failed call,
     until none is due, in this thread; how many calls ran."""
     ran = 0
+    breaker.tick(using)
     while claims := states.claim(using, batch):
         ran += run_claimed(claims)
+        breaker.tick(using)
     return ran
 
 

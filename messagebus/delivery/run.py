@@ -43,6 +43,7 @@ from ..handling.unit_of_work import UnitOfWork
 from ..observe import logs, metrics, tracing
 from ..outbox import sql, states
 from ..outbox.reference import Reference
+from . import breaker
 
 logger = logs.get_logger(__name__)
 
@@ -271,6 +272,8 @@ def number(claim: states.Claim) -> int | None:
 def returned(job: Job, seconds: float) -> None:
     """Record a call of the handler that returned after ``seconds``: metric and log line."""
     metrics.call(job.handler.name, seconds)
+    if job.policy.breaker is not None:
+        breaker.record(job.ref, job.handler.name, job.policy.breaker, failed=False)
     if logger.isEnabledFor(logging.INFO):
         logger.info("Delivered %s to %s in %.1f ms", job.event, job.handler, seconds * 1000)
 
@@ -282,6 +285,9 @@ def failed(job: Job, exc: BaseException, begun: dt.datetime | None = None) -> Ve
     # A claim read with its counts, or a Celery task's (id 0), read only now it failed.
     runs, calls = (claim.runs, claim.calls) if claim.id else states.counts(job.ref)[:2]
     verdict = job.policy.after_failed_call(calls + 1, runs, exc)
+    transient = not isinstance(verdict, Postpone) and not job.policy.is_poison(exc)
+    if job.policy.breaker is not None and transient:
+        breaker.record(job.ref, job.handler.name, job.policy.breaker, failed=True)
     if not isinstance(exc, RetryLater):
         metrics.failed(job.handler.name)
         tracing.failed(exc)

@@ -7,6 +7,8 @@ prometheus-client installed (the ``metrics`` extra; without it nothing is counte
 - ``messagebus_delivery_duration_seconds{handler}``: a handler's call;
 - ``messagebus_retries_total{handler}``: failed calls (each retried, or ending its run);
 - ``messagebus_dead_letters_total{handler}``;
+- ``messagebus_breaker_changes_total{handler, state}``: circuit breakers opened,
+  reopened (a failed probe) and closed;
 - ``messagebus_commit_to_handler_seconds{handler}``: from an event's storing to
   the start of its delivery's first run, by a worker or a Celery task.
 
@@ -78,6 +80,11 @@ _deliveries = _counter(
 _calls = _histogram("messagebus_delivery_duration_seconds", "A handler's call", ["handler"])
 _retries = _counter("messagebus_retries", "Failed calls of event handlers", ["handler"])
 _dead = _counter("messagebus_dead_letters", "Deliveries that died", ["handler"])
+_breaker = _counter(
+    "messagebus_breaker_changes",
+    "Circuit breakers opened, opened again after a failed probe, and closed",
+    ["handler", "state"],
+)
 _waited = _histogram(
     "messagebus_commit_to_handler_seconds",
     "From an event's storing to its delivery's first run, by a worker or a Celery task",
@@ -115,6 +122,11 @@ def claimed(claim: Any, now: dt.datetime) -> None:
 def waited(handler: str, stored: dt.datetime, now: dt.datetime) -> None:
     """A delivery's first run starts at ``now``; its event was stored at ``stored``."""
     _waited(handler).observe(max(0.0, (now - stored).total_seconds()))
+
+
+def breaker(handler: str, state: str) -> None:
+    """A circuit breaker changed: ``opened``, ``reopened`` or ``closed``."""
+    _breaker(handler, state).inc()
 
 
 def failed(handler: str) -> None:

@@ -17,6 +17,7 @@ from django.db.models import (
     IntegerField,
     Max,
     TextField,
+    UUIDField,
     Value,
 )
 from django.db.models.functions import TruncMinute
@@ -123,6 +124,8 @@ def handlers(using: str) -> list[dict[str, Any]]:
         "paused_by": Value(None, CharField()),
         "paused_at": Value(None, DateTimeField()),
         "reason": Value(None, TextField()),
+        "until": Value(None, DateTimeField()),
+        "probe": Value(None, UUIDField()),
     }
     pending = (
         Delivery.objects.using(using).pending().order_by().values("handler")

@@ -4,9 +4,10 @@ A pause is stored, so it holds across restarts and for every process on the
 database. Workers, the relay and the sweeps claim none of a paused handler's
 deliveries, and one handed to a runner directly (the inline executor, a Celery
 task) finds its handler paused as it would begin and stays pending. Deliveries
-under way when it is paused finish. Resumed, the deliveries due go to the
-executor: workers are woken, the relay sends them, the inline executor runs
-them in the caller.
+under way when it is paused finish. Each pause and resume is published as an
+event (``HandlerPaused``, ``HandlerResumed``) in its transaction. Resumed, the
+deliveries due go to the executor: workers are woken, the relay sends them, the
+inline executor runs them in the caller.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import logging
 
 from django.db import DEFAULT_DB_ALIAS
 
+from ..core.events import HandlerPaused, HandlerResumed
 from ..core.registry import registry
 from ..exceptions import NotPausable
 from ..handling import executor
+from ..handling.unit_of_work import UnitOfWork
 from ..models import Pause
 from ..outbox import states
 from ..wording import plural
@@ -28,7 +31,10 @@ logger = logging.getLogger(__name__)
 def pause(handler: str, *, by: str = "", reason: str = "", using: str = DEFAULT_DB_ALIAS) -> bool:
     """Pause the event handler named ``handler``; False if it was paused already."""
     _check(handler)
-    paused = states.handler_paused(using, handler, by, reason)
+    with UnitOfWork(using) as uow:
+        paused = states.handler_paused(using, handler, by, reason)
+        if paused:
+            uow.publish(HandlerPaused(handler, by, reason))
     if paused:
         logger.warning("Paused %s%s%s", handler, f" (by {by})" if by else "",
                        f": {reason}" if reason else "")  # fmt: skip
@@ -38,7 +44,10 @@ def pause(handler: str, *, by: str = "", reason: str = "", using: str = DEFAULT_
 def resume(handler: str, *, by: str = "", using: str = DEFAULT_DB_ALIAS) -> bool:
     """Resume ``handler`` and hand its due deliveries to the executor; False if it was
     not paused."""
-    refs = states.handler_resumed(using, handler)
+    with UnitOfWork(using) as uow:
+        refs = states.handler_resumed(using, handler)
+        if refs is not None:
+            uow.publish(HandlerResumed(handler, by))
     if refs is None:
         return False
     logger.warning("Resumed %s%s: %s", handler, f" (by {by})" if by else "",

@@ -74,12 +74,15 @@ class Statements:
             f"{col['attempts']} = {col['attempts']} + 1, {col['runs']} = {col['runs']} + 1, "
             f"{col['calls']} = 0, {col['lease_until']} = NULL"
         )
-        # Not while its handler is paused (``models.paused``): no claim, no done-mark.
+        # Not while its handler is paused (``models.paused``; a breaker's probe may):
+        # no claim, no done-mark.
         pauses = quote(Pause._meta.db_table)
         pause_handler = quote(_field(Pause, "handler").column)
+        probe = quote(_field(Pause, "probe").column)
         unpaused = (
             f"NOT EXISTS (SELECT 1 FROM {pauses} p WHERE p.{pause_handler} = "
-            f"{table}.{col['handler']})"
+            f"{table}.{col['handler']} AND (p.{probe} IS NULL OR p.{probe} <> "
+            f"{table}.{col['event']}))"
         )
         one = (
             f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s "

@@ -240,10 +240,63 @@ def handler_resumed(using: str, handler: str) -> list[Reference] | None:
     """Start ``handler``'s deliveries again: the ones due now, to hand to the executor;
     None if it was not paused."""
     deleted, _ = Pause.objects.using(using).filter(handler=handler).delete()
-    if not deleted:
-        return None
+    return due_of(using, handler) if deleted else None
+
+
+def due_of(using: str, handler: str) -> list[Reference]:
+    """The deliveries to ``handler`` due now."""
     rows = Delivery.objects.using(using).due().filter(handler=handler)
     return [Reference(using, event, handler) for event in rows.values_list("event_id", flat=True)]
+
+
+BREAKER = "circuit breaker"  # who a breaker's pause says paused the handler
+
+
+def breaker_opened(using: str, handler: str, until: dt.datetime, reason: str) -> bool:
+    """Pause ``handler`` until ``until``, by its breaker; False if it was paused already."""
+    _, created = Pause.objects.using(using).get_or_create(
+        handler=handler, defaults={"paused_by": BREAKER, "reason": reason, "until": until}
+    )
+    return created
+
+
+def breakers_due(using: str, now: dt.datetime) -> list[Pause]:
+    """The breakers' pauses whose cool-down is over and that hold no probe."""
+    return list(Pause.objects.using(using).filter(until__lte=now, probe__isnull=True))
+
+
+class Probe(NamedTuple):
+    """A breaker's probe taken: the event whose delivery probes; None: the handler had
+    none left to probe with, and its pause is lifted."""
+
+    event: uuid.UUID | None
+
+
+def probe_taken(using: str, pause: Pause, until: dt.datetime) -> Probe | None:
+    """Let one delivery of the paused handler run, due now (the one due first), until
+    ``until``; None if another process got there first."""
+    candidates = (
+        Delivery.objects.using(using)
+        .pending()
+        .filter(handler=pause.handler, lease_until__isnull=True)
+    )
+    event = candidates.order_by("next_attempt_at", "id").values_list("event_id", flat=True).first()
+    mine = Pause.objects.using(using).filter(handler=pause.handler, until=pause.until, probe=None)
+    if event is None:
+        return Probe(None) if mine.delete()[0] else None
+    if not mine.update(probe=event, until=until):
+        return None
+    candidates.filter(event_id=event).update(next_attempt_at=timezone.now())
+    return Probe(event)
+
+
+def probe_ended(using: str, handler: str, event: uuid.UUID, until: dt.datetime | None) -> bool:
+    """The probe's delivery ran: passed (``until`` None), the pause is lifted; failed, the
+    handler stays paused until ``until``. False if ``event`` was not the probe."""
+    probing = Pause.objects.using(using).filter(handler=handler, probe=event)
+    if until is None:
+        return probing.delete()[0] > 0
+    return probing.update(probe=None, until=until) > 0
 
 
 def discarded(deliveries: DeliveryQuerySet) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import DatabaseError
 
 from .. import conf, executors
+from ..delivery import breaker
 from ..exceptions import BrokerUnreachable, ConfigurationError
 from ..executors.celery import CeleryExecutor, send
 from ..outbox import states
@@ -38,6 +39,7 @@ class Relay(Worker):
         """Claim one batch and send its tasks; the number claimed."""
         self.beat(self.processed)
         self._end_lost_runs()
+        breaker.tick(self.using)
         claims = states.claim(self.using, self._batch())
         lease = claims[0].lease if claims else None
         if lease is not None:

@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 
 from .. import conf
-from ..delivery import concurrent
+from ..delivery import breaker, concurrent
 from ..delivery.run import policy_of
 from ..observe import logs, metrics
 from ..outbox import states
@@ -162,6 +162,7 @@ class Worker(Process):
         """Claim and run one batch; the number of deliveries it claimed."""
         self.beat(self.processed)
         self._end_lost_runs()
+        breaker.tick(self.using)
         limit = self._batch()
         if self.limit is not None:
             limit = min(limit, self.limit - self.processed)

@@ -285,6 +285,8 @@ class Command(BaseCommand):
         for pause in paused:
             by = f" by {pause.paused_by}" if pause.paused_by else ""
             why = f": {pause.reason}" if pause.reason else ""
+            if pause.until is not None:
+                why += f"; a probe {'runs' if pause.probe else f'from {pause.until:%H:%M:%S}'}"
             self.stdout.write(
                 f"Paused: {pause.handler}{by} at {pause.paused_at:%Y-%m-%d %H:%M:%S}{why}."
             )

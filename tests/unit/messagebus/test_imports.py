@@ -70,7 +70,7 @@ LAYERS = [
     ("messagebus.observe",),
     ("messagebus.outbox",),
     ("messagebus.handling",),
-    ("messagebus.delivery.run", "messagebus.delivery.concurrent", "messagebus.delivery.awaiting"),
+    ("messagebus.delivery",),
     ("messagebus.executors",),
     ("messagebus.external",),
     ("messagebus.processes",),
@@ -102,7 +102,6 @@ def test_every_module_of_the_engine_and_below_is_in_a_layer():
     top = {name for name in MODULES if layer(name) == len(LAYERS)}
     assert top == {
         "messagebus", "messagebus.admin", "messagebus.apps", "messagebus.checks",
-        "messagebus.delivery", "messagebus.delivery.reference", "messagebus.delivery.states",
         "messagebus.failures", "messagebus.health", "messagebus.logs",
         "messagebus.management.commands.messagebus", "messagebus.metrics",
         "messagebus.tasks", "messagebus.testing", "messagebus.unit_of_work",
