@@ -2,7 +2,7 @@
 
 - ``python`` blocks run in one namespace per page, in order, with handlers registered
   in a temporary registry (an ``invisible-code-block`` comment may set up what a block
-  assumes);
+  assumes), and the handlers they register pass ``manage.py check``;
 - ``sh`` blocks run in bash (``set -eu -o pipefail``) from the checkout, with this
   environment's ``python`` first on the PATH, the test database, and ``DJANGO_DEBUG=1``
   as the pages ask. A block that names ``http://127.0.0.1:8000`` gets a server as
@@ -25,6 +25,7 @@ from pathlib import Path
 from unittest import SkipTest
 
 import pytest
+from django.core.checks import run_checks
 from sybil import Example, Sybil
 from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
@@ -142,6 +143,9 @@ def test_every_example_of_the_page_runs(page, transactional_db):
                     continue
                 except Exception as exc:
                     raise AssertionError(f"{page}, line {example.line}: {exc}") from exc
+            # The handlers the page registered pass the checks a project's would.
+            errors = [e for e in run_checks(tags=["messagebus"]) if e.is_serious()]
+            assert not errors, f"{page}: {errors}"
     finally:
         demo.stop()
     # Each skip is one example not run (and one skip directive evaluated).
