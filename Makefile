@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
 BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 REDIS_URL ?= redis://127.0.0.1:6379/0
+PORT ?= 8000
 
-.PHONY: run test test-postgres bench lint docs worker clean
+.PHONY: run test test-postgres bench lint docs worker consume clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,14 +19,14 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## run: serve the demo on 127.0.0.1:8000 (SQLite, inline executor, demo data)
+## run: serve the demo on 127.0.0.1:8000, or PORT (SQLite, inline executor, demo data)
 run: export DJANGO_DEBUG = 1
 run: export API_ALLOW_ANONYMOUS = 1
 run: export THROTTLING = 0
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo_data
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 ## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one)
 test: $(VENV)/.installed
@@ -51,6 +52,11 @@ bench: $(VENV)/.installed
 worker: export DJANGO_DEBUG = 1
 worker: $(VENV)/.installed
 	$(BIN)/python manage.py messagebus worker
+
+## consume: commands from other services (MESSAGEBUS_EXTERNAL_URL) on the local database
+consume: export DJANGO_DEBUG = 1
+consume: $(VENV)/.installed
+	$(BIN)/python manage.py messagebus consume
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed-dev

@@ -9,9 +9,10 @@ DJANGO_CSRF_TRUSTED_ORIGINS comma-separated origins forms are posted from (https
 DJANGO_HTTPS_ONLY   1/true/yes: cookies only over HTTPS, http redirected to https
 DJANGO_HSTS_SECONDS Strict-Transport-Security max-age (default 0: none)
 DJANGO_HSTS_INCLUDE_SUBDOMAINS, DJANGO_HSTS_PRELOAD 1/true/yes to add them to the header
-MESSAGEBUS_EXECUTOR inline (default), worker or celery
+MESSAGEBUS_*        read by the bus itself, each key this file leaves out of MESSAGEBUS:
+                    MESSAGEBUS_EXECUTOR inline (default), worker or celery;
+                    MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://, amqp://)
 CELERY_BROKER_URL   the celery executor's broker (default: RabbitMQ on 127.0.0.1:5672)
-MESSAGEBUS_EXTERNAL_URL where events for other services go (redis://... or amqp://...)
 LOG_LEVEL           root log level (default INFO)
 LOG_FORMAT          text (default) or json: one JSON object a line, with message fields
 METRICS_ALLOWED_IPS comma-separated addresses or networks GET /metrics answers (none: off)
@@ -186,13 +187,13 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").exists()
 
+# The bus reads each key this leaves out from the environment itself (MESSAGEBUS_EXECUTOR,
+# MESSAGEBUS_EXTERNAL_URL for events to other services in allocation/external.py, ...).
 MESSAGEBUS: dict[str, Any] = {
-    "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
-    "METRICS_ALLOWED_IPS": env_list("METRICS_ALLOWED_IPS"),
     "DEPENDENCIES": {"notifications": "allocation.notifications.EmailNotifications"},
-    # Events for other services (allocation/external.py): redis://... or amqp://...
-    "EXTERNAL_URL": os.environ.get("MESSAGEBUS_EXTERNAL_URL") or None,
 }
+if "METRICS_ALLOWED_IPS" in os.environ:
+    MESSAGEBUS["METRICS_ALLOWED_IPS"] = env_list("METRICS_ALLOWED_IPS")
 
 # The celery executor (config/celery.py). The broker's connection timeout bounds how long
 # a commit waits on a broker that is down before leaving its deliveries to the relay.

@@ -1,6 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
 from messagebus.ops import prometheus
 from messagebus.ops.health import health
@@ -11,6 +15,11 @@ urlpatterns = [
     path("metrics", prometheus.view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="allocation/redoc.html"),
+        name="redoc",
+    ),
     path("", include("allocation.api.urls")),
 ]
 

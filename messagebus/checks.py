@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -100,9 +101,23 @@ def _settings_errors() -> Iterator[checks.CheckMessage]:
     for key in sorted(set(raw) - set(declared)):
         yield _setting_error(f"MESSAGEBUS has an unknown key {key!r}")
     for key, setting in declared.items():
-        if key in raw and (problem := setting.validate(raw[key])):
+        if key in raw:
+            if (problem := setting.validate(raw[key])) is not None:
+                space = "" if problem.startswith("[") else " "
+                yield _setting_error(f"MESSAGEBUS[{key!r}]{space}{problem}")
+            if setting.environ in os.environ:
+                yield checks.Warning(
+                    f"{setting.environ} is set in the environment, but MESSAGEBUS[{key!r}] "
+                    "in the settings wins, so it is not read.",
+                    hint=f"Leave {key!r} out of MESSAGEBUS to take it from the environment, "
+                    f"or unset {setting.environ}.",
+                    id="messagebus.W002",
+                )
+        elif setting.environ in os.environ and (
+            (problem := setting.validate(setting.from_environ())) is not None
+        ):
             space = "" if problem.startswith("[") else " "
-            yield _setting_error(f"MESSAGEBUS[{key!r}]{space}{problem}")
+            yield _setting_error(f"{setting.environ} (environment){space}{problem}")
 
 
 def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessage]:

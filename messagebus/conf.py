@@ -2,13 +2,20 @@
 
 A key's default, its validator and its one-line description live in the
 declaration below; the typed accessor (``conf.settings.RETRY_ATTEMPTS``), the
-``messagebus.E003`` system check and the README's settings block all follow
+``messagebus.E003`` system check and the docs' settings reference all follow
 from it. Values are read lazily, so ``override_settings`` works.
+
+Each key is read from ``settings.MESSAGEBUS`` first; a key left out of it is
+read from the environment variable ``MESSAGEBUS_<KEY>`` (parsed by the
+declaration's ``parse``), then falls back to its default. A value the parse
+cannot read is kept as the text it is, for the check to name.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
@@ -20,16 +27,34 @@ Validator = Callable[[Any], str | None]  # the problem with a value, or None
 
 
 class Setting(Generic[T]):
-    """One key of MESSAGEBUS: its default, how to check a value, what it means."""
+    """One key of MESSAGEBUS: its default, how to check a value, what it means, and how
+    to read it from the environment (by default, as the type of its default)."""
 
-    def __init__(self, default: T, validate: Validator, description: str) -> None:
+    def __init__(
+        self,
+        default: T,
+        validate: Validator,
+        description: str,
+        parse: Callable[[str], Any] | None = None,
+    ) -> None:
         self.default = default
         self.validate = validate
         self.description = description
+        self.parse = parse or PARSERS[type(default)]
         self.key = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.key = name
+
+    @property
+    def environ(self) -> str:
+        """The environment variable read when MESSAGEBUS leaves this key out."""
+        return f"MESSAGEBUS_{self.key}"
+
+    def from_environ(self) -> Any:
+        """The environment's value, parsed; ``None`` when the variable is not set."""
+        text = os.environ.get(self.environ)
+        return None if text is None else self.parse(text)
 
     @overload
     def __get__(self, instance: None, owner: type) -> Setting[T]: ...
@@ -38,8 +63,80 @@ class Setting(Generic[T]):
     def __get__(self, instance: Settings | None, owner: type) -> T | Setting[T]:
         if instance is None:
             return self
-        value: T = instance.raw.get(self.key, self.default)
-        return value
+        raw = instance.raw
+        if self.key in raw:
+            value: T = raw[self.key]
+            return value
+        text = os.environ.get(self.environ)
+        if text is not None:
+            parsed: T = self.parse(text)
+            return parsed
+        return self.default
+
+
+def _integer(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _number_or_none(text: str) -> float | str | None:
+    return None if text.strip().lower() in ("", "none") else _number(text)
+
+
+def _flag(text: str) -> bool | str:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return text
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _text_or_none(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _breaker_text(text: str) -> Any:
+    """MESSAGEBUS_BREAKER: off (0, false, none), on with the defaults (1, true), or JSON."""
+    word = text.strip().lower()
+    if word in ("", "0", "false", "no", "off", "none"):
+        return None
+    return True if word in ("1", "true", "yes", "on") else _json(text)
+
+
+# How a key is read from the environment, by the type of its default.
+PARSERS: dict[type, Callable[[str], Any]] = {
+    bool: _flag,
+    int: _integer,
+    float: _number,
+    str: _text,
+    list: _comma_list,
+    dict: _json,
+}
 
 
 def whole_number(value: Any) -> str | None:
@@ -212,10 +309,13 @@ class Settings:
     BREAKER = Setting[bool | dict[str, float] | None](
         None, breaker, "a circuit breaker for every handler delivered after commit: None "
         "(none), True (the defaults) or a dict of rate, window, calls and cool_down; "
-        "@handler(breaker=...) overrides it"
+        "@handler(breaker=...) overrides it", parse=_breaker_text,
     )  # fmt: skip
     HANDLER_TIMEOUT = Setting[float | None](
-        None, seconds_or_none, "async handlers: cancelled and retried after this long (None: never)"
+        None,
+        seconds_or_none,
+        "async handlers: cancelled and retried after this long (None: never)",
+        parse=_number_or_none,
     )
     SHUTDOWN_GRACE = Setting[float](
         25.0, seconds, "a stopping worker waits this long for running deliveries"
@@ -229,7 +329,10 @@ class Settings:
         [], networks, "addresses or networks /metrics answers (none: it is off)"
     )
     EXTERNAL_URL = Setting[str | None](
-        None, external_url, "broker for messages to other services (None: publish nothing)"
+        None,
+        external_url,
+        "broker for messages to other services (None: publish nothing)",
+        parse=_text_or_none,
     )
     INBOUND_MAX_BYTES = Setting[int](
         1_048_576, whole_number, "bytes: a larger inbound message is dead-lettered, not decoded"

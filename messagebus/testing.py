@@ -1,40 +1,36 @@
-"""Test helpers, usable as a pytest plugin: ``pytest_plugins = ["messagebus.testing"]``.
+"""Test helpers for a project's tests: context managers that work anywhere, pytest or not.
 
-Fixtures:
-
-- ``messagebus_capture``: a ``Captured`` that records the messages handed to
-  the bus and the events published (committed) in this test;
-- ``messagebus_deliver``: database access, and after-commit work (event
-  delivery) run as a real commit would run it, although the test's
-  transaction never commits; deliveries run inline (eagerly), whatever
-  MESSAGEBUS["EXECUTOR"] says, as Celery's always-eager mode does;
-- ``messagebus_registry``: the registry, restored after the test, so a test
-  may register handlers of its own;
-- ``messagebus_dependencies``: ``override(name=value)``, undone after the test.
+- ``capture_messages()``: a ``Captured`` that records the messages handed to the
+  bus and the events published (committed) inside the block;
+- ``deliver_on_commit()``: after-commit work (event delivery) run as a real
+  commit would run it, although the test's transaction never commits;
+  deliveries run inline (eagerly), whatever MESSAGEBUS["EXECUTOR"] says, as
+  Celery's always-eager mode does;
+- ``registry.temporary()`` and ``dependencies.override(**values)`` (from
+  ``messagebus.registry`` and ``messagebus.dependencies``): handlers and
+  dependencies for one block.
 
 ``run_due()`` runs every delivery due now, as a worker would, until none is
 due: with RETRY_WAIT 0, a failing handler's whole run (each call of a run is
 due again at once after the last; a request never waits through them).
 
-The same things work as context managers outside pytest: ``capture_messages``,
-``deliver_on_commit``, ``registry.temporary`` and ``dependencies.override``.
+The pytest fixtures built on these (``messagebus_capture``, ``messagebus_deliver``,
+``messagebus_registry``, ``messagebus_dependencies``) are in ``messagebus.pytest_plugin``:
+``pytest_plugins = ["messagebus.pytest_plugin"]``. This module imports nothing of pytest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, overload
 
-import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from . import compat, executors, outbox
-from .core.dependencies import dependencies
 from .core.messages import Command, Event, Message
-from .core.registry import Registry, registry
 from .delivery.concurrent import drain
 from .executors.inline import InlineExecutor
 from .handling import message_bus
@@ -136,25 +132,6 @@ def run_due(using: str = DEFAULT_DB_ALIAS) -> int:
     return drain(using)
 
 
-@pytest.fixture
-def messagebus_capture() -> Iterator[Captured]:
-    with capture_messages() as captured:
-        yield captured
-
-
-@pytest.fixture
-def messagebus_deliver(db: None) -> Iterator[None]:
-    with deliver_on_commit():
-        yield
-
-
-@pytest.fixture
-def messagebus_registry() -> Iterator[Registry]:
-    with registry.temporary() as temporary:
-        yield temporary
-
-
-@pytest.fixture
-def messagebus_dependencies() -> Iterator[Callable[..., None]]:
-    with ExitStack() as stack:
-        yield lambda **values: stack.enter_context(dependencies.override(**values))
+def pytest_configure(config: Any) -> None:
+    """Listed as a pytest plugin by its former name: load the fixtures' module."""
+    config.pluginmanager.import_plugin("messagebus.pytest_plugin")

@@ -10,7 +10,7 @@ from kombu import Connection, Queue
 
 from messagebus.external.transports import amqp
 
-pytest_plugins = ["messagebus.testing"]
+pytest_plugins = ["messagebus.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,6 @@ DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}  
 
 MESSAGEBUS = {
     **MESSAGEBUS,  # noqa: F405
-    "EXECUTOR": os.environ.get("MESSAGEBUS_EXECUTOR", "inline"),
     "RETRY_WAIT": 0,
     "RETRY_WAIT_MAX": 0,
     "SWEEP_INTERVAL": 0,

@@ -20,6 +20,7 @@ LINKS: dict[str, tuple[str, str | None]] = {
     "book-order-allocations": ("allocation:book-order-allocations", "orderid"),
     "schema": ("schema", None),
     "docs": ("docs", None),
+    "redoc": ("redoc", None),
     "admin": ("admin:index", None),
 }
 _SAMPLE = "0"  # a valid identifier, replaced by the parameter's {name}

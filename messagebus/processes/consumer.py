@@ -45,7 +45,8 @@ class Consumer(Process):
         transport = transports.get()
         if transport is None:
             raise ConfigurationError(
-                "MESSAGEBUS['EXTERNAL_URL'] is not set: there is no broker to consume from"
+                "MESSAGEBUS['EXTERNAL_URL'] (or MESSAGEBUS_EXTERNAL_URL) is not set: "
+                "there is no broker to consume from"
             )
         if not external.subscriptions:
             raise ConfigurationError("No installed app takes in messages (messagebus.consumes)")

@@ -105,7 +105,7 @@ def test_the_docs_build_without_a_warning(build):
     assert "WARNING" not in result.stderr and "ERROR" not in result.stderr, result.stderr
     pages = {path.stem for path in html.glob("*.html")}
     assert {"index", "guide", "delivery", "settings", "external", "production"} <= pages
-    assert {"service", "benchmarks", "changelog"} <= pages
+    assert {"service", "benchmarks", "changelog", "book"} <= pages
 
 
 def test_the_settings_block_agrees_with_the_declarations(built):
@@ -136,3 +136,21 @@ def test_the_readme_links_into_the_docs_lead_to_pages():
     assert {"docs/guide.md", "docs/settings.md", "docs/production.md"} <= set(links)
     for link in links:
         assert (ROOT / link).is_file(), link
+
+
+def test_the_install_text_names_every_runtime_requirement_and_python_for_each_django():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    install = (ROOT / "docs" / "guide.md").read_text().split("## Install", 1)[1].split("\n## ")[0]
+    names = {"django": "Django", "tenacity": "tenacity", "anyio": "AnyIO", "asgiref": "asgiref"}
+
+    for requirement in map(Requirement, project["dependencies"]):
+        assert names[requirement.name.lower()] in install, requirement.name
+    assert "| 5.2 (LTS) | 3.11 or newer |" in install
+    assert "| 6.0, 6.1 | 3.12 or newer" in install
+    readme = (ROOT / "README.md").read_text()
+    assert "Django 5.2 with Python 3.11 or newer" in readme
+    assert "Django 6.0 and 6.1, which need Python 3.12 or newer" in readme

@@ -17,6 +17,7 @@ LINKS = {
     "book-order-allocations": "allocation:book-order-allocations",
     "schema": "schema",
     "docs": "docs",
+    "redoc": "redoc",
     "admin": "admin:index",
 }
 

@@ -92,8 +92,12 @@ def test_identifiers_are_strings_the_server_takes(schema):
 def test_schema_and_docs_are_served(client):
     schema = client.get("/api/schema/")
     docs = client.get("/api/docs/")
+    redoc = client.get("/api/redoc/")
 
     assert schema.status_code == 200
     assert b"/api/batches/{ref}" in schema.content
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
+    assert redoc.status_code == 200
+    assert b"redoc.standalone.js" in redoc.content
+    assert b'spec-url="/api/schema/"' in redoc.content

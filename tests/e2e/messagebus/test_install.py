@@ -11,7 +11,6 @@ wheel declares is what the new environment gets.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,22 +21,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.packaging
+from .conftest import PIP, ROOT, run
 
-ROOT = Path(__file__).resolve().parents[3]
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    ".hypothesis",
-    ".*_cache",
-    "__pycache__",
-    "*.pyc",
-    "*.egg-info",
-    "build",
-    "dist",
-    "staticfiles",
-    "*.sqlite3*",
-)
+pytestmark = pytest.mark.packaging
 
 SHOP = {
     "shop/__init__.py": "",
@@ -109,43 +95,8 @@ print(json.dumps({
 """
 
 
-PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 # The wheel's dependencies, and theirs.
 PINNED = ("Django", "tenacity", "anyio", "asgiref", "sqlparse", "idna", "typing_extensions")
-
-
-def run(*args: str | Path, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None):
-    result = subprocess.run(
-        [str(arg) for arg in args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel ``pip install .`` would build, built from a copy of the checkout."""
-    tmp = tmp_path_factory.mktemp("build")
-    source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
-    run(
-        *PIP,
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "--no-index",
-        "-w",
-        "dist",
-        source,
-        cwd=tmp,
-    )
-    [built] = (tmp / "dist").glob("*.whl")
-    return built
 
 
 def test_the_wheel_holds_the_reusable_app_alone(wheel):
@@ -181,6 +132,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         "Django>=5.2",
         "tenacity>=8.2",
         "anyio>=4.5",
+        "asgiref>=3.8.1",
     ]
     assert set(meta.get_all("Provides-Extra")) == {"postgres", "celery", "redis", "amqp", "metrics"}
     for extra, package in [

@@ -141,6 +141,27 @@ def test_an_invalid_setting_is_an_error(setting, expected):
     assert expected in output
 
 
+def test_an_invalid_value_from_the_environment_is_an_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("MESSAGEBUS_MAX_DELIVERIES", "many")
+
+    output = check_output(MESSAGEBUS={"DEPENDENCIES": {"clock": "tests.busapp.services.Clock"}})
+
+    assert "messagebus.E003" in output
+    assert "MESSAGEBUS_MAX_DELIVERIES (environment) must be a whole number" in output
+
+
+def test_a_variable_the_settings_override_is_a_warning(monkeypatch):
+    monkeypatch.setenv("MESSAGEBUS_EXECUTOR", "worker")
+    clock = {"DEPENDENCIES": {"clock": "tests.busapp.services.Clock"}}
+
+    overridden = check_output(MESSAGEBUS={**clock, "EXECUTOR": "inline"})
+    read = check_output(MESSAGEBUS=clock)
+
+    assert "messagebus.W002" in overridden
+    assert "MESSAGEBUS_EXECUTOR is set in the environment, but MESSAGEBUS['EXECUTOR']" in overridden
+    assert "messagebus.W002" not in read and "messagebus.E003" not in read
+
+
 def test_delivery_options_are_checked(app_messages):
     @app_messages
     @dataclass(frozen=True)

@@ -37,3 +37,47 @@ def test_the_amqp_exchange_is_a_setting():
         queue = amqp.inbound_queue("line_allocated", "allocation")
     assert (topic.name, topic.type, topic.durable) == ("shop.events", "topic", True)
     assert queue.exchange.name == "shop.events" and queue.routing_key == "line_allocated"
+
+
+def test_a_key_left_out_of_the_settings_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MESSAGEBUS_EXECUTOR", "worker")
+    monkeypatch.setenv("MESSAGEBUS_MAX_DELIVERIES", "7")
+    monkeypatch.setenv("MESSAGEBUS_RETRY_WAIT", "0.25")
+    monkeypatch.setenv("MESSAGEBUS_TRACING", "off")
+    monkeypatch.setenv("MESSAGEBUS_METRICS_ALLOWED_IPS", "10.0.0.0/8, 127.0.0.1")
+    monkeypatch.setenv("MESSAGEBUS_DEPENDENCIES", '{"mailer": "orders.mail.Mailer"}')
+    monkeypatch.setenv("MESSAGEBUS_HANDLER_TIMEOUT", "2")
+    monkeypatch.setenv("MESSAGEBUS_EXTERNAL_URL", "")
+
+    with override_settings(MESSAGEBUS={}):
+        assert conf.settings.EXECUTOR == "worker"
+        assert conf.settings.MAX_DELIVERIES == 7
+        assert conf.settings.RETRY_WAIT == 0.25
+        assert conf.settings.TRACING is False
+        assert conf.settings.METRICS_ALLOWED_IPS == ["10.0.0.0/8", "127.0.0.1"]
+        assert conf.settings.DEPENDENCIES == {"mailer": "orders.mail.Mailer"}
+        assert conf.settings.HANDLER_TIMEOUT == 2.0
+        assert conf.settings.EXTERNAL_URL is None
+        assert conf.settings.BATCH_SIZE == 100  # not in the environment: the default
+
+
+def test_the_settings_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("MESSAGEBUS_EXECUTOR", "worker")
+
+    with override_settings(MESSAGEBUS={"EXECUTOR": "celery"}):
+        assert conf.settings.EXECUTOR == "celery"
+
+
+def test_a_value_the_environment_cannot_give_is_kept_as_text_for_the_check(monkeypatch):
+    monkeypatch.setenv("MESSAGEBUS_MAX_DELIVERIES", "many")
+    monkeypatch.setenv("MESSAGEBUS_HANDLER_TIMEOUT", "none")
+
+    with override_settings(MESSAGEBUS={}):
+        assert conf.settings.MAX_DELIVERIES == "many"
+        assert conf.settings.HANDLER_TIMEOUT is None
+
+
+def test_every_key_has_an_environment_variable_and_a_parser():
+    for setting in conf.Settings.declared():
+        assert setting.environ == f"MESSAGEBUS_{setting.key}"
+        assert callable(setting.parse), setting.key

@@ -104,7 +104,8 @@ def test_every_module_of_the_engine_and_below_is_in_a_layer():
         "messagebus", "messagebus.admin", "messagebus.apps", "messagebus.checks",
         "messagebus.failures", "messagebus.health", "messagebus.logs",
         "messagebus.management.commands.messagebus", "messagebus.metrics",
-        "messagebus.tasks", "messagebus.testing", "messagebus.unit_of_work",
+        "messagebus.pytest_plugin", "messagebus.tasks", "messagebus.testing",
+        "messagebus.unit_of_work",
     }  # fmt: skip
 
 

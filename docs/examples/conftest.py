@@ -1,0 +1,2 @@
+# conftest.py, beside manage.py: the bus's fixtures for every test
+pytest_plugins = ["messagebus.pytest_plugin"]
