@@ -194,6 +194,10 @@ MESSAGEBUS: dict[str, Any] = {
     "EXTERNAL_URL": os.environ.get("MESSAGEBUS_EXTERNAL_URL") or None,
 }
 
+# Django's tasks (django.tasks; the django-tasks backport on Django 5.2) in the outbox: a
+# task enqueued in a transaction runs only if it commits, on the executor above.
+TASKS = {"default": {"BACKEND": "messagebus.task_backend.OutboxBackend"}}
+
 # The celery executor (config/celery.py). The broker's connection timeout bounds how long
 # a commit waits on a broker that is down before leaving its deliveries to the relay.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
