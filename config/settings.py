@@ -195,6 +195,10 @@ MESSAGEBUS: dict[str, Any] = {
 if "METRICS_ALLOWED_IPS" in os.environ:
     MESSAGEBUS["METRICS_ALLOWED_IPS"] = env_list("METRICS_ALLOWED_IPS")
 
+# Django's tasks (django.tasks; the django-tasks backport on Django 5.2) in the outbox: a
+# task enqueued in a transaction runs only if it commits, on the executor above.
+TASKS = {"default": {"BACKEND": "messagebus.task_backend.OutboxBackend"}}
+
 # The celery executor (config/celery.py). The broker's connection timeout bounds how long
 # a commit waits on a broker that is down before leaving its deliveries to the relay.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -174,6 +174,9 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "payload_json",
         "last_error_text",
         "traceback_text",
+        "priority",
+        "queue",
+        "result_json",
     )
 
     @admin.display(description=_("status"), ordering="status")
@@ -213,6 +216,10 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
     @admin.display(description=_("traceback"))
     def traceback_text(self, obj: Delivery) -> str:
         return _pre(obj.traceback) if obj.traceback else "-"
+
+    @admin.display(description=_("task result"))
+    def result_json(self, obj: Delivery) -> str:
+        return _pretty(obj.result) if obj.result is not None else "-"
 
     # Bulk actions on the list.
 

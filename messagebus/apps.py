@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import autodiscover_modules
 
@@ -16,7 +17,20 @@ class MessagebusConfig(AppConfig):
 
         autodiscover_modules("handlers")
         autodiscover_modules("external")  # what each app publishes to other services
+        if _runs_tasks():
+            from .task_backend import runner
+
+            runner.register()  # tasks run as deliveries to these two handlers
         setting_changed.connect(_reset_on_setting_change, dispatch_uid="messagebus-settings")
+
+
+def _runs_tasks() -> bool:
+    """Whether a ``TASKS`` backend is the outbox's (``messagebus.task_backend``)."""
+    backends = getattr(settings, "TASKS", None) or {}
+    return any(
+        str(options.get("BACKEND", "")).startswith("messagebus.task_backend.")
+        for options in backends.values()
+    )
 
 
 def _reset_on_setting_change(*, setting: str, **kwargs: object) -> None:

@@ -8,6 +8,8 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+DEFAULT_QUEUE = "default"  # django.tasks' default queue name; every event's deliveries
+
 
 class StoredEvent(models.Model):
     id = models.UUIDField(primary_key=True, help_text="The event's message_id.")
@@ -94,6 +96,17 @@ class Delivery(models.Model):
         blank=True,
         help_text="Done: when the call (or batch) that completed it began. Dead: when it died.",
     )
+    # Deliveries of django.tasks tasks (messagebus.task_backend) set these three.
+    priority = models.SmallIntegerField(default=0, help_text="Claimed before lower ones.")
+    queue = models.CharField(
+        max_length=100, default=DEFAULT_QUEUE, help_text="Workers may be limited to queues."
+    )
+    result = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="A task's outcome: its return value, when its call began and ended, and by "
+        "which process.",
+    )
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -108,7 +121,7 @@ class Delivery(models.Model):
         indexes = [
             # The claim's filter and order, so many rows sharing one time stay fast.
             models.Index(
-                fields=["next_attempt_at", "id"],
+                fields=["-priority", "next_attempt_at", "id"],
                 condition=Q(status="pending", lease_until__isnull=True),
                 name="messagebus_delivery_due",
             ),

@@ -107,7 +107,7 @@ class CeleryExecutor:
 
     def submit(self, refs: list[Reference]) -> None:
         if refs:
-            committing(refs[0].using, self._committed).update(ref.event_id for ref in refs)
+            committing(refs[0].using, self._committed, (ref.event_id for ref in refs))
 
     def retried(self, refs: list[Reference]) -> None:
         if refs:

@@ -9,7 +9,7 @@ an async caller's commit made, to await them on its event loop.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
@@ -60,17 +60,23 @@ def use(executor: Executor) -> Iterator[Executor]:
         _overrides.remove(executor)
 
 
-def committing(using: str, callback: Callable[[str, set[uuid.UUID]], None]) -> set[uuid.UUID]:
-    """The events the current transaction stored, which ``callback(using, events)`` gets
-    once it commits: one callback per transaction, however many events ask.
+def committing(
+    using: str,
+    callback: Callable[[str, set[uuid.UUID]], None],
+    stored: Iterable[uuid.UUID] = (),
+) -> set[uuid.UUID]:
+    """The events the current transaction stored (``stored`` added), which
+    ``callback(using, events)`` gets once it commits: one callback per transaction,
+    however many events ask; in autocommit (committed already), at once.
 
     A savepoint rolled back drops the callback with it; the next event registers anew.
     """
     for registered in compat.on_commit_callbacks(connections[using]):
         if isinstance(registered, partial) and registered.func == callback:
             events: set[uuid.UUID] = registered.args[1]
+            events.update(stored)
             return events
-    events = set()
+    events = set(stored)
     transaction.on_commit(partial(callback, using, events), using=using, robust=True)
     return events
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.utils import timezone
 
 from ..core.envelope import Envelope
 from ..core.messages import Event
-from ..core.registry import registry
+from ..core.registry import Handler, registry
 from ..observe import logs, tracing
 from ..wording import plural
 from . import sql
@@ -34,13 +35,24 @@ def prune(using: str, before: dt.datetime, *, chunk: int = PRUNE_CHUNK) -> tuple
     return sql.prune(using, before, chunk)
 
 
-def store(event: Event, using: str) -> list[Reference]:
-    """Write ``event`` and one delivery per handler in the current transaction."""
-    handlers = registry.event_handlers(type(event))
+def store(
+    event: Event,
+    using: str,
+    *,
+    handlers: Sequence[Handler] | None = None,
+    now: dt.datetime | None = None,
+    **delivery: Any,
+) -> list[Reference]:
+    """Write ``event`` (stored ``now``) and one delivery per handler (default: each of its
+    handlers) in the current transaction; ``delivery``: ``due``, ``priority``, ``queue``
+    (``sql.store``)."""
+    if handlers is None:
+        handlers = registry.event_handlers(type(event))
     envelope = Envelope.of(event, tracing.stored(event))
     sql.store(
         using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
-        envelope.causation_id, envelope.trace, [h.name for h in handlers], timezone.now(),
+        envelope.causation_id, envelope.trace, [h.name for h in handlers], now or timezone.now(),
+        **delivery,
     )  # fmt: skip
     if observers:
         for observer in observers:

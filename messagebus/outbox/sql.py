@@ -18,14 +18,14 @@ from uuid import UUID
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ..models import Delivery, Pause, StoredEvent
+from ..models import DEFAULT_QUEUE, Delivery, Pause, StoredEvent
 
 EVENT_COLUMNS = (
     "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"
 )  # fmt: skip
 DELIVERY_COLUMNS = (
     "event", "handler", "status", "attempts", "runs", "calls",
-    "next_attempt_at", "last_error", "traceback", "created_at",
+    "next_attempt_at", "last_error", "traceback", "created_at", "priority", "queue",
 )  # fmt: skip
 PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
 
@@ -104,18 +104,21 @@ class Statements:
         )
         event_id = quote(_event_field("id").column)
         created = quote(_event_field("created_at").column)
-        # The literal status, so PostgreSQL's planner can use the partial index.
+        # The literal status, so PostgreSQL's planner can use the partial index; {} is
+        # where a filter by queue goes.
         due = (
             f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
             f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
-            f"AND {unpaused} ORDER BY {col['next_attempt_at']}, {col['id']} LIMIT %s"
+            f"AND {unpaused} {{}}"
+            f"ORDER BY {col['priority']} DESC, {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
+        self.in_queues = f"AND {col['queue']} IN ({{}}) "
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, c.{col['calls']}, "
             + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:6])
             + f", c.{col['created_at']}"
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
-            f"ORDER BY c.{col['next_attempt_at']}, c.{col['id']}"
+            f"ORDER BY c.{col['priority']} DESC, c.{col['next_attempt_at']}, c.{col['id']}"
         )
         finished = ", ".join(f"'{status}'" for status in Delivery.FINISHED)
         # A chunk of finished deliveries (on PostgreSQL with the events among theirs
@@ -166,10 +169,21 @@ class Statements:
             self.claim = [
                 f"WITH claimed AS ({lease}({due} FOR UPDATE SKIP LOCKED) RETURNING "
                 f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, {col['calls']}, "
-                f"{col['next_attempt_at']}, {col['created_at']}) " + read.format("claimed", "")
+                f"{col['next_attempt_at']}, {col['created_at']}, {col['priority']}) "
+                + read.format("claimed", "")
             ]
         else:  # one writer at a time: pick, lease, read
             self.claim = [due, lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
+        self._claims: dict[int, list[str]] = {}
+
+    def claim_in(self, queues: int) -> list[str]:
+        """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues."""
+        try:
+            return self._claims[queues]
+        except KeyError:
+            where = self.in_queues.format(_marks(range(queues))) if queues else ""
+            built = self._claims[queues] = [self.claim[0].format(where), *self.claim[1:]]
+            return built
 
 
 _ID = _event_field("id")
@@ -244,12 +258,18 @@ def store(
     trace: dict[str, str] | None,
     handlers: Sequence[str],
     now: dt.datetime,
+    *,
+    due: dt.datetime | None = None,
+    priority: int = 0,
+    queue: str = DEFAULT_QUEUE,
 ) -> None:
-    """Insert an event and one pending delivery per handler."""
+    """Insert an event and one pending delivery per handler, due from ``due`` (default
+    ``now``), claimed in order of ``priority`` (higher first), in ``queue``."""
     connection = connections[using]
     sql = _statements(connection)
     event = _ID.get_db_prep_value(event_id, connection)
     when = _WHEN.get_db_prep_value(now, connection)
+    due_at = when if due is None else _WHEN.get_db_prep_value(due, connection)
     params = [
         event, type_name, _PAYLOAD.get_db_prep_value(payload, connection),
         _CORRELATION.get_db_prep_value(correlation_id, connection),
@@ -262,13 +282,18 @@ def store(
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
         for name in handlers:
-            params += [event, name, PENDING, 0, 0, 0, when, "", "", when]
+            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue]
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause.
             cursor.execute(f"WITH event AS ({sql.insert_event}) {deliveries}", params)
         else:
             cursor.execute(sql.insert_event, params[: len(EVENT_COLUMNS)])
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
+
+
+def stores_in_one_statement(using: str) -> bool:
+    """Whether ``store`` writes an event and its deliveries in one statement (PostgreSQL)."""
+    return _statements(connections[using]).one_statement
 
 
 def done_one(
@@ -373,8 +398,15 @@ Claimed = tuple[
 ]  # fmt: skip
 
 
-def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries, in the order they fell due, with their events.
+def claim(
+    using: str,
+    limit: int,
+    lease: dt.datetime,
+    due: dt.datetime,
+    queues: Sequence[str] = (),
+) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries (of ``queues`` only, if any), highest priority
+    first, then in the order they fell due, with their events.
 
     Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
     trace context, when the delivery was stored).
@@ -383,9 +415,10 @@ def claim(using: str, limit: int, lease: dt.datetime, due: dt.datetime) -> list[
     params = [
         _WHEN.get_db_prep_value(lease, connection),
         _WHEN.get_db_prep_value(due, connection),
+        *queues,
         limit,
     ]
-    statements = _statements(connection).claim
+    statements = _statements(connection).claim_in(len(queues))
     with connection.cursor() as cursor:
         if len(statements) == 1:
             cursor.execute(statements[0], params)

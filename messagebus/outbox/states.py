@@ -64,8 +64,9 @@ class Claim:
         return cls(ref, 0, 0, None)
 
 
-def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
-    """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED)."""
+def claim(using: str, limit: int, *, overdue: float = 0, queues: Sequence[str] = ()) -> list[Claim]:
+    """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED), of
+    ``queues`` only if given, highest priority first."""
     now = timezone.now()
     lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
     due = now - dt.timedelta(seconds=overdue)
@@ -74,7 +75,7 @@ def claim(using: str, limit: int, *, overdue: float = 0) -> list[Claim]:
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
               pk, runs, lease, stored, calls)
         for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored in sql.claim(
-            using, limit, lease, due
+            using, limit, lease, due, queues
         )
     ]  # fmt: skip
 

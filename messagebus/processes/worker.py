@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 
 import anyio
@@ -41,9 +42,11 @@ class Worker(Process):
     """Claim due deliveries in batches and run them until stopped.
 
     ``once``: stop when nothing is due. ``limit``: stop after that many
-    deliveries. ``concurrency``: run up to that many at once (async handlers
-    on an event loop, sync ones in threads, each in a transaction of its own),
-    claiming more as they finish; at 1, a batch runs in one transaction.
+    deliveries. ``queues``: claim only the deliveries of these (tasks' ``queue_name``;
+    every event's deliveries are in "default"). ``concurrency``: run up to that many
+    at once (async handlers on an event loop, sync ones in threads, each in a
+    transaction of its own), claiming more as they finish; at 1, a batch runs in one
+    transaction.
 
     ``stop()`` (SIGTERM, SIGINT) claims no more. At 1, the running delivery
     finishes, its batch commits and the other claimed ones are handed back.
@@ -67,8 +70,10 @@ class Worker(Process):
         using: str = DEFAULT_DB_ALIAS,
         concurrency: int = 1,
         grace: float | None = None,
+        queues: Sequence[str] = (),
     ) -> None:
         self.batch = batch
+        self.queues = tuple(queues)  # none: every queue
         self.concurrency = concurrency
         self.grace = conf.settings.SHUTDOWN_GRACE if grace is None else grace
         self.once = once
@@ -171,7 +176,7 @@ class Worker(Process):
             if not limit:
                 return 0
             from_thread.run(concurrent.refresh)
-        claims = states.claim(self.using, limit)
+        claims = states.claim(self.using, limit, queues=self.queues)
         if self._pool is not None:
             from_thread.run_sync(self._pool.start, claims)
             self.processed += len(claims)

@@ -102,6 +102,11 @@ class Command(BaseCommand):
         )
         worker.add_argument("--interval", type=seconds, help="Seconds to sleep when idle.")
         worker.add_argument(
+            "--queue", action="append", default=[], dest="queues", metavar="NAME",
+            help="Run only the deliveries of this queue (repeat for more): tasks' queue_name; "
+            "events' deliveries are in 'default' (default: every queue).",
+        )  # fmt: skip
+        worker.add_argument(
             "--concurrency", type=positive_int, default=1, metavar="N",
             help="Deliveries run at once: async handlers on an event loop, sync ones in "
             "threads, each in a transaction of its own (default 1: a batch in one).",
@@ -184,6 +189,7 @@ class Command(BaseCommand):
         grace: float | None,
         metrics_port: int | None,
         metrics_bind: str,
+        queues: list[str],
         **options: Any,
     ) -> None:
         if metrics_port is not None:
@@ -196,7 +202,7 @@ class Command(BaseCommand):
             logger.info("Metrics on http://%s:%d/metrics", metrics_bind, metrics_port)
         worker = Worker(
             batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
-            concurrency=concurrency, grace=grace,
+            concurrency=concurrency, grace=grace, queues=queues,
         )  # fmt: skip
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)

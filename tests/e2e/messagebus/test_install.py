@@ -134,13 +134,15 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         "anyio>=4.5",
         "asgiref>=3.8.1",
     ]
-    assert set(meta.get_all("Provides-Extra")) == {"postgres", "celery", "redis", "amqp", "metrics"}
+    extras = {"postgres", "celery", "redis", "amqp", "metrics", "tasks"}
+    assert set(meta.get_all("Provides-Extra")) == extras
     for extra, package in [
         ("postgres", "psycopg"),
         ("celery", "celery"),
         ("redis", "redis"),
         ("amqp", "kombu"),
         ("metrics", "prometheus-client"),
+        ("tasks", "django-tasks"),
     ]:
         assert any(r.startswith(package) and f'extra == "{extra}"' in r for r in requires)
 

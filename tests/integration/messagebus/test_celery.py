@@ -252,3 +252,18 @@ def test_the_relay_says_when_the_broker_is_out_of_reach_and_leaves_the_deliverie
     assert "cannot send 2 tasks to the broker" in relay.stderr
     assert "Traceback" not in relay.stderr
     assert Delivery.objects.filter(status="pending", lease_until=None).count() == 2
+
+
+@celery_on_postgres
+def test_a_celery_worker_runs_django_tasks_sync_and_async(workers):
+    from tests.busapp import jobs
+
+    worker = workers("one")
+    with celery_executor():
+        results = [jobs.meaning_of_life.enqueue(), jobs.ameaning_of_life.enqueue()]
+
+    wait_for(all_done, what="both tasks done")
+    assert "messagebus.run_delivery" in worker.output
+    for result in results:
+        result.refresh()
+        assert (result.status, result.return_value) == ("SUCCESSFUL", 42)

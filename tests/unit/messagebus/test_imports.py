@@ -73,6 +73,7 @@ LAYERS = [
     ("messagebus.delivery",),
     ("messagebus.executors",),
     ("messagebus.external",),
+    ("messagebus.task_backend",),
     ("messagebus.processes",),
     ("messagebus.ops",),
 ]  # fmt: skip

@@ -1,0 +1,167 @@
+"""Django's tasks: the outbox's backend against django-tasks-db and the ImmediateBackend.
+
+    DATABASE_URL=postgres://... .venv/bin/python bench/bench_tasks.py [--count 5000]
+        [--rounds 2]
+
+On a throwaway test database (PostgreSQL; SQLite is skipped), ``--count``
+no-op tasks (``tests.busapp.jobs.noop``) are enqueued, each in a transaction
+of its own as a request would, then run, by:
+
+- outbox: ``messagebus.task_backend.OutboxBackend`` (worker executor: the
+  enqueue stores an event and its delivery, and NOTIFYs at commit), run by one
+  ``manage.py messagebus worker --once`` process (batches of 100);
+- django-tasks-db: ``django_tasks_db.DatabaseBackend`` (one ORM insert), run by
+  one ``manage.py db_worker --batch --no-startup-delay`` process;
+- immediate: django.tasks' ``ImmediateBackend``, which runs each task as it is
+  enqueued, in the caller, storing nothing.
+
+A worker's time is its wall time less the start-up of the same command on an
+empty queue (median of three). Every task must end SUCCESSFUL (checked in the
+tables). Rates are medians over the rounds; ratios are of the medians, the
+targets: throughput (enqueue and run) at least 3x django-tasks-db's, enqueue
+cost within 1.2x of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.tasks_settings"
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+from django.test.utils import setup_databases, teardown_databases  # noqa: E402
+from django_tasks_db.models import DBTaskResult  # noqa: E402
+
+from messagebus.models import Delivery, StoredEvent  # noqa: E402
+from tests.busapp.jobs import noop  # noqa: E402
+from tests.conftest import database_url  # noqa: E402
+
+WORKERS = {
+    "outbox": ["messagebus", "worker", "--once"],
+    "django-tasks-db": ["db_worker", "--batch", "--no-startup-delay", "--backend", "db"],
+}
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{n:.1f}" for n in os.getloadavg())
+
+
+def reset() -> None:
+    Delivery.objects.all().delete()
+    StoredEvent.objects.all().delete()
+    DBTaskResult.objects.all().delete()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+
+
+def enqueue(backend: str, count: int) -> float:
+    """Seconds to enqueue ``count`` tasks, each committed at once."""
+    task = noop.using(backend=backend)
+    started = time.perf_counter()
+    for n in range(count):
+        task.enqueue(n, label="bench")
+    return time.perf_counter() - started
+
+
+def manage(command: list[str]) -> float:
+    env = {**os.environ, "DATABASE_URL": database_url()}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *command],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    taken = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {done.stderr}")
+    return taken
+
+
+def startup(name: str) -> float:
+    return statistics.median(manage(WORKERS[name]) for _ in range(3))
+
+
+def check(name: str, count: int) -> None:
+    if name == "outbox":
+        done = Delivery.objects.filter(status=Delivery.Status.DONE).count()
+    else:
+        done = DBTaskResult.objects.filter(status="SUCCESSFUL").count()
+    if done != count:
+        raise SystemExit(f"{name}: {done} of {count} tasks ran")
+
+
+def case(name: str, count: int, idle: float) -> tuple[float, float]:
+    """(seconds to enqueue, seconds to run) ``count`` tasks."""
+    reset()
+    backend = {"outbox": "default", "django-tasks-db": "db"}[name]
+    enqueued = enqueue(backend, count)
+    ran = max(manage(WORKERS[name]) - idle, 1e-9)
+    check(name, count)
+    return enqueued, ran
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=5000, help="tasks to enqueue and run")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if connection.vendor != "postgresql":
+        print(f"bench_tasks: skipped on {connection.vendor}; set DATABASE_URL=postgres://...")
+        return
+    config = setup_databases(verbosity=0, interactive=False)
+    try:
+        count = args.count
+        print(f"{count} no-op tasks, enqueued one per transaction, then run ({load()})")
+        idle = {name: startup(name) for name in WORKERS}
+        rates: dict[str, list[tuple[float, float, float]]] = {}
+        for r in range(args.rounds):
+            for name in WORKERS:
+                enqueued, ran = case(name, count, idle[name])
+                total = count / (enqueued + ran)
+                rates.setdefault(name, []).append((enqueued / count, count / ran, total))
+                print(
+                    f"  round {r + 1} {name:<16} enqueue {enqueued / count * 1e6:6.0f} us/task"
+                    f"  run {count / ran:7.0f} tasks/s  both {total:7.0f} tasks/s"
+                )
+            immediate = count / enqueue("immediate", count)
+            rates.setdefault("immediate", []).append((0.0, 0.0, immediate))
+            print(f"  round {r + 1} {'immediate':<16} enqueue and run in the caller "
+                  f"{immediate:7.0f} tasks/s")  # fmt: skip
+        med = {
+            name: tuple(statistics.median(row[i] for row in rows) for i in range(3))
+            for name, rows in rates.items()
+        }
+        outbox, db, immediate = med["outbox"], med["django-tasks-db"], med["immediate"]
+        print("medians:")
+        print(f"  {'backend':<16} {'enqueue us/task':>16} {'run tasks/s':>12} {'both tasks/s':>13}")
+        for name, (cost, run, total) in med.items():
+            enq = f"{cost * 1e6:.0f}" if cost else "-"
+            ran = f"{run:.0f}" if run else "-"
+            print(f"  {name:<16} {enq:>16} {ran:>12} {total:>13.0f}")
+        print(f"  outbox / django-tasks-db, throughput (both)  {outbox[2] / db[2]:.2f}x "
+              "(target >= 3x)")  # fmt: skip
+        print(f"  outbox / django-tasks-db, run                {outbox[1] / db[1]:.2f}x")
+        print(f"  outbox / django-tasks-db, enqueue cost       {outbox[0] / db[0]:.2f}x "
+              "(target <= 1.2x)")  # fmt: skip
+        print(f"  outbox / immediate, throughput (both)        {outbox[2] / immediate[2]:.2f}x")
+        print(f"({load()}: other work on the machine skews the figures)")
+    finally:
+        teardown_databases(config, verbosity=0)
+
+
+if __name__ == "__main__":
+    main()

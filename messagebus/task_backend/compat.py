@@ -1,0 +1,38 @@
+"""Django's task framework: ``django.tasks`` from Django 6.0, else the ``django-tasks``
+backport (the same names), whichever this Django has."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import django
+
+if TYPE_CHECKING or django.VERSION < (6, 0):
+    from django_tasks import DEFAULT_TASK_QUEUE_NAME, TaskContext, TaskResult, TaskResultStatus
+    from django_tasks.backends.base import BaseTaskBackend
+    from django_tasks.base import Task, TaskError
+    from django_tasks.exceptions import TaskResultDoesNotExist
+    from django_tasks.signals import task_enqueued, task_finished, task_started
+    from django_tasks.utils import normalize_json
+else:  # pragma: no cover  (Django 6.0 and later)
+    from django.tasks import DEFAULT_TASK_QUEUE_NAME, TaskContext, TaskResult, TaskResultStatus
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import Task, TaskError
+    from django.tasks.exceptions import TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+    from django.utils.json import normalize_json
+
+__all__ = [
+    "DEFAULT_TASK_QUEUE_NAME",
+    "BaseTaskBackend",
+    "Task",
+    "TaskContext",
+    "TaskError",
+    "TaskResult",
+    "TaskResultDoesNotExist",
+    "TaskResultStatus",
+    "normalize_json",
+    "task_enqueued",
+    "task_finished",
+    "task_started",
+]
