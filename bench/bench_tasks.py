@@ -8,7 +8,8 @@ no-op tasks (``tests.busapp.jobs.noop``) are enqueued, each in a transaction
 of its own as a request would, then run, by:
 
 - outbox: ``messagebus.task_backend.OutboxBackend`` (worker executor: the
-  enqueue stores an event and its delivery, and NOTIFYs at commit), run by one
+  enqueue stores an event and its delivery in one statement, the NOTIFY that
+  wakes the workers in the same round trip), run by one
   ``manage.py messagebus worker --once`` process (batches of 100);
 - django-tasks-db: ``django_tasks_db.DatabaseBackend`` (one ORM insert), run by
   one ``manage.py db_worker --batch --no-startup-delay`` process;
@@ -19,7 +20,7 @@ A worker's time is its wall time less the start-up of the same command on an
 empty queue (median of three). Every task must end SUCCESSFUL (checked in the
 tables). Rates are medians over the rounds; ratios are of the medians, the
 targets: throughput (enqueue and run) at least 3x django-tasks-db's, enqueue
-cost within 1.2x of it.
+cost within 1.2x of it, and enqueues a second at least 1.2x its.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main() -> None:
         print(f"  outbox / django-tasks-db, run                {outbox[1] / db[1]:.2f}x")
         print(f"  outbox / django-tasks-db, enqueue cost       {outbox[0] / db[0]:.2f}x "
               "(target <= 1.2x)")  # fmt: skip
+        print(f"  outbox / django-tasks-db, enqueues a second  {db[0] / outbox[0]:.2f}x "
+              "(target >= 1.2x)")  # fmt: skip
         print(f"  outbox / immediate, throughput (both)        {outbox[2] / immediate[2]:.2f}x")
         print(f"({load()}: other work on the machine skews the figures)")
     finally:

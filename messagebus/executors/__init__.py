@@ -10,12 +10,12 @@ on an event loop, if it runs any in the caller's thread).
 
 from __future__ import annotations
 
-from ..handling.executor import Executor, committing, get, here, later, reset, use
+from ..handling.executor import Executor, committing, get, here, later, reset, use, wakes
 from ..models import Delivery
 from ..outbox import states
 from ..outbox.reference import Reference
 
-__all__ = ["Executor", "committing", "get", "here", "later", "reset", "retry", "use"]
+__all__ = ["Executor", "committing", "get", "here", "later", "reset", "retry", "use", "wakes"]
 
 
 def retry(using: str, pks: list[int]) -> int:

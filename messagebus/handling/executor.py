@@ -31,6 +31,12 @@ class Executor(Protocol):
         """Deliveries an operator made due again, outside any transaction."""
 
 
+def wakes(executor: Executor) -> bool:
+    """Whether ``executor`` wants the workers woken by the statement that stores
+    deliveries (its ``wakes_workers``): the worker executor does, on PostgreSQL."""
+    return bool(getattr(executor, "wakes_workers", False))
+
+
 _built: dict[str, Executor] = {}
 _overrides: list[Executor] = []
 # Inside ``here()``: where deliveries that would run in this thread go instead.

@@ -94,7 +94,8 @@ class UnitOfWork(compat.Atomic):
         and its in-transaction handlers run as this block ends."""
         if not self._inline:
             raise UnitOfWorkError("publish() is for inside the unit of work's block")
-        executor.get().submit(outbox.store(event, self.alias))
+        runner = executor.get()
+        runner.submit(outbox.store(event, self.alias, wake=executor.wakes(runner)))
         if registry.transaction_handlers(type(event)):
             self._inline[-1].append(event)
 

@@ -44,8 +44,8 @@ def store(
     **delivery: Any,
 ) -> list[Reference]:
     """Write ``event`` (stored ``now``) and one delivery per handler (default: each of its
-    handlers) in the current transaction; ``delivery``: ``due``, ``priority``, ``queue``
-    (``sql.store``)."""
+    handlers) in the current transaction; ``delivery``: ``due``, ``priority``, ``queue``,
+    ``wake`` (``sql.store``)."""
     if handlers is None:
         handlers = registry.event_handlers(type(event))
     envelope = Envelope.of(event, tracing.stored(event))

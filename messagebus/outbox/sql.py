@@ -262,9 +262,12 @@ def store(
     due: dt.datetime | None = None,
     priority: int = 0,
     queue: str = DEFAULT_QUEUE,
+    wake: bool = False,
 ) -> None:
     """Insert an event and one pending delivery per handler, due from ``due`` (default
-    ``now``), claimed in order of ``priority`` (higher first), in ``queue``."""
+    ``now``), claimed in order of ``priority`` (higher first), in ``queue``. ``wake``:
+    NOTIFY the listening workers as the transaction commits, in the same round trip
+    (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls back)."""
     connection = connections[using]
     sql = _statements(connection)
     event = _ID.get_db_prep_value(event_id, connection)
@@ -284,8 +287,14 @@ def store(
         for name in handlers:
             params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue]
         if sql.one_statement:
-            # One round trip: the event's INSERT rides in a WITH clause.
-            cursor.execute(f"WITH event AS ({sql.insert_event}) {deliveries}", params)
+            # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
+            stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
+            many = _many_statements(connection)
+            if wake and many:
+                stored += f"; NOTIFY {CHANNEL}"
+            cursor.execute(stored, params)
+            if wake and not many:
+                cursor.execute(f"NOTIFY {CHANNEL}")
         else:
             cursor.execute(sql.insert_event, params[: len(EVENT_COLUMNS)])
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])

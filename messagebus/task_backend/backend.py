@@ -70,10 +70,11 @@ class OutboxBackend(BaseTaskBackend):
         runner = registry.named(ARUN if iscoroutinefunction(task.func) else RUN)
         assert runner is not None, "MessagebusConfig.ready() registers the task runners"
         now = timezone.now()
+        running = executors.get()
         with _transaction(using):
             refs = outbox.store(
                 event, using, handlers=[runner], now=now, due=task.run_after,
-                priority=task.priority, queue=task.queue_name,
+                priority=task.priority, queue=task.queue_name, wake=executors.wakes(running),
             )  # fmt: skip
             result: TaskResult[Any] = TaskResult(
                 task=task, id=results.result_id(using, event.message_id),
@@ -84,7 +85,7 @@ class OutboxBackend(BaseTaskBackend):
             )  # fmt: skip
             task_enqueued.send(type(self), task_result=result)
             if task.run_after is None or task.run_after <= now:  # else due later: claimed then
-                executors.get().submit(refs)  # inline, outside a transaction: runs it now
+                running.submit(refs)  # inline, outside a transaction: runs it now
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
