@@ -1,7 +1,8 @@
 """Moved to ``messagebus.handling.unit_of_work`` (``messagebus.Aggregate`` and
-``messagebus.UnitOfWork`` for short): this path, which older migrations name, still
-works, with a DeprecationWarning."""
+``messagebus.UnitOfWork`` for short). Migrations written before name
+``messagebus.unit_of_work.Aggregate``, and a migration must load as written, so
+this path stays, with no warning."""
 
-from .moved import moved
+from .handling.unit_of_work import Aggregate, UnitOfWork
 
-__getattr__ = moved(__name__, "messagebus.handling.unit_of_work")
+__all__ = ["Aggregate", "UnitOfWork"]

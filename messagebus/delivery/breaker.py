@@ -7,14 +7,18 @@ breaker's window, enough of them failed (transiently: not poison, not
 postponed), it opens the breaker: a stored pause (``messagebus.models.Pause``,
 paused by "circuit breaker", ``until`` the end of the cool-down), so every
 process stops starting the handler's deliveries, none of which is used up.
-After the cool-down one delivery, the probe, may run: done, the pause is
-lifted and the deliveries due go to the executor; failed, another cool-down.
+After the cool-down one delivery due, the probe, may run: done, the pause is
+lifted and the deliveries due go to the executor; failed, or not done within
+another cool-down (wherever it ran), another cool-down. With nothing due to
+probe with, the breaker closes.
 Each change is logged, counted (``messagebus_breaker_changes_total``) and
 published as an event (``HandlerPaused``, ``HandlerResumed``).
 
 ``record`` only counts, in memory, wherever a call ends (an event loop too);
 ``tick``, called by the processes that run deliveries, does the rest, at most
-once a second, and nothing at all while no handler has a breaker.
+once a second, and nothing at all while no handler has a breaker: it settles
+a probe this process ran at once, and any probe from the database once its
+cool-down is over.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import threading
 import time
 import uuid
 from collections import deque
+from functools import partial
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from ..core.events import HandlerPaused, HandlerResumed
@@ -92,13 +97,17 @@ def _look(using: str, breakers: dict[str, Breaker]) -> None:
         for event, failed in outcomes:
             if event == probe and handler in breakers:
                 _settle(using, handler, breakers[handler], event, failed)
+    now = time.monotonic()
     for handler, calls in windows.items():
         breaker = breakers.get(handler)
-        if breaker is None or handler in pauses or len(calls) < breaker.calls:
+        if breaker is None or handler in pauses:  # what it counted before the pause is old
+            with _lock:
+                _windows.pop((using, handler), None)
             continue
-        failures = sum(failed for _, failed in calls)
-        if failures >= breaker.rate * len(calls):
-            _open(using, handler, breaker, failures, len(calls))
+        recent = [failed for at, failed in calls if at >= now - breaker.window]
+        failures = sum(recent)
+        if len(recent) >= breaker.calls and failures >= breaker.rate * len(recent):
+            _open(using, handler, breaker, failures, len(recent))
     for pause in states.breakers_due(using, timezone.now()):
         if pause.handler in breakers:
             _probe(using, pause, breakers[pause.handler])
@@ -137,15 +146,21 @@ def _open(using: str, handler: str, breaker: Breaker, failures: int, calls: int)
 
 
 def _probe(using: str, pause: Pause, breaker: Breaker) -> None:
+    """The cool-down is over: settle the probe a cool-down ago, wherever it ran (done:
+    closed; else open again), or take one."""
     until = timezone.now() + dt.timedelta(seconds=breaker.cool_down)
+    if pause.probe is not None:
+        _settle(using, pause.handler, breaker, pause.probe, not states.probe_done(using, pause))
+        return
     probe = states.probe_taken(using, pause, until)
     if probe is None:
         return  # another process's
     if probe.event is None:
-        _closed(using, pause.handler, "it has no delivery left to probe with")
+        _closed(using, pause.handler, "nothing is due to probe with")
     else:
         logger.info("Circuit breaker half open: one delivery of %s probes", pause.handler)
-        executor.get().retried([Reference(using, probe.event, pause.handler)])
+        refs = [Reference(using, probe.event, pause.handler)]
+        transaction.on_commit(partial(executor.get().retried, refs), using=using)
 
 
 def _settle(using: str, handler: str, breaker: Breaker, event: uuid.UUID, failed: bool) -> None:
@@ -167,4 +182,4 @@ def _closed(using: str, handler: str, why: str) -> None:
         refs = states.due_of(using, handler)
     metrics.breaker(handler, "closed")
     logger.warning("Circuit breaker closed: %s resumed, %s", handler, why)
-    executor.get().retried(refs)
+    transaction.on_commit(partial(executor.get().retried, refs), using=using)

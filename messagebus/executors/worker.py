@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 from ..outbox import sql
 from ..outbox.reference import Reference
+from . import committing
 
 
 class WorkerExecutor:
@@ -18,8 +21,15 @@ class WorkerExecutor:
     wakes_workers = True
 
     def submit(self, refs: list[Reference]) -> None:
-        """Nothing to do: the storing statement woke the workers."""
+        """Nothing to do where the storing statement woke the workers; else (server-side
+        binding) one NOTIFY as the transaction commits, however many events it stored."""
+        if refs and not sql.wakes_in_store(refs[0].using):
+            committing(refs[0].using, self._notify)
 
     def retried(self, refs: list[Reference]) -> None:
         if refs:
             sql.notify(refs[0].using)
+
+    @staticmethod
+    def _notify(using: str, events: set[uuid.UUID]) -> None:
+        sql.notify(using)

@@ -13,15 +13,16 @@ inline executor runs them in the caller.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, transaction
 
 from ..core.events import HandlerPaused, HandlerResumed
 from ..core.registry import registry
 from ..exceptions import NotPausable
 from ..handling import executor
 from ..handling.unit_of_work import UnitOfWork
-from ..models import Pause
+from ..models import Delivery, Pause
 from ..outbox import states
 from ..wording import plural
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 def pause(handler: str, *, by: str = "", reason: str = "", using: str = DEFAULT_DB_ALIAS) -> bool:
     """Pause the event handler named ``handler``; False if it was paused already."""
-    _check(handler)
+    _check(handler, using)
     with UnitOfWork(using) as uow:
         paused = states.handler_paused(using, handler, by, reason)
         if paused:
@@ -52,7 +53,8 @@ def resume(handler: str, *, by: str = "", using: str = DEFAULT_DB_ALIAS) -> bool
         return False
     logger.warning("Resumed %s%s: %s", handler, f" (by {by})" if by else "",
                    plural(len(refs), "delivery due", "deliveries due"))  # fmt: skip
-    executor.get().retried(refs)
+    # Once the resume commits (at once, outside a transaction): a rollback undoes both.
+    transaction.on_commit(partial(executor.get().retried, refs), using=using)
     return True
 
 
@@ -61,10 +63,13 @@ def paused(using: str = DEFAULT_DB_ALIAS) -> list[Pause]:
     return list(Pause.objects.using(using))
 
 
-def _check(name: str) -> None:
+def _check(name: str, using: str) -> None:
     handler = registry.named(name)
     if handler is None:
-        raise NotPausable(f"No event handler is registered as {name!r}")
+        # Registered in the workers only, maybe: the deliveries stored for it say it is one.
+        if Delivery.objects.using(using).filter(handler=name).exists():
+            return
+        raise NotPausable(f"No event handler is registered as {name!r}, nor has any delivery")
     if handler.in_transaction:
         raise NotPausable(
             f"{name} runs in the transaction of the command that records its event: "

@@ -267,7 +267,8 @@ def store(
     """Insert an event and one pending delivery per handler, due from ``due`` (default
     ``now``), claimed in order of ``priority`` (higher first), in ``queue``. ``wake``:
     NOTIFY the listening workers as the transaction commits, in the same round trip
-    (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls back)."""
+    (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls
+    back), where ``wakes_in_store``."""
     connection = connections[using]
     sql = _statements(connection)
     event = _ID.get_db_prep_value(event_id, connection)
@@ -289,15 +290,18 @@ def store(
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
             stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
-            many = _many_statements(connection)
-            if wake and many:
+            if wake and _many_statements(connection):
                 stored += f"; NOTIFY {CHANNEL}"
             cursor.execute(stored, params)
-            if wake and not many:
-                cursor.execute(f"NOTIFY {CHANNEL}")
         else:
             cursor.execute(sql.insert_event, params[: len(EVENT_COLUMNS)])
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
+
+
+def wakes_in_store(using: str) -> bool:
+    """Whether ``store(wake=True)`` sends the NOTIFY itself: PostgreSQL with client-side
+    binding (two statements in one round trip)."""
+    return _many_statements(connections[using])
 
 
 def stores_in_one_statement(using: str) -> bool:

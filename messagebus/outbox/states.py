@@ -230,10 +230,13 @@ def requeued(deliveries: DeliveryQuerySet) -> int:
 
 def handler_paused(using: str, handler: str, by: str = "", reason: str = "") -> bool:
     """Start none of ``handler``'s deliveries from now on (those under way finish); they
-    stay pending. False if it was paused already (kept as it was)."""
-    _, created = Pause.objects.using(using).get_or_create(
-        handler=handler, defaults={"paused_by": by, "reason": reason}
-    )
+    stay pending until it is resumed by hand, even if a circuit breaker had paused it.
+    False if it was paused by hand already (kept as it was)."""
+    pauses = Pause.objects.using(using).filter(handler=handler)
+    changes = {"paused_by": by, "reason": reason, "paused_at": timezone.now()}
+    if pauses.filter(until__isnull=False).update(**changes, until=None, probe=None):
+        return True  # a breaker's, now held until resumed by hand
+    _, created = pauses.get_or_create(handler=handler, defaults=changes)
     return created
 
 
@@ -262,24 +265,33 @@ def breaker_opened(using: str, handler: str, until: dt.datetime, reason: str) ->
 
 
 def breakers_due(using: str, now: dt.datetime) -> list[Pause]:
-    """The breakers' pauses whose cool-down is over and that hold no probe."""
-    return list(Pause.objects.using(using).filter(until__lte=now, probe__isnull=True))
+    """The breakers' pauses whose cool-down is over: time to probe, or to settle the probe
+    taken a cool-down ago."""
+    return list(Pause.objects.using(using).filter(until__lte=now))
+
+
+def probe_done(using: str, pause: Pause) -> bool:
+    """Whether the delivery that probes for ``pause`` is done."""
+    rows = Delivery.objects.using(using).filter(handler=pause.handler, event_id=pause.probe)
+    return rows.filter(status=Status.DONE).exists()
 
 
 class Probe(NamedTuple):
     """A breaker's probe taken: the event whose delivery probes; None: the handler had
-    none left to probe with, and its pause is lifted."""
+    none due to probe with, and its pause is lifted."""
 
     event: uuid.UUID | None
 
 
 def probe_taken(using: str, pause: Pause, until: dt.datetime) -> Probe | None:
-    """Let one delivery of the paused handler run, due now (the one due first), until
+    """Let one delivery of the paused handler that is due run (the one due first), until
     ``until``; None if another process got there first."""
     candidates = (
         Delivery.objects.using(using)
         .pending()
-        .filter(handler=pause.handler, lease_until__isnull=True)
+        .filter(
+            handler=pause.handler, lease_until__isnull=True, next_attempt_at__lte=timezone.now()
+        )
     )
     event = candidates.order_by("next_attempt_at", "id").values_list("event_id", flat=True).first()
     mine = Pause.objects.using(using).filter(handler=pause.handler, until=pause.until, probe=None)
@@ -287,7 +299,6 @@ def probe_taken(using: str, pause: Pause, until: dt.datetime) -> Probe | None:
         return Probe(None) if mine.delete()[0] else None
     if not mine.update(probe=event, until=until):
         return None
-    candidates.filter(event_id=event).update(next_attempt_at=timezone.now())
     return Probe(event)
 
 

@@ -71,5 +71,6 @@ def register() -> None:
     """Register the task runners (once; ``MessagebusConfig.ready`` calls it when a
     ``TASKS`` backend is the outbox's)."""
     if registry.named(RUN) is None:
-        registry.register(TaskEnqueued, run, name=RUN)
-        registry.register(TaskEnqueued, arun, name=ARUN)
+        # One handler runs every task: a breaker would pause them all for one that fails.
+        registry.register(TaskEnqueued, run, name=RUN, breaker=False)
+        registry.register(TaskEnqueued, arun, name=ARUN, breaker=False)

@@ -19,6 +19,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from messagebus import compat, executors, outbox
+from messagebus.core.registry import registry
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPausable
 from messagebus.models import Delivery, InboxMessage
 from messagebus.ops import health, pauses, prometheus
@@ -291,6 +292,8 @@ class Command(BaseCommand):
         for pause in paused:
             by = f" by {pause.paused_by}" if pause.paused_by else ""
             why = f": {pause.reason}" if pause.reason else ""
+            if registry.named(pause.handler) is None:
+                why += " (no handler of that name is registered in this process)"
             if pause.until is not None:
                 why += f"; a probe {'runs' if pause.probe else f'from {pause.until:%H:%M:%S}'}"
             self.stdout.write(

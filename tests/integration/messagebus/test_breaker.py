@@ -15,6 +15,7 @@ from django.utils import timezone
 import messagebus
 from messagebus.delivery import breaker, concurrent
 from messagebus.models import Delivery, Pause, StoredEvent
+from messagebus.outbox import states
 from messagebus.processes.worker import Worker
 from tests.busapp.events import Pinged
 
@@ -100,6 +101,79 @@ def test_the_breaker_opens_probes_and_closes_and_no_delivery_dies_of_it(service)
     assert max(runs for _, runs in flaky()) < BUS["MAX_DELIVERIES"]
     assert sorted(n for n, up in service.calls if up) == list(range(6))
     assert [p["handler"] for p in stored("messagebus.HandlerResumed")] == [FLAKY]
+
+
+def open_breaker() -> None:
+    until = timezone.now() + timedelta(seconds=60)
+    states.breaker_opened("default", FLAKY, until, "opened by the test")
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_a_probe_run_by_another_process_is_settled_from_the_database(service, monkeypatch):
+    messagebus.bus.handle(Pinged(n=1))
+    open_breaker()
+    service.up_at = 0
+    cool_down_over()
+    breaker.tick("default")  # takes the probe
+    assert Pause.objects.get().probe is not None
+    with monkeypatch.context() as elsewhere:  # run by a process that then stops
+        elsewhere.setattr(breaker, "tick", lambda using: None)
+        concurrent.drain("default")
+    breaker.reset()
+    assert Pause.objects.exists() and flaky() == [("done", 1)]
+
+    cool_down_over()
+    breaker.tick("default")
+
+    assert not Pause.objects.exists()
+    assert [p["handler"] for p in stored("messagebus.HandlerResumed")] == [FLAKY]
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_failures_counted_before_the_window_open_nothing(service, monkeypatch):
+    for n in range(6):
+        messagebus.bus.handle(Pinged(n=n))
+    monkeypatch.setattr(breaker.time, "monotonic", lambda: 0.0)  # long ago
+    with monkeypatch.context() as quiet:
+        quiet.setattr(breaker, "tick", lambda using: None)
+        concurrent.drain("default")  # six failures, all counted at time 0
+    monkeypatch.undo()
+    monkeypatch.setattr(breaker, "TICK", 0)
+
+    breaker.tick("default")
+
+    assert not Pause.objects.exists()
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_a_pause_by_hand_takes_over_a_breakers_which_then_never_lifts_it(service):
+    messagebus.bus.handle(Pinged(n=1))
+    open_breaker()
+
+    assert messagebus.pause(FLAKY, by="ops", reason="vendor down till Monday") is True
+    service.up_at = 0
+    cool_down_over()
+    Pause.objects.update(until=None)  # as the pause by hand left it
+    breaker.tick("default")
+
+    pause = Pause.objects.get()
+    assert (pause.paused_by, pause.until, pause.probe) == ("ops", None, None)
+    assert flaky() == [("pending", 0)]
+
+
+@override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "worker"})
+def test_a_probe_is_never_a_delivery_waiting_for_a_later_time(service):
+    messagebus.bus.handle(Pinged(n=1))
+    later = timezone.now() + timedelta(hours=1)
+    Delivery.objects.filter(handler=FLAKY).update(next_attempt_at=later)
+    open_breaker()
+    cool_down_over()
+
+    breaker.tick("default")  # nothing due to probe with: closed
+
+    assert not Pause.objects.exists()
+    assert Delivery.objects.get(handler=FLAKY).next_attempt_at == later
+    assert service.calls == []
 
 
 @override_settings(MESSAGEBUS={**BUS, "EXECUTOR": "inline"})

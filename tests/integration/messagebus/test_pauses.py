@@ -6,6 +6,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import transaction
 from django.test import override_settings
 from django.urls import reverse
 
@@ -223,3 +224,23 @@ def test_the_dashboards_buttons_are_for_those_who_may_retry(client, django_user_
     assert response.status_code == 403
     assert not Pause.objects.exists()
     assert client.get(reverse("admin:messagebus_delivery_pause")).status_code == 405
+
+
+def test_a_resume_rolled_back_runs_nothing_and_stays_paused():
+    messagebus.pause(PING)
+    messagebus.bus.handle(Pinged(n=1))
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        messagebus.resume(PING)
+        raise RuntimeError("the request failed after the resume")
+
+    assert pings() == []
+    assert Pause.objects.exists()
+
+
+def test_a_handler_registered_in_the_workers_only_can_be_paused_by_its_deliveries():
+    messagebus.bus.handle(Pinged(n=1))  # a delivery stored for it
+    Delivery.objects.update(handler="workers.only.handler")
+
+    assert messagebus.pause("workers.only.handler") is True
+    assert "(no handler of that name is registered in this process)" in run("status")

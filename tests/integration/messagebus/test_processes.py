@@ -311,8 +311,8 @@ def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactio
 
     params = connection.settings_dict
     listener = psycopg.connect(
-        dbname=params["NAME"], user=params["USER"] or None, host=params["HOST"] or None,
-        port=params["PORT"] or None, autocommit=True,
+        dbname=params["NAME"], user=params["USER"] or None, password=params["PASSWORD"] or None,
+        host=params["HOST"] or None, port=params["PORT"] or None, autocommit=True,
     )  # fmt: skip
     listener.execute("LISTEN messagebus")
 
@@ -343,3 +343,23 @@ def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactio
     # No round trip of its own: each NOTIFY is sent with the statement that stores.
     stores = [q["sql"] for q in queries if "NOTIFY" in q["sql"]]
     assert len(stores) == 7 and all(q.startswith("WITH event AS") for q in stores)
+
+
+@postgres_only
+def test_with_server_side_binding_the_wake_up_is_one_notify_at_commit(
+    transactional_db, monkeypatch
+):
+    from django.test.utils import CaptureQueriesContext
+
+    from messagebus.outbox import sql
+
+    monkeypatch.setattr(sql, "_many_statements", lambda connection: False)
+    with (
+        override_settings(MESSAGEBUS={"EXECUTOR": "worker"}),
+        CaptureQueriesContext(connection) as queries,
+        messagebus.UnitOfWork() as uow,
+    ):
+        for n in range(3):
+            uow.publish(Pinged(n=n))
+    notifies = [q["sql"] for q in queries if "NOTIFY" in q["sql"]]
+    assert notifies == ["NOTIFY messagebus"]

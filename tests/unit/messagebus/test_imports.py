@@ -103,7 +103,8 @@ def test_every_module_of_the_engine_and_below_is_in_a_layer():
     top = {name for name in MODULES if layer(name) == len(LAYERS)}
     assert top == {
         "messagebus", "messagebus.admin", "messagebus.apps", "messagebus.checks",
-        "messagebus.failures", "messagebus.health", "messagebus.logs",
+        "messagebus.failures", "messagebus.health", "messagebus.inbound", "messagebus.logs",
+        "messagebus.worker",
         "messagebus.management.commands.messagebus", "messagebus.metrics",
         "messagebus.pytest_plugin", "messagebus.tasks", "messagebus.testing",
         "messagebus.unit_of_work",

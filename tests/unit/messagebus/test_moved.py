@@ -19,7 +19,9 @@ MOVED = [
     ("messagebus.failures", "is_outage", "messagebus.external.failures"),
     ("messagebus.delivery.reference", "Reference", "messagebus.outbox.reference"),
     ("messagebus.delivery.states", "Claim", "messagebus.outbox.states"),
-    ("messagebus.unit_of_work", "Aggregate", "messagebus.handling.unit_of_work"),
+    ("messagebus.inbound", "nested_deeper", "messagebus.external.inbound"),
+    ("messagebus.worker", "Worker", "messagebus.processes.worker"),
+    ("messagebus.delivery.policy", "Policy", "messagebus.core.policy"),
 ]
 
 
@@ -53,6 +55,13 @@ def test_the_dotted_paths_settings_name_import_without_a_warning(path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         assert isinstance(import_string(path), type)
+
+
+def test_the_path_older_migrations_name_loads_with_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module = importlib.import_module("messagebus.unit_of_work")
+        assert module.Aggregate is messagebus.Aggregate
 
 
 def test_migrations_name_the_aggregate_by_its_public_path_whatever_the_layout():

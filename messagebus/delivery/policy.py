@@ -1,0 +1,5 @@
+"""Moved to ``messagebus.core.policy``: this path still works, with a DeprecationWarning."""
+
+from ..moved import moved
+
+__getattr__ = moved(__name__, "messagebus.core.policy")
