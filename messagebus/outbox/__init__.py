@@ -1,4 +1,5 @@
-"""The outbox: each event stored once, with one pending delivery per handler."""
+"""The outbox: each event stored once, with one pending delivery per handler; a message
+scheduled for later (``store_due``) the same way, its deliveries due at its time."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from ..core.envelope import Envelope
-from ..core.messages import Event
+from ..core.messages import Command, Event, Message
+from ..core.policy import WAITING_FOR_HANDLER
 from ..core.registry import registry
+from ..models import Delivery
 from ..observe import logs, tracing
 from ..wording import plural
 from . import sql
@@ -36,15 +40,54 @@ def prune(using: str, before: dt.datetime, *, chunk: int = PRUNE_CHUNK) -> tuple
 
 def store(event: Event, using: str) -> list[Reference]:
     """Write ``event`` and one delivery per handler in the current transaction."""
-    handlers = registry.event_handlers(type(event))
-    envelope = Envelope.of(event, tracing.stored(event))
-    sql.store(
-        using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
-        envelope.causation_id, envelope.trace, [h.name for h in handlers], timezone.now(),
-    )  # fmt: skip
+    handlers = [h.name for h in registry.event_handlers(type(event))]
+    refs = _stored(event, using, handlers, None)
     if observers:
         for observer in observers:
             observer(event, using)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s for %s", event, plural(len(handlers), "handler"))
-    return [Reference(using, envelope.id, h.name, envelope) for h in handlers]
+    return refs
+
+
+def store_due(message: Message, using: str, due: dt.datetime) -> list[Reference]:
+    """Write ``message`` in the current transaction, its deliveries due at ``due``: an
+    event's, one per handler; a command's, one, to its handler (``HandlerNotFound``
+    if it has none)."""
+    if isinstance(message, Command):
+        handlers = [registry.command_handler(type(message)).name]
+    else:
+        handlers = [h.name for h in registry.event_handlers(type(message))]
+    refs = _stored(message, using, handlers, due)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Stored %s, due at %s", message, due.isoformat())
+    return refs
+
+
+def _stored(
+    message: Message, using: str, handlers: list[str], due: dt.datetime | None
+) -> list[Reference]:
+    envelope = Envelope.of(message, tracing.stored(message))
+    sql.store(
+        using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
+        envelope.causation_id, envelope.trace, handlers, timezone.now(), due,
+    )  # fmt: skip
+    return [Reference(using, envelope.id, name, envelope) for name in handlers]
+
+
+def scheduled(now: dt.datetime) -> Q:
+    """A delivery scheduled for later: pending, never called, not due before a time still
+    to come (and not one that waits for a process that has its handler)."""
+    later = Q(status="pending", lease_until__isnull=True, attempts=0, next_attempt_at__gt=now)
+    return later & ~Q(last_error__startswith=WAITING_FOR_HANDLER)
+
+
+def next_due(using: str) -> dt.datetime | None:
+    """When the next delivery not due yet falls due (a scheduled one, or a retry)."""
+    rows = (
+        Delivery.objects.using(using)
+        .pending()
+        .filter(lease_until__isnull=True, next_attempt_at__gt=timezone.now())
+    )
+    found: dt.datetime | None = rows.aggregate(at=Min("next_attempt_at"))["at"]
+    return found

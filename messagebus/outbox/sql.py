@@ -241,12 +241,14 @@ def store(
     trace: dict[str, str] | None,
     handlers: Sequence[str],
     now: dt.datetime,
+    due: dt.datetime | None = None,
 ) -> None:
-    """Insert an event and one pending delivery per handler."""
+    """Insert an event and one pending delivery per handler, due now or at ``due``."""
     connection = connections[using]
     sql = _statements(connection)
     event = _ID.get_db_prep_value(event_id, connection)
     when = _WHEN.get_db_prep_value(now, connection)
+    due_at = when if due is None else _WHEN.get_db_prep_value(due, connection)
     params = [
         event, type_name, _PAYLOAD.get_db_prep_value(payload, connection),
         _CORRELATION.get_db_prep_value(correlation_id, connection),
@@ -259,7 +261,7 @@ def store(
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
         for name in handlers:
-            params += [event, name, PENDING, 0, 0, 0, when, "", "", when]
+            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when]
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause.
             cursor.execute(f"WITH event AS ({sql.insert_event}) {deliveries}", params)

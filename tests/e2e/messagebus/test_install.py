@@ -181,6 +181,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         "Django>=5.2",
         "tenacity>=8.2",
         "anyio>=4.5",
+        "cronsim>=2.6",
     ]
     assert set(meta.get_all("Provides-Extra")) == {"postgres", "celery", "redis", "amqp", "metrics"}
     for extra, package in [
