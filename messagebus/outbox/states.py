@@ -11,6 +11,9 @@ their runner. A run ends in ``_END_RUN`` (and its SQL twin ``sql.done_*``),
 and only a requeue sets ``runs`` back to 0. A ``RetryLater``, a missing
 handler and a hand-back at shutdown end no run.
 
+A message scheduled for later is stored with its deliveries due at its time;
+``cancelled`` discards those not started yet.
+
 Transitions that name a ``lease`` act only while the row is still held under
 it (None: not leased), so a runner that lost its lease changes nothing.
 """
