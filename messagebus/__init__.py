@@ -8,6 +8,7 @@ class Allocate(messagebus.Command):
 def allocate(cmd: Allocate, uow: messagebus.UnitOfWork) -> str: ...
 
 messagebus.bus.handle(Allocate("o1"))
+messagebus.bus.schedule(Remind("o1"), after=timedelta(hours=1))
 """
 
 from importlib import import_module
@@ -18,6 +19,7 @@ __version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it
 from .core.dependencies import dependencies
 from .core.events import HandlerPaused, HandlerResumed
 from .core.messages import Command, Event, Message
+from .core.periodic import periodic
 from .core.registry import Registry, handler, registry
 from .exceptions import (
     CommandRejected,
@@ -30,6 +32,7 @@ from .exceptions import (
     RegistrationError,
     Reject,
     RetryLater,
+    ScheduleError,
     UnitOfWorkError,
 )
 
@@ -79,6 +82,7 @@ __all__ = [
     "Registry",
     "Reject",
     "RetryLater",
+    "ScheduleError",
     "UnitOfWork",
     "UnitOfWorkError",
     "bus",
@@ -86,6 +90,7 @@ __all__ = [
     "dependencies",
     "handler",
     "pause",
+    "periodic",
     "publishes",
     "registry",
     "resume",

@@ -24,9 +24,10 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from . import executors
+from . import executors, outbox
 from .exceptions import NotPausable
-from .models import Delivery, InboxMessage, StoredEvent
+from .handling import scheduling
+from .models import Delivery, InboxMessage, ScheduleTick, StoredEvent
 from .ops import dashboard, pauses
 from .outbox import states
 from .wording import first_line
@@ -145,6 +146,37 @@ class ErrorFilter(admin.SimpleListFilter):
         return queryset.filter(Q(last_error=line) | Q(last_error__startswith=f"{line}\n"))
 
 
+class ScheduledFilter(admin.SimpleListFilter):
+    """Deliveries scheduled for later (``bus.schedule``): not due before a time to come."""
+
+    title = _("when")
+    parameter_name = "when"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("scheduled", gettext("scheduled for later"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
+        if self.value() != "scheduled":
+            return queryset
+        return queryset.filter(outbox.scheduled(timezone.now())).order_by("next_attempt_at")
+
+
+@admin.register(ScheduleTick)
+class ScheduleTickAdmin(ReadOnlyAdmin):
+    """The periodic schedules' ticks: each recorded once, with the message it sent."""
+
+    list_display = ["name", "tick_at", "message", "recorded_at", "recorded_by"]
+    list_filter = ["name"]
+    fields = readonly_fields = ("name", "tick_at", "message", "recorded_at", "recorded_by")
+
+    @admin.display(description=_("message"))
+    def message(self, obj: ScheduleTick) -> str:
+        if obj.message_id is None:
+            return gettext("none: missed, skipped")
+        url = reverse("admin:messagebus_storedevent_change", args=[obj.message_id])
+        return format_html('<a href="{}">{}</a>', url, obj.message_id)
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
     # Narrow columns first, so status, runs and the error fit at 1280 px.
@@ -153,7 +185,7 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "id", "status_label", "runs", "error", "event_type", "handler_name", "created_at",
     ]  # fmt: skip
     list_display_links = ["id"]
-    list_filter = ["status", "event__type", "handler", ErrorFilter]
+    list_filter = ["status", "event__type", "handler", ScheduledFilter, ErrorFilter]
     search_fields = ["=event__id", "=event__correlation_id"]
     list_select_related = ["event"]
     actions = ["retry_now", "discard"]
@@ -178,6 +210,13 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "queue",
         "result_json",
     )
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        """Scheduled deliveries are listed with the time each is due."""
+        shown = list(super().get_list_display(request))
+        if request.GET.get(ScheduledFilter.parameter_name) == "scheduled":
+            shown.insert(2, "next_attempt")
+        return shown
 
     @admin.display(description=_("status"), ordering="status")
     def status_label(self, obj: Delivery) -> str:
@@ -315,6 +354,7 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
             ),
             button("retry", self.retry_view),
             button("discard", self.discard_view),
+            button("cancel", self.cancel_view),
             *super().get_urls(),
         ]
 
@@ -373,9 +413,11 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         form_url: str = "",
         obj: Delivery | None = None,
     ) -> HttpResponse:
+        may = self.has_retry_permission(request)
         context["show_delivery_buttons"] = (
             obj is not None and obj.status in Delivery.UNFINISHED
-        ) and self.has_retry_permission(request)
+        ) and may
+        context["show_cancel_button"] = may and obj is not None and _is_scheduled(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
@@ -402,6 +444,21 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
             self._finished(request, delivery, using, "discarded")
         return HttpResponseRedirect(_page(object_id))
 
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        """The Cancel button of a scheduled delivery: its message's deliveries that have
+        not started never run."""
+        delivery, using = self._delivery(request, object_id)
+        if scheduling.cancel(delivery.event_id, using=using):
+            said = gettext("Cancelled %(event)s: its deliveries will not run.")
+            self.message_user(request, said % {"event": delivery.event_id}, messages.SUCCESS)
+        else:
+            delivery.refresh_from_db(using=using, fields=["status"])
+            said = gettext("Delivery %(id)s is %(status)s and started already: nothing to cancel.")
+            self.message_user(
+                request, said % {"id": delivery.pk, "status": delivery.status}, messages.WARNING
+            )
+        return HttpResponseRedirect(_page(object_id))
+
     def _delivery(self, request: HttpRequest, object_id: str) -> tuple[Delivery, str]:
         """The delivery a button acts on, and the database to change it in."""
         if not self.has_retry_permission(request):
@@ -415,6 +472,12 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         delivery.refresh_from_db(using=using, fields=["status"])
         said = {"id": delivery.pk, "status": delivery.status}
         self.message_user(request, str(_FINISHED[verb]) % said, messages.WARNING)
+
+
+def _is_scheduled(row: Delivery) -> bool:
+    """Whether a delivery is scheduled for later, and can still be cancelled."""
+    scheduled = Delivery.objects.filter(pk=row.pk).filter(outbox.scheduled(timezone.now()))
+    return scheduled.using(row._state.db).exists()
 
 
 def _page(object_id: str) -> str:

@@ -10,8 +10,10 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core import checks
+from django.utils import timezone
 
 from . import conf
+from .core import periodic
 from .core.dependencies import dependencies
 from .core.messages import Command, Message, message_classes, message_type_name
 from .core.policy import OVERRIDABLE
@@ -71,6 +73,34 @@ def check_external(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 obj=subscription.translate,
                 id="messagebus.E007",
             ))  # fmt: skip
+    return errors
+
+
+@checks.register("messagebus")
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Periodic schedules: each one's cron, time zone, message and rule for missed ticks."""
+    errors: list[checks.CheckMessage] = [
+        checks.Error(
+            f"MESSAGEBUS['SCHEDULES']: {problem}.",
+            hint="Each schedule: {'cron': '*/5 * * * *', 'message': 'dotted.path.Class', "
+            "'kwargs': {...}, 'timezone': 'UTC', 'missed': 'once' or 'skip'}.",
+            id="messagebus.E008",
+        )
+        for problem in periodic.schedules.problems()
+    ]
+    for schedule in periodic.schedules.all():
+        try:
+            message = schedule.message(timezone.now())
+        except Exception as exc:  # noqa: BLE001  (a schedule's own function may raise anything)
+            problem = f"cannot make its message: {exc!r}"
+        else:
+            if not isinstance(message, Command) or _handled(type(message)):
+                continue
+            problem = f"sends the command {type(message).__qualname__}, which has no handler"
+        errors.append(checks.Error(
+            f"The periodic schedule {schedule.name} {problem}.", obj=schedule.make,
+            id="messagebus.E008",
+        ))  # fmt: skip
     return errors
 
 

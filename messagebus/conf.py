@@ -251,6 +251,14 @@ def exchange_name(value: Any) -> str | None:
     return f"must be an exchange's name (1 to 255 characters), not {value!r}"
 
 
+def schedules(value: Any) -> str | None:
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str) and isinstance(spec, dict) for name, spec in value.items()
+    ):
+        return "must map schedule names to dicts of 'cron', 'message' and the rest"
+    return None  # each schedule's own problems: messagebus.E008
+
+
 EXECUTORS = {
     "inline": "messagebus.executors.inline.InlineExecutor",
     "worker": "messagebus.executors.worker.WorkerExecutor",
@@ -336,6 +344,9 @@ class Settings:
     )
     INBOUND_MAX_BYTES = Setting[int](
         1_048_576, whole_number, "bytes: a larger inbound message is dead-lettered, not decoded"
+    )
+    SCHEDULES = Setting[dict[str, dict[str, Any]]](
+        {}, schedules, "periodic schedules: name -> cron, message, kwargs, timezone, missed"
     )
     AMQP_EXCHANGE = Setting[str](
         "messagebus", exchange_name, "RabbitMQ: the topic exchange shared with other services"

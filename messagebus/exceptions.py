@@ -78,6 +78,10 @@ class RetryLater(MessageBusError):
         self.seconds = seconds
 
 
+class ScheduleError(MessageBusError, ValueError):
+    """A message cannot be scheduled as asked, or a periodic schedule is declared wrongly."""
+
+
 class ConcurrencyError(MessageBusError):
     """Two transactions changed the same thing at once; the bus runs the command again."""
 

@@ -232,3 +232,26 @@ class Pause(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} paused"
+
+
+class ScheduleTick(models.Model):
+    """A tick of a periodic schedule, recorded once, by whichever process got there first,
+    in the transaction that stores its message (none: a missed tick, skipped)."""
+
+    name = models.CharField(max_length=200, help_text="The periodic schedule's name.")
+    tick_at = models.DateTimeField(help_text="The time the schedule's cron expression named.")
+    message_id = models.UUIDField(
+        null=True, blank=True, help_text="The message stored for it (none: a missed tick, skipped)."
+    )
+    recorded_at = models.DateTimeField(default=timezone.now)
+    recorded_by = models.CharField(max_length=255, blank=True, help_text="[role:]host:pid")
+
+    class Meta:
+        verbose_name = "periodic schedule tick"
+        ordering = ["-tick_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "tick_at"], name="messagebus_one_tick"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.tick_at:%Y-%m-%d %H:%M}"

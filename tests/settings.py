@@ -1,5 +1,6 @@
 """The project's settings plus a small app that exercises the bus."""
 
+import json
 import os
 import uuid
 
@@ -20,6 +21,8 @@ MESSAGEBUS = {
     # Worker subprocesses in crash tests lose their leases in seconds, not minutes.
     "CLAIM_TIMEOUT": float(os.environ.get("BUSAPP_CLAIM_TIMEOUT", "300")),
     "DEPENDENCIES": {**MESSAGEBUS["DEPENDENCIES"], "clock": "tests.busapp.services.Clock"},  # noqa: F405
+    # Periodic schedules of worker subprocesses (tests/integration/messagebus/test_scheduling.py).
+    "SCHEDULES": json.loads(os.environ.get("BUSAPP_SCHEDULES", "{}")),
     # Off, but in the tests of traces (tests/e2e/allocation/test_tracing.py), which set
     # the SDK's tracer provider: once set, it stays for the rest of the run. On in a
     # Celery worker subprocess whose spans go to a file (tests/traced.py).

@@ -126,6 +126,17 @@ class Registry:
         runs in the transaction now (a delivery stored before it did still runs once)."""
         return next((h for h in self._all(cls) if h.name == name), None)
 
+    def delivered_by(self, cls: type[Message], name: str) -> Handler | None:
+        """The handler a delivery of a ``cls`` to ``name`` runs: an event handler's (as
+        ``event_handler``); for a command (scheduled), one that hands it to ``bus.handle``
+        in the delivery's unit of work, while the command's handler is still ``name``."""
+        if not issubclass(cls, Command):
+            return self.event_handler(cls, name)
+        handler = self._commands.get(cls)
+        if handler is None or handler.name != name:
+            return None
+        return Handler(_handle_command, cls, name, (("uow", False), ("bus", False)))
+
     def _all(self, cls: type[Message]) -> tuple[Handler, ...]:
         return self._events.get(cls, ()) + self._inline.get(cls, ())
 
@@ -156,6 +167,11 @@ class Registry:
         finally:
             self._commands, self._events, self._inline = saved
             self._by_name = None
+
+
+def _handle_command(command: Command, uow: Any, bus: Any) -> Any:
+    """A scheduled command's delivery: the command handled, in the delivery's transaction."""
+    return bus.handle(command, using=uow.alias)
 
 
 def _inspect(

@@ -34,7 +34,7 @@ from django.utils import timezone
 from .. import conf
 from ..core.dependencies import dependencies
 from ..core.envelope import Envelope
-from ..core.messages import Event
+from ..core.messages import Message
 from ..core.policy import HANDLER_RECHECK, Dead, Policy, Postpone, Verdict, missing_handler
 from ..core.registry import Handler, registry
 from ..exceptions import MessageDecodeError, RetryLater
@@ -57,7 +57,7 @@ class Job:
     """A claimed delivery resolved to what it runs: its event, handler and policy."""
 
     claim: states.Claim
-    event: Event
+    event: Message  # an event, or a command scheduled for later
     handler: Handler
     policy: Policy
 
@@ -98,11 +98,10 @@ def examine(claim: states.Claim) -> Job | str | None:
     ref = claim.ref
     assert ref.envelope is not None
     try:
-        event = ref.envelope.open(Event)
+        event = ref.envelope.open()  # an event, or a command scheduled for later
     except MessageDecodeError as exc:
         return f"cannot decode the event: {exc}"
-    assert isinstance(event, Event)
-    handler = registry.event_handler(type(event), ref.handler)
+    handler = registry.delivered_by(type(event), ref.handler)
     if handler is None:
         return None
     return Job(claim, event, handler, policy_of(handler))

@@ -1,4 +1,4 @@
-"""The message bus: ``bus.handle(message)``.
+"""The message bus: ``bus.handle(message)``, and ``bus.schedule`` / ``bus.cancel`` for later.
 
 A command runs its one handler inside a unit of work and returns the
 handler's result; its error is logged and re-raised. A unit of work that
@@ -20,7 +20,9 @@ commands of its own or in ``sync_to_async`` functions.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +35,7 @@ from ..core.messages import Command, Event, Message, current_message, message_ty
 from ..core.registry import Handler, registry
 from ..exceptions import CommandRejected, ConcurrencyError, NotAMessage
 from ..observe import logs, metrics, tracing
-from . import executor
+from . import executor, scheduling
 from .unit_of_work import UnitOfWork
 
 logger = logs.get_logger(__name__)
@@ -108,6 +110,25 @@ class MessageBus:
                     raise
                 run += 1
                 logger.warning("Running %s again (run %d of %d): %s", command, run, runs, exc)
+
+    def schedule(
+        self,
+        message: Message,
+        *,
+        at: dt.datetime | None = None,
+        after: dt.timedelta | None = None,
+        using: str | None = None,
+    ) -> uuid.UUID:
+        """Send a command or an event later: at ``at`` (aware), or ``after`` from now.
+
+        Stored in the current transaction (a rollback: never sent; none open: at once);
+        returns its id, for ``cancel``. An event's handlers, or a command's one handler
+        in a unit of work, run from then on as deliveries, with their retries."""
+        return scheduling.schedule(message, at=at, after=after, using=using)
+
+    def cancel(self, message_id: uuid.UUID | str, *, using: str | None = None) -> bool:
+        """Cancel a scheduled message before it runs; False once it ran or was cancelled."""
+        return scheduling.cancel(message_id, using=using)
 
     def _publish(self, event: Message, using: str | None) -> None:
         if not isinstance(event, Event):

@@ -38,7 +38,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from .. import conf, models
+from .. import conf, models, outbox
 from ..core.policy import WAITING_FOR_HANDLER
 from ..models import Delivery, WorkerBeat
 from ..outbox import sql
@@ -52,10 +52,11 @@ SEEN_RECENTLY = dt.timedelta(minutes=1)  # a worker seen longer ago may be gone
 
 def figures(using: str) -> dict[str, Any]:
     """Counts by status, what is due (waiting for a runner), how long the oldest due one
-    has waited, how many wait for a paused handler, and how many were done in the last
-    minute: one query."""
+    has waited, how many wait for a paused handler, how many are scheduled for later and
+    when the next falls due, and how many were done in the last minute: one query."""
     now = timezone.now()
     due = models.due(now)
+    later = outbox.scheduled(now)
     by_status = {status.value: Count("id", filter=Q(status=status)) for status in Delivery.Status}
     waiting = Q(status=Delivery.Status.PENDING, last_error__startswith=WAITING_FOR_HANDLER)
     rows = Delivery.objects.using(using).aggregate(
@@ -64,14 +65,18 @@ def figures(using: str) -> dict[str, Any]:
         waiting_for_a_handler=Count("id", filter=waiting),
         paused=Count("id", filter=Q(status=Delivery.Status.PENDING) & models.paused()),
         oldest_due=Min("next_attempt_at", filter=due),
+        scheduled=Count("id", filter=later),
+        next_scheduled=Min("next_attempt_at", filter=later),
         done_last_minute=Count(
             "id", filter=Q(status=Delivery.Status.DONE, finished_at__gte=now - RATE_WINDOW)
         ),
     )
     oldest = rows.pop("oldest_due")
+    soonest = rows.pop("next_scheduled")
     return {
         "statuses": {status: rows.pop(status) for status in by_status},
         **rows,
+        "next_scheduled_at": soonest.isoformat() if soonest else None,
         "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
     }
 

@@ -1,4 +1,5 @@
-"""The outbox: each event stored once, with one pending delivery per handler."""
+"""The outbox: each event stored once, with one pending delivery per handler; a message
+scheduled for later (``store_due``) the same way, its deliveries due at its time."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from ..core.envelope import Envelope
-from ..core.messages import Event
+from ..core.messages import Command, Event, Message
+from ..core.policy import WAITING_FOR_HANDLER
 from ..core.registry import Handler, registry
+from ..models import Delivery
 from ..observe import logs, tracing
 from ..wording import plural
 from . import sql
@@ -48,15 +52,53 @@ def store(
     ``wake`` (``sql.store``)."""
     if handlers is None:
         handlers = registry.event_handlers(type(event))
-    envelope = Envelope.of(event, tracing.stored(event))
-    sql.store(
-        using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
-        envelope.causation_id, envelope.trace, [h.name for h in handlers], now or timezone.now(),
-        **delivery,
-    )  # fmt: skip
+    refs = _stored(event, using, [h.name for h in handlers], now, **delivery)
     if observers:
         for observer in observers:
             observer(event, using)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s for %s", event, plural(len(handlers), "handler"))
-    return [Reference(using, envelope.id, h.name, envelope) for h in handlers]
+    return refs
+
+
+def store_due(message: Message, using: str, due: dt.datetime, **delivery: Any) -> list[Reference]:
+    """Write ``message`` in the current transaction, its deliveries due at ``due``: an
+    event's, one per handler; a command's, one, to its handler (``HandlerNotFound``
+    if it has none). ``delivery``: as for ``store``."""
+    if isinstance(message, Command):
+        handlers = [registry.command_handler(type(message)).name]
+    else:
+        handlers = [h.name for h in registry.event_handlers(type(message))]
+    refs = _stored(message, using, handlers, None, due=due, **delivery)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("Stored %s, due at %s", message, due.isoformat())
+    return refs
+
+
+def _stored(
+    message: Message, using: str, handlers: list[str], now: dt.datetime | None, **delivery: Any
+) -> list[Reference]:
+    envelope = Envelope.of(message, tracing.stored(message))
+    sql.store(
+        using, envelope.id, envelope.type, envelope.payload, envelope.correlation_id,
+        envelope.causation_id, envelope.trace, handlers, now or timezone.now(), **delivery,
+    )  # fmt: skip
+    return [Reference(using, envelope.id, name, envelope) for name in handlers]
+
+
+def scheduled(now: dt.datetime) -> Q:
+    """A delivery scheduled for later: pending, never called, not due before a time still
+    to come (and not one that waits for a process that has its handler)."""
+    later = Q(status="pending", lease_until__isnull=True, attempts=0, next_attempt_at__gt=now)
+    return later & ~Q(last_error__startswith=WAITING_FOR_HANDLER)
+
+
+def next_due(using: str) -> dt.datetime | None:
+    """When the next delivery not due yet falls due (a scheduled one, or a retry)."""
+    rows = (
+        Delivery.objects.using(using)
+        .pending()
+        .filter(lease_until__isnull=True, next_attempt_at__gt=timezone.now())
+    )
+    found: dt.datetime | None = rows.aggregate(at=Min("next_attempt_at"))["at"]
+    return found

@@ -11,6 +11,9 @@ their runner. A run ends in ``_END_RUN`` (and its SQL twin ``sql.done_*``),
 and only a requeue sets ``runs`` back to 0. A ``RetryLater``, a missing
 handler and a hand-back at shutdown end no run.
 
+A message scheduled for later is stored with its deliveries due at its time;
+``cancelled`` discards those not started yet.
+
 Transitions that name a ``lease`` act only while the row is still held under
 it (None: not leased), so a runner that lost its lease changes nothing.
 """
@@ -37,6 +40,7 @@ from . import sql
 from .reference import Reference
 
 Status = Delivery.Status
+CANCELLED = "Cancelled before it ran"  # a cancelled delivery's reason, kept as its last error
 _END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "calls": 0, "lease_until": None}
 
 
@@ -316,6 +320,17 @@ def discarded(deliveries: DeliveryQuerySet) -> int:
     return deliveries.retryable().update(
         status=Status.DISCARDED, finished_at=timezone.now(), lease_until=None
     )
+
+
+def cancelled(using: str, message: uuid.UUID) -> int:
+    """A message's deliveries that have not started (never called, not held by a runner):
+    discarded, never to run. How many."""
+    rows = (
+        Delivery.objects.using(using)
+        .pending()
+        .filter(event_id=message, lease_until__isnull=True, attempts=0)
+    )
+    return rows.update(status=Status.DISCARDED, finished_at=timezone.now(), last_error=CANCELLED)
 
 
 def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[Delivery, str]]:

@@ -11,14 +11,16 @@ import anyio
 from anyio import from_thread, to_thread
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
+from django.utils import timezone
 
-from .. import conf
+from .. import conf, outbox
 from ..delivery import breaker, concurrent
 from ..delivery.run import policy_of
 from ..observe import logs, metrics
 from ..outbox import states
 from ..wording import plural
 from .process import Process
+from .ticker import Ticker
 from .wakeup import Wakeup
 
 logger = logs.get_logger(__name__)
@@ -83,6 +85,7 @@ class Worker(Process):
         self.processed = 0
         self._expiry_checked = float("-inf")  # due at the first batch
         self._wakeup = Wakeup(using)
+        self._ticker = Ticker(using, self.id)
         self.abandoned = 0  # sync deliveries still running in threads when it stopped
         self._pool: concurrent.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +151,7 @@ class Worker(Process):
         while not self.stopping.is_set() and not self._reached_limit():
             close_old_connections()
             try:
+                self._ticker.run()
                 claimed = self.run_batch()
             except outages as exc:
                 if self.once or (isinstance(exc, DatabaseError) and lasting(exc)):
@@ -161,7 +165,7 @@ class Worker(Process):
                     if self._pool is None or not from_thread.run(self._pool.wait_running):
                         break
                     continue
-                self._wakeup.wait(self._interval(), self.stopping)
+                self._wakeup.wait(self._idle_wait(), self.stopping)
 
     def run_batch(self) -> int:
         """Claim and run one batch; the number of deliveries it claimed."""
@@ -206,6 +210,20 @@ class Worker(Process):
 
     def _batch(self) -> int:
         return self.batch or conf.settings.BATCH_SIZE
+
+    def _idle_wait(self) -> float:
+        """How long to wait for a notification when nothing is due: the poll interval, or
+        less, until the next delivery or periodic tick falls due."""
+        wait = self._interval()
+        try:
+            due = outbox.next_due(self.using)
+        except DatabaseError:  # the next batch meets the outage, and waits it out
+            due = None
+        now = timezone.now()
+        for soonest in (due, self._ticker.next_at()):
+            if soonest is not None:
+                wait = min(wait, max(0.0, (soonest - now).total_seconds()))
+        return wait
 
     def _interval(self) -> float:
         if self.poll_interval is not None:

@@ -47,3 +47,10 @@ class Napped(messagebus.Event):
 
     n: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class Reminded(messagebus.Event):
+    """Scheduled for later; its handler notes when it ran (tests of scheduling)."""
+
+    n: int

@@ -7,7 +7,7 @@ import messagebus
 from messagebus.handling.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn, Record
-from .events import Audited, Deposited, Napped, Pinged
+from .events import Audited, Deposited, Napped, Pinged, Reminded
 from .models import Account, Entry
 
 
@@ -52,6 +52,15 @@ def record_ping(event: Pinged) -> None:
             log.write(f"{event.n} {os.getpid()}\n")
     if pause := float(os.environ.get("BUSAPP_PING_SLEEP", "0")):
         time.sleep(pause)
+
+
+@messagebus.handler
+def note_reminder(event: Reminded) -> None:
+    """Write a row, and a line "n time pid" to $BUSAPP_REMINDER_LOG as it runs."""
+    Entry.objects.create(account="reminder", amount=event.n)
+    if path := os.environ.get("BUSAPP_REMINDER_LOG"):
+        with open(path, "a") as log:
+            log.write(f"{event.n} {time.time()} {os.getpid()}\n")
 
 
 @messagebus.handler

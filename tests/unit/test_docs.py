@@ -145,7 +145,10 @@ def test_the_install_text_names_every_runtime_requirement_and_python_for_each_dj
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     install = (ROOT / "docs" / "guide.md").read_text().split("## Install", 1)[1].split("\n## ")[0]
-    names = {"django": "Django", "tenacity": "tenacity", "anyio": "AnyIO", "asgiref": "asgiref"}
+    names = {
+        "django": "Django", "tenacity": "tenacity", "anyio": "AnyIO", "asgiref": "asgiref",
+        "cronsim": "cronsim",
+    }  # fmt: skip
 
     for requirement in map(Requirement, project["dependencies"]):
         assert names[requirement.name.lower()] in install, requirement.name

@@ -19,8 +19,10 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from messagebus import compat, executors, outbox
+from messagebus.core.periodic import schedules
 from messagebus.core.registry import registry
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPausable
+from messagebus.handling import scheduling
 from messagebus.models import Delivery, InboxMessage
 from messagebus.ops import health, pauses, prometheus
 from messagebus.processes.worker import Worker
@@ -72,6 +74,23 @@ def _who() -> str:
     except OSError:
         user = os.environ.get("USER", "")
     return f"{user}@{socket.gethostname()}" if user else socket.gethostname()
+
+
+def _periodic(using: str) -> list[dict[str, Any]]:
+    """Each periodic schedule, with its last tick recorded and its next."""
+    last = scheduling.last_ticks(using)
+    now = timezone.now()
+    return [
+        {
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "missed": s.missed,
+            "last_tick": last[s.name].isoformat() if s.name in last else None,
+            "next_tick": s.following(now).isoformat(),
+        }
+        for s in schedules.all()
+    ]
 
 
 class Command(BaseCommand):
@@ -255,6 +274,7 @@ class Command(BaseCommand):
             .order_by()
         )
         inbox = {status.value: received.get(status.value, 0) for status in InboxMessage.Status}
+        periodic = _periodic(using)
         if json_output:
             by_handler = [
                 {
@@ -275,6 +295,7 @@ class Command(BaseCommand):
                      "paused_at": p.paused_at.isoformat(), "reason": p.reason}
                     for p in paused
                 ],
+                "periodic": periodic,
                 "last_seen": last and {
                     "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
                 },
@@ -287,6 +308,16 @@ class Command(BaseCommand):
             f"Due now: {outbox['due']}; the oldest has waited {outbox['lag_seconds']:.0f}s. "
             f"Done in the last minute: {outbox['done_last_minute']}."
         )
+        if outbox["scheduled"]:
+            self.stdout.write(
+                f"{outbox['scheduled']} scheduled, next due at {outbox['next_scheduled_at']}."
+            )
+        for schedule in periodic:
+            self.stdout.write(
+                f"Periodic: {schedule['name']} ({schedule['cron']}, {schedule['timezone']}, "
+                f"missed: {schedule['missed']}): last tick {schedule['last_tick'] or 'none yet'}, "
+                f"next {schedule['next_tick']}."
+            )
         if outbox["waiting_for_a_handler"]:
             self.stdout.write(health.waiting_for_a_handler(outbox["waiting_for_a_handler"]) + ".")
         for pause in paused:
@@ -404,13 +435,18 @@ class Command(BaseCommand):
 
     def handle_prune(self, using: str, *, days: int, dry_run: bool, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)
+        ticks = scheduling.old_ticks(using, cutoff)
         if dry_run:
             deliveries, events = outbox.prunable(using, cutoff)
+            ticked = ticks.count()
             verb = "Would delete"
         else:
             deliveries, events = outbox.prune(using, cutoff)
+            ticked, _ = ticks.delete()
             verb = "Deleted"
         self.stdout.write(
             f"{verb} {plural(deliveries, 'delivery', 'deliveries')} and "
             f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
+        if ticked:
+            self.stdout.write(f"{verb} {plural(ticked, 'periodic tick')} of before then.")

@@ -133,6 +133,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         "tenacity>=8.2",
         "anyio>=4.5",
         "asgiref>=3.8.1",
+        "cronsim>=2.6",
     ]
     extras = {"postgres", "celery", "redis", "amqp", "metrics", "tasks"}
     assert set(meta.get_all("Provides-Extra")) == extras

@@ -380,7 +380,7 @@ def test_the_delivery_list_shows_status_runs_and_error_first(admin_client, dead_
         "created_at",
     ]
     assert list(cl.list_display_links) == ["id"]
-    assert [spec.title for spec in cl.filter_specs] == ["status", "type", "handler"]
+    assert [spec.title for spec in cl.filter_specs] == ["status", "type", "handler", "when"]
     short = "&lt;locals&gt;.<wbr>greet"  # the last two dotted parts, the full name on hover
     assert f'<span title="{escape(row.handler)}">{short}</span>' in response.content.decode()
     label = '<span class="delivery-status delivery-status-dead">Dead</span>'

@@ -181,7 +181,7 @@ def test_an_event_that_cannot_be_decoded_is_dead_with_the_reason():
     unknown.refresh_from_db()
     assert bad.status == unknown.status == "dead"
     assert bad.last_error == "cannot decode the event: Opened.name: expected str, got 42"
-    assert "no event class is registered under the type 'busapp.Vanished'" in unknown.last_error
+    assert "no message class is registered under the type 'busapp.Vanished'" in unknown.last_error
 
 
 def stored_for_a_handler_not_here(age: timedelta) -> Delivery:
