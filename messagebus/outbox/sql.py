@@ -84,13 +84,14 @@ class Statements:
             f"{table}.{col['handler']} AND (p.{probe} IS NULL OR p.{probe} <> "
             f"{table}.{col['event']}))"
         )
-        one = (
-            f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s "
-            f"AND {unpaused}"
-        )
+        one = f"WHERE {col['event']} = %s AND {col['handler']} = %s AND {col['status']} = %s"
+        # By (leased, paused may be): the check of the pauses costs PostgreSQL a subquery
+        # to plan, so it is left out while no handler is paused (``states.any_paused``).
         self.done_one = {
-            False: f"{done} {one} AND {col['lease_until']} IS NULL{lazy}",
-            True: f"{done} {one} AND {col['lease_until']} = %s{lazy}",
+            (leased, gated): f"{done} {one}{f' AND {unpaused}' if gated else ''} AND "
+            f"{col['lease_until']} {'= %s' if leased else 'IS NULL'}{lazy}"
+            for leased in (False, True)
+            for gated in (False, True)
         }
         self.done_many = f"{done} WHERE {col['id']} IN "
         self.lazy = lazy
@@ -310,11 +311,18 @@ def stores_in_one_statement(using: str) -> bool:
 
 
 def done_one(
-    using: str, event_id: UUID, handler: str, lease: dt.datetime | None, now: dt.datetime
+    using: str,
+    event_id: UUID,
+    handler: str,
+    lease: dt.datetime | None,
+    now: dt.datetime,
+    *,
+    paused: bool = True,
 ) -> bool:
     """Mark one pending delivery done in the current transaction, locking its row.
 
-    False: it is not pending, or not under this ``lease`` (None: unleased).
+    False: it is not pending, or not under this ``lease`` (None: unleased), or (unless
+    ``paused`` is False: no handler is) its handler is paused.
     """
     connection = connections[using]
     params = [
@@ -324,7 +332,7 @@ def done_one(
     if lease is not None:
         params.append(_WHEN.get_db_prep_value(lease, connection))
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection).done_one[lease is not None], params)
+        cursor.execute(_statements(connection).done_one[lease is not None, paused], params)
         return bool(cursor.rowcount == 1)
 
 

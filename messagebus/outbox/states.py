@@ -21,6 +21,7 @@ it (None: not leased), so a runner that lost its lease changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -102,7 +103,28 @@ def done(ref: Reference, lease: dt.datetime | None) -> bool:
     Written as the handler's call begins, it locks the row: the handler's work
     and the mark commit together or roll back together.
     """
-    return sql.done_one(ref.using, ref.event_id, ref.handler, lease, timezone.now())
+    return sql.done_one(
+        ref.using, ref.event_id, ref.handler, lease, timezone.now(), paused=any_paused(ref.using)
+    )
+
+
+PAUSE_RECHECK = 1.0  # seconds a process trusts its last look at whether any handler is paused
+_any_paused: dict[str, tuple[float, bool]] = {}
+
+
+def any_paused(using: str) -> bool:
+    """Whether some handler may be paused: looked up at most every PAUSE_RECHECK seconds
+    (known at once in the process that pauses), so the done-mark checks the pauses only
+    while there are some. A pause made elsewhere holds here within PAUSE_RECHECK."""
+    now = time.monotonic()
+    seen = _any_paused.get(using)
+    if seen is None or now - seen[0] >= PAUSE_RECHECK:
+        seen = _any_paused[using] = (now, Pause.objects.using(using).exists())
+    return seen[1]
+
+
+def _paused_here(using: str) -> None:
+    _any_paused[using] = (time.monotonic(), True)
 
 
 def batch_done(using: str, ids: Sequence[int], begun: dt.datetime | None = None) -> None:
@@ -236,6 +258,7 @@ def handler_paused(using: str, handler: str, by: str = "", reason: str = "") -> 
     """Start none of ``handler``'s deliveries from now on (those under way finish); they
     stay pending until it is resumed by hand, even if a circuit breaker had paused it.
     False if it was paused by hand already (kept as it was)."""
+    _paused_here(using)
     pauses = Pause.objects.using(using).filter(handler=handler)
     changes = {"paused_by": by, "reason": reason, "paused_at": timezone.now()}
     if pauses.filter(until__isnull=False).update(**changes, until=None, probe=None):
@@ -262,6 +285,7 @@ BREAKER = "circuit breaker"  # who a breaker's pause says paused the handler
 
 def breaker_opened(using: str, handler: str, until: dt.datetime, reason: str) -> bool:
     """Pause ``handler`` until ``until``, by its breaker; False if it was paused already."""
+    _paused_here(using)
     _, created = Pause.objects.using(using).get_or_create(
         handler=handler, defaults={"paused_by": BREAKER, "reason": reason, "until": until}
     )

@@ -150,9 +150,11 @@ def test_the_command_pauses_and_resumes_and_status_shows_what_waits():
         run("pause", "nope")
 
 
-def test_a_pause_made_by_another_process_holds_here(manage):
+def test_a_pause_made_by_another_process_holds_here(manage, monkeypatch):
+    states.any_paused("default")  # this process looked: none was paused
     result = manage("messagebus", "pause", PING, "--reason", "deploy")
     assert result.returncode == 0, result.stderr
+    monkeypatch.setattr(states, "PAUSE_RECHECK", 0)  # PAUSE_RECHECK (1 s) later
 
     messagebus.bus.handle(Pinged(n=1))
 
@@ -244,3 +246,19 @@ def test_a_handler_registered_in_the_workers_only_can_be_paused_by_its_deliverie
 
     assert messagebus.pause("workers.only.handler") is True
     assert "(no handler of that name is registered in this process)" in run("status")
+
+
+def test_the_done_mark_reads_the_pauses_only_while_some_handler_is_paused(monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(states, "PAUSE_RECHECK", 0)
+
+    def done_marks() -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            messagebus.bus.handle(Pinged(n=len(pings())))
+        return [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+
+    assert not any("messagebus_pause" in sql for sql in done_marks())
+    messagebus.pause("tests.busapp.handlers.write_entry")
+    assert all("messagebus_pause" in sql for sql in done_marks())
