@@ -72,6 +72,9 @@ HANDLER = f"{record_ping.__module__}.{record_ping.__qualname__}"
 # each of their claims would scan the whole table.
 LEASED = "lease_until" in {f.name for f in Delivery._meta.get_fields()}
 UNLEASED = {"lease_until__isnull": True} if LEASED else {}
+# Where deliveries have priorities, the index leads with them, as the worker's claim does.
+PRIORITY = "priority" in {f.name for f in Delivery._meta.get_fields()}
+ORDER = ("-priority", "next_attempt_at", "id") if PRIORITY else ("next_attempt_at", "id")
 STORE_CHUNK = 1000
 
 
@@ -177,7 +180,7 @@ def floor(count: int, batch: int) -> tuple[float, str]:
                 Delivery.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(status="pending", next_attempt_at__lte=timezone.now(), **UNLEASED)
                 .select_related("event")
-                .order_by("next_attempt_at", "id")[:batch]
+                .order_by(*ORDER)[:batch]
             )
             if not rows:
                 break
@@ -200,7 +203,7 @@ def raw(count: int, batch: int) -> tuple[float, str]:
     claim = (
         f"SELECT d.id, e.payload FROM {deliveries} d JOIN {events} e ON e.id = d.event_id "
         f"WHERE d.status = 'pending' AND d.next_attempt_at <= now(){unleased} "
-        "ORDER BY d.next_attempt_at, d.id LIMIT %s "
+        f"ORDER BY {'d.priority DESC, ' if PRIORITY else ''}d.next_attempt_at, d.id LIMIT %s "
         "FOR UPDATE OF d SKIP LOCKED"
     )
     complete = (

@@ -106,11 +106,11 @@ class Statements:
         event_id = quote(_event_field("id").column)
         created = quote(_event_field("created_at").column)
         # The literal status, so PostgreSQL's planner can use the partial index; {} is
-        # where a filter by queue goes.
+        # where the filters by pause and by queue go.
+        self.unpaused = f"AND {unpaused} "
         due = (
             f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
-            f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s "
-            f"AND {unpaused} {{}}"
+            f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s {{}}"
             f"ORDER BY {col['priority']} DESC, {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
         self.in_queues = f"AND {col['queue']} IN ({{}}) "
@@ -175,15 +175,20 @@ class Statements:
             ]
         else:  # one writer at a time: pick, lease, read
             self.claim = [due, lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
-        self._claims: dict[int, list[str]] = {}
+        self._claims: dict[tuple[int, bool], list[str]] = {}
 
-    def claim_in(self, queues: int) -> list[str]:
-        """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues."""
+    def claim_in(self, queues: int, paused: bool) -> list[str]:
+        """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues,
+        and leaving out paused handlers' if ``paused`` (some handler may be: the check
+        costs the claim's plan its speed, so it is left out while none is)."""
         try:
-            return self._claims[queues]
+            return self._claims[queues, paused]
         except KeyError:
-            where = self.in_queues.format(_marks(range(queues))) if queues else ""
-            built = self._claims[queues] = [self.claim[0].format(where), *self.claim[1:]]
+            where = (self.unpaused if paused else "") + (
+                self.in_queues.format(_marks(range(queues))) if queues else ""
+            )
+            built = [self.claim[0].format(where), *self.claim[1:]]
+            self._claims[queues, paused] = built
             return built
 
 
@@ -425,9 +430,12 @@ def claim(
     lease: dt.datetime,
     due: dt.datetime,
     queues: Sequence[str] = (),
+    *,
+    paused: bool = True,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries (of ``queues`` only, if any), highest priority
-    first, then in the order they fell due, with their events.
+    """Lease up to ``limit`` due deliveries (of ``queues`` only, if any; not of paused
+    handlers, unless ``paused`` is False: none is), highest priority first, then in the
+    order they fell due, with their events.
 
     Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
     trace context, when the delivery was stored).
@@ -439,7 +447,7 @@ def claim(
         *queues,
         limit,
     ]
-    statements = _statements(connection).claim_in(len(queues))
+    statements = _statements(connection).claim_in(len(queues), paused)
     with connection.cursor() as cursor:
         if len(statements) == 1:
             cursor.execute(statements[0], params)

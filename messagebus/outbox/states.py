@@ -80,7 +80,7 @@ def claim(using: str, limit: int, *, overdue: float = 0, queues: Sequence[str] =
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
               pk, runs, lease, stored, calls)
         for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored in sql.claim(
-            using, limit, lease, due, queues
+            using, limit, lease, due, queues, paused=any_paused(using)
         )
     ]  # fmt: skip
 

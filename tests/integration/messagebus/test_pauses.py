@@ -262,3 +262,19 @@ def test_the_done_mark_reads_the_pauses_only_while_some_handler_is_paused(monkey
     assert not any("messagebus_pause" in sql for sql in done_marks())
     messagebus.pause("tests.busapp.handlers.write_entry")
     assert all("messagebus_pause" in sql for sql in done_marks())
+
+
+def test_workers_claim_with_the_pauses_only_while_some_handler_is_paused(monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(states, "PAUSE_RECHECK", 0)
+
+    def claims() -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            states.claim("default", 10)
+        return [q["sql"] for q in queries if "SKIP LOCKED" in q["sql"] or "ORDER BY" in q["sql"]]
+
+    assert claims() and not any("messagebus_pause" in sql for sql in claims())
+    messagebus.pause(PING)
+    assert all("messagebus_pause" in sql for sql in claims())
