@@ -1,11 +1,12 @@
 """The fast tier of the suite on every supported Django and Python pair.
 
 ``nox -l`` lists the pairs; ``nox`` runs them all; ``nox -s "tests(django6.1-py3.13)"`` one;
-``nox -t django6.1`` those of a Django line. Each pair installs requirements.txt's pins with
-Django replaced by that line's release and, from Django 6.0, without the django-tasks backport
-(the bus uses ``django.tasks``). The fast tier is the SQLite suite without the tests marked
-``packaging`` (wheels built and installed); it needs no service. Arguments after ``--`` go to
-pytest in place of ``tests``.
+``nox -t django6.1`` those of a Django line; ``nox -t others`` all but the default pair, which
+``make test`` runs. Each pair installs requirements.txt's pins with Django replaced by that
+line's release and, from Django 6.0, without the django-tasks backport (the bus uses
+``django.tasks``). The fast tier is the SQLite suite without the tests marked ``packaging``
+(wheels built and installed); it needs no service. Arguments after ``--`` go to pytest in
+place of ``tests``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REQUIREMENTS = Path(__file__).parent / "requirements.txt"
 DJANGO = {"5.2": "5.2.19", "6.0": "6.0.10", "6.1": "6.1.3"}
 PYTHONS = {"5.2": ["3.11", "3.12", "3.13"], "6.0": ["3.12", "3.13"], "6.1": ["3.12", "3.13"]}
 PAIRS = [(django, python) for django, pythons in PYTHONS.items() for python in pythons]
+DEFAULT = ("5.2", "3.11")  # make test's; the others are tagged "others"
 
 # Only on the Django lines without django.tasks.
 BACKPORTS = {"django-tasks"}
@@ -75,7 +77,10 @@ def requirements(django: str) -> list[str]:
     "django,python",
     PAIRS,
     ids=[f"django{django}-py{python}" for django, python in PAIRS],
-    tags=[[f"django{django}", f"py{python}"] for django, python in PAIRS],
+    tags=[
+        [f"django{django}", f"py{python}", *(["others"] if (django, python) != DEFAULT else [])]
+        for django, python in PAIRS
+    ],
 )
 def tests(session: nox.Session, django: str) -> None:
     """The fast tier on one Django and Python pair."""
