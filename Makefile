@@ -7,7 +7,7 @@ BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 REDIS_URL ?= redis://127.0.0.1:6379/0
 PORT ?= 8000
 
-.PHONY: run test test-postgres bench lint docs worker consume clean
+.PHONY: run test test-postgres matrix bench lint docs worker consume clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(VENV)/.installed
 ## test-postgres: the suite against the local PostgreSQL, RabbitMQ and Redis
 test-postgres:
 	DATABASE_URL=$(POSTGRES_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) $(MAKE) test
+
+## matrix: the SQLite suite on each supported Django and Python pair (nox; NOX_ARGS="-t django6.1" picks some)
+matrix: $(VENV)/.installed-dev
+	$(BIN)/nox $(NOX_ARGS)
 
 ## bench: the bus against hand-written Django, per message and over HTTP (DATABASE_URL picks the database; CELERY_BROKER_URL for Celery)
 bench: $(VENV)/.installed
@@ -69,4 +73,4 @@ docs: $(VENV)/.installed
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) docs/_build db.sqlite3* test_db.sqlite3* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nox docs/_build db.sqlite3* test_db.sqlite3* .pytest_cache .mypy_cache .ruff_cache

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -256,7 +257,11 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+_email_backend = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+if django.VERSION >= (6, 1):  # MAILERS replaces EMAIL_BACKEND, which may not be set beside it
+    MAILERS = {"default": {"BACKEND": _email_backend}}
+else:
+    EMAIL_BACKEND = _email_backend
 ALLOCATION_STOCK_EMAIL = os.environ.get("ALLOCATION_STOCK_EMAIL", "stock@example.com")
 ALLOCATION_WEBHOOK_URLS = env_list("ALLOCATION_WEBHOOK_URLS")
 for _url in ALLOCATION_WEBHOOK_URLS:

@@ -4,6 +4,8 @@ import json
 import os
 import uuid
 
+import django
+
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key")
 
 from config.settings import *  # noqa: F403
@@ -41,7 +43,10 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 API_ALLOW_ANONYMOUS = False
 # Throttles and the login lockout are off, but in their own tests (tests/e2e/test_throttling.py).
 REST_FRAMEWORK = {

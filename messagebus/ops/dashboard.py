@@ -138,7 +138,8 @@ def handlers(using: str) -> list[dict[str, Any]]:
         .annotate(count=Value(None, IntegerField()), **{field: F(field) for field in none})
     )
     found: dict[str, dict[str, Any]] = {name: {"pending": 0, "pause": None} for name in names}
-    for row in pending.union(pauses, all=True):
+    # Unordered: from Django 6.1 a union takes the first model's Meta.ordering otherwise.
+    for row in pending.union(pauses, all=True).order_by():
         handler = found.setdefault(row["handler"], {"pending": 0, "pause": None})
         if row["count"] is None:
             handler["pause"] = Pause(**{k: v for k, v in row.items() if k != "count"})

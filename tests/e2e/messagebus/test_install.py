@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from .conftest import PIP, ROOT, run
 
@@ -128,13 +129,18 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         meta = Parser().parsestr(archive.read(name).decode())
 
     requires = meta.get_all("Requires-Dist")
-    assert [r for r in requires if "extra ==" not in r] == [
-        "Django>=5.2",
-        "tenacity>=8.2",
-        "anyio>=4.5",
-        "asgiref>=3.8.1",
-        "cronsim>=2.6",
+    assert [Requirement(r) for r in requires if "extra ==" not in r] == [
+        Requirement("Django>=5.2,<6.2"),
+        Requirement("tenacity>=8.2"),
+        Requirement("anyio>=4.5"),
+        Requirement("asgiref>=3.8.1"),
+        Requirement("cronsim>=2.6"),
     ]
+    assert {
+        "Framework :: Django :: 5.2",
+        "Framework :: Django :: 6.0",
+        "Framework :: Django :: 6.1",
+    } <= set(meta.get_all("Classifier"))
     extras = {"postgres", "celery", "redis", "amqp", "metrics", "tasks"}
     assert set(meta.get_all("Provides-Extra")) == extras
     for extra, package in [
