@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("messagebus_deliver")
 def queries_to_allocate(orderid: str) -> list[str]:
     with CaptureQueriesContext(connection) as captured:
         assert messagebus.bus.handle(Allocate(orderid, "LAMP", 1)) == "stock"
-    return [q["sql"] for q in captured.captured_queries]
+    # Less the bus's look, at most once a second, at whether any handler is paused.
+    return [q["sql"] for q in captured.captured_queries if "messagebus_pause" not in q["sql"]]
 
 
 def test_the_work_of_an_allocation_does_not_grow_with_the_lines_held():
