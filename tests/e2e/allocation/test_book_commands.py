@@ -182,7 +182,10 @@ def test_serve_with_workers_answers_the_books_client(serve_with_workers):
     port, script = serve_with_workers(MESSAGEBUS_EXTERNAL_URL="")
 
     the_books_test_api(BookClient(port))
-    assert script.output.count("Worker ") >= 2  # both workers started
+    deadline = time.monotonic() + 30  # the workers start beside the server, maybe after it
+    while script.output.count("Worker ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert script.output.count("Worker ") >= 2, script.output  # both workers started
     assert f"Listening at: http://127.0.0.1:{port}" in script.output
 
 
