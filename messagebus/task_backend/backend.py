@@ -22,7 +22,6 @@ from .. import executors, outbox
 from ..core.registry import registry
 from ..models import Delivery
 from ..outbox import sql
-from . import results
 from .compat import (
     BaseTaskBackend,
     Task,
@@ -33,6 +32,7 @@ from .compat import (
     task_enqueued,
 )
 from .messages import ARUN, RUN, TaskEnqueued
+from .results import parse, read, result_id, to_result
 
 
 class OutboxBackend(BaseTaskBackend):
@@ -77,7 +77,7 @@ class OutboxBackend(BaseTaskBackend):
                 priority=task.priority, queue=task.queue_name, wake=executors.wakes(running),
             )  # fmt: skip
             result: TaskResult[Any] = TaskResult(
-                task=task, id=results.result_id(using, event.message_id),
+                task=task, id=result_id(using, event.message_id),
                 status=TaskResultStatus.READY, enqueued_at=now,
                 started_at=None, finished_at=None, last_attempted_at=None,
                 args=arguments["args"], kwargs=arguments["kwargs"], backend=self.alias,
@@ -89,14 +89,14 @@ class OutboxBackend(BaseTaskBackend):
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
-        found = results.parse(str(result_id))
+        found = parse(str(result_id))
         if found is None:
             raise TaskResultDoesNotExist(result_id)
         using, event_id = found
-        row = results.read(using, event_id)
+        row = read(using, event_id)
         if row is None:
             raise TaskResultDoesNotExist(result_id)
-        return results.to_result(row, using, event_id)
+        return to_result(row, using, event_id)
 
     def _database_for_write(self) -> str:
         """The configured database; else the one in a transaction (the router's first);
