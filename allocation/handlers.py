@@ -9,6 +9,7 @@ from django.db import IntegrityError, transaction
 
 import messagebus
 
+from . import queries  # noqa: F401  (the query handlers register themselves)
 from .commands import Allocate, ChangeBatchQuantity, CreateBatch
 from .events import Allocated, Deallocated, OutOfStock
 from .exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch

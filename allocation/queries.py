@@ -1,11 +1,34 @@
-"""Reads for the API (the query side): plain dicts, shaped as the API shows them."""
+"""The query side: questions the API asks, answered from the read model as plain dicts.
 
+Each query is a ``messagebus.Query`` with one handler here: the bus calls it at
+once, with no unit of work, and hands back its answer (``bus.handle(query)``).
+A query changes nothing: its handler only reads.
+"""
+
+from dataclasses import dataclass
 from datetime import date
 from typing import TypedDict
 
 from django.db.models import F
 
+import messagebus
+
 from .models import AllocationView, Batch, BatchQuerySet
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListBatches(messagebus.Query):
+    sku: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetBatch(messagebus.Query):
+    ref: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetAllocations(messagebus.Query):
+    orderid: str
 
 
 class BatchRow(TypedDict):
@@ -22,20 +45,23 @@ class OrderAllocationRow(TypedDict):
     batchref: str
 
 
-def batches(sku: str | None = None) -> list[BatchRow]:
+@messagebus.handler
+def batches(query: ListBatches) -> list[BatchRow]:
     """By SKU, then in the order allocation prefers them: in stock, then by ETA."""
-    rows = Batch.objects.all() if sku is None else Batch.objects.filter(product_id=sku)
+    rows = Batch.objects.all() if query.sku is None else Batch.objects.filter(product_id=query.sku)
     return _shown(rows.order_by("product_id", F("eta").asc(nulls_first=True), "reference"))
 
 
-def batch(ref: str) -> BatchRow | None:
-    rows = _shown(Batch.objects.filter(reference=ref))
+@messagebus.handler
+def batch(query: GetBatch) -> BatchRow | None:
+    rows = _shown(Batch.objects.filter(reference=query.ref))
     return rows[0] if rows else None
 
 
-def allocations(orderid: str) -> list[OrderAllocationRow]:
+@messagebus.handler
+def allocations(query: GetAllocations) -> list[OrderAllocationRow]:
     """The batch each of the order's lines is allocated to, from the read model."""
-    return list(AllocationView.objects.filter(orderid=orderid).values("sku", "batchref"))
+    return list(AllocationView.objects.filter(orderid=query.orderid).values("sku", "batchref"))
 
 
 def _shown(rows: BatchQuerySet) -> list[BatchRow]:

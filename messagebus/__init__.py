@@ -8,6 +8,7 @@ class Allocate(messagebus.Command):
 def allocate(cmd: Allocate, uow: messagebus.UnitOfWork) -> str: ...
 
 messagebus.bus.handle(Allocate("o1"))
+messagebus.bus.handle(Allocations("o1"))   # a Query: its handler's answer
 messagebus.bus.schedule(Remind("o1"), after=timedelta(hours=1))
 """
 
@@ -18,7 +19,7 @@ __version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it
 
 from .core.dependencies import dependencies
 from .core.events import HandlerPaused, HandlerResumed
-from .core.messages import Command, Event, Message
+from .core.messages import Command, Event, Message, Query
 from .core.periodic import periodic
 from .core.registry import Registry, handler, registry
 from .exceptions import (
@@ -29,6 +30,7 @@ from .exceptions import (
     MessageBusError,
     MessageDecodeError,
     NotPausable,
+    QuerySideEffect,
     RegistrationError,
     Reject,
     RetryLater,
@@ -78,6 +80,8 @@ __all__ = [
     "MessageBusError",
     "MessageDecodeError",
     "NotPausable",
+    "Query",
+    "QuerySideEffect",
     "RegistrationError",
     "Registry",
     "Reject",

@@ -15,7 +15,7 @@ from django.utils import timezone
 from . import conf
 from .core import periodic
 from .core.dependencies import dependencies
-from .core.messages import Command, Message, message_classes, message_type_name
+from .core.messages import Command, Message, Query, message_classes, message_type_name
 from .core.policy import OVERRIDABLE
 from .core.registry import Handler, registry
 from .core.serialization import check_serializable
@@ -105,9 +105,10 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
 
 
 def _option_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
-    if handler.options and issubclass(handler.message_type, Command):
+    if handler.options and issubclass(handler.message_type, Command | Query):
+        kind = "a command" if issubclass(handler.message_type, Command) else "a query"
         yield checks.Error(
-            f"{handler} handles a command, so it has no delivery policy to set.",
+            f"{handler} handles {kind}, so it has no delivery policy to set.",
             hint=f"Drop {', '.join(name for name, _ in handler.options)} from @handler().",
             obj=handler.func,
             id="messagebus.E006",
@@ -163,7 +164,8 @@ def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessag
             )
             continue
         try:
-            check_serializable(cls)
+            if not issubclass(cls, Query):  # asked and answered in memory, never stored
+                check_serializable(cls)
         except MessageEncodeError as exc:
             yield checks.Error(
                 f"{cls.__name__} cannot be stored as JSON: {exc}.",
@@ -172,9 +174,10 @@ def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessag
                 id="messagebus.E002",
             )
         names[message_type_name(cls)].append(cls)
-        if issubclass(cls, Command) and not cls.__subclasses__() and not _handled(cls):
+        if issubclass(cls, Command | Query) and not cls.__subclasses__() and not _handled(cls):
+            kind = "command" if issubclass(cls, Command) else "query"
             yield checks.Warning(
-                f"The command {cls.__name__} has no handler.",
+                f"The {kind} {cls.__name__} has no handler.",
                 hint=f"Decorate a function taking a {cls.__name__} with @messagebus.handler.",
                 obj=cls,
                 id="messagebus.W001",
@@ -192,7 +195,10 @@ def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessag
 
 def _handled(cls: type[Message]) -> bool:
     try:
-        registry.command_handler(cls)
+        if issubclass(cls, Query):
+            registry.query_handler(cls)
+        else:
+            registry.command_handler(cls)
     except LookupError:
         return False
     return True

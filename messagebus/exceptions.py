@@ -16,8 +16,8 @@ class HandlerAlreadyRegistered(RegistrationError):
 
 
 class HandlerNotFound(MessageBusError, LookupError):
-    def __init__(self, message_type: type) -> None:
-        super().__init__(f"No handler is registered for the command {message_type.__qualname__}")
+    def __init__(self, message_type: type, kind: str = "command") -> None:
+        super().__init__(f"No handler is registered for the {kind} {message_type.__qualname__}")
 
 
 class NotPausable(MessageBusError, LookupError):
@@ -26,7 +26,14 @@ class NotPausable(MessageBusError, LookupError):
 
 class NotAMessage(MessageBusError, TypeError):
     def __init__(self, obj: object) -> None:
-        super().__init__(f"bus.handle() takes a Command or an Event, not {type(obj).__qualname__}")
+        super().__init__(
+            f"bus.handle() takes a Command, an Event or a Query, not {type(obj).__qualname__}"
+        )
+
+
+class QuerySideEffect(MessageBusError):
+    """A query handler sent a command, published or scheduled a message, or opened a unit
+    of work: a query answers and changes nothing."""
 
 
 class UnknownDependency(MessageBusError, LookupError):

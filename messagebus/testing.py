@@ -1,7 +1,8 @@
 """Test helpers for a project's tests: context managers that work anywhere, pytest or not.
 
 - ``capture_messages()``: a ``Captured`` that records the messages handed to the
-  bus and the events published (committed) inside the block;
+  bus (commands, queries, events) and the events published (committed) inside
+  the block;
 - ``deliver_on_commit()``: after-commit work (event delivery) run as a real
   commit would run it, although the test's transaction never commits;
   deliveries run inline (eagerly), whatever MESSAGEBUS["EXECUTOR"] says, as
@@ -30,7 +31,7 @@ from typing import Any, TypeVar, overload
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from . import compat, executors, outbox
-from .core.messages import Command, Event, Message
+from .core.messages import Command, Event, Message, Query
 from .delivery.concurrent import drain
 from .executors.inline import InlineExecutor
 from .handling import message_bus
@@ -46,6 +47,11 @@ class Captured:
     @property
     def commands(self) -> list[Command]:
         return [m for m in self.handled if isinstance(m, Command)]
+
+    @property
+    def queries(self) -> list[Query]:
+        """The queries asked (``assert_handled`` finds one by its fields too)."""
+        return [m for m in self.handled if isinstance(m, Query)]
 
     def published(self, event_type: type[M]) -> list[M]:
         return [e for e in self.events if isinstance(e, event_type)]

@@ -1,4 +1,5 @@
-"""The REST API: each view validates its input, hands a command to the bus and shows the result."""
+"""The REST API: each view validates its input, hands a command or a query to the bus and
+shows the result."""
 
 from typing import Any
 
@@ -12,9 +13,9 @@ from rest_framework.views import APIView
 
 import messagebus
 
-from .. import queries
 from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
 from ..models import AllocationView, Batch, OrderLine
+from ..queries import GetAllocations, GetBatch, ListBatches
 from . import schema, throttling
 from .exceptions import OutOfStockError
 from .permissions import ModelPermissionsOrAnonymous
@@ -48,7 +49,7 @@ def create_batch(request: Request) -> Response:
     data = validated(BatchInputSerializer, request.data)
     messagebus.bus.handle(CreateBatch(**data))
     return Response(
-        BatchSerializer(queries.batch(data["ref"])).data,
+        BatchSerializer(messagebus.bus.handle(GetBatch(ref=data["ref"]))).data,
         status=status.HTTP_201_CREATED,
         headers={"Location": reverse("allocation:batch", args=[data["ref"]], request=request)},
     )
@@ -68,7 +69,8 @@ class BatchesView(AllocationAPIView):
         },
     )
     def get(self, request: Request) -> Response:
-        rows = queries.batches(**validated(BatchFilterSerializer, request.query_params.dict()))
+        query = ListBatches(**validated(BatchFilterSerializer, request.query_params.dict()))
+        rows = messagebus.bus.handle(query)
         return Response(BatchSerializer(rows, many=True).data)
 
     @extend_schema(
@@ -95,7 +97,7 @@ class BatchView(AllocationAPIView):
         },
     )
     def get(self, request: Request, ref: str) -> Response:
-        batch = queries.batch(ref)
+        batch = messagebus.bus.handle(GetBatch(ref=ref))
         if batch is None:
             raise NotFound(f"Unknown batch {ref}")
         return Response(BatchSerializer(batch).data)
@@ -117,7 +119,7 @@ class BatchView(AllocationAPIView):
     def patch(self, request: Request, ref: str) -> Response:
         data = validated(BatchQuantityInputSerializer, request.data)
         messagebus.bus.handle(ChangeBatchQuantity(ref=ref, qty=data["qty"]))
-        return Response(BatchSerializer(queries.batch(ref)).data)
+        return Response(BatchSerializer(messagebus.bus.handle(GetBatch(ref=ref))).data)
 
 
 class AllocationsView(AllocationAPIView):
@@ -167,7 +169,7 @@ class OrderAllocationsView(AllocationAPIView):
         },
     )
     def get(self, request: Request, orderid: str) -> Response:
-        rows = queries.allocations(orderid)
+        rows = messagebus.bus.handle(GetAllocations(orderid=orderid))
         if not rows:
             raise NotFound(f"No allocations for order {orderid}")
         return Response(OrderAllocationSerializer(rows, many=True).data)

@@ -1,6 +1,6 @@
 """Commands and events: frozen dataclasses with an identity and a lineage.
 
-Subclass ``Command`` or ``Event`` and decorate with ``@dataclass(frozen=True)``.
+Subclass ``Command``, ``Event`` or ``Query`` and decorate with ``@dataclass(frozen=True)``.
 Every message has a ``message_id``; ``correlation_id`` names the chain it
 belongs to (a request's first command starts one) and ``causation_id`` the
 message whose handling created it. Both are filled in from the message being
@@ -18,6 +18,8 @@ from django.apps import apps
 
 # The message whose handler is running in this context (thread or task).
 current_message: ContextVar[Message | None] = ContextVar("messagebus_current_message", default=None)
+# The query whose handler is running in this context: while set, nothing may be sent.
+current_query: ContextVar[Query | None] = ContextVar("messagebus_current_query", default=None)
 
 _classes: list[type[Message]] = []
 _type_names: dict[type[Message], str] = {}
@@ -63,7 +65,13 @@ class Event(Message):
     """A fact: any number of handlers, run after commit, errors logged and retried."""
 
 
-BASES = (Message, Command, Event)
+@dataclass(frozen=True, kw_only=True)
+class Query(Message):
+    """A question: exactly one handler, called at once in the caller with no unit of
+    work, its answer returned; never stored, retried or delivered, and it sends nothing."""
+
+
+BASES = (Message, Command, Event, Query)
 
 
 def message_type_name(cls: type[Message]) -> str:

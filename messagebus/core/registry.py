@@ -5,7 +5,8 @@ Each installed app's ``handlers`` module is imported from ``ready()``; its
 first parameter's annotation unless given; the other parameters name the
 dependencies the bus passes in (``uow``, ``bus``, MESSAGEBUS["DEPENDENCIES"]).
 A handler may be ``async def``: it runs on an event loop, outside any
-transaction, so it cannot take ``uow``. An event handler registered with
+transaction, so it cannot take ``uow``. A query's one handler has no unit of
+work either: it reads, and answers. An event handler registered with
 ``run="in_transaction"`` is not delivered from the outbox: the unit of work
 that records its event calls it as it ends, before commit (read models).
 """
@@ -23,7 +24,7 @@ from typing import Any, TypeVar, overload
 from asgiref.sync import iscoroutinefunction
 
 from ..exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
-from .messages import BASES, Command, Event, Message
+from .messages import BASES, Command, Event, Message, Query
 from .policy import IN_TRANSACTION, OVERRIDABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +54,7 @@ class Handler:
 class Registry:
     def __init__(self) -> None:
         self._commands: dict[type[Message], Handler] = {}
+        self._queries: dict[type[Message], Handler] = {}
         self._events: dict[type[Message], tuple[Handler, ...]] = {}  # after commit
         self._inline: dict[type[Message], tuple[Handler, ...]] = {}  # in the transaction
         self._by_name: dict[str, Handler] | None = None  # built on first use
@@ -78,14 +80,15 @@ class Registry:
         """
         handler = _inspect(func, message_type, name, options)
         cls = handler.message_type
-        if issubclass(cls, Command):
-            existing = self._commands.get(cls)
+        if issubclass(cls, Command | Query):
+            ones = self._commands if issubclass(cls, Command) else self._queries
+            existing = ones.get(cls)
             if existing is not None:
                 raise HandlerAlreadyRegistered(
-                    f"The command {cls.__qualname__} already has a handler, "
+                    f"The {_kind(cls)} {cls.__qualname__} already has a handler, "
                     f"{existing}; {handler} cannot be registered for it too"
                 )
-            self._commands[cls] = handler
+            ones[cls] = handler
         else:
             if any(h.name == handler.name for h in self._all(cls)):
                 raise HandlerAlreadyRegistered(
@@ -99,6 +102,7 @@ class Registry:
 
     def unregister(self, func: Callable[..., Any]) -> None:
         self._commands = {t: h for t, h in self._commands.items() if h.func is not func}
+        self._queries = {t: h for t, h in self._queries.items() if h.func is not func}
         self._events = {
             t: tuple(h for h in hs if h.func is not func) for t, hs in self._events.items()
         }
@@ -111,6 +115,12 @@ class Registry:
         handler = self._commands.get(cls)
         if handler is None:
             raise HandlerNotFound(cls)
+        return handler
+
+    def query_handler(self, cls: type[Message]) -> Handler:
+        handler = self._queries.get(cls)
+        if handler is None:
+            raise HandlerNotFound(cls, "query")
         return handler
 
     def event_handlers(self, cls: type[Message]) -> tuple[Handler, ...]:
@@ -149,24 +159,30 @@ class Registry:
 
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
+        yield from self._queries.values()
         for handlers in (*self._events.values(), *self._inline.values()):
             yield from handlers
 
     def reset(self) -> None:
         """Forget every handler (tests; autodiscovery does not run again)."""
-        self._commands, self._events, self._inline, self._by_name = {}, {}, {}, None
+        self._commands, self._queries, self._events, self._inline = {}, {}, {}, {}
+        self._by_name = None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
         """Register ``funcs`` (and anything registered inside) until the block ends."""
-        saved = dict(self._commands), dict(self._events), dict(self._inline)
+        saved = dict(self._commands), dict(self._queries), dict(self._events), dict(self._inline)
         try:
             for func in funcs:
                 self.register(None, func)
             yield self
         finally:
-            self._commands, self._events, self._inline = saved
+            self._commands, self._queries, self._events, self._inline = saved
             self._by_name = None
+
+
+def _kind(cls: type[Message]) -> str:
+    return "query" if issubclass(cls, Query) else "command"
 
 
 def _handle_command(command: Command, uow: Any, bus: Any) -> Any:
@@ -205,8 +221,8 @@ def _inspect(
                 f"{name}: annotate the first parameter with the message type, "
                 "or pass the type explicitly"
             )
-    if not (isinstance(message_type, type) and issubclass(message_type, (Command, Event))):
-        raise RegistrationError(f"{name}: {message_type!r} is not a Command or Event class")
+    if not (isinstance(message_type, type) and issubclass(message_type, Command | Event | Query)):
+        raise RegistrationError(f"{name}: {message_type!r} is not a Command, Event or Query class")
     if message_type in BASES:
         raise RegistrationError(
             f"{name}: handlers are found by the message's exact class, "
@@ -221,6 +237,11 @@ def _inspect(
             f"{name} is async, so it runs outside any transaction and cannot take 'uow': "
             "do its database work in a command (await bus.ahandle(...)) or in a sync "
             "function called with asgiref's sync_to_async"
+        )
+    if issubclass(message_type, Query) and "uow" in dict(rest):
+        raise RegistrationError(
+            f"{name} answers a query, so it runs with no unit of work and cannot take "
+            "'uow': it reads (the ORM, a read model) and returns its answer"
         )
     if not is_async and "timeout" in options:
         raise RegistrationError(

@@ -1,5 +1,9 @@
 """The message bus: ``bus.handle(message)``, and ``bus.schedule`` / ``bus.cancel`` for later.
 
+A query's one handler is called at once, here, with no unit of work, and its
+answer returned; it may ask other queries, but a command, an event or a unit
+of work started inside it raises ``QuerySideEffect``.
+
 A command runs its one handler inside a unit of work and returns the
 handler's result; its error is logged and re-raised. A unit of work that
 loses a race with another transaction (a serialization failure or deadlock
@@ -31,9 +35,17 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from .. import compat, conf
 from ..core.dependencies import dependencies
-from ..core.messages import Command, Event, Message, current_message, message_type_name
+from ..core.messages import (
+    Command,
+    Event,
+    Message,
+    Query,
+    current_message,
+    current_query,
+    message_type_name,
+)
 from ..core.registry import Handler, registry
-from ..exceptions import CommandRejected, ConcurrencyError, NotAMessage
+from ..exceptions import CommandRejected, ConcurrencyError, NotAMessage, QuerySideEffect
 from ..observe import logs, metrics, tracing
 from . import executor, scheduling
 from .unit_of_work import UnitOfWork
@@ -48,10 +60,14 @@ class MessageBus:
     """The bus (``messagebus.bus``); handlers that take ``bus`` get it."""
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
-        """Handle a command (returning its result) or publish an event."""
+        """Handle a command (returning its result), answer a query, or publish an event."""
+        if current_query.get() is not None:
+            _refuse_in_query(message)
         if observers:
             _observe(message)
         if not isinstance(message, Command):
+            if isinstance(message, Query):
+                return self._ask(message)
             return self._publish(message, using)
         handler = registry.command_handler(type(message))
         token = current_message.set(message)  # logs name its handler from it too
@@ -73,11 +89,15 @@ class MessageBus:
 
     async def ahandle(self, message: Message, *, using: str | None = None) -> Any:
         """``handle()`` for async code: await it from an async view, task or handler."""
-        if isinstance(message, Command):
-            handler = registry.command_handler(type(message))
+        if isinstance(message, Command | Query):
+            handler = _one_handler(message)
             if handler.is_async:
+                if current_query.get() is not None:
+                    _refuse_in_query(message)
                 if observers:
                     _observe(message)
+                if isinstance(message, Query):
+                    return await self._answer(handler, message)
                 with logs.handling(message, handler.name), tracing.command(message, handler.name):
                     try:
                         result = await self._await(handler, message)
@@ -89,11 +109,44 @@ class MessageBus:
         async with executor.here():
             return await sync_to_async(self.handle, thread_sensitive=True)(message, using=using)
 
-    async def _await(self, handler: Handler, command: Command) -> Any:
-        """An async command handler, on this loop, with no unit of work."""
+    def _ask(self, query: Query) -> Any:
+        """A query's handler, called here and now; its answer."""
+        handler = registry.query_handler(type(query))
+        if handler.is_async:
+            return async_to_sync(self._answer)(handler, query)
+        message_token, query_token = current_message.set(query), current_query.set(query)
+        try:
+            with tracing.query(query, handler.name):
+                answer = dependencies.call(handler, query, None, self)
+        except Exception as exc:
+            _failed(handler, query, exc)
+            raise
+        finally:
+            current_query.reset(query_token)
+            current_message.reset(message_token)
+        metrics.answered(type(query))
+        return answer
+
+    async def _answer(self, handler: Handler, query: Query) -> Any:
+        """An async query handler, on this loop."""
+        message_token, query_token = current_message.set(query), current_query.set(query)
+        try:
+            with tracing.query(query, handler.name):
+                answer = await self._await(handler, query)
+        except Exception as exc:
+            _failed(handler, query, exc)
+            raise
+        finally:
+            current_query.reset(query_token)
+            current_message.reset(message_token)
+        metrics.answered(type(query))
+        return answer
+
+    async def _await(self, handler: Handler, message: Command | Query) -> Any:
+        """An async command or query handler, on this loop, with no unit of work."""
         if not handler.parameters:
-            return await handler.func(command)
-        return await handler.func(command, **dependencies.kwargs(handler, None, self))
+            return await handler.func(message)
+        return await handler.func(message, **dependencies.kwargs(handler, None, self))
 
     def _run(self, handler: Handler, command: Command, using: str | None) -> Any:
         """The handler in a unit of work, run again after losing a race, if outermost."""
@@ -142,13 +195,36 @@ def _observe(message: Message) -> None:
         observer(message)
 
 
-def _failed(handler: Handler, command: Command, exc: Exception) -> None:
+def _failed(handler: Handler, message: Command | Query, exc: Exception) -> None:
     rejected = isinstance(exc, CommandRejected)
-    metrics.command(message_type_name(type(command)), "rejected" if rejected else "failed")
-    if rejected:
-        logger.info("Rejected %s: %s", command, exc)
+    outcome = "rejected" if rejected else "failed"
+    if isinstance(message, Query):
+        metrics.query(message_type_name(type(message)), outcome)
     else:
-        logger.error("Handler %s failed on %s", handler, command, exc_info=exc)
+        metrics.command(message_type_name(type(message)), outcome)
+    if rejected:
+        logger.info("Rejected %s: %s", message, exc)
+    else:
+        logger.error("Handler %s failed on %s", handler, message, exc_info=exc)
+
+
+def _one_handler(message: Command | Query) -> Handler:
+    if isinstance(message, Query):
+        return registry.query_handler(type(message))
+    return registry.command_handler(type(message))
+
+
+def _refuse_in_query(message: Message) -> None:
+    """Inside a query's handler only other queries may be asked."""
+    if isinstance(message, Query):
+        return
+    query = current_query.get()
+    kind = "send the command" if isinstance(message, Command) else "publish"
+    raise QuerySideEffect(
+        f"The handler of the query {type(query).__qualname__} tried to {kind} "
+        f"{type(message).__qualname__}: a query answers and changes nothing; "
+        "send it from the code that asked the query"
+    )
 
 
 def _lost_a_race(exc: BaseException) -> bool:

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from .. import outbox
 from ..core import periodic
-from ..core.messages import Command, Event, Message
+from ..core.messages import Command, Event, Message, Query
 from ..exceptions import NotAMessage, ScheduleError
 from ..models import ScheduleTick
 from ..observe import logs
@@ -54,6 +54,8 @@ def schedule(
 ) -> uuid.UUID:
     """Store ``message`` to be sent at ``at`` (or ``after`` from now), in the current
     transaction (none: at once); its id, for ``cancel``. A time past is due at once."""
+    if isinstance(message, Query):
+        raise ScheduleError(f"{type(message).__qualname__} is a query: it is answered when asked")
     if not isinstance(message, Command | Event):
         raise NotAMessage(message)
     when = due_time(at, after)

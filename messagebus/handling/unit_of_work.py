@@ -22,9 +22,9 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from .. import compat, outbox
 from ..core.dependencies import dependencies
-from ..core.messages import Event
+from ..core.messages import Event, current_query
 from ..core.registry import registry
-from ..exceptions import UnitOfWorkError
+from ..exceptions import QuerySideEffect, UnitOfWorkError
 from ..observe import logs, metrics, tracing
 from . import executor
 
@@ -65,6 +65,12 @@ class UnitOfWork(compat.Atomic):
         self._inline: list[list[Event]] = []
 
     def __enter__(self) -> UnitOfWork:  # type: ignore[override]
+        query = current_query.get()
+        if query is not None:
+            raise QuerySideEffect(
+                f"The handler of the query {type(query).__qualname__} opened a unit of work: "
+                "a query answers and changes nothing"
+            )
         super().__enter__()
         self._inline.append([])
         return self

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError
 
-from ..core.messages import Command, Message, current_message, message_type_name
+from ..core.messages import Command, Message, Query, current_message, message_type_name
 from ..core.registry import registry
 from ..exceptions import BrokerUnreachable, HandlerNotFound
 
@@ -37,16 +37,18 @@ def fields() -> dict[str, str]:
         return {}
     found = of(message)
     handler = current_handler.get()
-    if handler is None and isinstance(message, Command):  # a command names its one handler
-        handler = _command_handler(type(message))
+    if handler is None and isinstance(message, Command | Query):  # its one handler
+        handler = _one_handler(message)
     if handler is not None:
         found["handler"] = handler
     return found
 
 
-def _command_handler(cls: type[Message]) -> str | None:
+def _one_handler(message: Command | Query) -> str | None:
     try:
-        return registry.command_handler(cls).name
+        if isinstance(message, Query):
+            return registry.query_handler(type(message)).name
+        return registry.command_handler(type(message)).name
     except HandlerNotFound:
         return None
 

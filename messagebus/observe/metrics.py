@@ -74,6 +74,7 @@ def _histogram(name: str, text: str, labels: list[str]) -> Any:
 
 
 _commands = _counter("messagebus_commands", "Commands handled, by outcome", ["type", "outcome"])
+_queries = _counter("messagebus_queries", "Queries answered, by outcome", ["type", "outcome"])
 _deliveries = _counter(
     "messagebus_deliveries", "Delivery runs ended, by outcome", ["handler", "outcome"]
 )
@@ -105,6 +106,22 @@ def handled(cls: type[Message]) -> None:
     child = _ok.get(cls)
     if child is None:
         child = _ok[cls] = _commands(message_type_name(cls), "ok")
+    child.inc()
+
+
+def query(type_name: str, outcome: str) -> None:
+    """A query asked: ``ok``, ``rejected`` or ``failed``."""
+    _queries(type_name, outcome).inc()
+
+
+_answered: dict[type[Message], Any] = {}
+
+
+def answered(cls: type[Message]) -> None:
+    """A query of class ``cls`` answered without error (``query(name, "ok")``)."""
+    child = _answered.get(cls)
+    if child is None:
+        child = _answered[cls] = _queries(message_type_name(cls), "ok")
     child.inc()
 
 

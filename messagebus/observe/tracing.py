@@ -161,6 +161,15 @@ def command(message: Message, handler: str) -> Span:
     return _Command(tracer.start_span(name, attributes=_about(message, handler)))
 
 
+def query(message: Message, handler: str) -> Span:
+    """The span of a query answered (a no-op context manager when tracing is off)."""
+    tracer = _tracer()
+    if tracer is None:
+        return _off
+    name = f"query {message_type_name(type(message))}"
+    return _Current(tracer.start_span(name, attributes=_about(message, handler)))
+
+
 def in_transaction(event: Message, handler: str) -> Span:
     """The span of an event handled inside the transaction that recorded it: a child of
     whatever runs that transaction (a command, a delivery)."""

@@ -223,10 +223,10 @@ def test_permission_denied_outside_the_api_views_answers_json_and_the_admin_html
 
 
 def test_an_unexpected_error_answers_json_500(api, monkeypatch):
-    def broken(**kwargs):
+    def broken(rows):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("allocation.api.views.queries.batches", broken)
+    monkeypatch.setattr("allocation.queries._shown", broken)
     api.raise_request_exception = False
     response = api.get("/api/batches")
     assert response.status_code == 500

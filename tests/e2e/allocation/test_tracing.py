@@ -286,6 +286,25 @@ def test_a_commands_span_says_how_it_ended_and_a_fault_is_an_error(spans, messag
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGEBUS=TRACED)
+def test_a_read_is_a_query_span_in_the_requests_trace(spans):
+    allocate_through_the_api(spans)
+    api = APIClient()
+    api.force_authenticate(UserFactory(permissions=WRITE_PERMISSIONS))
+    spans.clear()
+
+    response = api.get("/api/allocations/o1")
+
+    assert response.status_code == 200, response.content
+    found = spans.get_finished_spans()
+    [request] = [s for s in found if s.kind is SpanKind.SERVER]
+    [query] = [s for s in found if s.name == "query allocation.GetAllocations"]
+    assert query.parent.span_id == request.context.span_id
+    assert query.attributes["messagebus.handler"] == "allocation.queries.allocations"
+    assert not [s for s in found if s.name.startswith(("command ", "store "))]
+
+
+@pytest.mark.django_db(transaction=True)
 @override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "TRACING": False})
 def test_with_tracing_off_nothing_is_recorded_or_stored(spans):
     messagebus.bus.handle(OpenAccount("ann"))

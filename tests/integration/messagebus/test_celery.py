@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import messagebus
 from allocation.commands import Allocate, CreateBatch
-from allocation.queries import allocations
+from allocation.queries import GetAllocations
 from config import celery_app
 from messagebus.models import Delivery
 from tests.busapp.commands import Deposit, OpenAccount
@@ -84,7 +84,10 @@ def test_a_celery_worker_runs_the_handlers_and_the_read_model_shows_the_allocati
         messagebus.bus.handle(CreateBatch("b1", "LAMP", 10))
         messagebus.bus.handle(Allocate("o1", "LAMP", 2))
 
-    wait_for(lambda: allocations("o1") == [{"sku": "LAMP", "batchref": "b1"}], what="allocation")
+    allocated = [{"sku": "LAMP", "batchref": "b1"}]
+    wait_for(
+        lambda: messagebus.bus.handle(GetAllocations(orderid="o1")) == allocated, what="allocation"
+    )
     wait_for(all_done, what="every delivery done")
     assert "messagebus.run_delivery" in worker.output
 

@@ -117,7 +117,7 @@ def test_a_command_without_handler_is_refused():
 
 
 def test_only_messages_can_be_handled():
-    with pytest.raises(TypeError, match="takes a Command or an Event, not dict"):
+    with pytest.raises(TypeError, match="takes a Command, an Event or a Query, not dict"):
         messagebus.bus.handle({"name": "x"})  # type: ignore[arg-type]
 
 

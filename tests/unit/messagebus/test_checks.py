@@ -66,6 +66,44 @@ def test_a_command_without_handler_is_a_warning(app_messages):
     assert "The command Forgotten has no handler" in output
 
 
+def test_a_query_without_handler_is_a_warning(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Unasked(messagebus.Query):
+        x: int
+
+    output = check_output()
+    assert "messagebus.W001" in output
+    assert "The query Unasked has no handler" in output
+
+
+def test_a_query_is_never_stored_so_its_fields_need_no_json_form(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Between(messagebus.Query):
+        days: set[str]
+
+    def between(query: Between) -> int: ...
+
+    with messagebus.registry.temporary(between):
+        assert "no issues" in check_output()
+
+
+def test_a_query_handler_with_a_delivery_policy_is_an_error(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Count(messagebus.Query):
+        x: int
+
+    def count(query: Count) -> int: ...
+
+    with messagebus.registry.temporary():
+        messagebus.registry.register(None, count, max_deliveries=3)
+        output = check_output()
+    assert "messagebus.E006" in output
+    assert "handles a query, so it has no delivery policy to set" in output
+
+
 def test_a_handler_asking_for_something_unknown_is_an_error(app_messages):
     @app_messages
     @dataclass(frozen=True)

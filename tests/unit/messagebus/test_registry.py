@@ -90,7 +90,7 @@ def test_variadic_dependencies_are_refused(registry):
 def test_only_message_types_can_be_handled(registry):
     def handle(value: int) -> None: ...
 
-    with pytest.raises(RegistrationError, match="is not a Command or Event class"):
+    with pytest.raises(RegistrationError, match="is not a Command, Event or Query class"):
         registry.register(None, handle)
 
 
