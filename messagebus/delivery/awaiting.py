@@ -67,7 +67,7 @@ async def call(job: Job) -> None:
     Deliveries that the commands it awaits store (``bus.ahandle``) run after it,
     outside its time (``executor.here()``).
     """
-    token = current_message.set(job.event)
+    token, job_token = current_message.set(job.event), engine.current_job.set(job)
     try:
         started = time.perf_counter()
         kwargs = dependencies.kwargs(job.handler, None, bus) if job.handler.parameters else {}
@@ -88,6 +88,7 @@ async def call(job: Job) -> None:
                     raise HandlerTimeout(job.handler.name, timeout)
         engine.returned(job, time.perf_counter() - started)
     finally:
+        engine.current_job.reset(job_token)
         current_message.reset(token)
 
 

@@ -27,7 +27,9 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from django.utils import timezone
 
@@ -46,6 +48,12 @@ from ..outbox.reference import Reference
 from . import breaker
 
 logger = logs.get_logger(__name__)
+
+# The delivery whose handler is called in this context (the tasks backend reads its counts).
+current_job: ContextVar[Job | None] = ContextVar("messagebus_current_job", default=None)
+# Told of each failed call once its failure is recorded, with the policy's verdict (the
+# tasks backend keeps each attempt's error, and signals a task that died).
+failures: list[Callable[[Job, BaseException, Verdict], None]] = []
 
 SUSPECT_FOR = 60.0  # seconds a handler that failed in a batch runs outside batches
 _suspect: dict[Handler, float] = {}  # handler -> until when (time.monotonic())
@@ -184,7 +192,7 @@ def call(job: Job) -> bool:
                     if job.claim.lease is not None:  # paused: due again once resumed
                         states.let_go(job.ref, job.claim.lease)
                     return False
-                dependencies.call(job.handler, job.event, uow, bus)
+                invoke(job, uow)
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
             failed(job, exc, begun)
             return False
@@ -194,6 +202,15 @@ def call(job: Job) -> bool:
         tracing.ended("done")
     metrics.ended(job.handler.name, "done")
     return True
+
+
+def invoke(job: Job, uow: UnitOfWork) -> Any:
+    """Call a sync handler with its delivery's message and dependencies, its job current."""
+    token = current_job.set(job)
+    try:
+        return dependencies.call(job.handler, job.event, uow, bus)
+    finally:
+        current_job.reset(token)
 
 
 class _Failed(Exception):  # carries a handler's failure out of a batch's transaction
@@ -230,7 +247,7 @@ def _batch(
                     span.hold()
                     started = time.perf_counter()
                     try:
-                        dependencies.call(job.handler, job.event, uow, bus)
+                        invoke(job, uow)
                         uow.flush()  # the in-transaction handlers of what it recorded
                     except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
                         error = exc
@@ -297,6 +314,8 @@ def failed(job: Job, exc: BaseException, begun: dt.datetime | None = None) -> Ve
     if begun is not None:
         metrics.claimed(job.claim, begun)
     _ended(job, verdict, exc, runs)
+    for observer in failures:
+        observer(job, exc, verdict)
     return verdict
 
 

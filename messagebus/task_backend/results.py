@@ -4,8 +4,10 @@ A delivery is READY while pending, RUNNING while a runner holds its lease,
 SUCCESSFUL once done and FAILED once dead or discarded. What a task returned
 is kept in its delivery's ``result`` column as JSON, with when the call that
 returned began and ended and which process made it: ``{"value": ..., "started_at":
-..., "finished_at": ..., "worker": "host:pid"}``. A failure's error and traceback
-are the delivery's own (``last_error``, ``traceback``), its last failed call's.
+..., "finished_at": ..., "worker": "host:pid", "errors": [...]}``. Each failed
+call's error is appended to its ``errors`` (``{"exception_class_path": ...,
+"traceback": ...}``); the delivery's own ``last_error`` and ``traceback`` are its
+last failed call's.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import datetime as dt
 import os
 import re
 import socket
+import traceback
 import uuid
 from typing import Any, NamedTuple
 
 from django.core.exceptions import SuspiciousOperation
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -78,21 +81,49 @@ def parse(result_id: str) -> tuple[str, uuid.UUID] | None:
 def read(using: str, result_id: uuid.UUID) -> Row | None:
     """The delivery of the task result ``result_id`` on database ``using``, if any."""
     rows = Delivery.objects.using(using).filter(event_id=result_id, handler__in=HANDLERS)
-    found = rows.values_list(*COLUMNS).first()
-    return Row(*found) if found else None
+    # Unordered: one row at most, found by its (event, handler) key, never by a walk of ids.
+    found = rows.order_by().values_list(*COLUMNS)[:1]
+    return Row(*found[0]) if found else None
 
 
-def record(using: str, result_id: uuid.UUID, value: Any, started: dt.datetime) -> None:
-    """Keep what a task returned (in the transaction of its done-mark, if sync)."""
+def record(using: str, result_id: uuid.UUID, value: Any, started: dt.datetime, row: Row) -> Row:
+    """Keep what a task returned (in the transaction of its done-mark, if sync), with
+    the errors of its attempts before (``row``: as it was as this one began); the row
+    as it is once the task is done."""
     outcome = {
         "value": value,
         "started_at": started.isoformat(),
         "finished_at": timezone.now().isoformat(),
         "worker": worker_id(),
+        "errors": (row.result or {}).get("errors", []),
     }
     Delivery.objects.using(using).filter(event_id=result_id, handler__in=HANDLERS).update(
         result=outcome
     )
+    attempts = row.attempts if row.status == Status.DONE else row.attempts + 1
+    return row._replace(status=Status.DONE, attempts=attempts, result=outcome)
+
+
+def first_row(event: TaskEnqueued, enqueued: dt.datetime) -> Row:
+    """A task's row before its first attempt, as its claim knows it: nothing to read."""
+    return Row({}, Status.PENDING, None, 0, "", "", enqueued, None, event.priority,
+               event.queue_name, None)  # fmt: skip
+
+
+def failed_attempt(using: str, result_id: uuid.UUID, error: BaseException) -> None:
+    """Add a failed call's error to the task result's ``errors``."""
+    kept = {
+        "exception_class_path": f"{type(error).__module__}.{type(error).__qualname__}",
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    rows = Delivery.objects.using(using).filter(event_id=result_id, handler__in=HANDLERS)
+    with transaction.atomic(using):
+        found = list(rows.order_by().select_for_update().values_list("result", flat=True))
+        if not found:
+            return
+        result = dict(found[0] or {})
+        result["errors"] = [*result.get("errors", []), kept]
+        rows.update(result=result)
 
 
 def status_of(row: Row, now: dt.datetime | None = None) -> TaskResultStatus:
@@ -124,11 +155,17 @@ def event_of(row: Row, result_id: uuid.UUID) -> TaskEnqueued:
 
 
 def to_result(
-    row: Row, using: str, event_id: uuid.UUID, *, attempt: int | None = None
+    row: Row,
+    using: str,
+    event_id: uuid.UUID,
+    *,
+    event: TaskEnqueued | None = None,
+    attempt: int | None = None,
 ) -> TaskResult[Any]:
-    """The ``TaskResult`` of ``row``; ``attempt``: the number of the call under way, for
-    the result a running task's context holds (RUNNING, started now)."""
-    event = event_of(row, event_id)
+    """The ``TaskResult`` of ``row`` (of ``event``, if given: else read from the row);
+    ``attempt``: the number of the call under way, for the result a running task's
+    context holds (RUNNING, started now)."""
+    event = event or event_of(row, event_id)
     status = status_of(row)
     outcome = row.result or {}
     started = finished = last = None
@@ -136,7 +173,7 @@ def to_result(
     if attempt is not None:
         status, started = TaskResultStatus.RUNNING, timezone.now()
         attempts, last = attempt, started
-    elif status == TaskResultStatus.SUCCESSFUL and outcome:
+    elif status == TaskResultStatus.SUCCESSFUL and "started_at" in outcome:
         started = dt.datetime.fromisoformat(outcome["started_at"])
         finished = dt.datetime.fromisoformat(outcome["finished_at"])
         last = started
@@ -165,7 +202,11 @@ def to_result(
 
 
 def errors_of(row: Row, status: TaskResultStatus) -> list[TaskError]:
-    """The error of its last failed call, if any (the bus keeps the last one only)."""
+    """The error of each failed call, oldest first; for a row with none kept, the
+    delivery's own: its last failed call's, or why it died unrun."""
+    kept = (row.result or {}).get("errors")
+    if kept:
+        return [TaskError(**e) for e in kept]
     if row.traceback:
         return [TaskError(exception_class_path=class_path(row.last_error), traceback=row.traceback)]
     if status == TaskResultStatus.FAILED and row.last_error:

@@ -21,7 +21,12 @@ from django.utils import timezone
 from messagebus.models import Delivery, StoredEvent, WorkerBeat
 from messagebus.processes.worker import Worker
 from messagebus.task_backend import OutboxBackend
-from messagebus.task_backend.compat import TaskResultDoesNotExist, TaskResultStatus
+from messagebus.task_backend.compat import (
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_finished,
+    task_started,
+)
 from messagebus.testing import run_due
 from tests.busapp import jobs
 from tests.busapp.models import Entry
@@ -195,11 +200,70 @@ def test_a_raising_task_fails_after_the_retry_policy_with_its_error(transactiona
     assert result.status == TaskResultStatus.FAILED and result.attempts == 3
     with pytest.raises(ValueError, match="Task failed"):
         result.return_value  # noqa: B018
-    [error] = result.errors
-    assert error.exception_class is ValueError
-    assert error.traceback.endswith("ValueError: This task failed due to ValueError\n")
+    assert len(result.errors) == 3  # one per failed attempt, oldest first
+    for error in result.errors:
+        assert error.exception_class is ValueError
+        assert error.traceback.endswith("ValueError: This task failed due to ValueError\n")
     assert result.enqueued_at <= result.started_at <= result.finished_at
     assert Delivery.objects.get().status == Delivery.Status.DEAD
+
+
+@pytest.fixture
+def signalled():
+    """What task_started and task_finished were sent with: (signal, sender, status as
+    sent, status read back then (finished only), return value, errors), in order."""
+    sent = []
+
+    def receiver(signal, sender, task_result, **kwargs):
+        name = "started" if signal is task_started else "finished"
+        now = None
+        if signal is task_finished:  # sent once what it says is committed
+            now = task_result.task.get_backend().get_result(task_result.id).status
+        value = (
+            task_result.return_value if task_result.is_finished and not task_result.errors else None
+        )
+        errors = [e.exception_class for e in task_result.errors]
+        sent.append((name, sender, task_result.status, now, value, errors))
+
+    task_started.connect(receiver)
+    task_finished.connect(receiver)
+    yield sent
+    task_started.disconnect(receiver)
+    task_finished.disconnect(receiver)
+
+
+def test_a_task_run_sends_started_then_finished_once_it_committed(transactional_db, signalled):
+    with override_settings(MESSAGEBUS=WORKER):
+        jobs.meaning_of_life.enqueue()
+        work()
+
+    RUNNING, SUCCESSFUL = TaskResultStatus.RUNNING, TaskResultStatus.SUCCESSFUL
+    assert signalled == [
+        ("started", OutboxBackend, RUNNING, None, None, []),
+        ("finished", OutboxBackend, SUCCESSFUL, SUCCESSFUL, 42, []),  # read back: committed
+    ]
+
+
+def test_an_async_task_sends_started_then_finished(transactional_db, signalled):
+    with override_settings(MESSAGEBUS=WORKER):
+        jobs.ameaning_of_life.enqueue()
+        work()
+
+    assert [(name, status, value) for name, _, status, _, value, _ in signalled] == [
+        ("started", TaskResultStatus.RUNNING, None),
+        ("finished", TaskResultStatus.SUCCESSFUL, 42),
+    ]
+
+
+def test_a_task_that_dies_sends_finished_once_with_each_attempts_error(transactional_db, signalled):
+    with override_settings(MESSAGEBUS={**WORKER, "RETRY_ATTEMPTS": 3, "MAX_DELIVERIES": 1}):
+        jobs.failing.enqueue()
+        run_due()
+
+    started = [entry for entry in signalled if entry[0] == "started"]
+    assert [errors for *_, errors in started] == [[], [ValueError], [ValueError] * 2]
+    FAILED = TaskResultStatus.FAILED
+    assert signalled[3:] == [("finished", OutboxBackend, FAILED, FAILED, None, [ValueError] * 3)]
 
 
 def test_a_task_retried_sees_its_attempt_in_its_context(transactional_db):
@@ -208,7 +272,8 @@ def test_a_task_retried_sees_its_attempt_in_its_context(transactional_db):
         run_due()
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
-    assert result.attempts == 3 and result.errors[0].exception_class is ConnectionError
+    assert result.attempts == 3
+    assert [e.exception_class for e in result.errors] == [ConnectionError, ConnectionError]
 
 
 def test_a_task_gets_its_result_in_its_context(transactional_db):
