@@ -51,6 +51,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_external.py
 	$(BIN)/python bench/bench_async.py
 	$(BIN)/python bench/bench_tracing.py
+	$(BIN)/python bench/bench_serialization.py
 
 ## worker: a delivery worker on the local database
 worker: export DJANGO_DEBUG = 1

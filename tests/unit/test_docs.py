@@ -147,7 +147,7 @@ def test_the_install_text_names_every_runtime_requirement_and_python_for_each_dj
     install = (ROOT / "docs" / "guide.md").read_text().split("## Install", 1)[1].split("\n## ")[0]
     names = {
         "django": "Django", "tenacity": "tenacity", "anyio": "AnyIO", "asgiref": "asgiref",
-        "cronsim": "cronsim",
+        "cronsim": "cronsim", "msgspec": "msgspec",
     }  # fmt: skip
 
     for requirement in map(Requirement, project["dependencies"]):

@@ -97,7 +97,16 @@ print(json.dumps({
 
 
 # The wheel's dependencies, and theirs.
-PINNED = ("Django", "tenacity", "anyio", "asgiref", "sqlparse", "idna", "typing_extensions")
+PINNED = (
+    "Django",
+    "tenacity",
+    "anyio",
+    "asgiref",
+    "msgspec",
+    "sqlparse",
+    "idna",
+    "typing_extensions",
+)
 
 
 def test_the_wheel_holds_the_reusable_app_alone(wheel):
@@ -135,6 +144,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         Requirement("anyio>=4.5"),
         Requirement("asgiref>=3.8.1"),
         Requirement("cronsim>=2.6"),
+        Requirement("msgspec>=0.19"),
     ]
     assert {
         "Framework :: Django :: 5.2",
