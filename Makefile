@@ -67,7 +67,7 @@ consume: $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/mypy --always-false BUILTIN_TASKS
 
 ## docs: the documentation as HTML in docs/_build/html (warnings are errors)
 docs: $(VENV)/.installed

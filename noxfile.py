@@ -2,7 +2,8 @@
 
 ``nox -l`` lists the pairs; ``nox`` runs them all; ``nox -s "tests(django6.1-py3.13)"`` one;
 ``nox -t django6.1`` those of a Django line; ``nox -t others`` all but the default pair, which
-``make test`` runs. Each pair installs requirements.txt's pins with Django replaced by that
+``make test`` runs, and mypy on Django 6.1's own types (``nox -s typecheck``).
+Each pair installs requirements.txt's pins with Django replaced by that
 line's release and, from Django 6.0, without the django-tasks backport (the bus uses
 ``django.tasks``). The fast tier is the SQLite suite without the tests marked ``packaging``
 (wheels built and installed); it needs no service. Arguments after ``--`` go to pytest in
@@ -32,6 +33,11 @@ DEFAULT = ("5.2", "3.11")  # make test's; the others are tagged "others"
 
 # Only on the Django lines without django.tasks.
 BACKPORTS = {"django-tasks"}
+
+# mypy against the newest Django line's own types (make lint checks against 5.2's).
+TYPECHECK = ("6.1", "3.13")
+STUBS = ["django-stubs==6.1.2", "django-stubs-ext==6.1.2"]
+DEV = Path(__file__).parent / "requirements-dev.txt"
 
 
 def version(line: str) -> tuple[int, ...]:
@@ -98,3 +104,14 @@ def tests(session: nox.Session, django: str) -> None:
         *(session.posargs or ["tests"]),
         env={"DATABASE_URL": None, "CELERY_BROKER_URL": None, "REDIS_URL": None},  # SQLite
     )
+
+
+@nox.session(python=TYPECHECK[1], tags=["typecheck", "others"])
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on Django 6.1 with its stubs; the code reads django.tasks there."""
+    typing = [
+        line for line in DEV.read_text().splitlines()
+        if line.startswith(("mypy==", "djangorestframework-stubs=="))
+    ]  # fmt: skip
+    session.install("--quiet", *requirements(TYPECHECK[0]), *typing, *STUBS)
+    session.run("mypy", "--always-true", "BUILTIN_TASKS")

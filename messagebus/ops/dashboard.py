@@ -5,6 +5,7 @@ by handler and error, the workers seen lately."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +149,7 @@ def handlers(using: str) -> list[dict[str, Any]]:
     return [{"name": name, **found[name]} for name in sorted(found)]
 
 
-def _dead_group(row: dict[str, Any]) -> dict[str, Any]:
+def _dead_group(row: Mapping[str, Any]) -> dict[str, Any]:
     """A group of dead letters, with the delivery list's query string for it (its
     ``error`` is ``admin.ErrorFilter``'s)."""
     dead = Delivery.Status.DEAD.value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -81,7 +82,7 @@ def figures(using: str) -> dict[str, Any]:
     }
 
 
-def dead_by_handler(using: str) -> QuerySet[Delivery, dict[str, Any]]:
+def dead_by_handler(using: str) -> QuerySet[Any, Mapping[str, Any]]:
     """Dead deliveries by handler and the first line of their last error, the largest
     groups first: rows of ``handler``, ``error``, ``count`` and ``latest`` (finished_at)."""
     newline = StrIndex("last_error", Value("\n"))

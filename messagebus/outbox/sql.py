@@ -36,6 +36,12 @@ def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
     return field
 
 
+def _column(field: models.Field[Any, Any]) -> str:
+    """A concrete field's column (Django 6.1's types allow None, for fields that have none)."""
+    assert field.column is not None
+    return field.column
+
+
 def _event_field(name: str) -> models.Field[Any, Any]:
     return _field(StoredEvent, name)
 
@@ -49,8 +55,8 @@ class Statements:
         quote = connection.ops.quote_name
         events, table = quote(StoredEvent._meta.db_table), quote(Delivery._meta.db_table)
         names = (*DELIVERY_COLUMNS, "id", "finished_at", "lease_until")
-        col = {f: quote(_delivery_field(f).column) for f in names}
-        event_columns = ", ".join(quote(_event_field(f).column) for f in EVENT_COLUMNS)
+        col = {f: quote(_column(_delivery_field(f))) for f in names}
+        event_columns = ", ".join(quote(_column(_event_field(f))) for f in EVENT_COLUMNS)
         self.insert_event = (
             f"INSERT INTO {events} ({event_columns}) VALUES ({_marks(EVENT_COLUMNS)})"
         )
@@ -59,8 +65,8 @@ class Statements:
         )
         self.delivery_values = f"({_marks(DELIVERY_COLUMNS)})"
         self.load_event = (
-            f"SELECT {', '.join(quote(_event_field(f).column) for f in EVENT_COLUMNS[1:6])} "
-            f"FROM {events} WHERE {quote(_event_field('id').column)} = %s"
+            f"SELECT {', '.join(quote(_column(_event_field(f))) for f in EVENT_COLUMNS[1:6])} "
+            f"FROM {events} WHERE {quote(_column(_event_field('id')))} = %s"
         )
         # PostgreSQL runs an INSERT inside WITH; its foreign keys are checked at commit.
         self.one_statement = connection.vendor == "postgresql"
@@ -77,8 +83,8 @@ class Statements:
         # Not while its handler is paused (``models.paused``; a breaker's probe may):
         # no claim, no done-mark.
         pauses = quote(Pause._meta.db_table)
-        pause_handler = quote(_field(Pause, "handler").column)
-        probe = quote(_field(Pause, "probe").column)
+        pause_handler = quote(_column(_field(Pause, "handler")))
+        probe = quote(_column(_field(Pause, "probe")))
         unpaused = (
             f"NOT EXISTS (SELECT 1 FROM {pauses} p WHERE p.{pause_handler} = "
             f"{table}.{col['handler']} AND (p.{probe} IS NULL OR p.{probe} <> "
@@ -103,8 +109,8 @@ class Statements:
             ),
             lock,
         )
-        event_id = quote(_event_field("id").column)
-        created = quote(_event_field("created_at").column)
+        event_id = quote(_column(_event_field("id")))
+        created = quote(_column(_event_field("created_at")))
         # The literal status, so PostgreSQL's planner can use the partial index; {} is
         # where the filters by pause and by queue go.
         self.unpaused = f"AND {unpaused} "
@@ -116,7 +122,7 @@ class Statements:
         self.in_queues = f"AND {col['queue']} IN ({{}}) "
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, c.{col['calls']}, "
-            + ", ".join(f"e.{quote(_event_field(f).column)}" for f in EVENT_COLUMNS[:6])
+            + ", ".join(f"e.{quote(_column(_event_field(f)))}" for f in EVENT_COLUMNS[:6])
             + f", c.{col['created_at']}"
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
             f"ORDER BY c.{col['priority']} DESC, c.{col['next_attempt_at']}, c.{col['id']}"

@@ -12,7 +12,7 @@ in the admin, where they can be run again.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction
 from django.db import connections, router, transaction
@@ -23,6 +23,7 @@ from ..core.registry import registry
 from ..models import Delivery
 from ..outbox import sql
 from .compat import (
+    AnyResult,
     BaseTaskBackend,
     Task,
     TaskResult,
@@ -59,9 +60,9 @@ class OutboxBackend(BaseTaskBackend):
         super().__init__(alias, params)
         self.database: str | None = self.options.get("DATABASE")
 
-    def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
+    def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> AnyResult:
         self.validate_task(task)
-        arguments = normalize_json({"args": args, "kwargs": kwargs})
+        arguments = cast(dict[str, Any], normalize_json({"args": args, "kwargs": kwargs}))
         using = self._database_for_write()
         event = TaskEnqueued(
             task=task.module_path, arguments=arguments, backend=self.alias, database=using,
@@ -76,7 +77,7 @@ class OutboxBackend(BaseTaskBackend):
                 event, using, handlers=[runner], now=now, due=task.run_after,
                 priority=task.priority, queue=task.queue_name, wake=executors.wakes(running),
             )  # fmt: skip
-            result: TaskResult[Any] = TaskResult(
+            result: AnyResult = TaskResult(
                 task=task, id=result_id(using, event.message_id),
                 status=TaskResultStatus.READY, enqueued_at=now,
                 started_at=None, finished_at=None, last_attempted_at=None,
@@ -88,7 +89,7 @@ class OutboxBackend(BaseTaskBackend):
                 running.submit(refs)  # inline, outside a transaction: runs it now
         return result
 
-    def get_result(self, result_id: str) -> TaskResult[Any]:
+    def get_result(self, result_id: str) -> AnyResult:
         found = parse(str(result_id))
         if found is None:
             raise TaskResultDoesNotExist(result_id)

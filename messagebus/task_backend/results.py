@@ -27,7 +27,7 @@ from django.utils.module_loading import import_string
 
 from ..core.serialization import from_dict
 from ..models import Delivery
-from .compat import Task, TaskError, TaskResult, TaskResultStatus
+from .compat import AnyResult, Task, TaskError, TaskResult, TaskResultStatus
 from .messages import HANDLERS, TaskEnqueued
 
 Status = Delivery.Status
@@ -161,7 +161,7 @@ def to_result(
     *,
     event: TaskEnqueued | None = None,
     attempt: int | None = None,
-) -> TaskResult[Any]:
+) -> AnyResult:
     """The ``TaskResult`` of ``row`` (of ``event``, if given: else read from the row);
     ``attempt``: the number of the call under way, for the result a running task's
     context holds (RUNNING, started now)."""
@@ -182,7 +182,7 @@ def to_result(
     workers = [""] * max(attempts - 1, 0) + ([outcome.get("worker", "")] if attempts else [])
     if attempt is not None:
         workers[-1] = worker_id()
-    result: TaskResult[Any] = TaskResult(
+    result: AnyResult = TaskResult(
         task=task_of(event),
         id=result_id(using, event_id),
         status=status,

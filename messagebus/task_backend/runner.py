@@ -29,7 +29,7 @@ from ..exceptions import Reject
 from ..handling.unit_of_work import UnitOfWork
 from ..models import Delivery
 from . import results
-from .compat import TaskContext, TaskResult, normalize_json, task_finished, task_started
+from .compat import AnyResult, TaskContext, normalize_json, task_finished, task_started
 from .messages import ARUN, HANDLERS, RUN, TaskEnqueued
 
 
@@ -77,7 +77,7 @@ def _json(value: Any) -> Any:
         raise UnserializableReturnValue(f"Unsupported type: {exc}") from exc
 
 
-def _running(using: str, event: TaskEnqueued) -> tuple[results.Row, TaskResult[Any]]:
+def _running(using: str, event: TaskEnqueued) -> tuple[results.Row, AnyResult]:
     """A running task's row as its attempt began, and the result its context holds:
     RUNNING, its attempt counted. A first attempt's claim knows all of it; a later
     one's row is read, for the errors before."""
