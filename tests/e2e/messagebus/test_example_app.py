@@ -91,6 +91,72 @@ def test_messagebus_executor_in_the_environment_hands_events_to_workers(project)
     assert "Subject: Order o2 placed" in worker.stdout
 
 
+# The README's task, and one that fails, in the new project; its settings as the README has them.
+TASKS_MODULE = """
+try:
+    from django.tasks import task  # Django 6.0 and later
+except ImportError:
+    from django_tasks import task  # Django 5.2: the django-tasks backport
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def fail() -> None:
+    raise ValueError("no luck")
+"""
+TASKS_SETTINGS = """
+from .settings import *  # noqa: F403
+
+TASKS = {"default": {"BACKEND": "messagebus.task_backend.OutboxBackend"}}
+MESSAGEBUS = {**MESSAGEBUS, "EXECUTOR": "worker", "RETRY_ATTEMPTS": 1, "MAX_DELIVERIES": 1}
+"""
+RESULTS = """
+from django.contrib.auth.models import User
+from django.test import Client
+from django.test.utils import setup_test_environment
+from django.urls import reverse
+
+from messagebus.models import Delivery
+from orders.tasks import add, fail
+
+setup_test_environment()  # the test client's host allowed
+done, dead = add.get_result("{done}"), fail.get_result("{dead}")
+print(done.status, done.return_value)
+print(dead.status, dead.errors[0].exception_class_path)
+row = Delivery.objects.get(event_id="{dead}")
+client = Client()
+client.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
+page = client.get(reverse("admin:messagebus_delivery_change", args=[row.pk])).content.decode()
+retry = reverse("admin:messagebus_delivery_retry", args=[row.pk])
+print(f'<form method="post" action="{{retry}}">' in page and "Retry now" in page)
+"""
+
+
+def test_the_readmes_task_runs_on_a_worker_of_a_new_project(project):
+    _, directory = project
+    (directory / "orders" / "tasks.py").write_text(TASKS_MODULE)
+    (directory / "mysite" / "tasks_settings.py").write_text(TASKS_SETTINGS)
+    settings = {"DJANGO_SETTINGS_MODULE": "mysite.tasks_settings"}
+    manage(project, "check", "--fail-level", "WARNING", **settings)
+    manage(project, "migrate", "--noinput", **settings)
+
+    enqueue = "from orders.tasks import add, fail; print(add.enqueue(2, 3).id, fail.enqueue().id)"
+    done, dead = manage(project, "shell", "--no-imports", "-c", enqueue, **settings).stdout.split()
+    manage(project, "messagebus", "worker", "--once", **settings)
+    shown = manage(project, "shell", "--no-imports", "-c", RESULTS.format(done=done, dead=dead),
+                   **settings)  # fmt: skip
+
+    assert shown.stdout.splitlines()[-3:] == [
+        "SUCCESSFUL 5",
+        "FAILED builtins.ValueError",
+        "True",  # dead in the admin, with its Retry button
+    ]
+
+
 def test_the_guides_test_passes_there(project):
     python, directory = project
 
