@@ -121,6 +121,7 @@ class NatsTransport:
         self._loop: _Loop | None = None
         # Touched in the loop's thread only:
         self._connection: Client | None = None
+        self._jetstream: JetStreamContext | None = None
         self._connecting: asyncio.Lock | None = None
         self._streams: dict[str, str] = {}  # prefix -> the stream that takes its subjects
         atexit.register(self.close)
@@ -129,7 +130,7 @@ class NatsTransport:
         with self._lock:
             if self._loop is None or self._loop.pid != os.getpid():  # a forked child: anew
                 self._loop = _Loop()
-                self._connection = self._connecting = None
+                self._connection = self._jetstream = self._connecting = None
                 self._streams = {}
             running = self._loop
         return running.call(coroutine, timeout)
@@ -145,7 +146,7 @@ class NatsTransport:
         running.stop()
 
     async def _close(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._jetstream = self._connection, None, None
         if connection is not None and not connection.is_closed:
             await connection.close()
 
@@ -157,21 +158,26 @@ class NatsTransport:
     async def _connected(self, prefix: str) -> tuple[Client, JetStreamContext, str]:
         """The connection (made if there is none), its JetStream context, and the stream
         of ``prefix``'s subjects (found, or made)."""
+        connection, jetstream = self._connection, self._jetstream
+        if connection is not None and jetstream is not None and connection.is_connected:
+            stream = self._streams.get(prefix)
+            if stream is not None:  # as every call but the first finds them
+                return connection, jetstream, stream
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            connection = self._connection
-            if connection is None or connection.is_closed:
+            connection, jetstream = self._connection, self._jetstream
+            if connection is None or jetstream is None or connection.is_closed:
                 connection = self._connection = await nats.connect(
                     self.url, name="messagebus", connect_timeout=int(TIMEOUT),
                     max_reconnect_attempts=RECONNECTS, reconnect_time_wait=RECONNECT_WAIT,
                     error_cb=_error, disconnected_cb=self._disconnected,
                     reconnected_cb=_reconnected,
                 )  # fmt: skip
+                jetstream = self._jetstream = connection.jetstream(timeout=TIMEOUT)
                 self._streams = {}
             if not connection.is_connected:
                 raise nats.errors.ConnectionReconnectingError
-            jetstream = connection.jetstream(timeout=TIMEOUT)
             if prefix not in self._streams:
                 self._streams[prefix] = await _stream(jetstream, prefix)
             return connection, jetstream, self._streams[prefix]
