@@ -107,12 +107,13 @@ class RedisStreamTransport:
                 claimed_at = time.monotonic()
                 for stream, group in channels.items():
                     self._claim(stream, group, idle, receive)
+            found = False  # in this round: the last group waits only if none had any
             for n, (group, streams) in enumerate(groups.items()):
-                last = n == len(groups) - 1  # waits: the others only look
+                wait = n == len(groups) - 1 and not found
                 try:
                     read: Any = self.client.xreadgroup(
                         group, self.consumer, dict.fromkeys(streams, ">"),
-                        count=BATCH, block=int(WAIT * 1000) if last else None,
+                        count=BATCH, block=int(WAIT * 1000) if wait else None,
                     )  # fmt: skip
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
@@ -121,6 +122,7 @@ class RedisStreamTransport:
                     self._create_groups(channels)
                     continue
                 for stream, entries in read or []:
+                    found = found or bool(entries)
                     self._handle(stream.decode(), group, entries, receive)
 
     def _create_groups(self, channels: Mapping[str, str]) -> None:
