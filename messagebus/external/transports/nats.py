@@ -293,8 +293,8 @@ class _Pulling:
             error = task.exception()
             if error is None:
                 taken += [(channel, msg) for msg in task.result()]
-            elif not isinstance(error, nats.errors.TimeoutError):  # which says nothing came
-                failed = error
+            elif not isinstance(error, TimeoutError):  # nothing came (nats-py says so with
+                failed = error  # its own TimeoutError, or asyncio's, by the path it took)
         if failed is not None:
             await _nak(taken, 0)
             raise failed

@@ -20,7 +20,7 @@ from django.test import override_settings
 import messagebus
 from messagebus.core.envelope import Envelope
 from messagebus.exceptions import ConfigurationError
-from messagebus.external import inbox, transports
+from messagebus.external import consumed, inbox, transports
 from messagebus.external.transports import ACKED, Inbound, Settled
 from messagebus.models import Delivery, InboxMessage
 from messagebus.processes.worker import Worker
@@ -90,6 +90,7 @@ def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Bro
         str(event.message_id) for event in events
     }
     assert process.output.count("Handled message") == 20
+    assert "cannot reach" not in process.output  # a channel with nothing is no outage
 
 
 def test_the_broker_dropped_mid_relay_loses_nothing(durable: Broker, consumer):
@@ -243,6 +244,29 @@ def test_a_message_published_twice_is_handled_once(durable: Broker, transactiona
         transport.consume({CHANNEL: "busapp"}, receive, stopping)
     assert amounts() == [5]
     assert list(InboxMessage.objects.values_list("message_id", flat=True)) == [str(envelope.id)]
+
+
+def test_a_backlog_is_taken_in_batch_after_batch_with_no_outage(durable: Broker, transactional_db):
+    for n in range(2000):
+        durable.publish(CHANNEL, body(n), f"m-{n}")
+    stopping = threading.Event()
+    batches: list[int] = []
+
+    def receive(messages: list[Inbound]) -> list[Settled]:
+        batches.append(len(messages))
+        if sum(batches) >= 2000:
+            stopping.set()
+        return inbox.receive_batch(messages)
+
+    with external(durable.url):
+        transport = transports.get()
+        assert transport is not None
+        # busapp_record and change_batch_quantity, on which nothing comes: raises nothing
+        transport.consume(consumed(), receive, stopping)
+
+    assert sum(batches) == 2000 and max(batches) <= 100
+    assert amounts() == list(range(2000))
+    wait_for(lambda: durable.waiting(CHANNEL) == 0)
 
 
 def test_the_consumer_waits_out_a_broker_that_goes_away(durable: Broker, consumer):
