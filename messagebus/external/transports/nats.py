@@ -18,10 +18,13 @@ the reason (header ``x-reason``) and terminated (``term``), so it is never deliv
 again; one never acknowledged (its consumer died) is delivered again after the ack
 wait.
 
-nats-py is asyncio, the transport's callers are threads: each transport owns an event
-loop in a daemon thread of its own, started on first use (again in a forked child),
-holding one connection; ``publish`` and ``consume`` hand it coroutines and wait for
-their results. ``close()`` (also at exit) closes the connection, then the loop.
+nats-py is asyncio, the transport's callers are threads (a worker's, the consumer's):
+each thread that calls it gets an event loop and a connection of its own, made on its
+first call (again in a forked child), and runs that loop for the length of each call
+(``run_until_complete``), so a publish costs no hand-over between threads. Between
+calls nothing runs on that connection: it is not reconnected in the background, and
+one lost, or unused for ``IDLE`` seconds, is replaced on the next call. ``close()``
+(``transports.reset()``, and at exit) closes every thread's connection and loop.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
@@ -54,9 +59,9 @@ TIMEOUT = 5.0  # seconds to connect, or to wait for an answer
 WAIT = 0.5  # seconds a fetch waits for the first message
 TRACE_HEADERS = ("traceparent", "tracestate")
 MESSAGE_ID = "Nats-Msg-Id"
-# A lost connection is tried again once, a second later; then it is closed, and the next
-# call connects anew (a first connection fails as fast: the consumer backs off itself).
-RECONNECTS, RECONNECT_WAIT = 1, 1.0
+# Seconds a thread's connection may sit unused (its loop not running: no answer to the
+# server's pings) before the next call replaces it rather than trust it.
+IDLE = 60.0
 HEADROOM = 4096  # bytes of a dead letter's payload left for its headers
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.NoServersError,
@@ -85,31 +90,17 @@ def dead_subject(prefix: str, channel: str) -> str:
     return f"{prefix}.dead.{channel}"
 
 
-class _Loop:
-    """An event loop running in a daemon thread of its own; ``call`` runs a coroutine on
-    it from any other thread and waits for its result."""
+@dataclass
+class _Here:
+    """One thread's event loop and connection (made in this process: a forked child makes
+    its own), and the streams found on it."""
 
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="messagebus nats", daemon=True
-        )
-        self.thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        if not self.thread.is_alive():
-            self.loop.close()
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    pid: int = field(default_factory=os.getpid)
+    connection: Client | None = None
+    jetstream: JetStreamContext | None = None
+    streams: dict[str, str] = field(default_factory=dict)  # prefix -> its stream
+    used: float = 0.0  # when a call last ran the loop (time.monotonic)
 
 
 class NatsTransport:
@@ -117,70 +108,65 @@ class NatsTransport:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._local = threading.local()
         self._lock = threading.Lock()
-        self._loop: _Loop | None = None
-        # Touched in the loop's thread only:
-        self._connection: Client | None = None
-        self._jetstream: JetStreamContext | None = None
-        self._connecting: asyncio.Lock | None = None
-        self._streams: dict[str, str] = {}  # prefix -> the stream that takes its subjects
+        self._opened: list[_Here] = []  # every thread's, for close()
         atexit.register(self.close)
 
-    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 2 * TIMEOUT) -> T:
-        with self._lock:
-            if self._loop is None or self._loop.pid != os.getpid():  # a forked child: anew
-                self._loop = _Loop()
-                self._connection = self._jetstream = self._connecting = None
-                self._streams = {}
-            running = self._loop
-        return running.call(coroutine, timeout)
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on this thread's loop, until it is done (each step of it has
+        its own timeout)."""
+        here: _Here | None = getattr(self._local, "here", None)
+        if here is None or here.pid != os.getpid():
+            here = self._local.here = _Here()
+            with self._lock:
+                self._opened.append(here)
+        try:
+            return here.loop.run_until_complete(coroutine)
+        finally:
+            here.used = time.monotonic()
 
     def close(self) -> None:
-        """Close the connection, then stop the loop; the next call starts them again."""
+        """Close every thread's connection and loop (but one running a call just now, in
+        another thread); the next call makes them anew."""
         with self._lock:
-            running, self._loop = self._loop, None
-        if running is None or running.pid != os.getpid():
-            return
-        with contextlib.suppress(Exception):
-            running.call(self._close(), TIMEOUT)
-        running.stop()
-
-    async def _close(self) -> None:
-        connection, self._connection, self._jetstream = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            await connection.close()
-
-    async def _disconnected(self) -> None:
-        if self._connection is not None:  # else closed on purpose
-            url = self._connection.connected_url
-            logger.warning("NATS: disconnected from %s; reconnecting", url)
+            opened, self._opened = self._opened, []
+            self._local = threading.local()
+        for here in opened:
+            if here.pid != os.getpid() or here.loop.is_running() or here.loop.is_closed():
+                continue
+            if here.connection is not None and not here.connection.is_closed:
+                with contextlib.suppress(Exception):
+                    here.loop.run_until_complete(here.connection.close())
+            here.loop.close()
 
     async def _connected(self, prefix: str) -> tuple[Client, JetStreamContext, str]:
-        """The connection (made if there is none), its JetStream context, and the stream
-        of ``prefix``'s subjects (found, or made)."""
-        connection, jetstream = self._connection, self._jetstream
-        if connection is not None and jetstream is not None and connection.is_connected:
-            stream = self._streams.get(prefix)
-            if stream is not None:  # as every call but the first finds them
-                return connection, jetstream, stream
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            connection, jetstream = self._connection, self._jetstream
-            if connection is None or jetstream is None or connection.is_closed:
-                connection = self._connection = await nats.connect(
+        """This thread's connection, its JetStream context and the stream of ``prefix``'s
+        subjects (found, or made). A connection lost, or left idle long enough that the
+        server may have given up on it, is replaced by a new one."""
+        here: _Here = self._local.here
+        connection, jetstream = here.connection, here.jetstream
+        idle = time.monotonic() - here.used > IDLE
+        if connection is None or jetstream is None or not connection.is_connected or idle:
+            if connection is not None and not connection.is_closed:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            here.connection = None
+            try:
+                connection = here.connection = await nats.connect(
                     self.url, name="messagebus", connect_timeout=int(TIMEOUT),
-                    max_reconnect_attempts=RECONNECTS, reconnect_time_wait=RECONNECT_WAIT,
-                    error_cb=_error, disconnected_cb=self._disconnected,
-                    reconnected_cb=_reconnected,
+                    allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=1.0,
+                    error_cb=_error,
                 )  # fmt: skip
-                jetstream = self._jetstream = connection.jetstream(timeout=TIMEOUT)
-                self._streams = {}
-            if not connection.is_connected:
-                raise nats.errors.ConnectionReconnectingError
-            if prefix not in self._streams:
-                self._streams[prefix] = await _stream(jetstream, prefix)
-            return connection, jetstream, self._streams[prefix]
+            except nats.errors.AuthorizationError:
+                raise
+            except nats.errors.Error as exc:  # a server that closed at once, or said nothing
+                raise nats.errors.NoServersError from exc
+            jetstream = here.jetstream = connection.jetstream(timeout=TIMEOUT)
+            here.streams = {}
+        if prefix not in here.streams:
+            here.streams[prefix] = await _stream(jetstream, prefix)
+        return connection, jetstream, here.streams[prefix]
 
     def publish(self, channel: str, envelope: Envelope) -> None:
         headers = {
@@ -190,7 +176,7 @@ class NatsTransport:
             "causation_id": str(envelope.causation_id or ""),
             **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
         }
-        self._call(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), headers))
+        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), headers))
 
     async def _publish(
         self, prefix: str, channel: str, payload: bytes, headers: dict[str, str]
@@ -206,7 +192,7 @@ class NatsTransport:
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
     ) -> None:
         prefix = conf.settings.NATS_PREFIX
-        pulling = self._call(self._subscribe(prefix, channels))
+        pulling = self._run(self._subscribe(prefix, channels))
         logger.info(
             "Consuming %s from NATS JetStream (stream %s)",
             ", ".join(f"{prefix}.{c} ({durable_name(a, c)})" for c, a in channels.items()),
@@ -214,7 +200,7 @@ class NatsTransport:
         )  # fmt: skip
         try:
             while not stopping.is_set():
-                taken = self._call(pulling.next(), WAIT + 2 * TIMEOUT)
+                taken = self._run(pulling.next())
                 for start in range(0, len(taken), BATCH):
                     batch = taken[start : start + BATCH]
                     try:
@@ -223,12 +209,12 @@ class NatsTransport:
                         # Not the messages' fault: again after a while, here or elsewhere.
                         delay = conf.settings.NATS_NAK_DELAY
                         with contextlib.suppress(Exception):
-                            self._call(_nak(taken[start:], delay))
+                            self._run(_nak(taken[start:], delay))
                         raise
-                    self._call(self._settle(prefix, pulling, batch, settled))
+                    self._run(_settle(prefix, pulling, batch, settled))
         finally:
             with contextlib.suppress(Exception):
-                self._call(pulling.stop())
+                self._run(pulling.stop())
 
     async def _subscribe(self, prefix: str, channels: Mapping[str, str]) -> _Pulling:
         connection, jetstream, stream = await self._connected(prefix)
@@ -242,34 +228,19 @@ class NatsTransport:
                 f"{prefix}.{channel}", durable=durable_name(app, channel), stream=stream,
                 config=config,
             )  # fmt: skip
-        return _Pulling(connection, stream, subscriptions)
-
-    async def _settle(
-        self, prefix: str, pulling: _Pulling, batch: list[tuple[str, Msg]], settled: list[Settled]
-    ) -> None:
-        """Acknowledge each message, or copy it to the dead-letter subject and end it; then
-        make sure the server has it all."""
-        _, jetstream, _ = await self._connected(prefix)
-        for (channel, msg), outcome in zip(batch, settled, strict=True):
-            if outcome.verdict is Verdict.DEAD:
-                room = pulling.connection.max_payload - HEADROOM
-                await jetstream.publish(
-                    dead_subject(prefix, channel),
-                    msg.data[: min(conf.settings.INBOUND_MAX_BYTES, room)],
-                    timeout=TIMEOUT, headers=_dead_headers(msg, outcome.reason),
-                )  # fmt: skip
-                await msg.term()
-            else:
-                await msg.ack()
-        await pulling.connection.flush(int(TIMEOUT))
+        return _Pulling(connection, jetstream, stream, subscriptions)
 
 
 class _Pulling:
     """The durable consumers of one ``consume``, each fetching into a task of its own so
     that a channel with messages never waits for one without."""
 
-    def __init__(self, connection: Client, stream: str, subscriptions: dict[str, Any]) -> None:
+    def __init__(
+        self, connection: Client, jetstream: JetStreamContext, stream: str,
+        subscriptions: dict[str, Any],
+    ) -> None:  # fmt: skip
         self.connection = connection
+        self.jetstream = jetstream
         self.stream = stream
         self.subscriptions = subscriptions  # channel -> its PullSubscription
         self.fetching: dict[str, asyncio.Task[list[Msg]]] = {}
@@ -306,6 +277,25 @@ class _Pulling:
         await asyncio.gather(*self.fetching.values(), return_exceptions=True)
         for subscription in self.subscriptions.values():
             await subscription.unsubscribe()
+
+
+async def _settle(
+    prefix: str, pulling: _Pulling, batch: list[tuple[str, Msg]], settled: list[Settled]
+) -> None:
+    """Acknowledge each message, or copy it to the dead-letter subject and end it; then
+    make sure the server has it all."""
+    for (channel, msg), outcome in zip(batch, settled, strict=True):
+        if outcome.verdict is Verdict.DEAD:
+            room = pulling.connection.max_payload - HEADROOM
+            await pulling.jetstream.publish(
+                dead_subject(prefix, channel),
+                msg.data[: min(conf.settings.INBOUND_MAX_BYTES, room)],
+                timeout=TIMEOUT, headers=_dead_headers(msg, outcome.reason),
+            )  # fmt: skip
+            await msg.term()
+        else:
+            await msg.ack()
+    await pulling.connection.flush(int(TIMEOUT))
 
 
 async def _stream(jetstream: JetStreamContext, prefix: str) -> str:
@@ -354,7 +344,3 @@ async def _nak(taken: list[tuple[str, Msg]], delay: float) -> None:
 
 async def _error(exc: Exception) -> None:
     logger.warning("NATS: %s: %s", type(exc).__name__, exc)
-
-
-async def _reconnected() -> None:
-    logger.info("NATS: reconnected")
