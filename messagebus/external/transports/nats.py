@@ -37,6 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -111,11 +112,19 @@ class NatsTransport:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[_Here] = []  # every thread's, for close()
+        self._aside: ThreadPoolExecutor | None = None
         atexit.register(self.close)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on this thread's loop, until it is done (each step of it has
-        its own timeout)."""
+        its own timeout); from a thread whose own loop is running (sync code called
+        inside async code), on the transport's one thread set aside for that."""
+        with contextlib.suppress(RuntimeError):  # raised where no loop runs: the usual case
+            asyncio.get_running_loop()
+            with self._lock:
+                if self._aside is None:
+                    self._aside = ThreadPoolExecutor(1, thread_name_prefix="messagebus-nats")
+            return self._aside.submit(self._run, coroutine).result()
         here: _Here | None = getattr(self._local, "here", None)
         if here is None or here.pid != os.getpid():
             here = self._local.here = _Here()
@@ -132,6 +141,9 @@ class NatsTransport:
         with self._lock:
             opened, self._opened = self._opened, []
             self._local = threading.local()
+            aside, self._aside = self._aside, None
+        if aside is not None:
+            aside.shutdown()  # its call over, its loop is closed below with the others
         for here in opened:
             if here.pid != os.getpid() or here.loop.is_running() or here.loop.is_closed():
                 continue
@@ -248,7 +260,7 @@ class _Pulling:
     async def next(self) -> list[tuple[str, Msg]]:
         """What came on any channel within WAIT seconds (or more, if it was already here)."""
         if not self.connection.is_connected:
-            raise nats.errors.ConnectionReconnectingError
+            raise nats.errors.ConnectionClosedError
         for channel, subscription in self.subscriptions.items():
             if channel not in self.fetching:
                 self.fetching[channel] = asyncio.create_task(subscription.fetch(BATCH, WAIT))

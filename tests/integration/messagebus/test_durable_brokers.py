@@ -5,6 +5,7 @@ busapp_record in (a ``Record`` command, an ``Entry`` row) in a consumer subproce
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -267,6 +268,19 @@ def test_a_backlog_is_taken_in_batch_after_batch_with_no_outage(durable: Broker,
     assert sum(batches) == 2000 and max(batches) <= 100
     assert amounts() == list(range(2000))
     wait_for(lambda: durable.waiting(CHANNEL) == 0)
+
+
+def test_a_publish_from_sync_code_called_inside_async_code_goes_out(durable: Broker, db):
+    with external(durable.url):
+        transport = transports.get()
+        assert transport is not None
+
+        async def inside() -> None:  # an event loop runs in this thread meanwhile
+            transport.publish(CHANNEL, Envelope.of(Sent(n=1)))
+
+        asyncio.run(inside())
+        transport.publish(CHANNEL, Envelope.of(Sent(n=2)))
+    assert [data for data, _ in durable.messages(CHANNEL)] == [b'{"n":1}', b'{"n":2}']
 
 
 def test_the_consumer_waits_out_a_broker_that_goes_away(durable: Broker, consumer):
