@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
 BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 REDIS_URL ?= redis://127.0.0.1:6379/0
+NATS_URL ?= nats://127.0.0.1:4222
 PORT ?= 8000
 
 .PHONY: run test test-postgres matrix bench lint docs worker consume clean
@@ -32,9 +33,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## test-postgres: the suite against the local PostgreSQL, RabbitMQ and Redis
+## test-postgres: the suite against the local PostgreSQL, RabbitMQ, Redis and NATS
 test-postgres:
-	DATABASE_URL=$(POSTGRES_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) $(MAKE) test
+	DATABASE_URL=$(POSTGRES_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) NATS_URL=$(NATS_URL) $(MAKE) test
 
 ## matrix: the SQLite suite on each supported Django and Python pair (nox; NOX_ARGS="-t django6.1" picks some)
 matrix: $(VENV)/.installed-dev

@@ -1,7 +1,8 @@
-"""External messages on RabbitMQ against plain kombu, in one process (PostgreSQL or SQLite).
+"""External messages on RabbitMQ, Redis Streams and NATS JetStream against their plain
+clients, in one process (PostgreSQL or SQLite).
 
-    CELERY_BROKER_URL=amqp://... make bench
-    .venv/bin/python bench/bench_external.py [--count 2000] [--rounds 3]
+    CELERY_BROKER_URL=amqp://... REDIS_URL=redis://... NATS_URL=nats://... make bench
+    .venv/bin/python bench/bench_external.py [--count 2000] [--rounds 3] [--only nats]
 
 On a throwaway test database, in alternating rounds:
 
@@ -18,6 +19,19 @@ On a throwaway test database, in alternating rounds:
 
 Ratios are of the median rates, bus over plain (targets: publish >= 0.5x,
 consume >= 0.7x). Needs CELERY_BROKER_URL (RabbitMQ).
+
+On Redis Streams (REDIS_URL, as ``redis+stream://``) and NATS JetStream (NATS_URL, a
+stream of the run's own), each in bench/external_streams.py:
+
+- publish: ``--count`` events through the transport's ``publish`` (as the outbox's
+  delivery calls it), against a plain client loop doing the same: an XADD of the same
+  fields, or a JetStream publish of the same headers awaiting its ack (target
+  >= 0.9x); and, for scale, through the outbox as above (claimed, published, marked
+  done by ``messagebus worker``) against the same plain loop.
+- consume: ``--count`` messages on ``busapp_record`` taken in by ``messagebus consume``
+  against a plain consumer that reads the same (XREADGROUP, or a JetStream pull
+  consumer, 100 at a time), decodes each, calls the same handler (the Record command's
+  one-row insert) and acknowledges it (target >= 0.8x).
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +61,7 @@ from django.test.utils import override_settings, setup_databases, teardown_datab
 from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
 
 import messagebus  # noqa: E402
+from bench import external_streams  # noqa: E402
 from messagebus import external  # noqa: E402
 from messagebus.external import inbox  # noqa: E402
 from messagebus.external.transports import amqp  # noqa: E402
@@ -56,6 +72,7 @@ from tests.busapp.events import Announced  # noqa: E402
 from tests.busapp.models import Entry  # noqa: E402
 
 URL = os.environ.get("CELERY_BROKER_URL", "")
+Case = Callable[[int], float]  # a run of ``count`` messages -> seconds
 
 
 def publish_bus(count: int) -> float:
@@ -161,40 +178,65 @@ def check_and_clear(label: str, count: int, inbox_rows: int) -> None:
     InboxMessage.objects.all().delete()
 
 
+def compare(
+    cases: dict[str, tuple[Case, Case, float]], plain_name: str, count: int, rounds: int
+) -> None:
+    """Each case's bus and plain runs in alternating rounds; the ratio of their medians."""
+    for name, (bus_case, plain_case, target) in cases.items():
+        rates: dict[str, list[float]] = {"bus": [], "plain": []}
+        for r in range(rounds):
+            order = [("bus", bus_case), ("plain", plain_case)]
+            for label, case in order if r % 2 == 0 else reversed(order):
+                rates[label].append(count / case(count))
+        bus, plain = (statistics.median(rates[k]) for k in ("bus", "plain"))
+        aim = f"target >= {target}x" if target else "for scale"
+        print(f"  {name}: bus {bus:.0f}/s, {plain_name} {plain:.0f}/s, "
+              f"ratio {bus / plain:.2f}x ({aim})")  # fmt: skip
+
+
+def rabbitmq(count: int, rounds: int) -> None:
+    with Connection(URL) as connection:  # where what is published arrives, to be counted
+        ANNOUNCED(connection.default_channel).declare()
+        ANNOUNCED(connection.default_channel).purge()
+    print("  RabbitMQ")
+    cases = {
+        "publish": (publish_bus, publish_plain, 0.5),
+        "consume": (consume_bus, consume_plain, 0.7),
+    }
+    compare(cases, "plain kombu", count, rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["amqp", "redis+stream", "nats"])
     args = parser.parse_args()
-    if not URL.startswith("amqp"):
-        print("bench_external: skipped; set CELERY_BROKER_URL=amqp://...")
+    brokers = {
+        "amqp": URL.startswith("amqp"),
+        "redis+stream": bool(external_streams.REDIS_URL),
+        "nats": bool(external_streams.NATS_URL),
+    }
+    brokers = {name: there for name, there in brokers.items() if args.only in (None, name)}
+    if not any(brokers.values()):
+        print("bench_external: skipped; set CELERY_BROKER_URL=amqp://..., REDIS_URL or NATS_URL")
         return
     assert "busapp_record" in external.subscriptions and inbox  # declared by tests.busapp
     config = setup_databases(verbosity=0, interactive=False)
-    with Connection(URL) as connection:  # where what is published arrives, to be counted
-        ANNOUNCED(connection.default_channel).declare()
-        ANNOUNCED(connection.default_channel).purge()
     try:
         from django.db import connection
 
-        print(f"external messages, {connection.vendor}, RabbitMQ, "
+        print(f"external messages, {connection.vendor}, "
               f"{args.rounds} rounds x {args.count} messages")  # fmt: skip
-        cases = {
-            "publish": (publish_bus, publish_plain),
-            "consume": (consume_bus, consume_plain),
-        }
-        for name, (bus_case, plain_case) in cases.items():
-            rates: dict[str, list[float]] = {"bus": [], "plain": []}
-            for r in range(args.rounds):
-                order = [("bus", bus_case), ("plain", plain_case)]
-                for label, case in order if r % 2 == 0 else reversed(order):
-                    rates[label].append(args.count / case(args.count))
-            bus, plain = (statistics.median(rates[k]) for k in ("bus", "plain"))
-            target = {"publish": 0.5, "consume": 0.7}[name]
-            print(f"  {name}: bus {bus:.0f}/s, plain kombu {plain:.0f}/s, "
-                  f"ratio {bus / plain:.2f}x (target >= {target}x)")  # fmt: skip
+        if brokers.get("amqp"):
+            rabbitmq(args.count, args.rounds)
+        for name in ("redis+stream", "nats"):
+            if brokers.get(name):
+                with external_streams.broker(name) as (label, plain_name, cases):
+                    print(f"  {label}")
+                    compare(cases, plain_name, args.count, args.rounds)
     finally:
         teardown_databases(config, verbosity=0)
 

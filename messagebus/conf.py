@@ -251,6 +251,17 @@ def exchange_name(value: Any) -> str | None:
     return f"must be an exchange's name (1 to 255 characters), not {value!r}"
 
 
+def whole_number_or_none(value: Any) -> str | None:
+    return None if value is None else whole_number(value)
+
+
+def subject_prefix(value: Any) -> str | None:
+    tokens = value.split(".") if isinstance(value, str) else [""]
+    if all(token and not set(token) & set("*> \t\r\n") for token in tokens):
+        return None
+    return f"must be NATS subject tokens joined by dots (no spaces, * or >), not {value!r}"
+
+
 def schedules(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(
         isinstance(name, str) and isinstance(spec, dict) for name, spec in value.items()
@@ -270,6 +281,9 @@ TRANSPORTS = {
     "rediss": "messagebus.external.transports.redis.RedisTransport",
     "amqp": "messagebus.external.transports.amqp.AmqpTransport",
     "amqps": "messagebus.external.transports.amqp.AmqpTransport",
+    "redis+stream": "messagebus.external.transports.redis_streams.RedisStreamTransport",
+    "rediss+stream": "messagebus.external.transports.redis_streams.RedisStreamTransport",
+    "nats": "messagebus.external.transports.nats.NatsTransport",
 }
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",
@@ -350,6 +364,29 @@ class Settings:
     )
     AMQP_EXCHANGE = Setting[str](
         "messagebus", exchange_name, "RabbitMQ: the topic exchange shared with other services"
+    )
+    REDIS_STREAM_MAXLEN = Setting[int | None](
+        None, whole_number_or_none,
+        "Redis Streams: entries a stream keeps, about (XADD MAXLEN ~); None: every entry",
+        parse=lambda text: None if text.strip().lower() in ("", "none") else _integer(text),
+    )  # fmt: skip
+    REDIS_STREAM_CLAIM_IDLE = Setting[float](
+        60.0, seconds, "Redis Streams: a message read but not acknowledged for this long "
+        "is taken over from its consumer (XAUTOCLAIM)",
+    )  # fmt: skip
+    NATS_PREFIX = Setting[str](
+        "messagebus", subject_prefix, "NATS: a channel's subject is <prefix>.<channel>"
+    )
+    NATS_CREATE_STREAM = Setting[bool](
+        True, lambda value: None if isinstance(value, bool) else "must be True or False",
+        "NATS: create the JetStream stream of <prefix>.> if none takes it (False: one must)",
+    )  # fmt: skip
+    NATS_ACK_WAIT = Setting[float](
+        30.0, seconds, "NATS: a message not acknowledged this long after delivery is "
+        "delivered again (set when the durable consumer is created)",
+    )  # fmt: skip
+    NATS_NAK_DELAY = Setting[float](
+        5.0, seconds, "NATS: a message whose handling met an outage is delivered again after this"
     )
 
     @property

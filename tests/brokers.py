@@ -26,12 +26,14 @@ def external(url: str | None):
 
 
 class ConsumerProcess(Watched):
-    """`manage.py messagebus consume` on the test database, listening once it says so."""
+    """`manage.py messagebus consume` on the test database, listening once it says so
+    (``env``: more of its environment)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
         env = {
             **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
             "DJANGO_SETTINGS_MODULE": "tests.settings", "MESSAGEBUS_EXTERNAL_URL": url,
+            **(env or {}),
         }  # fmt: skip
         super().__init__(
             [sys.executable, str(ROOT / "manage.py"), "messagebus", "consume"],

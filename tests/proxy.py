@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379}
+DEFAULT_PORTS = {
+    "postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379, "redis+stream": 6379,
+    "nats": 4222,
+}  # fmt: skip
 
 
 class Proxy:
@@ -23,6 +27,8 @@ class Proxy:
         self._cut = threading.Event()
         self._refuse = False
         self._open: list[socket.socket] = []
+        self._budget: int | None = None  # bytes to the server before cut_after cuts
+        self._mend_after = 0.0
         self._lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -50,6 +56,30 @@ class Proxy:
     def mend(self) -> None:
         self._cut.clear()
 
+    def cut_after(self, sent: int, *, mend_after: float) -> None:
+        """Once ``sent`` more bytes went through to the server, cut (refusing) and mend
+        ``mend_after`` seconds later: a connection lost mid-conversation, whatever the
+        pace of the client (what it sent last reached the server; the answer did not)."""
+        with self._lock:
+            self._budget = sent
+        self._mend_after = mend_after
+
+    def _spend(self, sent: int) -> None:
+        with self._lock:
+            if self._budget is None:
+                return
+            self._budget -= sent
+            if self._budget > 0:
+                return
+            self._budget = None
+
+        def blip() -> None:
+            self.cut(refuse=True)
+            time.sleep(self._mend_after)
+            self.mend()
+
+        threading.Thread(target=blip, daemon=True).start()
+
     def _accept(self) -> None:
         while True:
             client, _ = self.server.accept()
@@ -60,14 +90,15 @@ class Proxy:
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self._lock:
                 self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, to_server in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, to_server), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
+                if to_server:
+                    self._spend(len(data))
         except OSError:
             pass
         finally:

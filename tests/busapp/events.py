@@ -54,3 +54,11 @@ class Reminded(messagebus.Event):
     """Scheduled for later; its handler notes when it ran (tests of scheduling)."""
 
     n: int
+
+
+@dataclass(frozen=True)
+class Sent(messagebus.Event):
+    """Published on busapp_record, which this app also takes in: a round trip through a
+    broker, one project playing both services (tests of the transports)."""
+
+    n: int

@@ -5,9 +5,10 @@ from typing import Any
 import messagebus
 
 from .commands import Record
-from .events import Announced
+from .events import Announced, Sent
 
 messagebus.publishes(Announced, channel="busapp_announced")
+messagebus.publishes(Sent, channel="busapp_record")
 
 
 @messagebus.consumes("busapp_record")

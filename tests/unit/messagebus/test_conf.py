@@ -39,6 +39,40 @@ def test_the_amqp_exchange_is_a_setting():
     assert queue.exchange.name == "shop.events" and queue.routing_key == "line_allocated"
 
 
+def test_each_transports_url_scheme_builds_its_transport():
+    from messagebus.external import transports
+    from messagebus.external.transports.nats import NatsTransport
+    from messagebus.external.transports.redis import RedisTransport
+    from messagebus.external.transports.redis_streams import RedisStreamTransport
+
+    built = {}
+    for url in ("redis://127.0.0.1:1/0", "redis+stream://127.0.0.1:1/3", "nats://127.0.0.1:1"):
+        assert conf.external_url(url) is None
+        with override_settings(MESSAGEBUS={"EXTERNAL_URL": url}):
+            built[url.split(":")[0]] = transports.get()  # it connects only when used
+    transports.reset()
+    assert isinstance(built["redis"], RedisTransport)
+    assert isinstance(built["redis+stream"], RedisStreamTransport)
+    assert built["redis+stream"].client.connection_pool.connection_kwargs["db"] == 3
+    assert isinstance(built["nats"], NatsTransport)
+    assert "redis+stream://" in conf.external_url("kafka://127.0.0.1:9092")
+    assert "nats://" in conf.external_url("kafka://127.0.0.1:9092")
+
+
+def test_the_brokers_settings_check_their_values(monkeypatch):
+    assert conf.subject_prefix("shop.events") is None
+    for wrong in ("", "shop..events", "shop.*", "a b", ".shop", 7):
+        assert "NATS subject tokens" in conf.subject_prefix(wrong)
+    assert conf.whole_number_or_none(None) is None and conf.whole_number_or_none(0) is not None
+    monkeypatch.setenv("MESSAGEBUS_REDIS_STREAM_MAXLEN", "none")
+    with override_settings(MESSAGEBUS={}):
+        assert conf.settings.REDIS_STREAM_MAXLEN is None
+        monkeypatch.setenv("MESSAGEBUS_REDIS_STREAM_MAXLEN", "100000")
+        assert conf.settings.REDIS_STREAM_MAXLEN == 100_000
+        monkeypatch.setenv("MESSAGEBUS_NATS_CREATE_STREAM", "no")
+        assert conf.settings.NATS_CREATE_STREAM is False
+
+
 def test_a_key_left_out_of_the_settings_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("MESSAGEBUS_EXECUTOR", "worker")
     monkeypatch.setenv("MESSAGEBUS_MAX_DELIVERIES", "7")

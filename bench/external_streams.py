@@ -1,0 +1,298 @@
+"""bench/bench_external.py's cases on Redis Streams and NATS JetStream: the transport
+and the bus against plain client loops doing the same (imported once Django is set up)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import nats
+import nats.js.errors
+import redis
+from django.conf import settings
+from django.test.utils import override_settings
+
+import messagebus
+from messagebus.core.envelope import Envelope
+from messagebus.external import transports
+from messagebus.external.transports import nats as nats_transport
+from messagebus.models import Delivery, InboxMessage
+from messagebus.processes.consumer import Consumer
+from messagebus.processes.worker import Worker
+from tests.busapp.events import Announced
+from tests.busapp.models import Entry
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+NATS_URL = os.environ.get("NATS_URL", "")
+OUT, IN = "busapp_announced", "busapp_record"
+Case = Callable[[int], float]
+
+
+def envelopes(count: int) -> list[Envelope]:
+    return [Envelope.of(Announced(n=n)) for n in range(count)]
+
+
+def fields(envelope: Envelope) -> dict[str, Any]:
+    """What a plain client sends beside the body (each encoded in the timed loop, as the
+    transports do): the ids."""
+    return {
+        "message_id": str(envelope.id), "type": envelope.type,
+        "correlation_id": str(envelope.correlation_id), "causation_id": "",
+    }  # fmt: skip
+
+
+def publish_transport(count: int, arrived: Callable[[str, int], None]) -> float:
+    """``transport.publish`` of each envelope, as the outbox's delivery calls it."""
+    messages = envelopes(count)
+    transport = transports.get()
+    assert transport is not None
+    begin = time.perf_counter()
+    for envelope in messages:
+        transport.publish(OUT, envelope)
+    elapsed = time.perf_counter() - begin
+    arrived("transport publish", count)
+    return elapsed
+
+
+def publish_outbox(count: int, arrived: Callable[[str, int], None]) -> float:
+    """Stored events, each published by its delivery: ``messagebus worker`` drains them."""
+    stored_only = override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "worker"})
+    with stored_only, messagebus.UnitOfWork() as uow:
+        for n in range(count):
+            uow.publish(Announced(n=n))
+    begin = time.perf_counter()
+    Worker(once=True).run()
+    elapsed = time.perf_counter() - begin
+    if Delivery.objects.exclude(status="done").exists():
+        raise RuntimeError("publish: deliveries left undone")
+    Delivery.objects.all().delete()
+    arrived("outbox publish", count)
+    return elapsed
+
+
+def consume_bus(count: int, fill: Callable[[int], None]) -> float:
+    fill(count)
+    begin = time.perf_counter()
+    Consumer(limit=count).run()
+    elapsed = time.perf_counter() - begin
+    check_and_clear("consume", count, InboxMessage.objects.count())
+    return elapsed
+
+
+def handle(data: bytes) -> None:
+    """What a plain consumer does with a message: decode it, call the handler's insert."""
+    Entry.objects.create(account="record", amount=json.loads(data)["n"])
+
+
+def check_and_clear(label: str, count: int, inbox_rows: int) -> None:
+    rows = Entry.objects.values("amount").distinct().count()
+    if rows != count or inbox_rows != count:
+        raise RuntimeError(f"{label}: {rows} rows, {inbox_rows} inbox rows; expected {count}")
+    Entry.objects.all().delete()
+    InboxMessage.objects.all().delete()
+
+
+# Redis Streams
+
+
+class RedisStreams:
+    def __init__(self) -> None:
+        self.url = REDIS_URL.replace("redis://", "redis+stream://", 1)
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.client.delete(OUT, IN, f"{IN}.dead")
+
+    def arrived(self, label: str, count: int) -> None:
+        kept = self.client.xlen(OUT)
+        self.client.delete(OUT)
+        if kept != count:
+            raise RuntimeError(f"{label}: {kept} entries arrived, expected {count}")
+
+    def publish_plain(self, count: int) -> float:
+        messages = envelopes(count)
+        client = redis.Redis.from_url(REDIS_URL)
+        begin = time.perf_counter()
+        for envelope in messages:
+            client.xadd(OUT, {"body": transports.body(envelope), **fields(envelope)})
+        elapsed = time.perf_counter() - begin
+        self.arrived("plain publish", count)
+        return elapsed
+
+    def fill(self, count: int) -> None:
+        self.client.delete(IN)  # and its groups
+        pipe = self.client.pipeline(transaction=False)
+        for n in range(count):
+            pipe.xadd(IN, {"body": json.dumps({"n": n}), "message_id": str(uuid.uuid4())})
+        pipe.execute()
+
+    def consume_plain(self, count: int) -> float:
+        self.fill(count)
+        received = 0
+        begin = time.perf_counter()
+        client = redis.Redis.from_url(REDIS_URL)
+        client.xgroup_create(IN, "bench", id="0")
+        while received < count:
+            for _, entries in client.xreadgroup("bench", "plain", {IN: ">"}, 100, 500) or []:
+                for entry_id, entry in entries:
+                    handle(entry[b"body"])
+                    client.xack(IN, "bench", entry_id)
+                    received += 1
+        elapsed = time.perf_counter() - begin
+        check_and_clear("plain consume", count, count)
+        return elapsed
+
+    def cases(self) -> dict[str, tuple[Case, Case, float]]:
+        return {
+            "publish, transport": (
+                lambda count: publish_transport(count, self.arrived),
+                self.publish_plain,
+                0.9,
+            ),
+            "publish, outbox": (
+                lambda count: publish_outbox(count, self.arrived),
+                self.publish_plain,
+                0.0,
+            ),
+            "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
+        }
+
+    def close(self) -> None:
+        self.client.delete(OUT, IN, f"{IN}.dead", "change_batch_quantity")
+
+
+# NATS JetStream
+
+
+class JetStream:
+    def __init__(self) -> None:
+        self.url = NATS_URL
+        self.prefix = f"bench{uuid.uuid4().hex[:8]}"
+        self.stream = nats_transport.stream_name(self.prefix)
+        self.loop = asyncio.new_event_loop()  # the plain clients' own
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.connection = self.run(nats.connect(NATS_URL))
+        self.js = self.connection.jetstream()
+        self.run(self.js.add_stream(name=self.stream, subjects=[f"{self.prefix}.>"]))
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def kept(self, subject: str) -> int:
+        info = self.run(self.js.stream_info(self.stream, subjects_filter=subject))
+        return int((info.state.subjects or {}).get(subject, 0))
+
+    def arrived(self, label: str, count: int) -> None:
+        subject = f"{self.prefix}.{OUT}"
+        kept = self.kept(subject)
+        self.run(self.js.purge_stream(self.stream, subject=subject))
+        if kept != count:
+            raise RuntimeError(f"{label}: {kept} messages arrived, expected {count}")
+
+    def publish_plain(self, count: int) -> float:
+        messages = envelopes(count)
+        subject = f"{self.prefix}.{OUT}"
+
+        async def publish() -> float:
+            begin = time.perf_counter()
+            for envelope in messages:
+                ids = fields(envelope)
+                headers = {nats_transport.MESSAGE_ID: ids.pop("message_id"), **ids}
+                data = transports.body(envelope)
+                await self.js.publish(subject, data, stream=self.stream, headers=headers)
+            return time.perf_counter() - begin
+
+        elapsed: float = self.run(publish())
+        self.arrived("plain publish", count)
+        return elapsed
+
+    def fill(self, count: int) -> None:
+        """``count`` messages on busapp_record, and no consumer of it yet."""
+        for durable in ("busapp_busapp_record", "bench_busapp_record"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                self.run(self.js.delete_consumer(self.stream, durable))
+        self.run(self.js.purge_stream(self.stream))
+
+        async def publish() -> None:
+            subject = f"{self.prefix}.{IN}"
+            acks = []
+            for n in range(count):
+                headers = {nats_transport.MESSAGE_ID: str(uuid.uuid4())}
+                data = json.dumps({"n": n}).encode()
+                acks.append(await self.js.publish_async(subject, data, headers=headers))
+            await asyncio.gather(*acks)
+
+        self.run(publish())
+
+    def consume_plain(self, count: int) -> float:
+        self.fill(count)
+        received = 0
+        begin = time.perf_counter()
+        subscription = self.run(
+            self.js.pull_subscribe(f"{self.prefix}.{IN}", durable="bench_busapp_record",
+                                   stream=self.stream)
+        )  # fmt: skip
+        while received < count:
+            try:
+                messages = self.run(subscription.fetch(100, timeout=0.5))
+            except TimeoutError:
+                continue
+            for message in messages:
+                handle(message.data)
+                received += 1
+
+            async def ack(batch: list[Any] = messages) -> None:
+                for message in batch:
+                    await message.ack()
+
+            self.run(ack())
+        self.run(subscription.unsubscribe())
+        elapsed = time.perf_counter() - begin
+        check_and_clear("plain consume", count, count)
+        return elapsed
+
+    def cases(self) -> dict[str, tuple[Case, Case, float]]:
+        return {
+            "publish, transport": (
+                lambda count: publish_transport(count, self.arrived),
+                self.publish_plain,
+                0.9,
+            ),
+            "publish, outbox": (
+                lambda count: publish_outbox(count, self.arrived),
+                self.publish_plain,
+                0.0,
+            ),
+            "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
+        }
+
+    def close(self) -> None:
+        self.run(self.js.delete_stream(self.stream))
+        self.run(self.connection.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def broker(name: str) -> Iterator[tuple[str, str, dict[str, tuple[Case, Case, float]]]]:
+    """The cases of ``name`` ("redis+stream" or "nats"), with EXTERNAL_URL set to it."""
+    plain: RedisStreams | JetStream
+    if name == "redis+stream":
+        plain, label, client = RedisStreams(), "Redis Streams", "plain redis-py"
+        more: dict[str, Any] = {}
+    else:
+        plain, label, client = JetStream(), "NATS JetStream", "plain nats-py"
+        more = {"NATS_PREFIX": plain.prefix}
+    bus = {**settings.MESSAGEBUS, "EXTERNAL_URL": plain.url, **more}
+    try:
+        with override_settings(MESSAGEBUS=bus):
+            yield label, client, plain.cases()
+    finally:
+        transports.reset()
+        plain.close()
