@@ -80,6 +80,13 @@ def renew(slot: Taken, until: dt.datetime) -> bool:
     return sql.renew_slot(ref.using, ref.event_id, ref.handler, slot.number, until)
 
 
+def clear_expired(using: str) -> int:
+    """Delete the slots whose lease ran out (their runners died): free already, their rows
+    are kept no longer. How many."""
+    deleted, _ = Slot.objects.using(using).filter(lease_until__lte=timezone.now()).delete()
+    return deleted
+
+
 def taken(using: str) -> dict[str, int]:
     """The slots taken now, by handler (every key's together)."""
     rows = (

@@ -384,11 +384,14 @@ def cancelled(using: str, message: uuid.UUID) -> int:
 
 
 def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[Delivery, str]]:
-    """End the runs whose runner vanished: due again, or dead past the limit.
+    """End the runs whose runner vanished: due again, or dead past the limit (and, where
+    some handler has a max_concurrency, delete the slots whose lease ran out).
 
     ``policy_of(handler name)`` gives each one's limit. Returns the
     deliveries that died, each with the reason.
     """
+    if registry.capped():
+        slots.clear_expired(using)
     died: list[tuple[Delivery, str]] = []
     with transaction.atomic(using=using):
         rows = list(

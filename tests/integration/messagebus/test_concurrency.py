@@ -15,13 +15,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 import messagebus
+from config import celery_app
 from messagebus import executors
 from messagebus.delivery import concurrent, run
 from messagebus.executors.celery import run_delivery
@@ -34,8 +37,8 @@ from messagebus.testing import run_due
 from tests.busapp.events import Metered, MeteredFor, Pinged
 from tests.busapp.handlers import register_capped
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, database_url, postgres_only
-from tests.subprocesses import Watched
+from tests.conftest import ROOT, celery_on_postgres, database_url, postgres_only
+from tests.subprocesses import CeleryWorker, Watched, celery_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("capped")]
 
@@ -123,6 +126,17 @@ def test_a_slot_whose_lease_ran_out_is_free_again():
     assert take(second, 2) == 1
     assert Slot.objects.get(number=0).event == first.event_id
     assert slots.taken("default") == {METER: 2}
+
+
+def test_the_sweep_for_lost_runs_deletes_the_slots_whose_lease_ran_out():
+    (ref,) = stored(Metered(n=0))
+    take(ref, 2)
+    gone = timezone.now() - dt.timedelta(seconds=1)
+    Slot.objects.create(handler=METER, key="k", number=0, event=uuid.uuid4(), lease_until=gone)
+
+    states.lease_expired("default", run.policy_of)
+
+    assert list(Slot.objects.values_list("event", flat=True)) == [ref.event_id]
 
 
 def test_no_slot_for_a_delivery_not_pending_under_the_lease_given():
@@ -515,6 +529,31 @@ def test_the_slots_of_killed_workers_free_themselves_when_their_leases_run_out(t
     assert metered() == [0, 1, 2, 3]  # the killed calls' work rolled back with them
     runs = sorted(Delivery.objects.values_list("runs", flat=True))
     assert runs == [1, 1, 2, 2]  # each killed call's run lost, counted once
+
+
+@celery_on_postgres
+def test_celery_workers_and_the_relay_run_a_handler_capped_at_two_never_more_at_once(tmp_path):
+    log = tmp_path / "meter.log"
+    env = {"BUSAPP_METERED": "1", "BUSAPP_METER_LOG": str(log), "BUSAPP_METER_SLEEP": "0.1"}
+    celery_app.control.purge()
+    worker = CeleryWorker("capped", "--concurrency", "4", **env)  # four tasks at once
+    relay = Watched(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "relay", "--interval", "0.2"],
+        env=celery_env(**env), ready="started on database", what="the relay",
+    )  # fmt: skip
+    count = 30
+    try:
+        with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "celery"}):
+            for n in range(count):  # a task each at commit: those over the cap wait
+                messagebus.bus.handle(Metered(n=n))
+        wait_until(lambda: Delivery.objects.filter(status="done").count() == count)
+    finally:
+        outputs = [relay.stop(), worker.stop()]
+
+    calls = spans(log)
+    assert [n for n, *_ in calls] == list(range(count)), outputs  # each called once
+    assert most_at_once(calls) == 2
+    assert set(Delivery.objects.values_list("status", "runs", "attempts")) == {("done", 1, 1)}
 
 
 @postgres_only
