@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -121,6 +122,35 @@ def _option_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
                 obj=handler.func,
                 id="messagebus.E006",
             )
+    yield from _cap_errors(handler)
+
+
+def _cap_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
+    """``max_concurrency`` and ``concurrency_key``: a cap on deliveries after commit, by a
+    field the message has."""
+    options = dict(handler.options)
+    key = options.get("concurrency_key")
+    problem = ""
+    if "max_concurrency" in options and handler.in_transaction:
+        problem = "caps deliveries, but it runs in the transaction that records its event"
+        hint = "Drop max_concurrency, or let it be delivered after commit."
+    elif key is not None and "max_concurrency" not in options:
+        problem = f"has a concurrency_key ({key!r}) but no max_concurrency"
+        hint = "Add max_concurrency=N: at most N deliveries per value of the key at once."
+    elif isinstance(key, str) and key not in _fields(handler.message_type):
+        problem = (
+            f"has concurrency_key={key!r}, which is not a field of "
+            f"{handler.message_type.__qualname__}"
+        )
+        own = [name for name in _fields(handler.message_type) if name not in _fields(Message)]
+        hint = f"Name one of its fields: {', '.join(own) or 'it has none of its own'}."
+    if problem:
+        yield checks.Error(f"{handler} {problem}.", hint=hint, obj=handler.func,
+                           id="messagebus.E006")  # fmt: skip
+
+
+def _fields(cls: type[Message]) -> list[str]:
+    return [field.name for field in dataclasses.fields(cls)]
 
 
 def _settings_errors() -> Iterator[checks.CheckMessage]:

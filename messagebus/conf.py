@@ -151,6 +151,12 @@ def at_least_zero(value: Any) -> str | None:
     return "must be a whole number, 0 or more"
 
 
+def field_name(value: Any) -> str | None:
+    if isinstance(value, str) and value.isidentifier():
+        return None
+    return f"must be the name of a field of the message, not {value!r}"
+
+
 def seconds(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return None

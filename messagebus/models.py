@@ -9,6 +9,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 DEFAULT_QUEUE = "default"  # django.tasks' default queue name; every event's deliveries
+KEY_LENGTH = 255  # a concurrency key is kept to its first this many characters
 
 
 class StoredEvent(models.Model):
@@ -106,6 +107,13 @@ class Delivery(models.Model):
         blank=True,
         help_text="A task's outcome: its return value, when its call began and ended, and by "
         "which process.",
+    )
+    # Read from the message as it is stored, for a handler with a concurrency_key.
+    concurrency_key = models.CharField(
+        max_length=KEY_LENGTH,
+        blank=True,
+        default="",
+        help_text="Its handler runs at most max_concurrency deliveries of one key at once.",
     )
 
     objects = DeliveryQuerySet.as_manager()
@@ -255,3 +263,32 @@ class ScheduleTick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.tick_at:%Y-%m-%d %H:%M}"
+
+
+class Slot(models.Model):
+    """A delivery of a handler with a ``max_concurrency`` running now: one of the handler's
+    slots (for one value of its ``concurrency_key``), taken before the call and freed
+    with its end, held under a lease that a runner which died lets run out."""
+
+    handler = models.CharField(max_length=255)
+    key = models.CharField(max_length=KEY_LENGTH, blank=True, help_text="Its concurrency key.")
+    number = models.PositiveIntegerField(help_text="From 0 to max_concurrency - 1.")
+    event = models.UUIDField(help_text="The event whose delivery to the handler holds it.")
+    lease_until = models.DateTimeField(help_text="Free again from then on, if not freed before.")
+    taken_at = models.DateTimeField(default=timezone.now)
+    wanted = models.BooleanField(
+        default=False, help_text="A delivery found every slot taken: wake the workers as it frees."
+    )
+
+    class Meta:
+        verbose_name = "concurrency slot"
+        ordering = ["handler", "key", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handler", "key", "number"], name="messagebus_one_delivery_per_slot"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        key = f" ({self.key})" if self.key else ""
+        return f"slot {self.number} of {self.handler}{key}"

@@ -43,6 +43,8 @@ OVERRIDABLE: dict[str, conf.Validator] = {
     "batch": lambda value: None if isinstance(value, bool) else "must be True or False",
     "timeout": conf.seconds_or_none,
     "breaker": conf.breaker,
+    "max_concurrency": conf.whole_number,
+    "concurrency_key": conf.field_name,
 }
 
 
@@ -126,6 +128,10 @@ class Policy:
     run: str = AFTER_COMMIT
     # Pauses the handler while its calls keep failing (None: never).
     breaker: Breaker | None = None
+    # At most this many of its deliveries run at once, across every process (None: no
+    # limit); per value of the message's field ``concurrency_key``, if it names one.
+    max_concurrency: int | None = None
+    concurrency_key: str | None = None
 
     @classmethod
     def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:
@@ -151,6 +157,13 @@ class Policy:
             timeout=settings.HANDLER_TIMEOUT,
             breaker=Breaker.of(overrides.pop("breaker", settings.BREAKER)),
         ).replace(**overrides)
+
+    @property
+    def batched(self) -> bool:
+        """Whether its deliveries may share a worker's batch transaction: ``batch``, and no
+        max_concurrency (each delivery takes a slot before its call, frees it with its
+        end, and so runs in a transaction of its own)."""
+        return self.batch and self.max_concurrency is None
 
     def replace(self, **changes: Any) -> Policy:
         return dataclasses.replace(self, **changes) if changes else self

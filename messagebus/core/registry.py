@@ -47,6 +47,15 @@ class Handler:
         """Called inside the transaction that records its event, not delivered after."""
         return ("run", IN_TRANSACTION) in self.options
 
+    def key_of(self, message: Message) -> str:
+        """Its delivery's concurrency key: the value of the field its ``concurrency_key``
+        option names, as text ("" for None, or with no such option)."""
+        for option, field in self.options:
+            if option == "concurrency_key":
+                value = getattr(message, field, None)
+                return "" if value is None else str(value)
+        return ""
+
     def __str__(self) -> str:
         return self.name
 
@@ -58,6 +67,7 @@ class Registry:
         self._events: dict[type[Message], tuple[Handler, ...]] = {}  # after commit
         self._inline: dict[type[Message], tuple[Handler, ...]] = {}  # in the transaction
         self._by_name: dict[str, Handler] | None = None  # built on first use
+        self._capped: tuple[tuple[str, int], ...] | None = None  # built on first use
 
     def register(
         self,
@@ -75,8 +85,11 @@ class Registry:
         ``options`` override an event handler's delivery policy:
         ``retry_attempts``, ``max_deliveries``, ``redelivery_delay``,
         ``batch=False`` for a transaction of its own per delivery,
-        ``timeout`` (seconds) for an async one, and ``run="in_transaction"``
-        to be called inside the transaction that records the event instead.
+        ``timeout`` (seconds) for an async one, ``breaker``, ``max_concurrency``
+        (at most that many deliveries at once, across every process) and
+        ``concurrency_key`` (a field of the message: at most that many per value),
+        and ``run="in_transaction"`` to be called inside the transaction that
+        records the event instead.
         """
         handler = _inspect(func, message_type, name, options)
         cls = handler.message_type
@@ -97,7 +110,7 @@ class Registry:
                 )
             kind = self._inline if handler.in_transaction else self._events
             kind[cls] = (*kind.get(cls, ()), handler)
-        self._by_name = None
+        self._by_name = self._capped = None
         return func
 
     def unregister(self, func: Callable[..., Any]) -> None:
@@ -109,7 +122,7 @@ class Registry:
         self._inline = {
             t: tuple(h for h in hs if h.func is not func) for t, hs in self._inline.items()
         }
-        self._by_name = None
+        self._by_name = self._capped = None
 
     def command_handler(self, cls: type[Message]) -> Handler:
         handler = self._commands.get(cls)
@@ -157,6 +170,22 @@ class Registry:
             self._by_name = {h.name: h for hs in reversed(every) for h in hs}
         return self._by_name.get(name)
 
+    def capped(self) -> tuple[tuple[str, int], ...]:
+        """The handlers delivered after commit with a ``max_concurrency``, by name: (name,
+        most at once), sorted. (One not a whole number of at least 1 caps nothing:
+        ``manage.py check`` says so.)"""
+        if self._capped is None:
+            found = {
+                h.name: most
+                for hs in self._events.values()
+                for h in hs
+                if isinstance(most := dict(h.options).get("max_concurrency"), int)
+                and not isinstance(most, bool)
+                and most >= 1
+            }
+            self._capped = tuple(sorted(found.items()))
+        return self._capped
+
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
         yield from self._queries.values()
@@ -166,7 +195,7 @@ class Registry:
     def reset(self) -> None:
         """Forget every handler (tests; autodiscovery does not run again)."""
         self._commands, self._queries, self._events, self._inline = {}, {}, {}, {}
-        self._by_name = None
+        self._by_name = self._capped = None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
@@ -178,7 +207,7 @@ class Registry:
             yield self
         finally:
             self._commands, self._queries, self._events, self._inline = saved
-            self._by_name = None
+            self._by_name = self._capped = None
 
 
 def _kind(cls: type[Message]) -> str:

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import anyio
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 
 from ..core.dependencies import dependencies
 from ..core.messages import current_message
@@ -32,7 +32,7 @@ from ..exceptions import HandlerTimeout
 from ..handling import executor
 from ..handling.message_bus import bus
 from ..observe import logs, metrics, tracing
-from ..outbox import states
+from ..outbox import slots, states
 from ..wording import plural
 from . import run as engine
 from .run import Job
@@ -48,13 +48,14 @@ class Held:
     at a time in one thread, so a renewal never races a mark.
     """
 
-    __slots__ = ("claim", "lease", "lost", "scope")
+    __slots__ = ("claim", "lease", "lost", "scope", "slot")
 
     def __init__(self, claim: states.Claim) -> None:
         self.claim = claim
         self.lease = claim.lease
         self.lost = False  # another runner has it: stop, record nothing
         self.scope = anyio.CancelScope()  # cancelled if the lease is lost while it runs
+        self.slot: slots.Taken | None = None  # held while it runs, if its handler is capped
 
     def current(self) -> states.Claim:
         claim = self.claim
@@ -98,10 +99,14 @@ async def run(job: Job, held: Held, marks: Marks) -> bool:
     True if it completed (its done-mark handed to ``marks``); a failure is recorded
     as the policy judges it. Cancelled (a worker out of grace), it is handed back,
     due again at once, no run counted. Its lease lost (it ran past ``CLAIM_TIMEOUT``
-    unrenewed), it stops, recording nothing.
+    unrenewed), it stops, recording nothing. Its handler capped (``max_concurrency``),
+    it takes a slot first, freed with its done-mark or failure; none free, it is handed
+    back, not run.
     """
     try:
         with held.scope:
+            if job.policy.max_concurrency is not None and not await db(_take, job, held):
+                return False
             error = await _attempt(job)
             if error is None:
                 marks.add(held)
@@ -130,17 +135,33 @@ async def _attempt(job: Job) -> Exception | None:
     return None
 
 
+def _take(job: Job, held: Held) -> bool:
+    """Take a concurrency slot for it, under the lease held now; none free, it is handed
+    back (``engine.capped``)."""
+    now = dataclasses.replace(job, claim=held.current())
+    held.slot = engine.take_slot(now)
+    if held.slot is None:
+        engine.capped(now)
+    return held.slot is not None
+
+
 def _failed(job: Job, held: Held, error: Exception) -> None:
-    """Record a failed call, under the lease held now."""
-    engine.failed(dataclasses.replace(job, claim=held.current()), error)
+    """Record a failed call, under the lease held now, freeing its slot."""
+    engine.failed(dataclasses.replace(job, claim=held.current()), error, slot=held.slot)
 
 
 def _hand_back(held: Held) -> None:
-    states.released(held.claim.ref.using, [held.current()])
+    ref = held.claim.ref
+    with transaction.atomic(using=ref.using):
+        states.released(ref.using, [held.current()])
+        if held.slot is not None:
+            slots.free(held.slot)
 
 
 def _finish(held: list[Held]) -> set[int]:
-    return states.finished([h.current() for h in held if not h.lost])
+    ours = [h for h in held if not h.lost]
+    freeing = [h.slot for h in ours if h.slot is not None]
+    return states.finished([h.current() for h in ours], freeing)
 
 
 def renew(held: list[Held]) -> None:
@@ -151,6 +172,8 @@ def renew(held: list[Held]) -> None:
                 one.lost = True
             else:
                 one.lease = renewed
+                if one.slot is not None:
+                    slots.renew(one.slot, renewed)
 
 
 class Marks:

@@ -18,6 +18,11 @@ savepoint: if a handler fails, the batch rolls back, its failure is recorded,
 the rest run again, and that handler's deliveries run alone (each in its own
 transaction) for a while. Async handlers are awaited on an event loop
 (``awaiting``), outside any transaction, and marked done once they return.
+
+A handler with a ``max_concurrency`` takes a slot (``outbox.slots``) before each
+call, in a statement of its own, and frees it with the done-mark or the failure:
+its deliveries never share a batch, and one that finds every slot taken is
+handed back, not run, no run counted (``capped``).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from ..exceptions import MessageDecodeError, RetryLater
 from ..handling.message_bus import bus
 from ..handling.unit_of_work import UnitOfWork
 from ..observe import logs, metrics, tracing
-from ..outbox import sql, states
+from ..outbox import slots, sql, states
 from ..outbox.reference import Reference
 from . import breaker
 
@@ -142,8 +147,10 @@ def deliver(
 ) -> int:
     """Run these deliveries to sync handlers, each one call; how many ran (or were
     dealt with). Claimed ones are batched in transactions of at most ``seconds``
-    (BATCH_SECONDS); just stored ones run each in its own. Once ``stopping()`` is
-    true, the claimed ones not started are handed back. (Async handlers' deliveries:
+    (BATCH_SECONDS); just stored ones, and those of handlers with a max_concurrency,
+    run each in its own. Once one of those finds every slot of its handler (and key)
+    taken, the others of that handler and key are handed back untried, and once
+    ``stopping()`` is true, the claimed ones not started. (Async handlers' deliveries:
     ``concurrent.run_now``.)
     """
     if not claims:
@@ -156,7 +163,7 @@ def deliver(
         job = resolve(claim)
         if job is None:
             ran += 1
-        elif job.claim.lease and job.policy.batch and not _is_suspect(job.handler):
+        elif job.claim.lease and job.policy.batched and not _is_suspect(job.handler):
             batched.append(job)
         else:
             alone.append(job)
@@ -169,20 +176,40 @@ def deliver(
             ran += 1
             alone += [job for job in batched if job.handler == failed.handler]
             batched = [job for job in batched if job.handler != failed.handler]
+    full: set[tuple[str, str]] = set()  # (handler, key) whose slots were all taken just now
+    handed: list[Job] = []  # claimed deliveries of those, handed back untried
     while alone and not stopping():
-        call(alone.pop(0))
+        job = alone.pop(0)
         ran += 1
-    unleased = [job.claim for job in batched + alone if job.claim.lease is not None]
+        if job.claim.key is not None and (job.handler.name, job.claim.key) in full:
+            handed.append(job)
+        elif _call(job) is None and job.claim.key is not None:
+            full.add((job.handler.name, job.claim.key))
+    unleased = [job.claim for job in batched + alone + handed if job.claim.lease is not None]
     if unleased:
         states.released(unleased[0].ref.using, unleased)
     return ran
 
 
 def call(job: Job) -> bool:
-    """One call of a sync handler in a transaction of its own; True if it completed."""
+    """One call of a sync handler in a transaction of its own; True if it completed.
+
+    A handler with a max_concurrency: a slot taken first (committed), freed with the
+    done-mark or the failure; none free, the delivery is handed back, not run."""
+    return _call(job) is True
+
+
+def _call(job: Job) -> bool | None:
+    """``call``: None if it was handed back, every slot of its handler (and key) taken."""
     with logs.handling(job.event, job.handler.name), job.span():
         # When it began, to time a first call's wait from its storing (if it was read).
         begun = timezone.now() if job.claim.stored is not None else None
+        slot = None
+        if job.policy.max_concurrency is not None:
+            slot = take_slot(job)
+            if slot is None:
+                capped(job)
+                return None
         started = time.perf_counter()
         try:
             with UnitOfWork(job.ref.using) as uow:
@@ -191,10 +218,14 @@ def call(job: Job) -> bool:
                     logger.info("Not run: %s is done, paused, or another runner's", job)
                     if job.claim.lease is not None:  # paused: due again once resumed
                         states.let_go(job.ref, job.claim.lease)
+                    if slot is not None:
+                        slots.free(slot)
                     return False
                 invoke(job, uow)
+                if slot is not None:  # free as the done-mark commits, not before
+                    slots.free(slot)
         except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
-            failed(job, exc, begun)
+            failed(job, exc, begun, slot)
             return False
         if begun is not None:
             metrics.claimed(job.claim, begun)
@@ -294,9 +325,35 @@ def returned(job: Job, seconds: float) -> None:
         logger.info("Delivered %s to %s in %.1f ms", job.event, job.handler, seconds * 1000)
 
 
-def failed(job: Job, exc: BaseException, begun: dt.datetime | None = None) -> Verdict:
+def take_slot(job: Job) -> slots.Taken | None:
+    """A concurrency slot for a job whose handler has a max_concurrency; None: all are
+    taken. Freeing it wakes the workers if its delivery was not read by a claim of this
+    process (the inline executor's, a Celery task's: their runner claims nothing after)."""
+    most = job.policy.max_concurrency or 1
+    return slots.take(job.ref, job.claim.lease, most, wakes=job.claim.key is None)
+
+
+def capped(job: Job) -> None:
+    """Every slot of the job's handler (for its key) is taken: the delivery is handed back,
+    due as before, no run counted, and runs once a slot frees."""
+    if job.claim.lease is not None:
+        states.let_go(job.ref, job.claim.lease)
+    logger.info(
+        "Not run yet: %s; its handler runs at most %d at once%s, and that many run",
+        job, job.policy.max_concurrency,
+        f" per {job.policy.concurrency_key}" if job.policy.concurrency_key else "",
+    )  # fmt: skip
+
+
+def failed(
+    job: Job,
+    exc: BaseException,
+    begun: dt.datetime | None = None,
+    slot: slots.Taken | None = None,
+) -> Verdict:
     """Record a failed call as the policy judges it: one line in the log, a traceback
-    when a run ends. ``begun``: when the call began, to time a first call's wait."""
+    when a run ends. ``begun``: when the call began, to time a first call's wait;
+    ``slot``: the concurrency slot it held, freed with the record."""
     claim = job.claim
     # A claim read with its counts, or a Celery task's (id 0), read only now it failed.
     runs, calls = (claim.runs, claim.calls) if claim.id else states.counts(job.ref)[:2]
@@ -308,7 +365,7 @@ def failed(job: Job, exc: BaseException, begun: dt.datetime | None = None) -> Ve
         metrics.failed(job.handler.name)
         tracing.failed(exc)
         logger.warning("Handler %s failed on %s: %r", job.handler, job.event, exc)
-    if not states.failed(job.ref, claim.lease, exc, verdict):
+    if not states.failed(job.ref, claim.lease, exc, verdict, slot):
         logger.warning("%s failed after another runner took it over", job)
         return verdict
     if begun is not None:

@@ -27,7 +27,8 @@ from django.utils.http import urlencode
 
 from ..core.messages import Event
 from ..core.registry import registry
-from ..models import Delivery, Pause, WorkerBeat
+from ..delivery.run import policy_of
+from ..models import Delivery, Pause, Slot, WorkerBeat
 from ..wording import first_line
 from . import health
 from .charts import bar_chart, hhmm
@@ -115,12 +116,12 @@ def report(using: str) -> dict[str, Any]:
 
 def handlers(using: str) -> list[dict[str, Any]]:
     """Each handler delivered after commit, by name: how many of its deliveries are
-    pending, and its pause (who, when, why), if paused. One query."""
-    names = {
-        h.name
-        for h in registry.handlers()
-        if issubclass(h.message_type, Event) and not h.in_transaction
-    }
+    pending, its pause (who, when, why), if paused, and, if it has a max_concurrency
+    (``cap``, per ``key``), how many of its deliveries run now (``running``: the slots
+    taken). One query."""
+    delivered = [
+        h for h in registry.handlers() if issubclass(h.message_type, Event) and not h.in_transaction
+    ]
     none = {
         "paused_by": Value(None, CharField()),
         "paused_at": Value(None, DateTimeField()),
@@ -130,23 +131,44 @@ def handlers(using: str) -> list[dict[str, Any]]:
     }
     pending = (
         Delivery.objects.using(using).pending().order_by().values("handler")
-        .annotate(count=Count("id"), **none)
+        .annotate(kind=Value("pending"), count=Count("id"), **none)
     )  # fmt: skip
     pauses = (
         Pause.objects.using(using)
         .order_by()
         .values("handler")
-        .annotate(count=Value(None, IntegerField()), **{field: F(field) for field in none})
+        .annotate(
+            kind=Value("pause"),
+            count=Value(None, IntegerField()),
+            **{field: F(field) for field in none},
+        )
     )
-    found: dict[str, dict[str, Any]] = {name: {"pending": 0, "pause": None} for name in names}
+    running = (
+        Slot.objects.using(using).filter(lease_until__gt=timezone.now()).order_by()
+        .values("handler").annotate(kind=Value("running"), count=Count("id"), **none)
+    )  # fmt: skip
+    found: dict[str, dict[str, Any]] = {}
+
+    def row_of(name: str) -> dict[str, Any]:
+        return found.setdefault(name, {"pending": 0, "pause": None, "running": 0, **_cap(name)})
+
+    for known in delivered:
+        row_of(known.name)
     # Unordered: from Django 6.1 a union takes the first model's Meta.ordering otherwise.
-    for row in pending.union(pauses, all=True).order_by():
-        handler = found.setdefault(row["handler"], {"pending": 0, "pause": None})
-        if row["count"] is None:
-            handler["pause"] = Pause(**{k: v for k, v in row.items() if k != "count"})
+    for row in pending.union(pauses, running, all=True).order_by():
+        handler = row_of(row["handler"])
+        if row["kind"] == "pause":
+            handler["pause"] = Pause(**{k: v for k, v in row.items() if k not in ("kind", "count")})
         else:
-            handler["pending"] = row["count"]
+            handler[row["kind"]] = row["count"]
     return [{"name": name, **found[name]} for name in sorted(found)]
+
+
+def _cap(name: str) -> dict[str, Any]:
+    """A handler's max_concurrency (``cap``, None: none) and ``key`` (its
+    concurrency_key), as registered in this process."""
+    policy = policy_of(name)
+    return {"cap": policy.max_concurrency, "key": policy.concurrency_key}
 
 
 def _dead_group(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ..core.envelope import Envelope
 from ..core.messages import Command, Event, Message
 from ..core.policy import WAITING_FOR_HANDLER
 from ..core.registry import Handler, registry
-from ..models import Delivery
+from ..models import KEY_LENGTH, Delivery
 from ..observe import logs, tracing
 from ..wording import plural
 from . import sql
@@ -52,7 +52,8 @@ def store(
     ``wake`` (``sql.store``)."""
     if handlers is None:
         handlers = registry.event_handlers(type(event))
-    refs = _stored(event, using, [h.name for h in handlers], now, **delivery)
+    refs = _stored(event, using, [h.name for h in handlers], now, keys=_keys(event, handlers),
+                   **delivery)  # fmt: skip
     if observers:
         for observer in observers:
             observer(event, using)
@@ -66,10 +67,11 @@ def store_due(message: Message, using: str, due: dt.datetime, **delivery: Any) -
     event's, one per handler; a command's, one, to its handler (``HandlerNotFound``
     if it has none). ``delivery``: as for ``store``."""
     if isinstance(message, Command):
-        handlers = [registry.command_handler(type(message)).name]
+        names, keys = [registry.command_handler(type(message)).name], None
     else:
-        handlers = [h.name for h in registry.event_handlers(type(message))]
-    refs = _stored(message, using, handlers, None, due=due, **delivery)
+        handlers = registry.event_handlers(type(message))
+        names, keys = [h.name for h in handlers], _keys(message, handlers)
+    refs = _stored(message, using, names, None, due=due, keys=keys, **delivery)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s, due at %s", message, due.isoformat())
     return refs
@@ -84,6 +86,11 @@ def _stored(
         envelope.causation_id, envelope.trace, handlers, now or timezone.now(), **delivery,
     )  # fmt: skip
     return [Reference(using, envelope.id, name, envelope) for name in handlers]
+
+
+def _keys(message: Message, handlers: Sequence[Handler]) -> list[str]:
+    """Each handler's concurrency key for ``message``, as its delivery keeps it."""
+    return [h.key_of(message)[:KEY_LENGTH] for h in handlers]
 
 
 def scheduled(now: dt.datetime) -> Q:

@@ -18,7 +18,7 @@ from uuid import UUID
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ..models import DEFAULT_QUEUE, Delivery, Pause, StoredEvent
+from ..models import DEFAULT_QUEUE, Delivery, Pause, Slot, StoredEvent
 
 EVENT_COLUMNS = (
     "id", "type", "payload", "correlation_id", "causation_id", "trace_context", "created_at"
@@ -26,7 +26,9 @@ EVENT_COLUMNS = (
 DELIVERY_COLUMNS = (
     "event", "handler", "status", "attempts", "runs", "calls",
     "next_attempt_at", "last_error", "traceback", "created_at", "priority", "queue",
+    "concurrency_key",
 )  # fmt: skip
+SLOT_COLUMNS = ("handler", "key", "number", "event", "lease_until", "taken_at", "wanted")
 PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
 
 
@@ -114,16 +116,17 @@ class Statements:
         # The literal status, so PostgreSQL's planner can use the partial index; {} is
         # where the filters by pause and by queue go.
         self.unpaused = f"AND {unpaused} "
-        due = (
-            f"SELECT {col['id']} FROM {table} WHERE {col['status']} = '{PENDING}' "
+        self.due_from = (
+            f"FROM {table} WHERE {col['status']} = '{PENDING}' "
             f"AND {col['lease_until']} IS NULL AND {col['next_attempt_at']} <= %s {{}}"
-            f"ORDER BY {col['priority']} DESC, {col['next_attempt_at']}, {col['id']} LIMIT %s"
         )
+        self.order = f"ORDER BY {col['priority']} DESC, {col['next_attempt_at']}, {col['id']}"
+        due = f"SELECT {col['id']} {self.due_from}{self.order} LIMIT %s"
         self.in_queues = f"AND {col['queue']} IN ({{}}) "
         read = (
             f"SELECT c.{col['id']}, c.{col['handler']}, c.{col['runs']}, c.{col['calls']}, "
             + ", ".join(f"e.{quote(_column(_event_field(f)))}" for f in EVENT_COLUMNS[:6])
-            + f", c.{col['created_at']}"
+            + f", c.{col['created_at']}, c.{col['concurrency_key']}"
             + f" FROM {{}} c JOIN {events} e ON e.{event_id} = c.{col['event']} {{}}"
             f"ORDER BY c.{col['priority']} DESC, c.{col['next_attempt_at']}, c.{col['id']}"
         )
@@ -173,28 +176,113 @@ class Statements:
         lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
         if connection.vendor == "postgresql":
             # One round trip: lease the due rows and read them with their events.
+            self.skip_locked = " FOR UPDATE SKIP LOCKED"
             self.claim = [
-                f"WITH claimed AS ({lease}({due} FOR UPDATE SKIP LOCKED) RETURNING "
+                f"WITH claimed AS ({lease}({{}}) RETURNING "
                 f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, {col['calls']}, "
-                f"{col['next_attempt_at']}, {col['created_at']}, {col['priority']}) "
-                + read.format("claimed", "")
+                f"{col['next_attempt_at']}, {col['created_at']}, {col['priority']}, "
+                f"{col['concurrency_key']}) " + read.format("claimed", "")
             ]
         else:  # one writer at a time: pick, lease, read
-            self.claim = [due, lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
-        self._claims: dict[tuple[int, bool], list[str]] = {}
+            self.skip_locked = ""
+            self.claim = ["{}", lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
+        self.pick = due + self.skip_locked
+        self._claims: dict[tuple[int, bool, int, bool], list[str]] = {}
+        self._slots(connection, table, col)
 
-    def claim_in(self, queues: int, paused: bool) -> list[str]:
+    def _slots(self, connection: BaseDatabaseWrapper, table: str, col: dict[str, str]) -> None:
+        """The statements of the concurrency slots (``slots``), and the claim's gate."""
+        quote = connection.ops.quote_name
+        slots = quote(Slot._meta.db_table)
+        slot = {f: quote(_column(_field(Slot, f))) for f in SLOT_COLUMNS}
+        # How many of a handler's deliveries of one key run now (``%s``: now), for a row
+        # named {0}: the slots taken; or (``in_flight``) the deliveries leased, which the
+        # relay counts, as a task holds no slot until it runs.
+        running = {
+            False: f"(SELECT count(*) FROM {slots} s WHERE s.{slot['handler']} = "
+            f"{{0}}.{col['handler']} AND s.{slot['key']} = {{0}}.{col['concurrency_key']} "
+            f"AND s.{slot['lease_until']} > %s)",
+            True: f"(SELECT count(*) FROM {table} l WHERE l.{col['handler']} = "
+            f"{{0}}.{col['handler']} AND l.{col['concurrency_key']} = "
+            f"{{0}}.{col['concurrency_key']} AND l.{col['status']} = '{PENDING}' "
+            f"AND l.{col['lease_until']} > %s)",
+        }
+        # A capped handler's deliveries whose slots (for their key) are all taken are not
+        # due: {names} are the capped handlers' names, {most} a CASE's WHEN name THEN most.
+        self.capped = {
+            in_flight: f"AND ({table}.{col['handler']} NOT IN ({{names}}) OR "
+            f"{count.format(table)} < CASE {table}.{col['handler']} {{most}} END) "
+            for in_flight, count in running.items()
+        }
+        # And a claim takes no more of them (for one key) than there are slots free.
+        h, k = col["handler"], col["concurrency_key"]
+        self.ranked = {
+            in_flight: f"SELECT {col['id']} FROM (SELECT {col['id']}, {h}, {k}, row_number() "
+            f"OVER (PARTITION BY {h}, {k} {self.order}) AS nth FROM (SELECT {col['id']}, {h}, "
+            f"{k}, {col['priority']}, {col['next_attempt_at']} {self.due_from}{self.order} "
+            f"LIMIT %s{self.skip_locked}) AS due) AS ranked WHERE ranked.{h} NOT IN ({{names}}) "
+            f"OR ranked.nth <= CASE ranked.{h} {{most}} END - {count.format('ranked')}"
+            for in_flight, count in running.items()
+        }
+        live = (
+            f"s.{slot['handler']} = d.{col['handler']} AND s.{slot['key']} = "
+            f"d.{col['concurrency_key']} AND s.{slot['lease_until']} > %s"
+        )
+        ours = (
+            f"d.{col['event']} = %s AND d.{col['handler']} = %s AND d.{col['status']} = "
+            f"'{PENDING}' AND d.{col['lease_until']} "
+        )
+        # The first number free, below ``most`` (if fewer than ``most`` are taken): a row
+        # inserted, or one whose lease ran out taken over. Two takers of one number: the
+        # second takes none (it waits for the first's row, then finds it taken).
+        self.take_slot = {
+            leased: "WITH RECURSIVE numbers (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM "
+            f"numbers WHERE n + 1 < %s) INSERT INTO {slots} "
+            f"({', '.join(slot[f] for f in SLOT_COLUMNS)}) "
+            f"SELECT d.{col['handler']}, d.{col['concurrency_key']}, numbers.n, "
+            f"d.{col['event']}, %s, %s, FALSE FROM {table} d, numbers "
+            f"WHERE {ours}{'= %s' if leased else 'IS NULL'} "
+            f"AND (SELECT count(*) FROM {slots} s WHERE {live}) < %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {slots} s WHERE {live} "
+            f"AND s.{slot['number']} = numbers.n) ORDER BY numbers.n LIMIT 1 "
+            f"ON CONFLICT ({slot['handler']}, {slot['key']}, {slot['number']}) DO UPDATE SET "
+            + ", ".join(f"{slot[f]} = EXCLUDED.{slot[f]}" for f in SLOT_COLUMNS[3:])
+            + f" WHERE {slots}.{slot['lease_until']} <= %s RETURNING {slot['number']}"
+            for leased in (False, True)
+        }
+        # Every slot taken (for the delivery's key): each is marked wanted; how many.
+        self.want_slots = {
+            leased: f"UPDATE {slots} SET {slot['wanted']} = TRUE WHERE {slot['handler']} = %s "
+            f"AND {slot['lease_until']} > %s AND {slot['key']} = (SELECT "
+            f"d.{col['concurrency_key']} FROM {table} d WHERE "
+            f"{ours}{'= %s' if leased else 'IS NULL'})"
+            for leased in (False, True)
+        }
+        held = f"WHERE {slot['handler']} = %s AND {slot['number']} = %s AND {slot['event']} = %s"
+        self.free_slot = f"DELETE FROM {slots} {held} RETURNING {slot['wanted']}"
+        self.renew_slot = f"UPDATE {slots} SET {slot['lease_until']} = %s {held}"
+
+    def claim_in(
+        self, queues: int, paused: bool, capped: int = 0, in_flight: bool = False
+    ) -> list[str]:
         """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues,
-        and leaving out paused handlers' if ``paused`` (some handler may be: the check
-        costs the claim's plan its speed, so it is left out while none is)."""
+        leaving out paused handlers' if ``paused`` (some handler may be: the check costs
+        the claim's plan its speed, so it is left out while none is); of the ``capped``
+        handlers with a max_concurrency (none: no check), none whose slots (for their
+        key) are all taken, and no more than are free (``in_flight``: counting the
+        deliveries leased, not the slots taken)."""
         try:
-            return self._claims[queues, paused]
+            return self._claims[queues, paused, capped, in_flight]
         except KeyError:
-            where = (self.unpaused if paused else "") + (
-                self.in_queues.format(_marks(range(queues))) if queues else ""
+            gate = {"names": _marks(range(capped)), "most": "WHEN %s THEN %s " * capped}
+            where = (
+                (self.unpaused if paused else "")
+                + (self.capped[in_flight].format(**gate) if capped else "")
+                + (self.in_queues.format(_marks(range(queues))) if queues else "")
             )
-            built = [self.claim[0].format(where), *self.claim[1:]]
-            self._claims[queues, paused] = built
+            pick = self.ranked[in_flight] if capped else self.pick
+            built = [self.claim[0].format(pick.format(where, **gate)), *self.claim[1:]]
+            self._claims[queues, paused, capped, in_flight] = built
             return built
 
 
@@ -275,9 +363,11 @@ def store(
     priority: int = 0,
     queue: str = DEFAULT_QUEUE,
     wake: bool = False,
+    keys: Sequence[str] | None = None,
 ) -> None:
     """Insert an event and one pending delivery per handler, due from ``due`` (default
-    ``now``), claimed in order of ``priority`` (higher first), in ``queue``. ``wake``:
+    ``now``), claimed in order of ``priority`` (higher first), in ``queue``, each with
+    its concurrency key in ``keys`` (default: none). ``wake``:
     NOTIFY the listening workers as the transaction commits, in the same round trip
     (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls
     back), where ``wakes_in_store``."""
@@ -297,8 +387,8 @@ def store(
             cursor.execute(sql.insert_event, params)
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
-        for name in handlers:
-            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue]
+        for name, key in zip(handlers, keys or [""] * len(handlers), strict=True):
+            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key]
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
             stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
@@ -426,7 +516,7 @@ def _prune_chunk(cursor: Any, sql: Statements, when: object, chunk: int) -> tupl
 
 Claimed = tuple[
     int, str, int, int, UUID, str, dict[str, Any], UUID, UUID | None, dict[str, str] | None,
-    dt.datetime,
+    dt.datetime, str,
 ]  # fmt: skip
 
 
@@ -438,22 +528,35 @@ def claim(
     queues: Sequence[str] = (),
     *,
     paused: bool = True,
+    capped: Sequence[tuple[str, int]] = (),
+    now: dt.datetime | None = None,
+    in_flight: bool = False,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries (of ``queues`` only, if any; not of paused
-    handlers, unless ``paused`` is False: none is), highest priority first, then in the
-    order they fell due, with their events.
+    handlers, unless ``paused`` is False: none is; of the ``capped`` handlers, (name,
+    max_concurrency), no more of one key than had slots free ``now``, or, ``in_flight``,
+    than were not leased), highest priority first, then in the order they fell due,
+    with their events.
 
     Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
-    trace context, when the delivery was stored).
+    trace context, when the delivery was stored, its concurrency key).
     """
     connection = connections[using]
+    gate: list[Any] = []
+    ranked: list[Any] = []
+    if capped:
+        live = _WHEN.get_db_prep_value(now or due, connection)
+        names, most = [name for name, _ in capped], [v for pair in capped for v in pair]
+        gate, ranked = [*names, live, *most], [*names, *most, live]
     params = [
         _WHEN.get_db_prep_value(lease, connection),
         _WHEN.get_db_prep_value(due, connection),
+        *gate,
         *queues,
         limit,
+        *ranked,
     ]
-    statements = _statements(connection).claim_in(len(queues), paused)
+    statements = _statements(connection).claim_in(len(queues), paused, len(capped), in_flight)
     with connection.cursor() as cursor:
         if len(statements) == 1:
             cursor.execute(statements[0], params)
@@ -473,11 +576,79 @@ def claim(
         (
             pk, handler, runs, calls, _ID.to_python(event), kind, _json(payload),
             _CORRELATION.to_python(correlation), _CAUSATION.to_python(causation), _json(trace),
-            _datetime(stored),
+            _datetime(stored), key,
         )
-        for pk, handler, runs, calls, event, kind, payload, correlation, causation, trace, stored
-        in rows
+        for (pk, handler, runs, calls, event, kind, payload, correlation, causation, trace,
+             stored, key) in rows
     ]  # fmt: skip
+
+
+def take_slot(
+    using: str,
+    event_id: UUID,
+    handler: str,
+    lease: dt.datetime | None,
+    most: int,
+    until: dt.datetime,
+    now: dt.datetime,
+) -> int | None:
+    """Take a free slot of ``handler`` (one of ``most``, for the delivery's concurrency
+    key) for its delivery of ``event_id``, pending under ``lease`` (None: unleased),
+    until ``until``: its number; None if every slot was taken, the delivery is not
+    pending under ``lease``, or another took the number first."""
+    connection = connections[using]
+    when = _WHEN.get_db_prep_value(now, connection)
+    held = [_ID.get_db_prep_value(event_id, connection), handler]
+    if lease is not None:
+        held.append(_WHEN.get_db_prep_value(lease, connection))
+    params = [
+        most, _WHEN.get_db_prep_value(until, connection), when, *held, when, most, when, when,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection).take_slot[lease is not None], params)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def want_slots(
+    using: str, event_id: UUID, handler: str, lease: dt.datetime | None, now: dt.datetime
+) -> int:
+    """Mark wanted the slots of ``handler`` taken ``now`` for the concurrency key of its
+    delivery of ``event_id`` (pending under ``lease``); how many are taken (0 if the
+    delivery is not pending under ``lease``)."""
+    connection = connections[using]
+    params = [
+        handler, _WHEN.get_db_prep_value(now, connection),
+        _ID.get_db_prep_value(event_id, connection), handler,
+    ]  # fmt: skip
+    if lease is not None:
+        params.append(_WHEN.get_db_prep_value(lease, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection).want_slots[lease is not None], params)
+        return int(cursor.rowcount)
+
+
+def free_slot(using: str, event_id: UUID, handler: str, number: int) -> bool:
+    """Free the slot ``number`` of ``handler`` that its delivery of ``event_id`` holds, in
+    the current transaction; True if another delivery wanted it."""
+    connection = connections[using]
+    params = [handler, number, _ID.get_db_prep_value(event_id, connection)]
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection).free_slot, params)
+        return any(wanted for (wanted,) in cursor.fetchall())
+
+
+def renew_slot(using: str, event_id: UUID, handler: str, number: int, until: dt.datetime) -> bool:
+    """Hold the slot ``number`` of ``handler`` that its delivery of ``event_id`` holds until
+    ``until``; False if it does not hold it."""
+    connection = connections[using]
+    params = [
+        _WHEN.get_db_prep_value(until, connection), handler, number,
+        _ID.get_db_prep_value(event_id, connection),
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection).renew_slot, params)
+        return bool(cursor.rowcount)
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -35,9 +35,10 @@ from django.utils import timezone
 from .. import conf
 from ..core.envelope import Envelope
 from ..core.policy import Dead, Policy, Postpone, Verdict
+from ..core.registry import registry
 from ..models import Delivery, DeliveryQuerySet, Pause, paused
 from ..wording import describe
-from . import sql
+from . import slots, sql
 from .reference import Reference
 
 Status = Delivery.Status
@@ -54,7 +55,7 @@ def _buried(reason: str) -> dict[str, Any]:
 class Claim:
     """A delivery leased to this runner until ``lease`` (None: just stored, unleased);
     ``runs``: runs ended before; ``calls``: calls of the run under way; ``stored``: when
-    its event was stored, if read with it."""
+    its event was stored, and ``key``: its concurrency key, if read with it."""
 
     ref: Reference
     id: int
@@ -62,6 +63,7 @@ class Claim:
     lease: dt.datetime | None
     stored: dt.datetime | None = field(default=None, compare=False)
     calls: int = 0
+    key: str | None = field(default=None, compare=False)
 
     @classmethod
     def fresh(cls, ref: Reference) -> Claim:
@@ -69,18 +71,29 @@ class Claim:
         return cls(ref, 0, 0, None)
 
 
-def claim(using: str, limit: int, *, overdue: float = 0, queues: Sequence[str] = ()) -> list[Claim]:
+def claim(
+    using: str,
+    limit: int,
+    *,
+    overdue: float = 0,
+    queues: Sequence[str] = (),
+    in_flight: bool = False,
+) -> list[Claim]:
     """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED), of
-    ``queues`` only if given, highest priority first."""
+    ``queues`` only if given, highest priority first; none of a paused handler, and of a
+    handler with a max_concurrency, no more of one key than it has slots free (or,
+    ``in_flight``, as the relay counts, than it has deliveries not leased)."""
     now = timezone.now()
     lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
     due = now - dt.timedelta(seconds=overdue)
     return [
         Claim(Reference(using, event, handler,
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
-              pk, runs, lease, stored, calls)
-        for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored in sql.claim(
-            using, limit, lease, due, queues, paused=any_paused(using)
+              pk, runs, lease, stored, calls, key)
+        for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored, key
+        in sql.claim(
+            using, limit, lease, due, queues,
+            paused=any_paused(using), capped=registry.capped(), now=now, in_flight=in_flight,
         )
     ]  # fmt: skip
 
@@ -133,9 +146,10 @@ def batch_done(using: str, ids: Sequence[int], begun: dt.datetime | None = None)
     sql.done_many(using, ids, begun or timezone.now())
 
 
-def finished(claims: Sequence[Claim]) -> set[int]:
+def finished(claims: Sequence[Claim], freeing: Sequence[slots.Taken] = ()) -> set[int]:
     """Mark done, in one transaction, the claims whose handler has returned (async
-    handlers: after their work, not with it); the ids of those still ours."""
+    handlers: after their work, not with it), and free the concurrency slots they held
+    (``freeing``); the ids of those still ours."""
     if not claims:
         return set()
     using = claims[0].ref.using
@@ -147,6 +161,8 @@ def finished(claims: Sequence[Claim]) -> set[int]:
         for group in leases.values():
             ours |= start(using, group)
         batch_done(using, sorted(ours))
+        for slot in freeing:
+            slots.free(slot)
     return ours
 
 
@@ -169,11 +185,16 @@ def taken(refs: Sequence[Reference]) -> list[Claim]:
 
 
 def failed(
-    ref: Reference, lease: dt.datetime | None, error: BaseException, verdict: Verdict
+    ref: Reference,
+    lease: dt.datetime | None,
+    error: BaseException,
+    verdict: Verdict,
+    slot: slots.Taken | None = None,
 ) -> bool:
     """Record a failed call and what the policy made of it: due again (the run goes on,
-    or it ended), postponed (no run counted), or dead. False: not held under ``lease``
-    any more, so nothing is recorded (its holder records its own)."""
+    or it ended), postponed (no run counted), or dead; and free the concurrency ``slot``
+    it held, if any, in the same transaction. False: not held under ``lease`` any more,
+    so nothing is recorded (its holder records its own)."""
     now = timezone.now()
     at = now + dt.timedelta(seconds=0 if isinstance(verdict, Dead) else verdict.delay)
     changes: dict[str, Any] = {
@@ -190,7 +211,11 @@ def failed(
         changes.update(_END_RUN, next_attempt_at=at)
     else:
         changes.update(calls=F("calls") + 1, next_attempt_at=at)
-    return bool(_held(ref, lease).update(**changes))
+    if slot is None:
+        return bool(_held(ref, lease).update(**changes))
+    with transaction.atomic(using=ref.using):
+        slots.free(slot)
+        return bool(_held(ref, lease).update(**changes))
 
 
 def waiting(ref: Reference, lease: dt.datetime | None, verdict: Postpone) -> int:
@@ -223,7 +248,8 @@ def released(using: str, claims: Sequence[Claim]) -> int:
 
 
 def let_go(ref: Reference, lease: dt.datetime) -> int:
-    """Give up the lease on a delivery that did not start (its handler is paused)."""
+    """Give up the lease on a delivery that did not start (its handler is paused, or its
+    slots are all taken): due as before, no run counted."""
     return _held(ref, lease).update(lease_until=None)
 
 
@@ -358,11 +384,14 @@ def cancelled(using: str, message: uuid.UUID) -> int:
 
 
 def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[Delivery, str]]:
-    """End the runs whose runner vanished: due again, or dead past the limit.
+    """End the runs whose runner vanished: due again, or dead past the limit (and, where
+    some handler has a max_concurrency, delete the slots whose lease ran out).
 
     ``policy_of(handler name)`` gives each one's limit. Returns the
     deliveries that died, each with the reason.
     """
+    if registry.capped():
+        slots.clear_expired(using)
     died: list[tuple[Delivery, str]] = []
     with transaction.atomic(using=using):
         rows = list(

@@ -40,7 +40,8 @@ class Relay(Worker):
         self.beat(self.processed)
         self._end_lost_runs()
         breaker.tick(self.using)
-        claims = states.claim(self.using, self._batch())
+        # A task holds no concurrency slot until it runs: count the ones sent as running.
+        claims = states.claim(self.using, self._batch(), in_flight=True)
         lease = claims[0].lease if claims else None
         if lease is not None:
             self.processed += send(

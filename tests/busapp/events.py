@@ -62,3 +62,18 @@ class Sent(messagebus.Event):
     broker, one project playing both services (tests of the transports)."""
 
     n: int
+
+
+@dataclass(frozen=True)
+class Metered(messagebus.Event):
+    """Handled by a handler that runs at most two at once (tests of concurrency limits)."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class MeteredFor(messagebus.Event):
+    """Handled by a handler that runs at most two at once per account."""
+
+    n: int
+    account: str

@@ -7,7 +7,7 @@ import messagebus
 from messagebus.handling.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn, Record
-from .events import Audited, Deposited, Napped, Pinged, Reminded
+from .events import Audited, Deposited, Metered, MeteredFor, Napped, Pinged, Reminded
 from .models import Account, Entry
 
 
@@ -80,3 +80,45 @@ def log(line: str) -> None:
     if path := os.environ.get("BUSAPP_NAP_LOG"):
         with open(path, "a") as file:
             file.write(f"{line}\n")
+
+
+def call_the_meter(event: Metered) -> None:
+    """At most two at once, across every process (``CAPPED``): see ``metered``."""
+    metered("meter", event.n)
+
+
+def call_the_meter_for(event: MeteredFor) -> None:
+    """At most two at once per account (``CAPPED``): see ``metered``."""
+    metered(event.account, event.n)
+
+
+def metered(account: str, n: int) -> None:
+    """Write a row; to $BUSAPP_METER_LOG, a line "start|end n account time pid" before and
+    after sleeping $BUSAPP_METER_SLEEP seconds: how many ran at once shows there."""
+    Entry.objects.create(account=account, amount=n, note="metered")
+    path = os.environ.get("BUSAPP_METER_LOG")
+    for when in ("start", "end"):
+        if path:
+            with open(path, "a") as log:
+                log.write(f"{when} {n} {account} {time.time()} {os.getpid()}\n")
+        if when == "start":
+            time.sleep(float(os.environ.get("BUSAPP_METER_SLEEP", "0")))
+
+
+# The capped handlers, registered only where a test asks (the metered fixture of
+# tests/integration/messagebus/test_concurrency.py, and $BUSAPP_METERED in its worker
+# processes): elsewhere no handler has a max_concurrency, as in most projects, and the
+# claims look at no slot (bench/bench_worker.py measures them so).
+CAPPED = {
+    call_the_meter: {"max_concurrency": 2},
+    call_the_meter_for: {"max_concurrency": 2, "concurrency_key": "account"},
+}
+
+
+def register_capped(registry: messagebus.Registry) -> None:
+    for func, options in CAPPED.items():
+        registry.register(None, func, **options)
+
+
+if os.environ.get("BUSAPP_METERED"):
+    register_capped(messagebus.registry)

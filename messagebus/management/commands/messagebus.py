@@ -21,10 +21,12 @@ from django.utils import timezone
 from messagebus import compat, executors, outbox
 from messagebus.core.periodic import schedules
 from messagebus.core.registry import registry
+from messagebus.delivery.run import policy_of
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPausable
 from messagebus.handling import scheduling
 from messagebus.models import Delivery, InboxMessage
 from messagebus.ops import health, pauses, prometheus
+from messagebus.outbox import slots
 from messagebus.processes.worker import Worker
 from messagebus.wording import first_line, plural
 
@@ -74,6 +76,21 @@ def _who() -> str:
     except OSError:
         user = os.environ.get("USER", "")
     return f"{user}@{socket.gethostname()}" if user else socket.gethostname()
+
+
+def _capped(using: str) -> list[dict[str, Any]]:
+    """The handlers with a max_concurrency (and any other whose slots are taken): each
+    one's cap, key and deliveries running now (the slots taken)."""
+    running = slots.taken(using)
+    names = sorted({name for name, _ in registry.capped()} | set(running))
+    found = []
+    for name in names:
+        policy = policy_of(name)
+        found.append({
+            "handler": name, "max_concurrency": policy.max_concurrency,
+            "concurrency_key": policy.concurrency_key, "running": running.get(name, 0),
+        })  # fmt: skip
+    return found
 
 
 def _periodic(using: str) -> list[dict[str, Any]]:
@@ -266,6 +283,7 @@ class Command(BaseCommand):
         dead = list(health.dead_by_handler(using)[:20])
         beats = list(health.workers_seen(using))
         paused = pauses.paused(using)
+        capped = _capped(using)
         last = None if beats else health.last_seen(using)
         received = dict(
             InboxMessage.objects.using(using)
@@ -295,6 +313,7 @@ class Command(BaseCommand):
                      "paused_at": p.paused_at.isoformat(), "reason": p.reason}
                     for p in paused
                 ],
+                "capped_handlers": capped,
                 "periodic": periodic,
                 "last_seen": last and {
                     "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
@@ -333,6 +352,17 @@ class Command(BaseCommand):
         if outbox["paused"]:
             many = plural(outbox["paused"], "delivery waits", "deliveries wait")
             self.stdout.write(f"{many} for a paused handler.")
+        for cap in capped:
+            most = cap["max_concurrency"]
+            at_most = (
+                ""
+                if most is None
+                else f"at most {most} at once"
+                + (f" per {cap['concurrency_key']}" if cap["concurrency_key"] else "")
+            )
+            if registry.named(cap["handler"]) is None:
+                at_most = "no handler of that name is registered in this process"
+            self.stdout.write(f"Capped: {cap['handler']}: {at_most}; {cap['running']} running.")
         self.stdout.write(
             f"Workers seen in the last minute: {len(beats)}"
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "

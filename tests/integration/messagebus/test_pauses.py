@@ -209,6 +209,9 @@ def test_the_dashboard_pauses_and_resumes_a_handler_saying_who(admin_client, adm
         "name": "tests.busapp.handlers.write_entry",
         "pending": 0,
         "pause": None,
+        "running": 0,
+        "cap": None,
+        "key": None,
     }
 
     admin_client.post(reverse("admin:messagebus_delivery_resume"), {"handler": PING})

@@ -225,6 +225,44 @@ def test_delivery_options_are_checked(app_messages):
     assert "impatient handles a command, so it has no delivery policy to set" in output
 
 
+def test_a_concurrency_cap_is_checked_against_its_handler_and_its_message(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Charged(messagebus.Event):
+        account: str
+        amount: int
+
+    def unbounded(event: Charged) -> None: ...
+
+    def misnamed(event: Charged) -> None: ...
+
+    def keyed_only(event: Charged) -> None: ...
+
+    def derived(event: Charged) -> None: ...
+
+    def fine(event: Charged) -> None: ...
+
+    with messagebus.registry.temporary() as registry:
+        registry.register(None, unbounded, max_concurrency=0)
+        registry.register(None, misnamed, max_concurrency=2, concurrency_key="acount")
+        registry.register(None, keyed_only, concurrency_key="account")
+        registry.register(None, derived, max_concurrency=1, run="in_transaction")
+        registry.register(None, fine, max_concurrency=2, concurrency_key="account")
+        output = check_output()
+    assert output.count("messagebus.E006") == 4
+    assert "unbounded: the option max_concurrency=0 must be a whole number of at least 1" in output
+    assert (
+        "misnamed has concurrency_key='acount', which is not a field of "
+        "test_a_concurrency_cap_is_checked_against_its_handler_and_its_message.<locals>.Charged"
+    ) in output
+    assert "HINT: Name one of its fields: account, amount." in output
+    assert "keyed_only has a concurrency_key ('account') but no max_concurrency" in output
+    assert "derived caps deliveries, but it runs in the transaction that records its event" in (
+        output
+    )
+    assert "<locals>.fine" not in output
+
+
 def test_an_unknown_delivery_option_is_refused_at_registration():
     from tests.busapp.events import Pinged
 
