@@ -99,10 +99,41 @@ def check_and_clear(label: str, count: int, inbox_rows: int) -> None:
     InboxMessage.objects.all().delete()
 
 
+class Broker:
+    """A broker's plain client: what each case of the bus is measured against."""
+
+    def arrived(self, label: str, count: int) -> None:
+        raise NotImplementedError
+
+    def publish_plain(self, count: int) -> float:
+        raise NotImplementedError
+
+    def fill(self, count: int) -> None:
+        raise NotImplementedError
+
+    def consume_plain(self, count: int) -> float:
+        raise NotImplementedError
+
+    def cases(self) -> dict[str, tuple[Case, Case, float]]:
+        return {
+            "publish, transport": (
+                lambda count: publish_transport(count, self.arrived),
+                self.publish_plain,
+                0.9,
+            ),
+            "publish, outbox": (
+                lambda count: publish_outbox(count, self.arrived),
+                self.publish_plain,
+                0.0,
+            ),
+            "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
+        }
+
+
 # Redis Streams
 
 
-class RedisStreams:
+class RedisStreams(Broker):
     def __init__(self) -> None:
         self.url = REDIS_URL.replace("redis://", "redis+stream://", 1)
         self.client = redis.Redis.from_url(REDIS_URL)
@@ -147,21 +178,6 @@ class RedisStreams:
         check_and_clear("plain consume", count, count)
         return elapsed
 
-    def cases(self) -> dict[str, tuple[Case, Case, float]]:
-        return {
-            "publish, transport": (
-                lambda count: publish_transport(count, self.arrived),
-                self.publish_plain,
-                0.9,
-            ),
-            "publish, outbox": (
-                lambda count: publish_outbox(count, self.arrived),
-                self.publish_plain,
-                0.0,
-            ),
-            "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
-        }
-
     def close(self) -> None:
         self.client.delete(OUT, IN, f"{IN}.dead", "change_batch_quantity")
 
@@ -169,7 +185,7 @@ class RedisStreams:
 # NATS JetStream
 
 
-class JetStream:
+class JetStream(Broker):
     def __init__(self) -> None:
         self.url = NATS_URL
         self.prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -256,21 +272,6 @@ class JetStream:
         elapsed = time.perf_counter() - begin
         check_and_clear("plain consume", count, count)
         return elapsed
-
-    def cases(self) -> dict[str, tuple[Case, Case, float]]:
-        return {
-            "publish, transport": (
-                lambda count: publish_transport(count, self.arrived),
-                self.publish_plain,
-                0.9,
-            ),
-            "publish, outbox": (
-                lambda count: publish_outbox(count, self.arrived),
-                self.publish_plain,
-                0.0,
-            ),
-            "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
-        }
 
     def close(self) -> None:
         self.run(self.js.delete_stream(self.stream))

@@ -27,7 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -114,33 +115,13 @@ class MessageBus:
         handler = registry.query_handler(type(query))
         if handler.is_async:
             return async_to_sync(self._answer)(handler, query)
-        message_token, query_token = current_message.set(query), current_query.set(query)
-        try:
-            with tracing.query(query, handler.name):
-                answer = dependencies.call(handler, query, None, self)
-        except Exception as exc:
-            _failed(handler, query, exc)
-            raise
-        finally:
-            current_query.reset(query_token)
-            current_message.reset(message_token)
-        metrics.answered(type(query))
-        return answer
+        with _answering(handler, query):
+            return dependencies.call(handler, query, None, self)
 
     async def _answer(self, handler: Handler, query: Query) -> Any:
         """An async query handler, on this loop."""
-        message_token, query_token = current_message.set(query), current_query.set(query)
-        try:
-            with tracing.query(query, handler.name):
-                answer = await self._await(handler, query)
-        except Exception as exc:
-            _failed(handler, query, exc)
-            raise
-        finally:
-            current_query.reset(query_token)
-            current_message.reset(message_token)
-        metrics.answered(type(query))
-        return answer
+        with _answering(handler, query):
+            return await self._await(handler, query)
 
     async def _await(self, handler: Handler, message: Command | Query) -> Any:
         """An async command or query handler, on this loop, with no unit of work."""
@@ -206,6 +187,23 @@ def _failed(handler: Handler, message: Command | Query, exc: Exception) -> None:
         logger.info("Rejected %s: %s", message, exc)
     else:
         logger.error("Handler %s failed on %s", handler, message, exc_info=exc)
+
+
+@contextmanager
+def _answering(handler: Handler, query: Query) -> Iterator[None]:
+    """A query's handler running: its query current (nothing may be sent), in its span;
+    counted as answered once it returns, as failed if it raises."""
+    message_token, query_token = current_message.set(query), current_query.set(query)
+    try:
+        with tracing.query(query, handler.name):
+            yield
+    except Exception as exc:
+        _failed(handler, query, exc)
+        raise
+    finally:
+        current_query.reset(query_token)
+        current_message.reset(message_token)
+    metrics.answered(type(query))
 
 
 def _one_handler(message: Command | Query) -> Handler:
