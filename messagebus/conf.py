@@ -157,6 +157,10 @@ def field_name(value: Any) -> str | None:
     return f"must be the name of a field of the message, not {value!r}"
 
 
+def true_or_false(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be True or False"
+
+
 def seconds(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return None
@@ -350,7 +354,7 @@ class Settings:
     )
     TRACING = Setting[bool](
         True,
-        lambda value: None if isinstance(value, bool) else "must be True or False",
+        true_or_false,
         "OpenTelemetry spans, once a tracer provider is set (False: none)",
     )
     METRICS_ALLOWED_IPS = Setting[list[str]](
@@ -384,7 +388,7 @@ class Settings:
         "messagebus", subject_prefix, "NATS: a channel's subject is <prefix>.<channel>"
     )
     NATS_CREATE_STREAM = Setting[bool](
-        True, lambda value: None if isinstance(value, bool) else "must be True or False",
+        True, true_or_false,
         "NATS: create the JetStream stream of <prefix>.> if none takes it (False: one must)",
     )  # fmt: skip
     NATS_ACK_WAIT = Setting[float](

@@ -62,10 +62,7 @@ class MessageBus:
 
     def handle(self, message: Message, *, using: str | None = None) -> Any:
         """Handle a command (returning its result), answer a query, or publish an event."""
-        if current_query.get() is not None:
-            _refuse_in_query(message)
-        if observers:
-            _observe(message)
+        _admit(message)
         if not isinstance(message, Command):
             if isinstance(message, Query):
                 return self._ask(message)
@@ -93,10 +90,7 @@ class MessageBus:
         if isinstance(message, Command | Query):
             handler = _one_handler(message)
             if handler.is_async:
-                if current_query.get() is not None:
-                    _refuse_in_query(message)
-                if observers:
-                    _observe(message)
+                _admit(message)
                 if isinstance(message, Query):
                     return await self._answer(handler, message)
                 with logs.handling(message, handler.name), tracing.command(message, handler.name):
@@ -169,6 +163,14 @@ class MessageBus:
             raise NotAMessage(event)
         with UnitOfWork(using) as uow:
             uow.publish(event)
+
+
+def _admit(message: Message) -> None:
+    """Refuse what a query's handler may not send; show the message to the observers."""
+    if current_query.get() is not None:
+        _refuse_in_query(message)
+    if observers:
+        _observe(message)
 
 
 def _observe(message: Message) -> None:

@@ -152,32 +152,29 @@ class Carried(dict[str, str]):
     context: Any = None
 
 
-def command(message: Message, handler: str) -> Span:
-    """The span of a command handled (a no-op context manager when tracing is off)."""
+def _handled(verb: str, message: Message, handler: str, kind: type[_Current]) -> Span:
+    """The span ``<verb> <message type>`` of a message handled here, by ``handler``."""
     tracer = _tracer()
     if tracer is None:
         return _off
-    name = f"command {message_type_name(type(message))}"
-    return _Command(tracer.start_span(name, attributes=_about(message, handler)))
+    name = f"{verb} {message_type_name(type(message))}"
+    return kind(tracer.start_span(name, attributes=_about(message, handler)))
+
+
+def command(message: Message, handler: str) -> Span:
+    """The span of a command handled (a no-op context manager when tracing is off)."""
+    return _handled("command", message, handler, _Command)
 
 
 def query(message: Message, handler: str) -> Span:
     """The span of a query answered (a no-op context manager when tracing is off)."""
-    tracer = _tracer()
-    if tracer is None:
-        return _off
-    name = f"query {message_type_name(type(message))}"
-    return _Current(tracer.start_span(name, attributes=_about(message, handler)))
+    return _handled("query", message, handler, _Current)
 
 
 def in_transaction(event: Message, handler: str) -> Span:
     """The span of an event handled inside the transaction that recorded it: a child of
     whatever runs that transaction (a command, a delivery)."""
-    tracer = _tracer()
-    if tracer is None:
-        return _off
-    name = f"handle {message_type_name(type(event))}"
-    return _Current(tracer.start_span(name, attributes=_about(event, handler)))
+    return _handled("handle", event, handler, _Current)
 
 
 def stored(message: Message) -> Carried | None:
