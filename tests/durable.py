@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ from messagebus.external.transports import nats as nats_transport
 from messagebus.external.transports.redis_streams import dead_stream
 from tests.proxy import Proxy
 
+logger = logging.getLogger(__name__)
 NATS_URL = os.environ.get("NATS_URL", "")
 # What every test of these brokers sets, in this process and in a consumer subprocess:
 # a dead consumer's messages taken over after a second or two, not a minute.
@@ -48,6 +50,7 @@ class Broker:
     name = ""
     url = ""
     settings: dict[str, Any] = {}
+    outage = 0.5  # seconds a cut connection must last for a publish to fail
 
     @property
     def env(self) -> dict[str, str]:
@@ -236,13 +239,14 @@ class Kafka(Broker):
     one proxy (a Kafka client connects to the address the broker advertises)."""
 
     name = "kafka"
+    outage = 3.0  # across a shorter one, the producer sends again what was lost itself
 
     def __init__(self, url: str, proxy: Proxy) -> None:
         self.url = url
         self.proxy = proxy
         self.servers = url.split("://", 1)[1]
         self.settings = dict(QUICK)
-        self.producer = Producer({"bootstrap.servers": self.servers})
+        self.producer = Producer({"bootstrap.servers": self.servers, "logger": logger})
 
     def proxied(self) -> tuple[Proxy, str]:
         return self.proxy, self.url
@@ -370,25 +374,30 @@ def tansu_binary() -> str | None:
 
 @contextmanager
 def kafka_server() -> Iterator[Kafka | None]:
-    """A tansu broker (the Kafka protocol, in memory) on a free port, behind a proxy that it
-    advertises, stopped after; None if there is no tansu, or it does not start."""
-    binary = tansu_binary()
-    if binary is None:
-        yield None
-        return
+    """A tansu broker of the test's own behind a proxy that it advertises, stopped after;
+    None if there is no tansu, or it does not start."""
     port = free_port()
     proxy = Proxy(port)
+    with tansu(port, proxy.port) as started:
+        yield Kafka(f"kafka://127.0.0.1:{proxy.port}", proxy) if started else None
+
+
+@contextmanager
+def tansu(port: int, advertised: int | None = None) -> Iterator[bool]:
+    """tansu (the Kafka protocol, in memory) on ``port``, advertising ``advertised`` (the
+    same port unless given), stopped after; whether it started."""
+    binary = tansu_binary()
+    if binary is None:
+        yield False
+        return
     server = subprocess.Popen(
         [binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised or port}",
          "--storage-engine", "memory://tansu/"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        if not _listening(port, server):
-            yield None
-            return
-        yield Kafka(f"kafka://127.0.0.1:{proxy.port}", proxy)
+        yield _listening(port, server)
     finally:
         server.kill()  # it keeps nothing; stopped, it waits 5 s for its clients to go
         server.wait(30)

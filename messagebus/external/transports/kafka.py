@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 TIMEOUT = 5.0  # seconds a request may take
 DELIVERY_TIMEOUT = 10.0  # seconds librdkafka may take to write a message, retries included
 WAIT = 0.5  # seconds a consume waits for the first message
+TURN = 0.05  # seconds the consumer of each of several groups waits, in turn
 MESSAGE_ID = "message_id"
 # What says the brokers are out of reach, rather than that a request was refused.
 UNREACHABLE = {
@@ -148,7 +149,7 @@ class KafkaTransport:
         while len(reports) < len(messages):
             if self._down or time.monotonic() > deadline:
                 raise Unreachable(f"no broker wrote the message in time ({self.servers})")
-            producer.poll(0.1)
+            producer.flush(0.1)  # sends now (a poll alone waits for the next send), and polls
         for error in reports:
             if error is not None:
                 if error.fatal():
@@ -172,11 +173,13 @@ class KafkaTransport:
                 "Consuming %s from Kafka (%s)",
                 ", ".join(f"{t} (group {g})" for t, g in channels.items()), self.servers,
             )  # fmt: skip
+            # One group's consumer waits for its messages; several wait in turn, briefly,
+            # so that none waits while another's messages are at hand.
+            idle = WAIT if len(consumers) == 1 else TURN
             while not stopping.is_set():
-                found = False  # in this round: the last group waits only if none had any
-                for n, consumer in enumerate(consumers):
-                    wait = WAIT if n == len(consumers) - 1 and not found else 0
-                    taken = self._taken(consumer.consume(BATCH, wait))
+                found = False  # in this round: once one had messages, none waits
+                for consumer in consumers:
+                    taken = self._taken(consumer.consume(BATCH, 0 if found else idle))
                     if taken:
                         found = True
                         self._handle(consumer, taken, receive)

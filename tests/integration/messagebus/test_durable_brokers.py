@@ -96,7 +96,7 @@ def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Bro
 def test_the_broker_dropped_mid_relay_loses_nothing(durable: Broker, consumer):
     proxy, through_proxy = durable.proxied()
     store_sent(200)
-    proxy.cut_after(20_000, mend_after=0.5)  # some 50 messages in: the answer is lost
+    proxy.cut_after(20_000, mend_after=durable.outage)  # some 50 messages in: answer lost
 
     relay(through_proxy, REDELIVERY_DELAY=0, MAX_DELIVERIES=1000)
 
