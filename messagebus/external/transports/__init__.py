@@ -131,7 +131,7 @@ def headers(envelope: Envelope, id_name: str = "message_id") -> dict[str, str]:
     }
 
 
-def trace_of(found: Mapping[str, str]) -> dict[str, str] | None:
+def trace_of(found: Mapping[str, object]) -> dict[str, str] | None:
     """The trace context among a message's headers, if it carried one."""
-    trace = {key: found[key] for key in TRACE_HEADERS if key in found}
+    trace = {key: str(found[key]) for key in TRACE_HEADERS if key in found}
     return trace or None

@@ -71,6 +71,19 @@ def failure(error: KafkaError) -> Exception:
     return KafkaException(error)
 
 
+class _Watch:
+    """A client's error callback: whether it heard that every broker is out of reach
+    (librdkafka says so once, and goes on trying them)."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.down = True
+        logger.debug("Kafka: %s", error.str())
+
+
 def dead_topic(channel: str) -> str:
     """Where ``channel``'s dead messages go."""
     return conf.settings.KAFKA_DEAD_TOPIC.format(channel=channel)
@@ -82,33 +95,29 @@ class KafkaTransport:
     def __init__(self, url: str) -> None:
         self.servers = url.split("://", 1)[1].strip("/")
         self._lock = threading.Lock()
-        self._producer: tuple[int, Producer] | None = None  # made in this pid
+        # This process's producer (a forked child makes its own) and what it heard.
+        self._producer: tuple[int, Producer, _Watch] | None = None
         self._admin: tuple[int, AdminClient] | None = None
-        self._down = False  # every broker out of reach, since the last message written
 
     def _config(self, **more: Any) -> dict[str, Any]:
         return {
-            "bootstrap.servers": self.servers, "client.id": "messagebus",
-            "logger": logger, "error_cb": self._error, **more, **conf.settings.KAFKA_OPTIONS,
+            "bootstrap.servers": self.servers, "client.id": "messagebus", "logger": logger,
+            **more, **conf.settings.KAFKA_OPTIONS,
         }  # fmt: skip
 
-    def _error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._down = True
-        logger.debug("Kafka: %s", error.str())
-
-    def producer(self) -> Producer:
-        """This process's producer (a forked child makes its own)."""
+    def producer(self) -> tuple[Producer, _Watch]:
+        """This process's producer, and its error callback."""
         with self._lock:
             if self._producer is None or self._producer[0] != os.getpid():
+                watch = _Watch()
                 producer = Producer(self._config(**{
                     "enable.idempotence": True, "acks": "all", "linger.ms": 0,
                     "partitioner": "murmur2_random",
                     "message.timeout.ms": int(DELIVERY_TIMEOUT * 1000),
-                    "request.timeout.ms": int(TIMEOUT * 1000),
+                    "request.timeout.ms": int(TIMEOUT * 1000), "error_cb": watch,
                 }))  # fmt: skip
-                self._producer = (os.getpid(), producer)
-            return self._producer[1]
+                self._producer = (os.getpid(), producer, watch)
+            return self._producer[1], self._producer[2]
 
     def admin(self) -> AdminClient:
         with self._lock:
@@ -130,14 +139,14 @@ class KafkaTransport:
     def write(self, messages: list[tuple[str, bytes, bytes | None, list[Any]]]) -> None:
         """Produce (topic, value, key, headers) each, and return once the broker wrote them
         all; raise the first failure else (``Unreachable`` when no broker answers)."""
-        producer = self.producer()
+        producer, watch = self.producer()
         producer.poll(0)  # what the brokers said since the last call
-        if self._down:  # try them, without leaving a message to go out later
+        if watch.down:  # try them, without leaving a message to go out later
             try:
                 producer.list_topics(timeout=1.0)
             except KafkaException as exc:
                 raise failure(exc.args[0]) from None
-            self._down = False
+            watch.down = False
         reports: list[KafkaError | None] = []
 
         def reported(error: KafkaError | None, _: Message) -> None:
@@ -147,7 +156,7 @@ class KafkaTransport:
             producer.produce(topic, value, key, headers=more, on_delivery=reported)
         deadline = time.monotonic() + DELIVERY_TIMEOUT + TIMEOUT
         while len(reports) < len(messages):
-            if self._down or time.monotonic() > deadline:
+            if watch.down or time.monotonic() > deadline:
                 raise Unreachable(f"no broker wrote the message in time ({self.servers})")
             producer.flush(0.1)  # sends now (a poll alone waits for the next send), and polls
         for error in reports:
@@ -165,9 +174,10 @@ class KafkaTransport:
         for topic, group in channels.items():
             groups.setdefault(group, []).append(topic)
         consumers: list[Consumer] = []
+        watch = _Watch()
         try:
             for group, topics in groups.items():
-                consumers.append(self._consumer(group))
+                consumers.append(self._consumer(group, watch))
                 consumers[-1].subscribe(topics)
             logger.info(
                 "Consuming %s from Kafka (%s)",
@@ -179,7 +189,7 @@ class KafkaTransport:
             while not stopping.is_set():
                 found = False  # in this round: once one had messages, none waits
                 for consumer in consumers:
-                    taken = self._taken(consumer.consume(BATCH, 0 if found else idle))
+                    taken = self._taken(consumer.consume(BATCH, 0 if found else idle), watch)
                     if taken:
                         found = True
                         self._handle(consumer, taken, receive)
@@ -188,11 +198,12 @@ class KafkaTransport:
                 with contextlib.suppress(Exception):
                     consumer.close()
 
-    def _consumer(self, group: str) -> Consumer:
+    def _consumer(self, group: str, watch: _Watch) -> Consumer:
         session = int(conf.settings.KAFKA_SESSION_TIMEOUT * 1000)
         return Consumer(self._config(**{
             "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": session, "heartbeat.interval.ms": max(session // 3, 100),
+            "error_cb": watch,
         }))  # fmt: skip
 
     def _create_topics(self, topics: list[str]) -> None:
@@ -211,10 +222,9 @@ class KafkaTransport:
         except KafkaException as exc:
             raise failure(exc.args[0]) from None
 
-    def _taken(self, messages: list[Message]) -> list[Message]:
+    def _taken(self, messages: list[Message], watch: _Watch) -> list[Message]:
         """The messages among ``messages``; raise if the brokers went out of reach."""
-        if self._down:
-            self._down = False
+        if watch.down:
             raise Unreachable(f"every Kafka broker is out of reach ({self.servers})")
         taken = []
         for message in messages:

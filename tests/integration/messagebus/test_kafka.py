@@ -152,3 +152,26 @@ def test_a_publish_with_no_broker_in_reach_fails_as_an_outage_and_the_next_goes_
         wait_for(published, timeout=30)
     bodies = [data for data, _ in kafka.messages(CHANNEL)]
     assert bodies[0] == b'{"n":1}' and bodies[-1] == b'{"n":3}'
+
+
+def test_threads_publishing_at_once_share_the_producer_each_waiting_for_its_own(kafka: Kafka, db):
+    envelopes = [Envelope.of(Sent(n=n)) for n in range(200)]
+    failures: list[BaseException] = []
+    with external(kafka.url):
+        transport = transports.get()
+
+        def publish(mine: list[Envelope]) -> None:
+            try:
+                for envelope in mine:
+                    transport.publish(CHANNEL, envelope)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(envelopes[i::8],)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    kept = sorted(headers["message_id"] for _, headers in kafka.messages(CHANNEL))
+    assert kept == sorted(str(envelope.id) for envelope in envelopes)
