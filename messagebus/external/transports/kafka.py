@@ -43,6 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ign
 
 from ... import conf
 from ...core.envelope import Envelope
+from ...exceptions import MessageBusError
 from . import BATCH, Inbound, Lag, Receive, Settled, Verdict, body, headers, trace_of
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ UNREACHABLE = {
 }  # fmt: skip
 
 
-class Unreachable(ConnectionError):
-    """Kafka did not answer: no broker reached, or not in time."""
+class Unreachable(MessageBusError, ConnectionError):
+    """Kafka did not answer: no broker reached, or not in time (an outage: waited out)."""
 
 
 def failure(error: KafkaError) -> Exception:
