@@ -10,8 +10,8 @@ from django.db import IntegrityError, transaction
 import messagebus
 
 from . import queries  # noqa: F401  (the query handlers register themselves)
-from .commands import Allocate, ChangeBatchQuantity, CreateBatch
-from .events import Allocated, Deallocated, OutOfStock
+from .commands import Allocate, ChangeBatchQuantity, CreateBatch, Deallocate
+from .events import Allocated, Deallocated, OutOfStock, Released
 from .exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch
 from .models import AllocationView, Batch, OrderLine, Product
 from .notifications import Notifications
@@ -48,6 +48,22 @@ def allocate(cmd: Allocate) -> str | None:
 
 
 @messagebus.handler
+def deallocate(cmd: Deallocate) -> str | None:
+    """Release the order's line of the SKU; the batch it left, or None if none held it."""
+    try:
+        product = Product.objects.locked().get(sku=cmd.sku)
+    except Product.DoesNotExist:
+        raise InvalidSku(cmd.sku) from None
+    taken = product.release(OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty))
+    if taken is None:
+        return None
+    batchref = taken.batch.reference
+    taken.delete()
+    product.save(update_fields=["version_number"])
+    return batchref
+
+
+@messagebus.handler
 def change_batch_quantity(cmd: ChangeBatchQuantity) -> None:
     product = Product.objects.locked().filter(batch__reference=cmd.ref).first()
     if product is None:
@@ -70,6 +86,11 @@ def add_allocation_to_read_model(event: Allocated) -> None:
 
 @messagebus.handler(run="in_transaction")
 def remove_allocation_from_read_model(event: Deallocated) -> None:
+    show_where_the_line_is(event.orderid, event.sku)
+
+
+@messagebus.handler(run="in_transaction")
+def remove_released_line_from_read_model(event: Released) -> None:
     show_where_the_line_is(event.orderid, event.sku)
 
 

@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from . import executors, outbox
 from .exceptions import NotPausable
 from .handling import scheduling
-from .models import Delivery, InboxMessage, ScheduleTick, StoredEvent
+from .models import Delivery, InboxMessage, ProcessEntry, ProcessInstance, ScheduleTick, StoredEvent
 from .ops import dashboard, pauses
 from .outbox import states
 from .wording import first_line
@@ -175,6 +175,63 @@ class ScheduleTickAdmin(ReadOnlyAdmin):
             return gettext("none: missed, skipped")
         url = reverse("admin:messagebus_storedevent_change", args=[obj.message_id])
         return format_html('<a href="{}">{}</a>', url, obj.message_id)
+
+
+class ProcessEntryInline(admin.TabularInline):  # type: ignore[type-arg]
+    """A process's history: each message handled, command sent and timeout scheduled."""
+
+    model = ProcessEntry
+    fields = readonly_fields = (
+        "at", "kind", "message_type", "message", "outcome", "detail", "payload",
+    )  # fmt: skip
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("message"))
+    def message(self, obj: ProcessEntry) -> str:
+        """A link to a message stored in the outbox (a command sent, a timeout)."""
+        if obj.kind == ProcessEntry.Kind.HANDLED:
+            return str(obj.message_id)
+        url = reverse("admin:messagebus_storedevent_change", args=[obj.message_id])
+        return format_html('<a href="{}">{}</a>', url, obj.message_id)
+
+
+class TimedOutFilter(admin.SimpleListFilter):
+    title = _("timed out")
+    parameter_name = "timed_out"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", gettext("Yes")), ("no", gettext("No"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[ProcessInstance]
+    ) -> QuerySet[ProcessInstance]:
+        if self.value() is None:
+            return queryset
+        return queryset.filter(timed_out_at__isnull=self.value() == "no")
+
+
+@admin.register(ProcessInstance)
+class ProcessInstanceAdmin(ReadOnlyAdmin):
+    """Process managers' instances: running, finished, compensated, timed out; each with
+    its state and its history."""
+
+    list_display = ["name", "key", "status", "started_at", "updated_at", "timed_out_at"]
+    list_filter = ["status", TimedOutFilter, "name"]
+    search_fields = ["=key"]
+    fields = readonly_fields = (
+        "name", "key", "status", "reason", "state_json", "started_at", "updated_at",
+        "timed_out_at", "finished_at",
+    )  # fmt: skip
+    date_hierarchy = "started_at"
+    inlines = [ProcessEntryInline]
+
+    @admin.display(description=_("state"))
+    def state_json(self, obj: ProcessInstance) -> str:
+        return _pretty(obj.state)
 
 
 @admin.register(Delivery)
