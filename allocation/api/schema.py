@@ -61,7 +61,7 @@ def invalid_input(
 INVALID_INPUT = invalid_input()
 INVALID_ORDER = invalid_input(
     OpenApiExample(
-        "Invalid line", value={"lines": [{}, {"qty": ["A valid integer is required."]}]}
+        "Invalid line", value={"lines": {"1": {"qty": ["A valid integer is required."]}}}
     ),
     errors=NESTED_FIELD_ERRORS,
 )
