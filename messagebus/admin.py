@@ -87,17 +87,22 @@ class DeliveryColumns:
         return format_html('<span title="{}">{}</span>', line, line and first_line(line, 80))
 
 
-class DeliveryInline(DeliveryColumns, admin.TabularInline):  # type: ignore[type-arg]
+class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Machine-written rows shown on their parent's page: never added, changed or deleted."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DeliveryInline(DeliveryColumns, ReadOnlyInline):
     model = Delivery
     fields = readonly_fields = (
         "handler", "status", "attempts", "runs", "next_attempt", "lease_until", "error",
     )  # fmt: skip
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(StoredEvent)
@@ -177,18 +182,13 @@ class ScheduleTickAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">{}</a>', url, obj.message_id)
 
 
-class ProcessEntryInline(admin.TabularInline):  # type: ignore[type-arg]
+class ProcessEntryInline(ReadOnlyInline):
     """A process's history: each message handled, command sent and timeout scheduled."""
 
     model = ProcessEntry
     fields = readonly_fields = (
         "at", "kind", "message_type", "message", "outcome", "detail", "payload",
     )  # fmt: skip
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description=_("message"))
     def message(self, obj: ProcessEntry) -> str:

@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 import messagebus
@@ -227,3 +228,25 @@ def test_check_reports_a_message_without_the_key(messagebus_registry):
         SystemCheckError, match=r"messagebus\.E009.*Cancelled, which has no field 'trip'"
     ):
         call_command("check")
+
+
+@pytest.mark.usefixtures("messagebus_deliver")
+def test_the_admin_lists_processes_by_status_and_shows_each_ones_history(admin_client):
+    messagebus.bus.handle(BookTrip("t1", ("a", "full")))
+    messagebus.bus.handle(BookTrip("t2", ("a",)))
+    changelist = reverse("admin:messagebus_processinstance_changelist")
+
+    page = admin_client.get(changelist, {"status": "compensated"}).content.decode()
+    assert "t1" in page and "t2" not in page
+    assert (
+        "t2"
+        in admin_client.get(changelist, {"timed_out": "no", "status": "running"}).content.decode()
+    )
+
+    page = admin_client.get(
+        reverse("admin:messagebus_processinstance_change", args=[instance().pk])
+    )
+    text = page.content.decode()
+    assert "Reserve failed: no seats on full" in text
+    assert "busapp.CancelReservation" in text and "compensated" in text
+    assert "Add process" not in text and "Delete" not in text  # machine-written
