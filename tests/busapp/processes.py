@@ -1,8 +1,4 @@
-"""A process manager of the test app: a trip booked leg by leg, paid, or given up.
-
-Registered only where a test asks (``register_trip``, and $BUSAPP_TRIP in the worker
-processes tests start): elsewhere no process manager is registered, as in most projects.
-"""
+"""A process manager of the test app: a trip booked leg by leg, paid, or given up."""
 
 from __future__ import annotations
 
@@ -53,6 +49,7 @@ class NoSeats(messagebus.CommandRejected):
 FLAKY_CALLED: set[str] = set()  # the trips whose "flaky" leg failed once (in this process)
 
 
+@messagebus.handler
 def reserve(cmd: Reserve) -> str:
     """Leg "full": rejected; "flaky": fails its first call; "broken": fails every call."""
     if cmd.leg == "full":
@@ -64,6 +61,7 @@ def reserve(cmd: Reserve) -> str:
     return f"seat-{cmd.leg}"
 
 
+@messagebus.handler
 def cancel_reservation(cmd: CancelReservation) -> None:
     """$BUSAPP_TRIP_HANG: a file where it says it cancels, then hangs (to be killed)."""
     hang = os.environ.get("BUSAPP_TRIP_HANG")
@@ -74,6 +72,7 @@ def cancel_reservation(cmd: CancelReservation) -> None:
         time.sleep(120)
 
 
+@messagebus.process_manager
 class Trip(messagebus.ProcessManager):
     key = "trip"
 
@@ -111,13 +110,3 @@ class Trip(messagebus.ProcessManager):
             )
         elif self.state["paid"]:
             self.finish()
-
-
-def register_trip(registry: messagebus.Registry) -> None:
-    registry.register(None, reserve)
-    registry.register(None, cancel_reservation)
-    messagebus.process_manager(Trip)
-
-
-if os.environ.get("BUSAPP_TRIP"):
-    register_trip(messagebus.registry)

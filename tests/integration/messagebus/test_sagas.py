@@ -25,17 +25,11 @@ from tests.busapp.processes import (
     PaymentOverdue,
     Trip,
     TripPaid,
-    register_trip,
 )
 from tests.conftest import ROOT, database_url
 from tests.subprocesses import Watched
 
 TRIP = "tests.busapp.processes.Trip"
-
-
-@pytest.fixture
-def trip(messagebus_registry):
-    register_trip(messagebus_registry)
 
 
 def notes(trip: str = "t1") -> list[str]:
@@ -52,9 +46,6 @@ def history(trip: str = "t1") -> list[tuple[str, str, str]]:
         (kind, type_name.rpartition(".")[2], outcome)
         for kind, type_name, outcome in rows.values_list("kind", "message_type", "outcome")
     ]
-
-
-pytestmark = pytest.mark.usefixtures("trip")
 
 
 @pytest.mark.usefixtures("messagebus_deliver")
@@ -176,7 +167,7 @@ def test_a_worker_killed_mid_compensation_leaves_it_to_the_next_which_finishes_i
         messagebus.bus.handle(BookTrip("t1", ("a", "b", "full")))
     env = {
         **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
-        "MESSAGEBUS_EXECUTOR": "worker", "BUSAPP_CLAIM_TIMEOUT": "2", "BUSAPP_TRIP": "1",
+        "MESSAGEBUS_EXECUTOR": "worker", "BUSAPP_CLAIM_TIMEOUT": "2",
     }  # fmt: skip
     command = [sys.executable, str(ROOT / "manage.py"), "messagebus", "worker", "--interval", "0.2"]
     first = Watched(command, env={**env, "BUSAPP_TRIP_HANG": str(log)}, ready="started",
