@@ -116,7 +116,9 @@ def _step(process: type[ProcessManager], command: Command, uow: UnitOfWork) -> N
     sent = entries.filter(message_id=command.message_id, process__name=process.name)
     key = sent.values_list("process__key", flat=True).first()
     if key is None:
-        raise ProcessNotFound(process.name, f"that sent {command}")
+        raise ProcessNotFound(
+            process.name, f"that sent {type(command).__name__} {command.message_id}"
+        )
     manager = process(_locked(process, key, uow), uow)
     entry = sent.get()  # read again, its instance locked
     try:

@@ -241,3 +241,36 @@ def test_the_admin_lists_processes_by_status_and_shows_each_ones_history(admin_c
     assert "Reserve failed: no seats on full" in text
     assert "busapp.CancelReservation" in text and "compensated" in text
     assert "Add process" not in text and "Delete" not in text  # machine-written
+
+
+class Nameless(messagebus.ProcessManager):
+    @messagebus.starts
+    def begin(self, cmd: Begin) -> None: ...
+
+
+class Unstarted(messagebus.ProcessManager):
+    key = "trip"
+
+    @messagebus.handles
+    def begin(self, cmd: Begin) -> None: ...
+
+
+class Unannotated(messagebus.ProcessManager):
+    key = "trip"
+
+    @messagebus.starts
+    def begin(self, cmd) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("process", "error"),
+    [
+        (Nameless, "Nameless names no key: set key = 'field'"),
+        (Unstarted, "Unstarted has no method marked @messagebus.starts"),
+        (Unannotated, "Unannotated.begin must take self and one command or event"),
+    ],
+    ids=["no key", "nothing starts it", "a message not annotated"],
+)
+def test_registration_refuses_a_process_it_could_not_run(messagebus_registry, process, error):
+    with pytest.raises(messagebus.RegistrationError, match=error):
+        messagebus.process_manager(process)
