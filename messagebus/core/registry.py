@@ -180,7 +180,8 @@ class Registry:
         return self._events.get(cls, ()) + self._inline.get(cls, ())
 
     def named(self, name: str) -> Handler | None:
-        """The event handler registered under ``name``, whatever its event."""
+        """The event handler registered under ``name``, whatever its event (or the steps of
+        the process manager of that name)."""
         if self._by_name is None:
             every = [*self._events.values(), *self._inline.values(), self._steps()]
             self._by_name = {h.name: h for hs in reversed(every) for h in hs}

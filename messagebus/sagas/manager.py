@@ -115,7 +115,7 @@ class ProcessManager:
         self._cancel_timeouts()
         self.compensate()
 
-    # The machinery
+    # The machinery (``registration`` calls these as a message or a step's outcome comes)
 
     def compensate(self) -> None:
         """Send the next compensating command, unless one is on its way; compensated once
