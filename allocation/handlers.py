@@ -33,12 +33,17 @@ def add_batch(cmd: CreateBatch) -> None:
         raise
 
 
+def locked_product(sku: str) -> Product:
+    """The product of ``sku``, locked, with its batches; ``InvalidSku`` if there is none."""
+    try:
+        return Product.objects.locked().get(sku=sku)
+    except Product.DoesNotExist:
+        raise InvalidSku(sku) from None
+
+
 @messagebus.handler
 def allocate(cmd: Allocate) -> str | None:
-    try:
-        product = Product.objects.locked().get(sku=cmd.sku)
-    except Product.DoesNotExist:
-        raise InvalidSku(cmd.sku) from None
+    product = locked_product(cmd.sku)
     line = OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty)
     batchref = product.allocate(line)
     if line.batch_id is not None:  # newly allocated: a repeat keeps the batch it has
@@ -50,10 +55,7 @@ def allocate(cmd: Allocate) -> str | None:
 @messagebus.handler
 def deallocate(cmd: Deallocate) -> str | None:
     """Release the order's line of the SKU; the batch it left, or None if none held it."""
-    try:
-        product = Product.objects.locked().get(sku=cmd.sku)
-    except Product.DoesNotExist:
-        raise InvalidSku(cmd.sku) from None
+    product = locked_product(cmd.sku)
     taken = product.release(OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty))
     if taken is None:
         return None
