@@ -20,6 +20,8 @@ API_ALLOW_ANONYMOUS 1/true/yes: the API takes requests from anyone (local demo o
 EMAIL_BACKEND       default: print emails to the console
 ALLOCATION_STOCK_EMAIL who hears about out-of-stock SKUs (default stock@example.com)
 ALLOCATION_WEBHOOK_URLS comma-separated http(s) URLs each allocation is POSTed to
+ORDER_CONFIRM_TIMEOUT seconds a placed order waits to be confirmed before its lines are
+                    released (default 900)
 THROTTLING          API throttles and admin login lockout (default: on, off under DJANGO_DEBUG)
 API_THROTTLE_ANON   requests an anonymous client may make (default 60/minute)
 API_THROTTLE_USER   requests a signed-in user may make (default 600/minute)
@@ -272,6 +274,13 @@ for _url in ALLOCATION_WEBHOOK_URLS:
         raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r}: {exc}") from None
     if _parts.scheme not in ("http", "https") or not _parts.hostname:
         raise ImproperlyConfigured(f"ALLOCATION_WEBHOOK_URLS: {_url!r} is not an http(s) URL")
+
+try:
+    ORDER_CONFIRM_TIMEOUT = float(os.environ.get("ORDER_CONFIRM_TIMEOUT", "900"))
+except ValueError:
+    raise ImproperlyConfigured("ORDER_CONFIRM_TIMEOUT: a number of seconds") from None
+if not ORDER_CONFIRM_TIMEOUT > 0:
+    raise ImproperlyConfigured("ORDER_CONFIRM_TIMEOUT: a number of seconds above 0")
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 if LOG_FORMAT not in ("text", "json"):

@@ -21,6 +21,7 @@ from .core.policy import OVERRIDABLE
 from .core.registry import Handler, registry
 from .core.serialization import check_serializable
 from .exceptions import MessageEncodeError
+from .sagas.registration import messages, registered
 
 JSON_TYPES = (
     "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
@@ -55,6 +56,23 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="messagebus.E001",
                 ))  # fmt: skip
         errors.extend(_option_errors(handler))
+    return errors
+
+
+@checks.register("messagebus")
+def check_processes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Each message of a process manager must hold its key: the instance it is for."""
+    errors: list[checks.CheckMessage] = []
+    for process in registered():
+        for method, cls, _ in messages(process):
+            if process.key not in {f.name for f in dataclasses.fields(cls)}:
+                errors.append(checks.Error(
+                    f"{process.name}.{method} handles {cls.__qualname__}, which has no field "
+                    f"{process.key!r}: no instance of the process can be found for it.",
+                    hint=f"Add {process.key} to {cls.__qualname__}, or handle another message.",
+                    obj=process,
+                    id="messagebus.E009",
+                ))  # fmt: skip
     return errors
 
 

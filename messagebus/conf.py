@@ -373,6 +373,11 @@ class Settings:
         true_or_false,
         "OpenTelemetry spans, once a tracer provider is set (False: none)",
     )
+    PREPARED_STATEMENTS = Setting[bool](
+        True, true_or_false, "PostgreSQL: storing an event is a statement the server plans "
+        "once per connection (False behind a pooler that cannot keep them, such as "
+        "PgBouncer before 1.21 in transaction mode)",
+    )  # fmt: skip
     METRICS_ALLOWED_IPS = Setting[list[str]](
         [], networks, "addresses or networks /metrics answers (none: it is off)"
     )

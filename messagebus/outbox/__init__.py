@@ -62,11 +62,22 @@ def store(
     return refs
 
 
-def store_due(message: Message, using: str, due: dt.datetime, **delivery: Any) -> list[Reference]:
+def store_due(
+    message: Message,
+    using: str,
+    due: dt.datetime,
+    *,
+    sender: tuple[str, str] | None = None,
+    **delivery: Any,
+) -> list[Reference]:
     """Write ``message`` in the current transaction, its deliveries due at ``due``: an
     event's, one per handler; a command's, one, to its handler (``HandlerNotFound``
-    if it has none). ``delivery``: as for ``store``."""
-    if isinstance(message, Command):
+    if it has none), or to the process manager that sends it, ``sender``: (its name, the
+    instance's key), whose steps run it (``registry.register_process``). ``delivery``: as
+    for ``store``."""
+    if sender is not None:
+        names, keys = [sender[0]], [sender[1][:KEY_LENGTH]]
+    elif isinstance(message, Command):
         names, keys = [registry.command_handler(type(message)).name], None
     else:
         handlers = registry.event_handlers(type(message))

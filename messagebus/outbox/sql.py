@@ -18,6 +18,7 @@ from uuid import UUID
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .. import compat, conf
 from ..models import DEFAULT_QUEUE, Delivery, Pause, Slot, StoredEvent
 
 EVENT_COLUMNS = (
@@ -382,7 +383,7 @@ def store(
         _CAUSATION.get_db_prep_value(causation_id, connection),
         _TRACE.get_db_prep_value(trace, connection), when,
     ]  # fmt: skip
-    with connection.cursor() as cursor:
+    with _storing_cursor(connection) as cursor:
         if not handlers:
             cursor.execute(sql.insert_event, params)
             return
@@ -390,20 +391,24 @@ def store(
         for name, key in zip(handlers, keys or [""] * len(handlers), strict=True):
             params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key]
         if sql.one_statement:
-            # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
-            stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
-            if wake and _many_statements(connection):
-                stored += f"; NOTIFY {CHANNEL}"
+            # One round trip: the event's INSERT rides in a WITH clause, the wake-up after it.
+            if wake:
+                stored = f"WITH event AS ({sql.insert_event}), deliveries AS ({deliveries}) "
+                stored += f"SELECT pg_notify('{CHANNEL}', '')"
+            else:
+                stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
             cursor.execute(stored, params)
         else:
             cursor.execute(sql.insert_event, params[: len(EVENT_COLUMNS)])
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
 
 
-def wakes_in_store(using: str) -> bool:
-    """Whether ``store(wake=True)`` sends the NOTIFY itself: PostgreSQL with client-side
-    binding (two statements in one round trip)."""
-    return _many_statements(connections[using])
+def _storing_cursor(connection: BaseDatabaseWrapper) -> Any:
+    """The cursor ``store`` writes with: on PostgreSQL (psycopg 3) one whose statements
+    the server plans once per connection (``PREPARED_STATEMENTS``), which saves it more
+    than a third of an event's cost; else Django's own."""
+    prepared = connection.vendor == "postgresql" and conf.settings.PREPARED_STATEMENTS
+    return (prepared and compat.preparing_cursor(connection)) or connection.cursor()
 
 
 def stores_in_one_statement(using: str) -> bool:

@@ -505,7 +505,7 @@ def test_three_workers_run_a_handler_capped_at_two_per_key_never_more_per_key(tm
 @postgres_only
 def test_the_slots_of_killed_workers_free_themselves_when_their_leases_run_out(tmp_path):
     log = tmp_path / "meter.log"
-    env = {"BUSAPP_METER_LOG": str(log), "BUSAPP_CLAIM_TIMEOUT": "3"}
+    env = {"BUSAPP_METER_LOG": str(log), "BUSAPP_CLAIM_TIMEOUT": "8"}  # renewed under load too
     stored(*(Metered(n=n) for n in range(4)))
     stuck = started_workers(2, {**env, "BUSAPP_METER_SLEEP": "600"}, batch=1)
     wait_until(lambda: log.exists() and len(log.read_text().splitlines()) == 2)
