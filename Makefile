@@ -29,8 +29,9 @@ run: $(VENV)/.installed
 	$(BIN)/python manage.py load_demo_data
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one)
-test: $(VENV)/.installed
+## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one; the NATS
+## and Kafka tests start their brokers from requirements-dev.txt's packages)
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-postgres: the suite against the local PostgreSQL, RabbitMQ, Redis and NATS

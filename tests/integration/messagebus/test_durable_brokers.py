@@ -1,5 +1,5 @@
-"""Redis Streams and NATS JetStream, on the real servers: what they keep that pub/sub
-loses. Each test runs on both (the ``durable`` fixture); one project plays both
+"""Redis Streams, NATS JetStream and Kafka, on real servers: what they keep that pub/sub
+loses. Each test runs on each (the ``durable`` fixture); one project plays both
 services: it publishes ``Sent`` on busapp_record from its outbox, and takes
 busapp_record in (a ``Record`` command, an ``Entry`` row) in a consumer subprocess."""
 
@@ -29,7 +29,6 @@ from tests.brokers import external, wait_for
 from tests.busapp.events import Sent
 from tests.busapp.models import Entry
 from tests.durable import Broker
-from tests.proxy import Proxy
 
 CHANNEL = "busapp_record"
 
@@ -95,9 +94,9 @@ def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Bro
 
 
 def test_the_broker_dropped_mid_relay_loses_nothing(durable: Broker, consumer):
-    proxy, through_proxy = Proxy.to(durable.url)
+    proxy, through_proxy = durable.proxied()
     store_sent(200)
-    proxy.cut_after(20_000, mend_after=0.5)  # some 50 messages in: the answer is lost
+    proxy.cut_after(20_000, mend_after=durable.outage)  # some 50 messages in: answer lost
 
     relay(through_proxy, REDELIVERY_DELAY=0, MAX_DELIVERIES=1000)
 
@@ -226,14 +225,15 @@ def test_the_message_id_travels_and_a_copy_delivered_again_is_dropped_by_the_inb
 
 def test_a_message_published_twice_is_handled_once(durable: Broker, transactional_db):
     """The outbox publishes again when the broker's answer was lost: NATS drops the copy
-    (Nats-Msg-Id, within its duplicate window), Redis keeps it and the inbox drops it."""
+    (Nats-Msg-Id, within its duplicate window), Redis and Kafka keep it and the inbox
+    drops it."""
     envelope = Envelope.of(Sent(n=5))
     with external(durable.url):
         transport = transports.get()
         assert transport is not None
         transport.publish(CHANNEL, envelope)
         transport.publish(CHANNEL, envelope)
-        assert durable.kept(CHANNEL) == {"redis+stream": 2, "nats": 1}[durable.name]
+        assert durable.kept(CHANNEL) == {"redis+stream": 2, "nats": 1, "kafka": 2}[durable.name]
         stopping = threading.Event()
 
         def receive(messages: list[Inbound]) -> list[Settled]:
@@ -284,7 +284,7 @@ def test_a_publish_from_sync_code_called_inside_async_code_goes_out(durable: Bro
 
 
 def test_the_consumer_waits_out_a_broker_that_goes_away(durable: Broker, consumer):
-    proxy, through_proxy = Proxy.to(durable.url)
+    proxy, through_proxy = durable.proxied()
     process = consumer(through_proxy, durable.env)
 
     proxy.cut(refuse=True)
