@@ -282,9 +282,17 @@ class Statements:
                 + f" WHERE {slot['handler']} = %s AND {slot['key']} = %s "
                 f"AND {slot['number']} = %s AND {slot['lease_until']} <= %s"
             )
+            # Found by its unique key (the delivery's concurrency key read), as InnoDB
+            # locks every row it looks at: by the handler's alone, two runners freeing
+            # their slots would wait for each other's.
+            found = (
+                f"WHERE {slot['handler']} = %s AND {slot['key']} = (SELECT "
+                f"d.{col['concurrency_key']} FROM {table} d WHERE d.{col['event']} = %s AND "
+                f"d.{col['handler']} = %s) AND {slot['number']} = %s AND {slot['event']} = %s"
+            )
             self.free_slot = [
-                f"SELECT {slot['wanted']} FROM {slots} {held} FOR UPDATE",
-                f"DELETE FROM {slots} {held}",
+                f"SELECT {slot['wanted']} FROM {slots} {found} FOR UPDATE",
+                f"DELETE FROM {slots} {found}",
             ]
             return
         self.take_slot = {
@@ -693,10 +701,13 @@ def free_slot(using: str, event_id: UUID, handler: str, number: int) -> bool:
     """Free the slot ``number`` of ``handler`` that its delivery of ``event_id`` holds, in
     the current transaction; True if another delivery wanted it."""
     connection = connections[using]
-    params = [handler, number, _ID.get_db_prep_value(event_id, connection)]
+    sql, event = _statements(connection), _ID.get_db_prep_value(event_id, connection)
+    params = (
+        [handler, event, handler, number, event] if sql.slot_in_steps else [handler, number, event]
+    )
     wanted = False
     with connection.cursor() as cursor:
-        for statement in _statements(connection).free_slot:
+        for statement in sql.free_slot:
             cursor.execute(statement, params)
             wanted = wanted or any(row[0] for row in cursor.fetchall())
     return wanted
