@@ -282,9 +282,9 @@ class Statements:
                 + f" WHERE {slot['handler']} = %s AND {slot['key']} = %s "
                 f"AND {slot['number']} = %s AND {slot['lease_until']} <= %s"
             )
-            # Found by its unique key (the delivery's concurrency key read), as InnoDB
-            # locks every row it looks at: by the handler's alone, two runners freeing
-            # their slots would wait for each other's.
+            # Found by its unique key (the delivery's concurrency key read), since InnoDB
+            # locks every row a locking statement looks at: found by the handler alone,
+            # two runners freeing their slots would wait for each other's.
             found = (
                 f"WHERE {slot['handler']} = %s AND {slot['key']} = (SELECT "
                 f"d.{col['concurrency_key']} FROM {table} d WHERE d.{col['event']} = %s AND "
