@@ -182,9 +182,12 @@ class Statements:
             self.prune_chunk = f"DELETE FROM {table} WHERE {gone.format('')} LIMIT %s"
             self.prune_events = f"DELETE FROM {events} WHERE {orphan.format(f'{events}.')} LIMIT %s"
         lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
-        # Each claimer skips the rows another holds (SQLite: one writer at a time).
-        skip = connection.features.has_select_for_update_skip_locked
-        self.skip_locked = " FOR UPDATE SKIP LOCKED" if skip else ""
+        # Each claimer skips the rows another holds (SQLite: one writer at a time; where
+        # rows lock but cannot be skipped, MariaDB before 10.6, claimers take turns).
+        features = connection.features
+        self.skip_locked = " FOR UPDATE" if features.has_select_for_update else ""
+        if features.has_select_for_update_skip_locked:
+            self.skip_locked += " SKIP LOCKED"
         if connection.vendor == "postgresql":
             # One round trip: lease the due rows and read them with their events.
             self.claim = [
