@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from django.db import models, router
+from django.db import connections, models, router
 from django.db.models import F, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils.functional import cached_property
@@ -43,7 +43,9 @@ class ProductQuerySet(models.QuerySet["Product"]):
     def locked(self) -> ProductQuerySet:
         """Lock the products' rows for the transaction; load their batches with quantities."""
         batches = Prefetch("batch_set", queryset=Batch.objects.with_quantities())
-        return self.select_for_update(of=("self",)).prefetch_related(batches)
+        # Only the products' rows, where the database can say so (MariaDB cannot).
+        of = ("self",) if connections[self.db].features.has_select_for_update_of else ()
+        return self.select_for_update(of=of).prefetch_related(batches)
 
 
 class Product(messagebus.Aggregate, models.Model):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_PORTS = {
     "postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379, "redis+stream": 6379,
-    "nats": 4222,
+    "nats": 4222, "mysql": 3306,
 }  # fmt: skip
 
 

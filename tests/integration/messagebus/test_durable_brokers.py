@@ -64,14 +64,20 @@ def body(n: int) -> bytes:
 @contextmanager
 def entries_locked() -> Iterator[None]:
     """No other connection writes the busapp's entries until the block ends (on SQLite,
-    nothing at all: BEGIN IMMEDIATE takes the one write lock)."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("LOCK TABLE busapp_entry IN EXCLUSIVE MODE")
-            else:
-                cursor.execute("DELETE FROM busapp_entry WHERE id = -1")
-        yield
+    nothing at all: BEGIN IMMEDIATE takes the one write lock; on MariaDB, a table lock
+    of the connection's, until UNLOCK TABLES)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE busapp_entry IN EXCLUSIVE MODE")
+        elif connection.vendor == "mysql":
+            cursor.execute("LOCK TABLES busapp_entry WRITE")
+        else:
+            cursor.execute("DELETE FROM busapp_entry WHERE id = -1")
+        try:
+            yield
+        finally:
+            if connection.vendor == "mysql":
+                cursor.execute("UNLOCK TABLES")
 
 
 def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Broker, consumer):

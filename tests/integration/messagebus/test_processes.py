@@ -20,7 +20,7 @@ from messagebus.outbox.reference import Reference
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, postgres_only, server_database
 
 CRASH_AFTER_COMMIT = """
 import os
@@ -75,7 +75,7 @@ def test_a_worker_exits_cleanly_on_sigterm(transactional_db):
     assert re.search(rf"Worker [^ ]+:{worker.pid} stopped after 0 deliveries", stderr), stderr
 
 
-@postgres_only
+@server_database
 def test_two_workers_never_run_one_delivery_twice(manage, tmp_path):
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
         for n in range(200):
@@ -116,7 +116,7 @@ def test_two_workers_never_run_one_delivery_twice(manage, tmp_path):
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
-@postgres_only
+@server_database
 def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messagebus_registry):
     calls = []
 
@@ -152,7 +152,7 @@ def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messageb
     assert (row.status, row.attempts) == ("done", 1)
 
 
-@postgres_only
+@server_database
 def test_a_claim_skips_rows_another_transaction_holds(transactional_db):
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
         for n in range(6):
@@ -261,7 +261,7 @@ def test_a_notify_wakes_a_worker_long_before_its_poll_interval(transactional_db)
     assert worker.returncode == 0
 
 
-@postgres_only
+@server_database
 def test_three_workers_drain_the_queue_though_one_is_killed_mid_batch(transactional_db):
     count = 5000
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}), transaction.atomic():
