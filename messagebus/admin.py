@@ -208,6 +208,8 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "traceback_text",
         "priority",
         "queue",
+        "concurrency_key",
+        "sequence",
         "result_json",
     )
 

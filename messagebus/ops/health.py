@@ -2,8 +2,9 @@
 ``messagebus status``, the admin's outbox dashboard.
 
 "ok" while the database answers and the outbox keeps up; "degraded" when the
-oldest due delivery has waited longer than HEALTH_MAX_LAG seconds or more than
-HEALTH_MAX_DEAD deliveries are dead; "down" when the database does not answer
+oldest due delivery has waited longer than HEALTH_MAX_LAG seconds, more than
+HEALTH_MAX_DEAD deliveries are dead, or an ordered handler's key waits behind a dead
+delivery ("key K of H blocked by delivery N"); "down" when the database does not answer
 (within HEALTH_TIMEOUT seconds for each statement, on PostgreSQL). Unless "ok", the
 answer's ``reasons`` say why. The database's own error (which names its host and port) goes
 to the log, and to staff users only.
@@ -42,7 +43,7 @@ from django.views.decorators.http import require_GET
 from .. import conf, models, outbox
 from ..core.policy import WAITING_FOR_HANDLER
 from ..models import Delivery, WorkerBeat
-from ..outbox import sql
+from ..outbox import ordering, sql
 from ..wording import first_line, plural
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
         "lag_seconds": outbox["lag_seconds"],
         "waiting_for_a_handler": outbox["waiting_for_a_handler"], "paused": outbox["paused"],
     }  # fmt: skip
-    found = problems(public)
+    found = problems(public) + [str(key) for key in ordering.blocked(using)]
     if not found:
         return "ok", {"status": "ok", "database": "ok", "outbox": public}
     return "degraded", {"status": "degraded", "reasons": found, "database": "ok", "outbox": public}

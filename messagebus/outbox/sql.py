@@ -26,10 +26,11 @@ EVENT_COLUMNS = (
 DELIVERY_COLUMNS = (
     "event", "handler", "status", "attempts", "runs", "calls",
     "next_attempt_at", "last_error", "traceback", "created_at", "priority", "queue",
-    "concurrency_key",
+    "concurrency_key", "sequence",
 )  # fmt: skip
 SLOT_COLUMNS = ("handler", "key", "number", "event", "lease_until", "taken_at", "wanted")
-PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
+PENDING, DONE, DEAD = (Delivery.Status.PENDING.value, Delivery.Status.DONE.value,
+                       Delivery.Status.DEAD.value)  # fmt: skip
 
 
 def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
@@ -187,8 +188,18 @@ class Statements:
             self.skip_locked = ""
             self.claim = ["{}", lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
         self.pick = due + self.skip_locked
-        self._claims: dict[tuple[int, bool, int, bool], list[str]] = {}
+        self._claims: dict[tuple[int, bool, int, bool, int | None], list[str]] = {}
         self._slots(connection, table, col)
+        # An ordered delivery is due only once none of its handler's deliveries of its
+        # key before it is unfinished: pending, or dead ({} leaves out the dead ones of
+        # handlers whose keys proceed past them).
+        h, k, n = col["handler"], col["concurrency_key"], col["sequence"]
+        self.ordered = (
+            f"AND ({table}.{n} IS NULL OR NOT EXISTS (SELECT 1 FROM {table} o WHERE "
+            f"o.{h} = {table}.{h} AND o.{k} = {table}.{k} AND o.{n} < {table}.{n} AND "
+            f"(o.{col['status']} = '{PENDING}' OR o.{col['status']} = '{DEAD}'{{}}))) "
+        )
+        self.proceeding = f" AND o.{h} NOT IN ({{}})"
 
     def _slots(self, connection: BaseDatabaseWrapper, table: str, col: dict[str, str]) -> None:
         """The statements of the concurrency slots (``slots``), and the claim's gate."""
@@ -263,27 +274,39 @@ class Statements:
         self.renew_slot = f"UPDATE {slots} SET {slot['lease_until']} = %s {held}"
 
     def claim_in(
-        self, queues: int, paused: bool, capped: int = 0, in_flight: bool = False
+        self,
+        queues: int,
+        paused: bool,
+        capped: int = 0,
+        in_flight: bool = False,
+        proceeding: int | None = None,
     ) -> list[str]:
         """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues,
         leaving out paused handlers' if ``paused`` (some handler may be: the check costs
         the claim's plan its speed, so it is left out while none is); of the ``capped``
         handlers with a max_concurrency (none: no check), none whose slots (for their
         key) are all taken, and no more than are free (``in_flight``: counting the
-        deliveries leased, not the slots taken)."""
+        deliveries leased, not the slots taken); if some handler is ordered
+        (``proceeding``: how many of those proceed past a dead delivery; None: none is
+        ordered), none with an unfinished delivery before it."""
         try:
-            return self._claims[queues, paused, capped, in_flight]
+            return self._claims[queues, paused, capped, in_flight, proceeding]
         except KeyError:
             gate = {"names": _marks(range(capped)), "most": "WHEN %s THEN %s " * capped}
             where = (
                 (self.unpaused if paused else "")
                 + (self.capped[in_flight].format(**gate) if capped else "")
+                + (self._ordered(proceeding) if proceeding is not None else "")
                 + (self.in_queues.format(_marks(range(queues))) if queues else "")
             )
             pick = self.ranked[in_flight] if capped else self.pick
             built = [self.claim[0].format(pick.format(where, **gate)), *self.claim[1:]]
-            self._claims[queues, paused, capped, in_flight] = built
+            self._claims[queues, paused, capped, in_flight, proceeding] = built
             return built
+
+    def _ordered(self, proceeding: int) -> str:
+        names = self.proceeding.format(_marks(range(proceeding))) if proceeding else ""
+        return self.ordered.format(names)
 
 
 _ID = _event_field("id")
@@ -364,10 +387,11 @@ def store(
     queue: str = DEFAULT_QUEUE,
     wake: bool = False,
     keys: Sequence[str] | None = None,
+    sequences: Sequence[int | None] | None = None,
 ) -> None:
     """Insert an event and one pending delivery per handler, due from ``due`` (default
     ``now``), claimed in order of ``priority`` (higher first), in ``queue``, each with
-    its concurrency key in ``keys`` (default: none). ``wake``:
+    its key in ``keys`` (default: none) and, ordered, its number in ``sequences``. ``wake``:
     NOTIFY the listening workers as the transaction commits, in the same round trip
     (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls
     back), where ``wakes_in_store``."""
@@ -387,8 +411,13 @@ def store(
             cursor.execute(sql.insert_event, params)
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
-        for name, key in zip(handlers, keys or [""] * len(handlers), strict=True):
-            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key]
+        unkeyed = [""] * len(handlers)
+        for name, key, number in zip(
+            handlers, keys or unkeyed, sequences or [None] * len(handlers), strict=True
+        ):
+            params += [
+                event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key, number
+            ]  # fmt: skip
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
             stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
@@ -531,12 +560,14 @@ def claim(
     capped: Sequence[tuple[str, int]] = (),
     now: dt.datetime | None = None,
     in_flight: bool = False,
+    ordered: Sequence[tuple[str, bool]] = (),
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries (of ``queues`` only, if any; not of paused
     handlers, unless ``paused`` is False: none is; of the ``capped`` handlers, (name,
     max_concurrency), no more of one key than had slots free ``now``, or, ``in_flight``,
-    than were not leased), highest priority first, then in the order they fell due,
-    with their events.
+    than were not leased; of the ``ordered`` handlers, (name, whether a key waits behind
+    a dead delivery), none behind an unfinished one of its key), highest priority first,
+    then in the order they fell due, with their events.
 
     Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
     trace context, when the delivery was stored, its concurrency key).
@@ -548,15 +579,19 @@ def claim(
         live = _WHEN.get_db_prep_value(now or due, connection)
         names, most = [name for name, _ in capped], [v for pair in capped for v in pair]
         gate, ranked = [*names, live, *most], [*names, *most, live]
+    proceeding = [name for name, waits in ordered if not waits]
     params = [
         _WHEN.get_db_prep_value(lease, connection),
         _WHEN.get_db_prep_value(due, connection),
         *gate,
+        *proceeding,
         *queues,
         limit,
         *ranked,
     ]
-    statements = _statements(connection).claim_in(len(queues), paused, len(capped), in_flight)
+    statements = _statements(connection).claim_in(
+        len(queues), paused, len(capped), in_flight, len(proceeding) if ordered else None
+    )
     with connection.cursor() as cursor:
         if len(statements) == 1:
             cursor.execute(statements[0], params)

@@ -38,7 +38,7 @@ from ..core.policy import Dead, Policy, Postpone, Verdict
 from ..core.registry import registry
 from ..models import Delivery, DeliveryQuerySet, Pause, paused
 from ..wording import describe
-from . import slots, sql
+from . import ordering, slots, sql
 from .reference import Reference
 
 Status = Delivery.Status
@@ -82,7 +82,8 @@ def claim(
     """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED), of
     ``queues`` only if given, highest priority first; none of a paused handler, and of a
     handler with a max_concurrency, no more of one key than it has slots free (or,
-    ``in_flight``, as the relay counts, than it has deliveries not leased)."""
+    ``in_flight``, as the relay counts, than it has deliveries not leased); of an ordered
+    handler, none behind an unfinished delivery of its key (``ordering``)."""
     now = timezone.now()
     lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
     due = now - dt.timedelta(seconds=overdue)
@@ -94,6 +95,7 @@ def claim(
         in sql.claim(
             using, limit, lease, due, queues,
             paused=any_paused(using), capped=registry.capped(), now=now, in_flight=in_flight,
+            ordered=registry.ordered(),
         )
     ]  # fmt: skip
 
@@ -168,14 +170,18 @@ def finished(claims: Sequence[Claim], freeing: Sequence[slots.Taken] = ()) -> se
 
 def taken(refs: Sequence[Reference]) -> list[Claim]:
     """Lease these pending, unleased deliveries to this runner, for an async handler's
-    run (which holds no row lock); those another runner holds are left out."""
+    run (which holds no row lock); those another runner holds, and those behind an
+    unfinished delivery of their key (ordered), are left out."""
     if not refs:
         return []
     using = refs[0].using
     lease = fresh_lease()
     by_key = {(ref.event_id, ref.handler): ref for ref in refs}
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
-    rows.filter(lease_until__isnull=True).exclude(paused()).update(lease_until=lease)
+    free = rows.filter(lease_until__isnull=True).exclude(paused())
+    if registry.ordered():
+        free = free.exclude(ordering.elders(ordering.proceeding()))
+    free.update(lease_until=lease)
     return [
         Claim(by_key[event, handler], pk, runs, lease, calls=calls)
         for pk, event, handler, runs, calls in rows.filter(lease_until=lease).values_list(
