@@ -35,6 +35,11 @@ def lifecycle(value: Any) -> str | None:
     return f"must be {AFTER_COMMIT!r} or {IN_TRANSACTION!r}, not {value!r}"
 
 
+def unordered_or_field(value: Any) -> str | None:
+    """An ordering key: None (a handler unordered, though its message names one) or a field."""
+    return None if value is None else conf.field_name(value)
+
+
 def dead_head(value: Any) -> str | None:
     if value in (WAIT, PROCEED):
         return None
@@ -53,7 +58,7 @@ OVERRIDABLE: dict[str, conf.Validator] = {
     "breaker": conf.breaker,
     "max_concurrency": conf.whole_number,
     "concurrency_key": conf.field_name,
-    "ordering_key": conf.field_name,
+    "ordering_key": unordered_or_field,
     "dead_head": dead_head,
 }
 

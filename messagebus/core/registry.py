@@ -51,13 +51,13 @@ class Handler:
     @property
     def ordered(self) -> bool:
         """Its deliveries of one key run one at a time, in the order their events committed."""
-        return any(option == "ordering_key" for option, _ in self.options)
+        return any(option == "ordering_key" and field for option, field in self.options)
 
     def key_of(self, message: Message) -> str:
         """Its delivery's key: the value of the field its ``ordering_key`` option (or else
         its ``concurrency_key``) names, as text ("" for None, or with no such option)."""
         for option, field in self.options:  # never both (``manage.py check``)
-            if option in KEYED:
+            if option in KEYED and field is not None:
                 value = getattr(message, field, None)
                 return "" if value is None else str(value)
         return ""
@@ -96,7 +96,8 @@ class Registry:
         (at most that many deliveries at once, across every process) and
         ``concurrency_key`` (a field of the message: at most that many per value),
         ``ordering_key`` (a field of the message: its deliveries of one value one at a
-        time, in commit order; the message class's ``ordering_key`` by default) and
+        time, in commit order; the message class's ``ordering_key`` by default, None for
+        none) and
         ``dead_head="proceed"`` (the rest of a key go on past a dead delivery),
         and ``run="in_transaction"`` to be called inside the transaction that
         records the event instead.

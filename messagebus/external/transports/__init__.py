@@ -102,6 +102,16 @@ def connection_errors() -> tuple[type[Exception], ...]:
     return tuple({error for transport in built for error in transport.connection_errors})
 
 
+ORDERING_KEY = "ordering_key"  # the header (or field) that carries a message's ordering key
+
+
+def keyed(envelope: Envelope) -> dict[str, str]:
+    """The ordering key's header, for a message whose type names one (``Envelope.ordering_key``):
+    a consumer, or a broker that partitions by key, keeps one key's messages in order."""
+    key = envelope.ordering_key
+    return {} if key is None else {ORDERING_KEY: key}
+
+
 def body(envelope: Envelope) -> bytes:
     """What goes on the wire: the message's own fields, as JSON."""
     return json.dumps(envelope.payload, separators=(",", ":")).encode()

@@ -51,7 +51,7 @@ from nats.js import JetStreamContext, api
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from . import BATCH, Inbound, Receive, Settled, Verdict, body
+from . import BATCH, Inbound, Receive, Settled, Verdict, body, keyed
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class NatsTransport:
             "type": envelope.type,
             "correlation_id": str(envelope.correlation_id),
             "causation_id": str(envelope.causation_id or ""),
+            **keyed(envelope),
             **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
         }
         self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), headers))

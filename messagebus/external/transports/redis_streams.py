@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Receive, Verdict, body
+from . import BATCH, Inbound, Receive, Verdict, body, keyed
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class RedisStreamTransport:
             "type": envelope.type,
             "correlation_id": str(envelope.correlation_id),
             "causation_id": str(envelope.causation_id or ""),
+            **keyed(envelope),
             **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_FIELDS},
         }
         maxlen = conf.settings.REDIS_STREAM_MAXLEN
