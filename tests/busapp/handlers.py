@@ -162,10 +162,11 @@ def seen(event: Sequenced, note: str) -> None:
 ORDERED = {see_in_turn: {}, see_past_the_dead: {"dead_head": "proceed"}}
 
 
-def register_ordered(registry: messagebus.Registry) -> None:
+def register_ordered(registry: messagebus.Registry, *, ordered: bool = True) -> None:
+    """``ordered=False``: the same handlers, unordered (bench/bench_ordering.py's baseline)."""
     for func, options in ORDERED.items():
-        registry.register(None, func, **options)
+        registry.register(None, func, **(options if ordered else {"ordering_key": None}))
 
 
-if os.environ.get("BUSAPP_ORDERED"):
-    register_ordered(messagebus.registry)
+if mode := os.environ.get("BUSAPP_ORDERED"):  # "unordered": the same handlers, unordered
+    register_ordered(messagebus.registry, ordered=mode != "unordered")

@@ -25,7 +25,7 @@ from messagebus.outbox import ordering, states
 from messagebus.outbox.reference import Reference
 from messagebus.testing import run_due
 from tests.busapp.events import Pinged, Sequenced
-from tests.busapp.handlers import DOOMED, register_ordered
+from tests.busapp.handlers import DOOMED, register_ordered, see_in_turn
 from tests.busapp.models import Entry
 from tests.conftest import ROOT, database_url, postgres_only
 from tests.subprocesses import Watched
@@ -92,6 +92,20 @@ def test_a_claim_takes_each_key_s_first_delivery_only():
         (IN_TURN, "a", 0), (IN_TURN, "b", 0), (PAST, "a", 0), (PAST, "b", 0),
     ]  # fmt: skip
     assert states.claim("default", 100) == []  # the rest wait behind the ones leased
+
+
+def test_a_claim_takes_what_follows_its_firsts_up_to_one_another_runner_holds(ordered):
+    ordered.unregister(see_in_turn)
+    stored(*(Sequenced(key="a", n=n) for n in range(6)))
+    first = states.claim("default", 1)  # runner 1: the first only
+    assert [c.ref.envelope.payload["n"] for c in first] == [0]
+    assert states.claim("default", 10, follow=True) == []  # all behind the first
+    states.dead(first[0].ref, first[0].lease, "rejected")  # it dies; the key goes on
+    second = states.claim("default", 3, follow=True)  # runner 2: the next and two after
+    assert [c.ref.envelope.payload["n"] for c in second] == [1, 2, 3]
+    states.requeued(Delivery.objects.filter(status="dead"))  # the dead one retried
+    third = states.claim("default", 10, follow=True)  # runner 3: it, and none held after it
+    assert [c.ref.envelope.payload["n"] for c in third] == [0]
 
 
 def test_every_key_s_handler_sees_its_events_in_order_each_once():
