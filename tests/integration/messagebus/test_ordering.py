@@ -5,8 +5,11 @@ its key back (or not, by the handler's ``dead_head``)."""
 import os
 import random
 import sys
+import time
 from io import StringIO
+from itertools import combinations, pairwise
 
+import anyio
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -16,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import messagebus
+from config import celery_app
 from messagebus import executors
 from messagebus.core.envelope import Envelope
 from messagebus.delivery import run
@@ -23,12 +27,13 @@ from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery, KeySequence
 from messagebus.outbox import ordering, states
 from messagebus.outbox.reference import Reference
+from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
 from tests.busapp.events import Pinged, Sequenced
-from tests.busapp.handlers import DOOMED, register_ordered, see_in_turn
+from tests.busapp.handlers import DOOMED, register_ordered, see_in_turn, see_past_the_dead
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, database_url, postgres_only
-from tests.subprocesses import Watched
+from tests.conftest import ROOT, celery_on_postgres, database_url, postgres_only
+from tests.subprocesses import CeleryWorker, Watched, celery_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ordered")]
 
@@ -194,6 +199,49 @@ def test_the_envelope_carries_the_key_outward():
     assert Envelope.of(Pinged(n=1)).ordering_key is None
 
 
+def test_an_async_handler_s_keys_run_side_by_side_each_one_at_a_time_in_order(ordered):
+    calls: list[tuple[str, int, float, float]] = []
+
+    async def see_async(event: Sequenced) -> None:
+        started = time.monotonic()
+        await anyio.sleep(0.02)
+        calls.append((event.key, event.n, started, time.monotonic()))
+
+    ordered.register(None, see_async)
+    for func in (see_in_turn, see_past_the_dead):
+        ordered.unregister(func)
+    stored(*(Sequenced(key=key, n=n) for n in range(6) for key in "abc"))
+    assert Worker(once=True, concurrency=4).run() == 18
+    for key in "abc":
+        mine = [(n, start, end) for k, n, start, end in calls if k == key]
+        assert [n for n, _, _ in mine] == list(range(6))
+        assert all(end <= after for (_, _, end), (_, after, _) in pairwise(mine))  # one at a time
+    assert any(  # and the keys side by side
+        a[0] != b[0] and a[2] < b[3] and b[2] < a[3] for a, b in combinations(calls, 2)
+    )
+
+
+@celery_on_postgres
+def test_celery_workers_and_the_relay_run_each_key_in_order():
+    env = {"BUSAPP_ORDERED": "1", "BUSAPP_FLAKY": "0.05"}
+    celery_app.control.purge()
+    worker = CeleryWorker("ordered", "--concurrency", "4", **env)
+    relay = Watched(
+        [sys.executable, str(ROOT / "manage.py"), "messagebus", "relay", "--interval", "0.2"],
+        env=celery_env(**env), ready="started on database", what="the relay",
+    )  # fmt: skip
+    try:
+        with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXECUTOR": "celery"}):
+            for n in range(10):  # a task each at commit: those out of turn are handed back
+                for key in "abc":
+                    messagebus.bus.handle(Sequenced(key=key, n=n))
+        wait_until(lambda: Delivery.objects.filter(status="done").count() == 60)
+    finally:
+        outputs = [relay.stop(), worker.stop()]
+    assert seen() == {key: list(range(10)) for key in "abc"}, outputs
+    assert seen("past the dead") == seen()
+
+
 # Three worker processes, 5,000 events over 50 keys, 5% of calls failing at random.
 COUNT, KEYS = 5000, 50
 
@@ -214,8 +262,6 @@ def started_workers(count: int, env: dict[str, str]) -> list[Watched]:
 
 
 def wait_until(check, seconds: float = 300) -> None:
-    import time
-
     deadline = time.monotonic() + seconds
     while not check():
         assert time.monotonic() < deadline, "timed out"
