@@ -189,7 +189,7 @@ class Statements:
             self.skip_locked = ""
             self.claim = ["{}", lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
         self.pick = due + self.skip_locked
-        self._claims: dict[tuple[int, bool, int, bool, int | None], list[str]] = {}
+        self._claims: dict[tuple[int, bool, int, bool, int | None, bool], list[str]] = {}
         self._slots(connection, table, col)
         self._ordering(table, col)
 
@@ -332,6 +332,7 @@ class Statements:
         capped: int = 0,
         in_flight: bool = False,
         proceeding: int | None = None,
+        window: bool = True,
     ) -> list[str]:
         """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues,
         leaving out paused handlers' if ``paused`` (some handler may be: the check costs
@@ -340,30 +341,33 @@ class Statements:
         key) are all taken, and no more than are free (``in_flight``: counting the
         deliveries leased, not the slots taken); if some handler is ordered
         (``proceeding``: how many of those proceed past a dead delivery; None: none is
-        ordered), none with an unfinished delivery before it, and (none capped) the first
-        ones of no more keys than a parameter after the limit says."""
+        ordered), none with an unfinished delivery before it, and (none capped, and a
+        ``window``) of the first due ones only, the first ones of no more keys than a
+        parameter after the limit says."""
         try:
-            return self._claims[queues, paused, capped, in_flight, proceeding]
+            return self._claims[queues, paused, capped, in_flight, proceeding, window]
         except KeyError:
             gate = {"names": _marks(range(capped)), "most": "WHEN %s THEN %s " * capped}
             ordered = proceeding is not None
+            windowed = ordered and window and not capped
             where = (
                 (self.unpaused if paused else "")
                 + (self.capped[in_flight].format(**gate) if capped else "")
-                # (Capped and ordered handlers both: every due one looked at, no limit on
-                # the keys.)
-                + (f"AND {self._first(self.table, proceeding or 0)} " if capped and ordered else "")
+                + (
+                    f"AND {self._first(self.table, proceeding or 0)} "
+                    if ordered and not windowed
+                    else ""
+                )
                 + (self.in_queues.format(_marks(range(queues))) if queues else "")
             )
             if capped:
                 pick = self.ranked[in_flight].format(where, **gate)
-            elif ordered:
-                first = self._first("w", proceeding or 0)
-                pick = self.window.format(where, first=first)
+            elif windowed:
+                pick = self.window.format(where, first=self._first("w", proceeding or 0))
             else:
                 pick = self.pick.format(where)
             built = [self.claim[0].format(pick), *self.claim[1:]]
-            self._claims[queues, paused, capped, in_flight, proceeding] = built
+            self._claims[queues, paused, capped, in_flight, proceeding, window] = built
             return built
 
 
@@ -640,23 +644,18 @@ def claim(
         names, most = [name for name, _ in capped], [v for pair in capped for v in pair]
         gate, ranked = [*names, live, *most], [*names, *most, live]
     proceeding = [name for name, waits in ordered if not waits]
-    params = [
-        _WHEN.get_db_prep_value(lease, connection),
-        _WHEN.get_db_prep_value(due, connection),
-        *gate,
-        *(proceeding if ordered and capped else []),
-        *queues,
-    ]
-    if capped:
-        params += [limit, *ranked]
-    elif ordered:
-        params += [limit * LOOK_AHEAD, *proceeding, keys, limit]
-    else:
-        params.append(limit)
-    statements = _statements(connection).claim_in(
-        len(queues), paused, len(capped), in_flight, len(proceeding) if ordered else None
-    )
-    return _leased(connection, statements, params)
+    head = [_WHEN.get_db_prep_value(lease, connection), _WHEN.get_db_prep_value(due, connection)]
+    sql = _statements(connection)
+    shape = (len(queues), paused, len(capped), in_flight, len(proceeding) if ordered else None)
+    if ordered and not capped:
+        # The first due ones looked at; if none of them can run (all behind others of their
+        # keys: the first ones failed, due again later), every due one.
+        windowed = [*head, *gate, *queues, limit * LOOK_AHEAD, *proceeding, keys, limit]
+        rows = _leased(connection, sql.claim_in(*shape), windowed)
+        if rows:
+            return rows
+    params = [*head, *gate, *(proceeding if ordered else []), *queues, limit, *ranked]
+    return _leased(connection, sql.claim_in(*shape, window=False), params)
 
 
 def follow(

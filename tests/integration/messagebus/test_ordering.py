@@ -2,7 +2,6 @@
 the order their events committed; different keys run side by side; a dead one holds
 its key back (or not, by the handler's ``dead_head``)."""
 
-import os
 import random
 import sys
 import time
@@ -22,6 +21,7 @@ import messagebus
 from config import celery_app
 from messagebus import executors
 from messagebus.core.envelope import Envelope
+from messagebus.core.policy import Retry
 from messagebus.delivery import run
 from messagebus.executors.worker import WorkerExecutor
 from messagebus.models import Delivery, KeySequence
@@ -29,11 +29,12 @@ from messagebus.outbox import ordering, states
 from messagebus.outbox.reference import Reference
 from messagebus.processes.worker import Worker
 from messagebus.testing import run_due
+from tests.brokers import wait_for
 from tests.busapp.events import Pinged, Sequenced
 from tests.busapp.handlers import DOOMED, register_ordered, see_in_turn, see_past_the_dead
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, celery_on_postgres, database_url, postgres_only
-from tests.subprocesses import CeleryWorker, Watched, celery_env
+from tests.conftest import ROOT, celery_on_postgres, postgres_only
+from tests.subprocesses import CeleryWorker, Watched, celery_env, started_workers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ordered")]
 
@@ -111,6 +112,16 @@ def test_a_claim_takes_what_follows_its_firsts_up_to_one_another_runner_holds(or
     states.requeued(Delivery.objects.filter(status="dead"))  # the dead one retried
     third = states.claim("default", 10, follow=True)  # runner 3: it, and none held after it
     assert [c.ref.envelope.payload["n"] for c in third] == [0]
+
+
+def test_a_first_one_due_again_behind_the_rest_of_its_key_is_still_claimed(ordered):
+    ordered.unregister(see_past_the_dead)
+    stored(*(Sequenced(key="a", n=n) for n in range(6)))
+    [first] = states.claim("default", 1)
+    states.failed(first.ref, first.lease, ConnectionError("down"), Retry(0))
+    # Due again now: after the other five in the order claims look at (the first four).
+    [again] = states.claim("default", 1)
+    assert again.ref == first.ref
 
 
 def test_every_key_s_handler_sees_its_events_in_order_each_once():
@@ -235,7 +246,7 @@ def test_celery_workers_and_the_relay_run_each_key_in_order():
             for n in range(10):  # a task each at commit: those out of turn are handed back
                 for key in "abc":
                     messagebus.bus.handle(Sequenced(key=key, n=n))
-        wait_until(lambda: Delivery.objects.filter(status="done").count() == 60)
+        wait_for(lambda: Delivery.objects.filter(status="done").count() == 60, 300)
     finally:
         outputs = [relay.stop(), worker.stop()]
     assert seen() == {key: list(range(10)) for key in "abc"}, outputs
@@ -244,28 +255,6 @@ def test_celery_workers_and_the_relay_run_each_key_in_order():
 
 # Three worker processes, 5,000 events over 50 keys, 5% of calls failing at random.
 COUNT, KEYS = 5000, 50
-
-
-def started_workers(count: int, env: dict[str, str]) -> list[Watched]:
-    command = [
-        sys.executable, str(ROOT / "manage.py"), "messagebus", "worker",
-        "--batch", "20", "--interval", "0.1",
-    ]  # fmt: skip
-    full = {
-        **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
-        "BUSAPP_ORDERED": "1", **env,
-    }  # fmt: skip
-    return [
-        Watched(command, env=full, ready="started on database", what="a worker")
-        for _ in range(count)
-    ]
-
-
-def wait_until(check, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 @postgres_only
@@ -278,16 +267,16 @@ def test_three_workers_see_each_key_in_order_each_once_through_random_failures()
         events.append(Sequenced(key=key, n=count[key]))
         count[key] += 1
     events += [Sequenced(key=keys[-1], n=n) for n in range(3)]
-    workers = started_workers(3, {"BUSAPP_FLAKY": "0.05"})
+    workers = started_workers(3, {"BUSAPP_ORDERED": "1", "BUSAPP_FLAKY": "0.05"}, batch=20)
     try:
         with executors.use(WorkerExecutor()):
             for start in range(0, len(events), 10):  # ten a transaction, keys interleaved
                 with transaction.atomic():
                     for event in events[start : start + 10]:
                         messagebus.bus.handle(event)
-        wait_until(lambda: not Delivery.objects.filter(status="pending", attempts=0).exclude(
+        wait_for(lambda: not Delivery.objects.filter(status="pending", attempts=0).exclude(
             concurrency_key=keys[-1], handler=IN_TURN).exists() and Delivery.objects.filter(
-            status="done").count() == 2 * COUNT + 2)  # fmt: skip
+            status="done").count() == 2 * COUNT + 2, 300)  # fmt: skip
     finally:
         outputs = [worker.stop() for worker in workers]
     assert [code for code, _ in outputs] == [0, 0, 0], outputs
