@@ -3,12 +3,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
+MARIADB_URL ?= mysql://root@127.0.0.1:3306/test
+# What the MariaDB run takes: the tests of the engine on the database.
+MARIADB_TESTS ?= tests/integration
 BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 REDIS_URL ?= redis://127.0.0.1:6379/0
 NATS_URL ?= nats://127.0.0.1:4222
 PORT ?= 8000
 
-.PHONY: run test test-postgres matrix bench lint docs worker consume clean
+.PHONY: run test test-postgres test-mariadb matrix bench lint docs worker consume clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +32,19 @@ run: $(VENV)/.installed
 	$(BIN)/python manage.py load_demo_data
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one)
-test: $(VENV)/.installed
+## test: the whole suite (the PostgreSQL tests run when DATABASE_URL names one; the NATS
+## and Kafka tests start their brokers from requirements-dev.txt's packages)
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-postgres: the suite against the local PostgreSQL, RabbitMQ, Redis and NATS
 test-postgres:
 	DATABASE_URL=$(POSTGRES_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) NATS_URL=$(NATS_URL) $(MAKE) test
+
+## test-mariadb: the database's tests against the local MariaDB (or MySQL 8), RabbitMQ, Redis and NATS; PostgreSQL's own left out
+test-mariadb: $(VENV)/.installed-dev
+	DATABASE_URL=$(MARIADB_URL) CELERY_BROKER_URL=$(BROKER_URL) REDIS_URL=$(REDIS_URL) NATS_URL=$(NATS_URL) \
+	$(MAKE) test PYTEST_ARGS="-m 'not postgres' $(MARIADB_TESTS) $(PYTEST_ARGS)"
 
 ## matrix: the SQLite suite on each supported Django and Python pair (nox; NOX_ARGS="-t django6.1" picks some)
 matrix: $(VENV)/.installed-dev

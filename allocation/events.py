@@ -23,3 +23,12 @@ class Deallocated(messagebus.Event):
 @dataclass(frozen=True)
 class OutOfStock(messagebus.Event):
     sku: str
+
+
+@dataclass(frozen=True)
+class Released(messagebus.Event):
+    """An order gave a line up (``Deallocate``): its stock is free, not reallocated."""
+
+    orderid: str
+    sku: str
+    qty: int

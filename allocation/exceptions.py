@@ -70,3 +70,12 @@ class InvalidCommand(AllocationError, ValueError):
         super().__init__(f"Invalid {command}: {detail}")
         self.command = command
         self.errors = errors
+
+
+class OrderClosed(AllocationError):
+    """An order rejected, or released, cannot be confirmed."""
+
+    def __init__(self, orderid: str, state: str) -> None:
+        super().__init__(f"Order {orderid} is {state}: it cannot be confirmed")
+        self.orderid = orderid
+        self.state = state

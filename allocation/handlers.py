@@ -10,8 +10,8 @@ from django.db import IntegrityError, transaction
 import messagebus
 
 from . import queries  # noqa: F401  (the query handlers register themselves)
-from .commands import Allocate, ChangeBatchQuantity, CreateBatch
-from .events import Allocated, Deallocated, OutOfStock
+from .commands import Allocate, ChangeBatchQuantity, CreateBatch, Deallocate
+from .events import Allocated, Deallocated, OutOfStock, Released
 from .exceptions import DuplicateBatch, InvalidSku, LineAlreadyAllocated, UnknownBatch
 from .models import AllocationView, Batch, OrderLine, Product
 from .notifications import Notifications
@@ -33,17 +33,35 @@ def add_batch(cmd: CreateBatch) -> None:
         raise
 
 
+def locked_product(sku: str) -> Product:
+    """The product of ``sku``, locked, with its batches; ``InvalidSku`` if there is none."""
+    try:
+        return Product.objects.locked().get(sku=sku)
+    except Product.DoesNotExist:
+        raise InvalidSku(sku) from None
+
+
 @messagebus.handler
 def allocate(cmd: Allocate) -> str | None:
-    try:
-        product = Product.objects.locked().get(sku=cmd.sku)
-    except Product.DoesNotExist:
-        raise InvalidSku(cmd.sku) from None
+    product = locked_product(cmd.sku)
     line = OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty)
     batchref = product.allocate(line)
     if line.batch_id is not None:  # newly allocated: a repeat keeps the batch it has
         line.save()
         product.save(update_fields=["version_number"])
+    return batchref
+
+
+@messagebus.handler
+def deallocate(cmd: Deallocate) -> str | None:
+    """Release the order's line of the SKU; the batch it left, or None if none held it."""
+    product = locked_product(cmd.sku)
+    taken = product.release(OrderLine(orderid=cmd.orderid, sku=cmd.sku, qty=cmd.qty))
+    if taken is None:
+        return None
+    batchref = taken.batch.reference
+    taken.delete()
+    product.save(update_fields=["version_number"])
     return batchref
 
 
@@ -70,6 +88,11 @@ def add_allocation_to_read_model(event: Allocated) -> None:
 
 @messagebus.handler(run="in_transaction")
 def remove_allocation_from_read_model(event: Deallocated) -> None:
+    show_where_the_line_is(event.orderid, event.sku)
+
+
+@messagebus.handler(run="in_transaction")
+def remove_released_line_from_read_model(event: Released) -> None:
     show_where_the_line_is(event.orderid, event.sku)
 
 

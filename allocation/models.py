@@ -18,14 +18,14 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from django.db import models, router
+from django.db import connections, models, router
 from django.db.models import F, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils.functional import cached_property
 
 import messagebus
 
-from .events import Allocated, Deallocated, OutOfStock
+from .events import Allocated, Deallocated, OutOfStock, Released
 from .exceptions import LineAlreadyAllocated, LineDoesNotFit, ProductChanged, UnknownBatch
 from .validators import IDENTIFIER_MAX_LENGTH, quantity_validators, validate_identifier
 
@@ -43,7 +43,9 @@ class ProductQuerySet(models.QuerySet["Product"]):
     def locked(self) -> ProductQuerySet:
         """Lock the products' rows for the transaction; load their batches with quantities."""
         batches = Prefetch("batch_set", queryset=Batch.objects.with_quantities())
-        return self.select_for_update(of=("self",)).prefetch_related(batches)
+        # Only the products' rows, where the database can say so (MariaDB cannot).
+        of = ("self",) if connections[self.db].features.has_select_for_update_of else ()
+        return self.select_for_update(of=of).prefetch_related(batches)
 
 
 class Product(messagebus.Aggregate, models.Model):
@@ -152,14 +154,27 @@ class Product(messagebus.Aggregate, models.Model):
     def deallocate(self, line: OrderLine) -> OrderLine | None:
         """Take the line of the same order and SKU off its batch; that line, or None.
 
-        Records ``Deallocated``; the caller deletes the line's row.
+        Records ``Deallocated`` (to be allocated again); the caller deletes the line's row.
         """
-        held = self._held(line)
-        if held is None:
-            return None
-        batch, _ = held
-        taken = batch.deallocate(line)
+        taken = self._taken_off(line)
         return None if taken is None else self._deallocated(taken)
+
+    def release(self, line: OrderLine) -> OrderLine | None:
+        """Take the line of the same order and SKU off its batch for good (the order
+        gave it up); that line, or None if none is allocated.
+
+        Records ``Released`` and bumps the version; the caller deletes the line's row.
+        """
+        taken = self._taken_off(line)
+        if taken is None:
+            return None
+        self.version_number += 1
+        self.record(Released(orderid=taken.orderid, sku=taken.sku, qty=taken.qty))
+        return taken
+
+    def _taken_off(self, line: OrderLine) -> OrderLine | None:
+        held = self._held(line)
+        return None if held is None else held[0].deallocate(line)
 
     def change_batch_quantity(self, ref: str, qty: int) -> list[OrderLine]:
         """Set a batch's purchased quantity; the lines deallocated to fit it, newest first."""

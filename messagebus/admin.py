@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from . import executors, outbox
 from .exceptions import NotPausable
 from .handling import scheduling
-from .models import Delivery, InboxMessage, ScheduleTick, StoredEvent
+from .models import Delivery, InboxMessage, ProcessEntry, ProcessInstance, ScheduleTick, StoredEvent
 from .ops import dashboard, pauses
 from .outbox import states
 from .wording import first_line
@@ -87,17 +87,22 @@ class DeliveryColumns:
         return format_html('<span title="{}">{}</span>', line, line and first_line(line, 80))
 
 
-class DeliveryInline(DeliveryColumns, admin.TabularInline):  # type: ignore[type-arg]
+class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Machine-written rows shown on their parent's page: never added, changed or deleted."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DeliveryInline(DeliveryColumns, ReadOnlyInline):
     model = Delivery
     fields = readonly_fields = (
         "handler", "status", "attempts", "runs", "next_attempt", "lease_until", "error",
     )  # fmt: skip
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(StoredEvent)
@@ -175,6 +180,58 @@ class ScheduleTickAdmin(ReadOnlyAdmin):
             return gettext("none: missed, skipped")
         url = reverse("admin:messagebus_storedevent_change", args=[obj.message_id])
         return format_html('<a href="{}">{}</a>', url, obj.message_id)
+
+
+class ProcessEntryInline(ReadOnlyInline):
+    """A process's history: each message handled, command sent and timeout scheduled."""
+
+    model = ProcessEntry
+    fields = readonly_fields = (
+        "at", "kind", "message_type", "message", "outcome", "detail", "payload",
+    )  # fmt: skip
+
+    @admin.display(description=_("message"))
+    def message(self, obj: ProcessEntry) -> str:
+        """A link to a message stored in the outbox (a command sent, a timeout)."""
+        if obj.kind == ProcessEntry.Kind.HANDLED:
+            return str(obj.message_id)
+        url = reverse("admin:messagebus_storedevent_change", args=[obj.message_id])
+        return format_html('<a href="{}">{}</a>', url, obj.message_id)
+
+
+class TimedOutFilter(admin.SimpleListFilter):
+    title = _("timed out")
+    parameter_name = "timed_out"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", gettext("Yes")), ("no", gettext("No"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[ProcessInstance]
+    ) -> QuerySet[ProcessInstance]:
+        if self.value() is None:
+            return queryset
+        return queryset.filter(timed_out_at__isnull=self.value() == "no")
+
+
+@admin.register(ProcessInstance)
+class ProcessInstanceAdmin(ReadOnlyAdmin):
+    """Process managers' instances: running, finished, compensated, timed out; each with
+    its state and its history."""
+
+    list_display = ["name", "key", "status", "started_at", "updated_at", "timed_out_at"]
+    list_filter = ["status", TimedOutFilter, "name"]
+    search_fields = ["=key"]
+    fields = readonly_fields = (
+        "name", "key", "status", "reason", "state_json", "started_at", "updated_at",
+        "timed_out_at", "finished_at",
+    )  # fmt: skip
+    date_hierarchy = "started_at"
+    inlines = [ProcessEntryInline]
+
+    @admin.display(description=_("state"))
+    def state_json(self, obj: ProcessInstance) -> str:
+        return _pretty(obj.state)
 
 
 @admin.register(Delivery)

@@ -16,6 +16,7 @@ class MessagebusConfig(AppConfig):
         ensure_a_handler()  # the bus's INFO lines visible in a project with no LOGGING
 
         autodiscover_modules("handlers")
+        autodiscover_modules("processes")  # process managers (messagebus.sagas)
         autodiscover_modules("external")  # what each app publishes to other services
         if _runs_tasks():
             from .task_backend import runner

@@ -21,6 +21,7 @@ from .core.policy import OVERRIDABLE
 from .core.registry import Handler, registry
 from .core.serialization import check_serializable
 from .exceptions import MessageEncodeError
+from .sagas.registration import messages, registered
 
 JSON_TYPES = (
     "Use str, int, float, bool, Decimal, date, datetime, UUID, enums, "
@@ -55,6 +56,23 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="messagebus.E001",
                 ))  # fmt: skip
         errors.extend(_option_errors(handler))
+    return errors
+
+
+@checks.register("messagebus")
+def check_processes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Each message of a process manager must hold its key: the instance it is for."""
+    errors: list[checks.CheckMessage] = []
+    for process in registered():
+        for method, cls, _ in messages(process):
+            if process.key not in {f.name for f in dataclasses.fields(cls)}:
+                errors.append(checks.Error(
+                    f"{process.name}.{method} handles {cls.__qualname__}, which has no field "
+                    f"{process.key!r}: no instance of the process can be found for it.",
+                    hint=f"Add {process.key} to {cls.__qualname__}, or handle another message.",
+                    obj=process,
+                    id="messagebus.E009",
+                ))  # fmt: skip
     return errors
 
 
@@ -148,7 +166,7 @@ def _cap_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
 def _ordering_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
     """``ordering_key`` and ``dead_head``: an order by a field the message has, of
     deliveries after commit, not capped as well (the message class's own key is checked
-    with the class, E009)."""
+    with the class, E010)."""
     options = dict(handler.options)
     key = options.get("ordering_key")
     problem = hint = ""
@@ -238,7 +256,7 @@ def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessag
         if key is not None and (not isinstance(key, str) or key not in _fields(cls)):
             problem, hint = _not_a_field(cls, "ordering_key", key)
             yield checks.Error(f"{cls.__name__} {problem}.", hint=hint, obj=cls,
-                               id="messagebus.E009")  # fmt: skip
+                               id="messagebus.E010")  # fmt: skip
         if issubclass(cls, Command | Query) and not cls.__subclasses__() and not _handled(cls):
             kind = "command" if issubclass(cls, Command) else "query"
             yield checks.Warning(

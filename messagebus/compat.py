@@ -12,11 +12,13 @@ import argparse
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from types import ModuleType
 from typing import Any
 
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
 class Atomic(transaction.Atomic):
@@ -80,6 +82,52 @@ def new_connection(connection: BaseDatabaseWrapper) -> Any:
     With a PostgreSQL connection pool (OPTIONS["pool"]), it is taken from the pool.
     """
     return connection.get_new_connection(connection.get_connection_params())
+
+
+def preparing_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper | None:
+    """A cursor of Django's (logged like its own) on PostgreSQL ``connection``, whose
+    statements psycopg 3 binds on the server and prepares at their first run; None with
+    psycopg2.
+
+    Django leaves psycopg's ``prepare_threshold`` at None, under which psycopg prepares
+    nothing, even when asked: it is raised out of reach, so that psycopg still prepares
+    nothing of its own accord. Its query log reads a statement's text back from psycopg,
+    which keeps none for a prepared one: it is given the text instead.
+    """
+    factory = _preparing_cursor_class()
+    if factory is None:
+        return None
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        raw.prepare_threshold = 2**62
+    cursor = factory(raw)
+    return (
+        _Logged(cursor, connection)
+        if connection.queries_logged
+        else CursorWrapper(cursor, connection)
+    )
+
+
+class _Logged(CursorDebugWrapper):
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+@cache
+def _preparing_cursor_class() -> type[Any] | None:
+    try:
+        import psycopg  # PostgreSQL's driver: there only
+    except ImportError:
+        return None
+
+    class Preparing(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+            return super().execute(query, params, prepare=True, **options)
+
+    return Preparing
 
 
 def tracer_provider_unset(trace: ModuleType) -> bool:

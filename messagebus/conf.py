@@ -272,6 +272,21 @@ def subject_prefix(value: Any) -> str | None:
     return f"must be NATS subject tokens joined by dots (no spaces, * or >), not {value!r}"
 
 
+def dead_topic(value: Any) -> str | None:
+    if isinstance(value, str) and "{channel}" in value and value.strip() == value:
+        return None
+    return f"must be a topic name holding {{channel}}, such as '{{channel}}.dead', not {value!r}"
+
+
+def client_properties(value: Any) -> str | None:
+    if isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(item, str | int | float | bool)
+        for key, item in value.items()
+    ):
+        return None
+    return f"must map librdkafka property names to strings, numbers or booleans, not {value!r}"
+
+
 def schedules(value: Any) -> str | None:
     if not isinstance(value, dict) or not all(
         isinstance(name, str) and isinstance(spec, dict) for name, spec in value.items()
@@ -294,6 +309,7 @@ TRANSPORTS = {
     "redis+stream": "messagebus.external.transports.redis_streams.RedisStreamTransport",
     "rediss+stream": "messagebus.external.transports.redis_streams.RedisStreamTransport",
     "nats": "messagebus.external.transports.nats.NatsTransport",
+    "kafka": "messagebus.external.transports.kafka.KafkaTransport",
 }
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",
@@ -357,6 +373,11 @@ class Settings:
         true_or_false,
         "OpenTelemetry spans, once a tracer provider is set (False: none)",
     )
+    PREPARED_STATEMENTS = Setting[bool](
+        True, true_or_false, "PostgreSQL: storing an event is a statement the server plans "
+        "once per connection (False behind a pooler that cannot keep them, such as "
+        "PgBouncer before 1.21 in transaction mode)",
+    )  # fmt: skip
     METRICS_ALLOWED_IPS = Setting[list[str]](
         [], networks, "addresses or networks /metrics answers (none: it is off)"
     )
@@ -398,6 +419,18 @@ class Settings:
     NATS_NAK_DELAY = Setting[float](
         5.0, seconds, "NATS: a message whose handling met an outage is delivered again after this"
     )
+    KAFKA_DEAD_TOPIC = Setting[str](
+        "{channel}.dead", dead_topic, "Kafka: the topic a channel's dead messages go to"
+    )
+    KAFKA_SESSION_TIMEOUT = Setting[float](
+        45.0, seconds, "Kafka: a consumer not heard from this long leaves its group, and "
+        "its partitions go to the others",
+    )  # fmt: skip
+    KAFKA_OPTIONS = Setting[dict[str, Any]](
+        {}, client_properties,
+        "Kafka: more librdkafka properties for the producer and the consumers "
+        "(security.protocol, sasl.*, ssl.*)",
+    )  # fmt: skip
 
     @property
     def raw(self) -> dict[str, Any]:

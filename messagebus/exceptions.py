@@ -103,3 +103,26 @@ class HandlerTimeout(MessageBusError):
     def __init__(self, handler: str, seconds: float) -> None:
         super().__init__(f"{handler} did not finish within {seconds:g}s and was cancelled")
         self.seconds = seconds
+
+
+class ProcessAlreadyStarted(CommandRejected):
+    """A command that starts a process manager named a key whose instance exists."""
+
+    def __init__(self, process: str, key: str) -> None:
+        super().__init__(f"{process} {key} has started already")
+        self.process = process
+        self.key = key
+
+
+class ProcessNotFound(CommandRejected, LookupError):
+    """A command for a process manager named a key that no instance has."""
+
+    def __init__(self, process: str, key: str) -> None:
+        super().__init__(f"No {process} {key} has started")
+        self.process = process
+        self.key = key
+
+
+class ProcessNotRunning(MessageBusError):
+    """A process manager that finished, or is compensating, was asked to send, schedule,
+    finish or fail."""

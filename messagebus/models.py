@@ -326,3 +326,75 @@ class KeySequence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} ({self.key}): {self.last}"
+class ProcessInstance(models.Model):
+    """An instance of a process manager (``messagebus.sagas``): its state between the
+    messages it handles, found by the process's name and the value of its key field in
+    those messages."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPENSATING = "compensating"  # undoing its steps, last first
+        FINISHED = "finished"
+        COMPENSATED = "compensated"  # every step it had done undone
+
+    name = models.CharField(max_length=200, help_text="The process manager's name.")
+    key = models.CharField(
+        max_length=KEY_LENGTH, help_text="The value of its key field in the messages it handles."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    state = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True, help_text="Why it compensated.")
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    timed_out_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a message it had scheduled for itself came."
+    )
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "process"
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "key"], name="messagebus_one_process_per_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.key}"
+
+
+class ProcessEntry(models.Model):
+    """A line of a process's history: a message it handled, a command it sent (a step, or
+    a step's compensation), or a message it scheduled for itself (a timeout)."""
+
+    class Kind(models.TextChoices):
+        HANDLED = "handled"
+        STEP = "step"
+        COMPENSATION = "compensation"
+        TIMEOUT = "timeout"
+
+    class Outcome(models.TextChoices):
+        SENT = "sent"  # a command not run yet, a timeout not due yet
+        DONE = "done"
+        FAILED = "failed"  # for good: its process compensated
+        COMPENSATED = "compensated"  # a step whose compensating command was sent
+        CANCELLED = "cancelled"  # a timeout no longer needed
+
+    process = models.ForeignKey(ProcessInstance, on_delete=models.CASCADE, related_name="history")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message_type = models.CharField(max_length=200)
+    message_id = models.UUIDField(db_index=True)
+    payload = models.JSONField(default=dict, blank=True)
+    compensation = models.JSONField(
+        null=True, blank=True, help_text="A step's compensating command, sent if a later one fails."
+    )
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    detail = models.TextField(blank=True, help_text="What the command returned, or its error.")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "history entry"
+        verbose_name_plural = "history"
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.message_type} {self.message_id}"

@@ -19,28 +19,60 @@ def on_postgres() -> bool:
     return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 
 
-postgres_only = pytest.mark.skipif(
-    not on_postgres(),
-    reason="needs PostgreSQL: set DATABASE_URL=postgres://... (row locks, SKIP LOCKED)",
+def on_mariadb() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith("mysql://")
+
+
+def marked(*marks: pytest.MarkDecorator):
+    """A decorator that puts every one of ``marks`` on a test."""
+
+    def mark(test):
+        for each in marks:
+            test = each(test)
+        return test
+
+    return mark
+
+
+# The engine's tests of many processes and threads at once: on either server database.
+server_database = pytest.mark.skipif(
+    not (on_postgres() or on_mariadb()),
+    reason="needs PostgreSQL or MariaDB: set DATABASE_URL=postgres://... or mysql://... "
+    "(row locks, SKIP LOCKED; SQLite runs one writer at a time)",
+)
+# PostgreSQL's own abilities (LISTEN/NOTIFY, its errors and settings): marked ``postgres``,
+# which the MariaDB run leaves out (-m "not postgres").
+postgres_only = marked(
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not on_postgres(),
+        reason="needs PostgreSQL: set DATABASE_URL=postgres://... (LISTEN/NOTIFY, its own SQL)",
+    ),
 )
 
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
-celery_on_postgres = pytest.mark.skipif(
-    not (on_postgres() and BROKER_URL.startswith(("amqp://", "pyamqp://"))),
-    reason="needs PostgreSQL and RabbitMQ: set DATABASE_URL=postgres://... and "
-    "CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
+celery_on_postgres = marked(
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not (on_postgres() and BROKER_URL.startswith(("amqp://", "pyamqp://"))),
+        reason="needs PostgreSQL and RabbitMQ: set DATABASE_URL=postgres://... and "
+        "CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
+    ),
 )
 needs_rabbitmq = pytest.mark.skipif(
     not BROKER_URL.startswith("amqp://"),
     reason="needs RabbitMQ: set CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672//",
 )
-redis_on_postgres = pytest.mark.skipif(
-    not (on_postgres() and REDIS_URL),
-    reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://... and "
-    "REDIS_URL=redis://127.0.0.1:6379/0",
+redis_on_postgres = marked(
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not (on_postgres() and REDIS_URL),
+        reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://... and "
+        "REDIS_URL=redis://127.0.0.1:6379/0",
+    ),
 )
 
 
@@ -65,7 +97,8 @@ def database_url() -> str:
     user = settings["USER"] or ""
     password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
     port = f":{settings['PORT']}" if settings["PORT"] else ""
-    return f"postgres://{user}{password}@{settings['HOST'] or '127.0.0.1'}{port}/{settings['NAME']}"
+    scheme = "mysql" if connection.vendor == "mysql" else "postgres"
+    return f"{scheme}://{user}{password}@{settings['HOST'] or '127.0.0.1'}{port}/{settings['NAME']}"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_PORTS = {
     "postgres": 5432, "postgresql": 5432, "amqp": 5672, "redis": 6379, "redis+stream": 6379,
-    "nats": 4222,
+    "nats": 4222, "mysql": 3306,
 }  # fmt: skip
 
 
@@ -87,7 +87,11 @@ class Proxy:
                 if self._refuse:
                     client.close()
                 continue  # else accepted, never answered
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # the server is gone: so is this connection
+                client.close()
+                continue
             with self._lock:
                 self._open += [client, upstream]
             for a, b, to_server in ((client, upstream, True), (upstream, client, False)):

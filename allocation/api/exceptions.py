@@ -17,22 +17,28 @@ from rest_framework.exceptions import PermissionDenied as PermissionDeniedError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+import messagebus
+
 from ..exceptions import (
-    AllocationError,
     DuplicateBatch,
     InvalidCommand,
     InvalidSku,
     LineAlreadyAllocated,
+    OrderClosed,
     ProductChanged,
     UnknownBatch,
 )
 
-STATUS_CODES: dict[type[AllocationError], int] = {
+# The domain's refusals (and the bus's, of a process manager's commands); others are 400s.
+STATUS_CODES: dict[type[messagebus.CommandRejected], int] = {
     InvalidSku: status.HTTP_400_BAD_REQUEST,
     UnknownBatch: status.HTTP_404_NOT_FOUND,
     DuplicateBatch: status.HTTP_409_CONFLICT,
     LineAlreadyAllocated: status.HTTP_409_CONFLICT,
     ProductChanged: status.HTTP_409_CONFLICT,
+    OrderClosed: status.HTTP_409_CONFLICT,
+    messagebus.ProcessAlreadyStarted: status.HTTP_409_CONFLICT,
+    messagebus.ProcessNotFound: status.HTTP_404_NOT_FOUND,
 }
 
 
@@ -47,7 +53,7 @@ class OutOfStockError(APIException):
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, InvalidCommand):  # a value from the URL: the fields' rules refuse it
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, AllocationError):
+    if isinstance(exc, messagebus.CommandRejected):
         code = STATUS_CODES.get(type(exc), status.HTTP_400_BAD_REQUEST)
         return Response({"message": str(exc)}, status=code)
     response = drf_exception_handler(exc, context)

@@ -15,6 +15,9 @@ LINKS: dict[str, tuple[str, str | None]] = {
     "batch": ("allocation:batch", "ref"),
     "allocations": ("allocation:allocations", None),
     "order-allocations": ("allocation:order-allocations", "orderid"),
+    "orders": ("allocation:orders", None),
+    "order": ("allocation:order", "orderid"),
+    "order-confirmation": ("allocation:order-confirmation", "orderid"),
     "add-batch": ("allocation:add-batch", None),
     "allocate": ("allocation:allocate", None),
     "book-order-allocations": ("allocation:book-order-allocations", "orderid"),
@@ -23,7 +26,7 @@ LINKS: dict[str, tuple[str, str | None]] = {
     "redoc": ("redoc", None),
     "admin": ("admin:index", None),
 }
-_SAMPLE = "0"  # a valid identifier, replaced by the parameter's {name}
+_SAMPLE = "__parameter__"  # a valid identifier, replaced by the parameter's {name}
 
 
 def link(request: Request, name: str, parameter: str | None) -> str:
@@ -31,7 +34,7 @@ def link(request: Request, name: str, parameter: str | None) -> str:
     if parameter is None:
         return reverse(name, request=request)
     url = reverse(name, kwargs={parameter: _SAMPLE}, request=request)
-    return f"{url.removesuffix(_SAMPLE)}{{{parameter}}}"
+    return url.replace(_SAMPLE, f"{{{parameter}}}")
 
 
 class RootView(APIView):

@@ -26,11 +26,26 @@ FIELD_ERRORS = {
         "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
     },
 }
+# A list of objects' errors: the list's own, or each object's by field ({} if none), in
+# a list or by position.
+_EACH_FIELD = {"type": "object", "description": "Errors by field, or by position then field."}
+NESTED_FIELD_ERRORS = {
+    "type": "object",
+    "additionalProperties": {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"oneOf": [{"type": "string"}, _EACH_FIELD]}},
+            _EACH_FIELD,
+        ]
+    },
+}
 
 
-def invalid_input(*examples: OpenApiExample) -> OpenApiResponse:
+def invalid_input(
+    *examples: OpenApiExample, errors: dict[str, Any] = FIELD_ERRORS
+) -> OpenApiResponse:
     return OpenApiResponse(
-        FIELD_ERRORS,
+        errors,
         description="Invalid input: each invalid field with what is wrong, or a message "
         "when the body is not a JSON object or the domain turns it down.",
         examples=[
@@ -44,6 +59,12 @@ def invalid_input(*examples: OpenApiExample) -> OpenApiResponse:
 
 
 INVALID_INPUT = invalid_input()
+INVALID_ORDER = invalid_input(
+    OpenApiExample(
+        "Invalid line", value={"lines": {"1": {"qty": ["A valid integer is required."]}}}
+    ),
+    errors=NESTED_FIELD_ERRORS,
+)
 INVALID_ALLOCATION = invalid_input(
     OpenApiExample("Unknown SKU", value={"message": "Invalid sku LAMP"})
 )
@@ -57,13 +78,19 @@ FORBIDDEN = message(
 )
 AUTH_ERRORS = {401: SIGNED_OUT, 403: FORBIDDEN}
 READ_ERRORS = {401: SIGNED_OUT}
-LOCATION = OpenApiParameter(
-    "Location",
-    OpenApiTypes.URI,
-    OpenApiParameter.HEADER,
-    response=[201],
-    description="The URL of what was created.",
-)
+
+
+def location(status: int) -> OpenApiParameter:
+    return OpenApiParameter(
+        "Location",
+        OpenApiTypes.URI,
+        OpenApiParameter.HEADER,
+        response=[status],
+        description="The URL of what was created.",
+    )
+
+
+LOCATION = location(201)
 UNKNOWN_BATCH = message("No batch has this reference.", "Unknown batch b1")
 ALREADY_ALLOCATED_DESCRIPTION = (
     "The order has this SKU allocated already, with another quantity: "

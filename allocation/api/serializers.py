@@ -5,7 +5,8 @@ from typing import Any
 from rest_framework import serializers
 
 from .. import rules
-from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
+from ..commands import MAX_ORDER_LINES, Allocate, ChangeBatchQuantity, CreateBatch, Line, PlaceOrder
+from ..processes import STATES
 
 
 class StrictCharField(serializers.CharField):
@@ -70,6 +71,19 @@ class AllocateInputSerializer(serializers.Serializer[None]):
     qty = field(Allocate, "qty", "The quantity ordered.")
 
 
+class LineInputSerializer(serializers.Serializer[None]):
+    sku = field(Line, "sku", "The SKU ordered.")
+    qty = field(Line, "qty", "The quantity ordered.")
+
+
+class OrderInputSerializer(serializers.Serializer[None]):
+    orderid = field(PlaceOrder, "orderid", "The order's id, one no order has yet.")
+    lines = LineInputSerializer(  # type: ignore[call-arg]  # the stubs miss max_length
+        many=True, allow_empty=False, max_length=MAX_ORDER_LINES,
+        help_text="The lines ordered, each of its own SKU.",
+    )  # fmt: skip
+
+
 class BatchSerializer(serializers.Serializer[Any]):
     ref = serializers.CharField()
     sku = serializers.CharField()
@@ -89,6 +103,25 @@ class AllocationSerializer(serializers.Serializer[Any]):
 class OrderAllocationSerializer(serializers.Serializer[Any]):
     sku = serializers.CharField()
     batchref = serializers.CharField()
+
+
+class OrderLineSerializer(serializers.Serializer[Any]):
+    sku = serializers.CharField()
+    qty = serializers.IntegerField()
+    batchref = serializers.CharField(
+        allow_null=True, help_text="The batch the line is allocated to; null: none (yet)."
+    )
+
+
+class OrderSerializer(serializers.Serializer[Any]):
+    orderid = serializers.CharField()
+    state = serializers.ChoiceField(
+        STATES,
+        help_text="pending: allocating, or allocated and awaiting confirmation; confirmed; "
+        "rejected: a line could not be allocated, so none is; released: not confirmed in "
+        "time, so its lines were given up.",
+    )
+    lines = OrderLineSerializer(many=True)
 
 
 class BatchrefSerializer(serializers.Serializer[Any]):

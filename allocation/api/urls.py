@@ -7,7 +7,15 @@ from rest_framework.views import APIView
 from ..validators import IDENTIFIER_CHARACTERS
 from .book import AddBatchView, AllocateView, BookOrderAllocationsView
 from .root import RootView
-from .views import AllocationsView, BatchesView, BatchView, OrderAllocationsView
+from .views import (
+    AllocationsView,
+    BatchesView,
+    BatchView,
+    OrderAllocationsView,
+    OrderConfirmationView,
+    OrdersView,
+    OrderView,
+)
 
 app_name = "allocation"
 
@@ -35,6 +43,9 @@ urlpatterns = [
     *route("api/batches/<identifier:ref>", BatchView, "batch"),
     *route("api/allocations", AllocationsView, "allocations"),
     *route("api/allocations/<identifier:orderid>", OrderAllocationsView, "order-allocations"),
+    *route("api/orders", OrdersView, "orders"),
+    *route("api/orders/<identifier:orderid>", OrderView, "order"),
+    *route("api/orders/<identifier:orderid>/confirm", OrderConfirmationView, "order-confirmation"),
     *route("add_batch", AddBatchView, "add-batch"),
     *route("allocate", AllocateView, "allocate"),
     *route("allocations/<identifier:orderid>", BookOrderAllocationsView, "book-order-allocations"),

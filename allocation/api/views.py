@@ -13,9 +13,9 @@ from rest_framework.views import APIView
 
 import messagebus
 
-from ..commands import Allocate, ChangeBatchQuantity, CreateBatch
+from ..commands import Allocate, ChangeBatchQuantity, ConfirmOrder, CreateBatch, Line, PlaceOrder
 from ..models import AllocationView, Batch, OrderLine
-from ..queries import GetAllocations, GetBatch, ListBatches
+from ..queries import GetAllocations, GetBatch, GetOrder, ListBatches
 from . import schema, throttling
 from .exceptions import OutOfStockError
 from .permissions import ModelPermissionsOrAnonymous
@@ -27,6 +27,8 @@ from .serializers import (
     BatchQuantityInputSerializer,
     BatchSerializer,
     OrderAllocationSerializer,
+    OrderInputSerializer,
+    OrderSerializer,
 )
 
 
@@ -173,3 +175,85 @@ class OrderAllocationsView(AllocationAPIView):
         if not rows:
             raise NotFound(f"No allocations for order {orderid}")
         return Response(OrderAllocationSerializer(rows, many=True).data)
+
+
+def shown_order(orderid: str) -> dict[str, Any]:
+    order = messagebus.bus.handle(GetOrder(orderid=orderid))
+    if order is None:
+        raise NotFound(f"Unknown order {orderid}")
+    return dict(OrderSerializer(order).data)
+
+
+ORDER_PARAMETER = schema.path_parameter("orderid", "The order's id.")
+UNKNOWN_ORDER = schema.message("No order has this id.", "Unknown order o1")
+
+
+class OrdersView(AllocationAPIView):
+    queryset = OrderLine.objects.all()
+
+    @extend_schema(
+        tags=["orders"],
+        summary="Place an order",
+        description="Allocates every line of the order, or none: a line out of stock (or "
+        "of an unknown SKU) rejects the order and releases the lines allocated already. "
+        "The lines are allocated after the answer, or before it with the inline executor: "
+        "the order shown is as it stands. An order not confirmed within "
+        "ORDER_CONFIRM_TIMEOUT seconds is released.",
+        request=OrderInputSerializer,
+        parameters=[schema.location(202)],
+        responses={
+            202: OrderSerializer,
+            400: schema.INVALID_ORDER,
+            **schema.AUTH_ERRORS,
+            409: schema.message("An order has this id.", "allocation.Order o1 has started already"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(OrderInputSerializer, request.data)
+        lines = tuple(Line(**line) for line in data["lines"])
+        messagebus.bus.handle(PlaceOrder(orderid=data["orderid"], lines=lines))
+        location = reverse("allocation:order", args=[data["orderid"]], request=request)
+        return Response(
+            shown_order(data["orderid"]),
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": location},
+        )
+
+
+class OrderView(AllocationAPIView):
+    queryset = OrderLine.objects.all()
+
+    @extend_schema(
+        tags=["orders"],
+        summary="Show an order",
+        parameters=[ORDER_PARAMETER],
+        responses={200: OrderSerializer, **schema.READ_ERRORS, 404: UNKNOWN_ORDER},
+    )
+    def get(self, request: Request, orderid: str) -> Response:
+        return Response(shown_order(orderid))
+
+
+class OrderConfirmationView(AllocationAPIView):
+    queryset = OrderLine.objects.all()
+
+    @extend_schema(
+        tags=["orders"],
+        summary="Confirm an order",
+        description="Confirms a pending order: at once if its lines are allocated, else "
+        "once they are. Confirming a confirmed order again changes nothing.",
+        request=None,
+        parameters=[ORDER_PARAMETER],
+        responses={
+            200: OrderSerializer,
+            **schema.AUTH_ERRORS,
+            404: UNKNOWN_ORDER,
+            409: schema.message(
+                "The order was rejected, or released.",
+                "Order o1 is released: it cannot be confirmed",
+            ),
+        },
+    )
+    def post(self, request: Request, orderid: str) -> Response:
+        shown_order(orderid)  # 404 unless placed
+        messagebus.bus.handle(ConfirmOrder(orderid=orderid))
+        return Response(shown_order(orderid))

@@ -27,9 +27,13 @@ class Envelope:
     message: Message | None = field(default=None, compare=False, repr=False)
     # The trace it was stored in (messagebus.tracing), for its deliveries' spans.
     trace: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    # Its key on a broker that partitions (Kafka): messages with one key keep their order.
+    key: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, message: Message, trace: dict[str, str] | None = None) -> Envelope:
+    def of(
+        cls, message: Message, trace: dict[str, str] | None = None, key: str | None = None
+    ) -> Envelope:
         return cls(
             type=message_type_name(type(message)),
             id=message.message_id,
@@ -39,6 +43,7 @@ class Envelope:
             payload=to_dict(message),
             message=message,
             trace=trace,
+            key=key,
         )
 
     @property

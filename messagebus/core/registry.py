@@ -72,6 +72,8 @@ class Registry:
         self._queries: dict[type[Message], Handler] = {}
         self._events: dict[type[Message], tuple[Handler, ...]] = {}  # after commit
         self._inline: dict[type[Message], tuple[Handler, ...]] = {}  # in the transaction
+        # Process managers by name: the class, and the handler of the commands it sends.
+        self._processes: dict[str, tuple[type, Handler]] = {}
         self._by_name: dict[str, Handler] | None = None  # built on first use
         self._capped: tuple[tuple[str, int], ...] | None = None  # built on first use
         self._ordered: tuple[tuple[str, bool], ...] | None = None  # built on first use
@@ -124,6 +126,18 @@ class Registry:
         self._by_name = self._capped = self._ordered = None
         return func
 
+    def register_process(self, name: str, process: type, steps: Callable[..., Any]) -> None:
+        """Register the process manager ``process`` (``messagebus.sagas``) under ``name``:
+        the commands it sends are stored for ``name`` (``outbox.store_due(sender=...)``), and
+        their deliveries run ``steps(command, uow)``, one at a time per instance."""
+        options = (("max_concurrency", 1),)
+        self._processes[name] = (process, Handler(steps, Command, name, (("uow", False),), options))
+        self._by_name = self._capped = None
+
+    def processes(self) -> list[type]:
+        """The process managers registered, by name."""
+        return [process for _, (process, _) in sorted(self._processes.items())]
+
     def unregister(self, func: Callable[..., Any]) -> None:
         self._commands = {t: h for t, h in self._commands.items() if h.func is not func}
         self._queries = {t: h for t, h in self._queries.items() if h.func is not func}
@@ -163,21 +177,24 @@ class Registry:
     def delivered_by(self, cls: type[Message], name: str) -> Handler | None:
         """The handler a delivery of a ``cls`` to ``name`` runs: an event handler's (as
         ``event_handler``); for a command (scheduled), one that hands it to ``bus.handle``
-        in the delivery's unit of work, while the command's handler is still ``name``."""
+        in the delivery's unit of work, while the command's handler is still ``name``; for
+        a command a process manager sent (stored for its name), the process's steps."""
         if not issubclass(cls, Command):
             return self.event_handler(cls, name)
         handler = self._commands.get(cls)
         if handler is None or handler.name != name:
-            return None
+            process = self._processes.get(name)
+            return None if process is None else process[1]
         return Handler(_handle_command, cls, name, (("uow", False), ("bus", False)))
 
     def _all(self, cls: type[Message]) -> tuple[Handler, ...]:
         return self._events.get(cls, ()) + self._inline.get(cls, ())
 
     def named(self, name: str) -> Handler | None:
-        """The event handler registered under ``name``, whatever its event."""
+        """The event handler registered under ``name``, whatever its event (or the steps of
+        the process manager of that name)."""
         if self._by_name is None:
-            every = [*self._events.values(), *self._inline.values()]
+            every = [*self._events.values(), *self._inline.values(), self._steps()]
             self._by_name = {h.name: h for hs in reversed(every) for h in hs}
         return self._by_name.get(name)
 
@@ -188,7 +205,7 @@ class Registry:
         if self._capped is None:
             found = {
                 h.name: most
-                for hs in self._events.values()
+                for hs in (*self._events.values(), self._steps())
                 for h in hs
                 if isinstance(most := dict(h.options).get("max_concurrency"), int)
                 and not isinstance(most, bool)
@@ -210,6 +227,9 @@ class Registry:
             self._ordered = tuple(sorted(found.items()))
         return self._ordered
 
+    def _steps(self) -> tuple[Handler, ...]:
+        return tuple(steps for _, steps in self._processes.values())
+
     def handlers(self) -> Iterator[Handler]:
         yield from self._commands.values()
         yield from self._queries.values()
@@ -219,18 +239,21 @@ class Registry:
     def reset(self) -> None:
         """Forget every handler (tests; autodiscovery does not run again)."""
         self._commands, self._queries, self._events, self._inline = {}, {}, {}, {}
+        self._processes = {}
         self._by_name = self._capped = self._ordered = None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
         """Register ``funcs`` (and anything registered inside) until the block ends."""
         saved = dict(self._commands), dict(self._queries), dict(self._events), dict(self._inline)
+        processes = dict(self._processes)
         try:
             for func in funcs:
                 self.register(None, func)
             yield self
         finally:
             self._commands, self._queries, self._events, self._inline = saved
+            self._processes = processes
             self._by_name = self._capped = self._ordered = None
 
 

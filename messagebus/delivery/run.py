@@ -375,9 +375,7 @@ def failed(
     when a run ends. ``begun``: when the call began, to time a first call's wait;
     ``slot``: the concurrency slot it held, freed with the record."""
     claim = job.claim
-    # A claim read with its counts, or a Celery task's (id 0), read only now it failed.
-    runs, calls = (claim.runs, claim.calls) if claim.id else states.counts(job.ref)[:2]
-    verdict = job.policy.after_failed_call(calls + 1, runs, exc)
+    verdict, runs = judged(job, exc)
     transient = not isinstance(verdict, Postpone) and not job.policy.is_poison(exc)
     if job.policy.breaker is not None and transient:
         breaker.record(job.ref, job.handler.name, job.policy.breaker, failed=True)
@@ -394,6 +392,14 @@ def failed(
     for observer in failures:
         observer(job, exc, verdict)
     return verdict
+
+
+def judged(job: Job, exc: BaseException) -> tuple[Verdict, int]:
+    """The policy's verdict on ``exc``, a failed call of ``job``, and the runs it ended."""
+    claim = job.claim
+    # A claim read with its counts, or a Celery task's (id 0), read only now it failed.
+    runs, calls = (claim.runs, claim.calls) if claim.id else states.counts(job.ref)[:2]
+    return job.policy.after_failed_call(calls + 1, runs, exc), runs
 
 
 def _ended(job: Job, verdict: Verdict, exc: BaseException, runs: int) -> None:

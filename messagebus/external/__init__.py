@@ -21,6 +21,7 @@ translator turns a message's JSON body into a command, which the bus handles.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,9 +78,13 @@ def _check_channel(channel: str) -> None:
         raise RegistrationError(f"{channel!r} is not a channel name (letters, digits, _ - .)")
 
 
-def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
+def publishes(
+    event_type: type[Event], channel: str, *, key: str | None = None, **options: Any
+) -> None:
     """Publish each ``event_type`` event on ``channel``, from the outbox.
 
+    ``key`` names a field of the event: its value is the message's key where the broker
+    partitions by key (Kafka), so that the events of one key stay in order.
     ``options`` are the delivery's policy, as for ``@messagebus.handler``.
     """
     _check_channel(channel)
@@ -87,6 +92,8 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
         raise RegistrationError(
             f"{event_type!r} is not an event: what is published is a messagebus.Event"
         )
+    if key is not None and key not in {field.name for field in dataclasses.fields(event_type)}:
+        raise RegistrationError(f"{event_type.__qualname__} has no field {key!r} to key it by")
 
     def publish(event: Event) -> None:
         transport = transports.get()
@@ -95,7 +102,8 @@ def publishes(event_type: type[Event], channel: str, **options: Any) -> None:
             return
         carrier: dict[str, str] = {}
         with tracing.published(channel, carrier):  # its context goes with the message
-            transport.publish(channel, Envelope.of(event, carrier or None))
+            value = None if key is None else str(getattr(event, key))
+            transport.publish(channel, Envelope.of(event, carrier or None, value))
         logger.info("Published %s on %s", event, channel)
 
     registry.register(event_type, publish, name=f"publish:{channel}", **options)

@@ -17,8 +17,10 @@ from . import transports
 # (Django wraps the driver's), or a socket's, which is an OSError.
 LOST_CONNECTION: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError)
 # SQLSTATEs of a schema the code does not find (not migrated yet): no input is to blame.
-# SQLite says "no such table" with an OperationalError.
+# SQLite says "no such table" with an OperationalError; MySQL and MariaDB, whose drivers
+# give no SQLSTATE, error numbers: no such table (1146), no such column (1054).
 NOT_MIGRATED = ("42P01", "42703", "3F000")
+NOT_MIGRATED_NUMBERS = (1146, 1054)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -30,9 +32,18 @@ def is_outage(exc: BaseException) -> bool:
     """
     if isinstance(exc, LOST_CONNECTION + transports.connection_errors()):
         return True
-    return isinstance(exc, DatabaseError) and sqlstate(exc) in NOT_MIGRATED
+    return isinstance(exc, DatabaseError) and (
+        sqlstate(exc) in NOT_MIGRATED or error_number(exc) in NOT_MIGRATED_NUMBERS
+    )
 
 
 def sqlstate(exc: DatabaseError) -> str:
     """The SQLSTATE of the driver's error behind ``exc`` (PostgreSQL's), or ''."""
     return str(getattr(exc.__cause__, "sqlstate", None) or "")
+
+
+def error_number(exc: DatabaseError) -> int | None:
+    """The error number of the driver's error behind ``exc`` (MySQL's and MariaDB's,
+    as mysqlclient and PyMySQL give it: their first argument), or None."""
+    args = getattr(exc.__cause__, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None

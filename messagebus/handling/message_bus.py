@@ -7,7 +7,7 @@ of work started inside it raises ``QuerySideEffect``.
 A command runs its one handler inside a unit of work and returns the
 handler's result; its error is logged and re-raised. A unit of work that
 loses a race with another transaction (a serialization failure or deadlock
-on PostgreSQL, or a ``ConcurrencyError``) runs again, up to
+on PostgreSQL, a deadlock on MariaDB or MySQL, or a ``ConcurrencyError``) runs again, up to
 MESSAGEBUS["COMMAND_RETRIES"] times in all, when it is the outermost one. An event (one arriving
 from outside: aggregates record theirs) is stored in a unit of work and
 delivered to its handlers after commit.
@@ -228,10 +228,17 @@ def _refuse_in_query(message: Message) -> None:
 
 
 def _lost_a_race(exc: BaseException) -> bool:
-    """A serialization failure (SQLSTATE 40001), a deadlock (40P01), or a ConcurrencyError."""
+    """A serialization failure (SQLSTATE 40001), a deadlock (40P01; MySQL's and MariaDB's
+    error 1213, as their drivers give no SQLSTATE), or a ConcurrencyError."""
     if isinstance(exc, ConcurrencyError):
         return True
-    return getattr(exc.__cause__, "sqlstate", None) in ("40001", "40P01")
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) in ("40001", "40P01") or (
+        isinstance(cause, Exception) and cause.args[:1] == (MYSQL_DEADLOCK,)
+    )
+
+
+MYSQL_DEADLOCK = 1213  # ER_LOCK_DEADLOCK
 
 
 bus = MessageBus()

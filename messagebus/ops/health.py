@@ -6,8 +6,11 @@ oldest due delivery has waited longer than HEALTH_MAX_LAG seconds, more than
 HEALTH_MAX_DEAD deliveries are dead, or an ordered handler's key waits behind a dead
 delivery ("key K of H blocked by delivery N"); "down" when the database does not answer
 (within HEALTH_TIMEOUT seconds for each statement, on PostgreSQL). Unless "ok", the
-answer's ``reasons`` say why. The database's own error (which names its host and port) goes
-to the log, and to staff users only.
+answer's ``reasons`` say why. Where the EXTERNAL_URL's transport can tell how far its
+consumers are behind (Kafka), ``consumer_lag`` is each consuming group's lag on each
+partition of its channels; a broker that does not answer for it degrades the health.
+The database's own error (which names its host and port) goes to the log, and to staff
+users only.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from .. import conf, models, outbox
+from .. import conf, external, models, outbox
 from ..core.policy import WAITING_FOR_HANDLER
+from ..exceptions import ConfigurationError
+from ..external import transports
 from ..models import Delivery, WorkerBeat
 from ..outbox import ordering, sql
 from ..wording import first_line, plural
@@ -168,9 +173,37 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
         "waiting_for_a_handler": outbox["waiting_for_a_handler"], "paused": outbox["paused"],
     }  # fmt: skip
     found = problems(public) + [str(key) for key in ordering.blocked(using)]
+    report: dict[str, Any] = {"database": "ok", "outbox": public}
+    if measures_lag():
+        lag = consumer_lag()
+        report["consumer_lag"] = lag
+        if lag is None:
+            found.append(NO_LAG)
     if not found:
-        return "ok", {"status": "ok", "database": "ok", "outbox": public}
-    return "degraded", {"status": "degraded", "reasons": found, "database": "ok", "outbox": public}
+        return "ok", {"status": "ok", **report}
+    return "degraded", {"status": "degraded", "reasons": found, **report}
+
+
+NO_LAG = "the broker does not say how far the consumers are behind"
+
+
+def measures_lag() -> bool:
+    """Whether the EXTERNAL_URL's transport tells its consumers' lag, and any app consumes."""
+    try:
+        return bool(external.subscriptions) and hasattr(transports.get(), "lag")
+    except ConfigurationError:  # its check says what is wrong
+        return False
+
+
+def consumer_lag() -> list[dict[str, Any]] | None:
+    """Each consuming group's lag on each partition of its channels (``transports.Lag``);
+    None if the broker does not answer."""
+    transport: Any = transports.get()
+    try:
+        return [lag._asdict() for lag in transport.lag(external.consumed())]
+    except Exception as exc:  # noqa: BLE001 (whatever the broker says, health answers)
+        logger.warning("Health: no consumer lag from the broker: %s", first_line(exc))
+        return None
 
 
 DOWN = "the database does not answer"

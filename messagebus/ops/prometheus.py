@@ -4,7 +4,10 @@ served.
 What the scraping process reads from the outbox, at most every ``OUTBOX_EVERY``
 seconds (one query, cached): ``messagebus_outbox_deliveries{status}``,
 ``messagebus_outbox_due``, ``messagebus_outbox_paused`` (pending deliveries of paused
-handlers) and ``messagebus_outbox_lag_seconds`` (the oldest due delivery's wait).
+handlers) and ``messagebus_outbox_lag_seconds`` (the oldest due delivery's wait); and,
+where the transport tells it (Kafka), from the broker as often:
+``messagebus_consumer_lag{channel, group, partition}``, the messages a consuming
+group has not taken in yet.
 
 ``view`` serves them at ``/metrics`` to the addresses in
 MESSAGEBUS["METRICS_ALLOWED_IPS"] (none: 404); ``serve(port)`` in a process
@@ -39,19 +42,45 @@ try:
 except ImportError:  # the extra is not installed: nothing is served
     prometheus = None  # type: ignore[assignment]
 
-__all__ = ["Collector", "OutboxCollector", "allowed", "registry", "serve", "view"]
+__all__ = [
+    "Collector", "ConsumerLagCollector", "OutboxCollector", "allowed", "registry", "serve",
+    "view",
+]  # fmt: skip
 
-OUTBOX_EVERY = 15.0  # seconds between the outbox queries of a scraped process
+OUTBOX_EVERY = 15.0  # seconds between the outbox queries (and the broker's) of a scraped process
 
 
-class OutboxCollector:
+class _Cached:
+    """Figures read at most once per OUTBOX_EVERY seconds (``read``; None: none to give)."""
+
+    def __init__(self) -> None:
+        self._read_at = float("-inf")
+        self._figures: Any = None
+        self._lock = threading.Lock()
+
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    def _read(self) -> Any:
+        with self._lock:
+            if time.monotonic() - self._read_at >= OUTBOX_EVERY:
+                self._figures = self.read()
+                self._read_at = time.monotonic()
+            return self._figures
+
+
+class OutboxCollector(_Cached):
     """The outbox's figures (``health.figures``), read once per OUTBOX_EVERY seconds."""
 
     def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        super().__init__()
         self.using = using
-        self._read_at = float("-inf")
-        self._figures: dict[str, Any] | None = None
-        self._lock = threading.Lock()
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return health.figures(self.using)
+        except DatabaseError:
+            return None  # the scrape goes on without them
 
     def collect(self) -> Iterator[Any]:
         figures = self._read()
@@ -73,24 +102,36 @@ class OutboxCollector:
             figures["lag_seconds"],
         )
 
-    def _read(self) -> dict[str, Any] | None:
-        with self._lock:
-            if time.monotonic() - self._read_at >= OUTBOX_EVERY:
-                try:
-                    self._figures = health.figures(self.using)
-                except DatabaseError:
-                    self._figures = None  # the scrape goes on without them
-                self._read_at = time.monotonic()
-            return self._figures
+
+class ConsumerLagCollector(_Cached):
+    """Each consuming group's lag per partition (``health.consumer_lag``), where the
+    transport tells it, read once per OUTBOX_EVERY seconds."""
+
+    def read(self) -> list[dict[str, Any]] | None:
+        return health.consumer_lag() if health.measures_lag() else None
+
+    def collect(self) -> Iterator[Any]:
+        found = self._read()
+        if found is None:
+            return
+        lag = GaugeMetricFamily(
+            "messagebus_consumer_lag",
+            "Messages of a partition a consuming group has not taken in yet",
+            labels=["channel", "group", "partition"],
+        )
+        for row in found:
+            lag.add_metric([row["channel"], row["group"], str(row["partition"])], row["messages"])
+        yield lag
 
 
 _outbox = OutboxCollector()
+_lag = ConsumerLagCollector()
 
 
 def registry() -> Any:
     """What a scrape of this process answers: its counts and prometheus-client's
-    process figures (all processes' counts with PROMETHEUS_MULTIPROC_DIR), and the
-    outbox's figures."""
+    process figures (all processes' counts with PROMETHEUS_MULTIPROC_DIR), the
+    outbox's figures, and the consumers' lag where the transport tells it."""
     found = prometheus.CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(found)  # type: ignore[no-untyped-call]
@@ -98,6 +139,7 @@ def registry() -> Any:
         found.register(_Default())
         found.register(Collector())
     found.register(_outbox)
+    found.register(_lag)
     return found
 
 

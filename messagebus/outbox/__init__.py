@@ -62,12 +62,23 @@ def store(
     return refs
 
 
-def store_due(message: Message, using: str, due: dt.datetime, **delivery: Any) -> list[Reference]:
+def store_due(
+    message: Message,
+    using: str,
+    due: dt.datetime,
+    *,
+    sender: tuple[str, str] | None = None,
+    **delivery: Any,
+) -> list[Reference]:
     """Write ``message`` in the current transaction, its deliveries due at ``due``: an
     event's, one per handler; a command's, one, to its handler (``HandlerNotFound``
-    if it has none). ``delivery``: as for ``store``."""
-    if isinstance(message, Command):
-        keyed: dict[str, Any] = {}
+    if it has none), or to the process manager that sends it, ``sender``: (its name, the
+    instance's key), whose steps run it (``registry.register_process``). ``delivery``: as
+    for ``store``."""
+    keyed: dict[str, Any] = {}
+    if sender is not None:
+        names, keyed = [sender[0]], {"keys": [sender[1][:KEY_LENGTH]]}
+    elif isinstance(message, Command):
         names = [registry.command_handler(type(message)).name]
     else:
         handlers = registry.event_handlers(type(message))

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from django.db import connections, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .. import compat, conf
 from ..models import DEFAULT_QUEUE, Delivery, Pause, Slot, StoredEvent
 
 EVENT_COLUMNS = (
@@ -170,23 +171,35 @@ class Statements:
         else:
             self.prune_chunk, self.prune_counts = chunk, False
             self.prune_first = self.prune_each = []
+        orphan = (
+            f"{{0}}{created} < %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {table} d WHERE d.{col['event']} = {{0}}{event_id})"
+        )
         self.prune_events = (
             f"DELETE FROM {events} WHERE {event_id} IN (SELECT e.{event_id} FROM {events} e "
-            f"WHERE e.{created} < %s AND NOT EXISTS "
-            f"(SELECT 1 FROM {table} d WHERE d.{col['event']} = e.{event_id}) LIMIT %s)"
+            f"WHERE {orphan.format('e.')} LIMIT %s)"
         )
+        if connection.vendor == "mysql":
+            # MySQL and MariaDB refuse a LIMIT in an IN subquery, and a subquery of the
+            # table a DELETE deletes from; a DELETE of their own takes a LIMIT.
+            self.prune_chunk = f"DELETE FROM {table} WHERE {gone.format('')} LIMIT %s"
+            self.prune_events = f"DELETE FROM {events} WHERE {orphan.format(f'{events}.')} LIMIT %s"
         lease = f"UPDATE {table} SET {col['lease_until']} = %s WHERE {col['id']} IN "
+        # Each claimer skips the rows another holds (SQLite: one writer at a time; where
+        # rows lock but cannot be skipped, MariaDB before 10.6, claimers take turns).
+        features = connection.features
+        self.skip_locked = " FOR UPDATE" if features.has_select_for_update else ""
+        if features.has_select_for_update_skip_locked:
+            self.skip_locked += " SKIP LOCKED"
         if connection.vendor == "postgresql":
             # One round trip: lease the due rows and read them with their events.
-            self.skip_locked = " FOR UPDATE SKIP LOCKED"
             self.claim = [
                 f"WITH claimed AS ({lease}({{}}) RETURNING "
                 f"{col['id']}, {col['event']}, {col['handler']}, {col['runs']}, {col['calls']}, "
                 f"{col['next_attempt_at']}, {col['created_at']}, {col['priority']}, "
                 f"{col['concurrency_key']}) " + read.format("claimed", "")
             ]
-        else:  # one writer at a time: pick, lease, read
-            self.skip_locked = ""
+        else:  # in one transaction: pick, lease, read
             self.claim = ["{}", lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
         self.pick = due + self.skip_locked
         self._claims: dict[tuple[int, bool, int, bool, int | None, bool], list[str]] = {}
@@ -298,19 +311,15 @@ class Statements:
         # The first number free, below ``most`` (if fewer than ``most`` are taken): a row
         # inserted, or one whose lease ran out taken over. Two takers of one number: the
         # second takes none (it waits for the first's row, then finds it taken).
-        self.take_slot = {
-            leased: "WITH RECURSIVE numbers (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM "
-            f"numbers WHERE n + 1 < %s) INSERT INTO {slots} "
-            f"({', '.join(slot[f] for f in SLOT_COLUMNS)}) "
-            f"SELECT d.{col['handler']}, d.{col['concurrency_key']}, numbers.n, "
-            f"d.{col['event']}, %s, %s, FALSE FROM {table} d, numbers "
-            f"WHERE {ours}{'= %s' if leased else 'IS NULL'} "
+        numbers = (
+            "WITH RECURSIVE numbers (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM "
+            "numbers WHERE n + 1 < %s) "
+        )
+        first_free = {
+            leased: f"FROM {table} d, numbers WHERE {ours}{'= %s' if leased else 'IS NULL'} "
             f"AND (SELECT count(*) FROM {slots} s WHERE {live}) < %s "
             f"AND NOT EXISTS (SELECT 1 FROM {slots} s WHERE {live} "
-            f"AND s.{slot['number']} = numbers.n) ORDER BY numbers.n LIMIT 1 "
-            f"ON CONFLICT ({slot['handler']}, {slot['key']}, {slot['number']}) DO UPDATE SET "
-            + ", ".join(f"{slot[f]} = EXCLUDED.{slot[f]}" for f in SLOT_COLUMNS[3:])
-            + f" WHERE {slots}.{slot['lease_until']} <= %s RETURNING {slot['number']}"
+            f"AND s.{slot['number']} = numbers.n) ORDER BY numbers.n LIMIT 1"
             for leased in (False, True)
         }
         # Every slot taken (for the delivery's key): each is marked wanted; how many.
@@ -322,8 +331,47 @@ class Statements:
             for leased in (False, True)
         }
         held = f"WHERE {slot['handler']} = %s AND {slot['number']} = %s AND {slot['event']} = %s"
-        self.free_slot = f"DELETE FROM {slots} {held} RETURNING {slot['wanted']}"
         self.renew_slot = f"UPDATE {slots} SET {slot['lease_until']} = %s {held}"
+        columns = ", ".join(slot[f] for f in SLOT_COLUMNS)
+        # MySQL and MariaDB have no ON CONFLICT, MySQL no RETURNING: in steps, in one
+        # transaction. The key and the number free; the row inserted or (another has the
+        # number) taken over if its lease ran out. Freed: read whether wanted, deleted.
+        self.slot_in_steps = connection.vendor == "mysql"
+        if self.slot_in_steps:
+            self.free_number = {
+                leased: f"{numbers}SELECT d.{col['concurrency_key']}, numbers.n {where}"
+                for leased, where in first_free.items()
+            }
+            self.insert_slot = f"INSERT INTO {slots} ({columns}) VALUES ({_marks(SLOT_COLUMNS)})"
+            self.take_over_slot = (
+                f"UPDATE {slots} SET "
+                + ", ".join(f"{slot[f]} = %s" for f in SLOT_COLUMNS[3:])
+                + f" WHERE {slot['handler']} = %s AND {slot['key']} = %s "
+                f"AND {slot['number']} = %s AND {slot['lease_until']} <= %s"
+            )
+            # Found by its unique key (the delivery's concurrency key read), since InnoDB
+            # locks every row a locking statement looks at: found by the handler alone,
+            # two runners freeing their slots would wait for each other's.
+            found = (
+                f"WHERE {slot['handler']} = %s AND {slot['key']} = (SELECT "
+                f"d.{col['concurrency_key']} FROM {table} d WHERE d.{col['event']} = %s AND "
+                f"d.{col['handler']} = %s) AND {slot['number']} = %s AND {slot['event']} = %s"
+            )
+            self.free_slot = [
+                f"SELECT {slot['wanted']} FROM {slots} {found} FOR UPDATE",
+                f"DELETE FROM {slots} {found}",
+            ]
+            return
+        self.take_slot = {
+            leased: f"{numbers}INSERT INTO {slots} ({columns}) "
+            f"SELECT d.{col['handler']}, d.{col['concurrency_key']}, numbers.n, "
+            f"d.{col['event']}, %s, %s, FALSE {first_free[leased]} "
+            f"ON CONFLICT ({slot['handler']}, {slot['key']}, {slot['number']}) DO UPDATE SET "
+            + ", ".join(f"{slot[f]} = EXCLUDED.{slot[f]}" for f in SLOT_COLUMNS[3:])
+            + f" WHERE {slots}.{slot['lease_until']} <= %s RETURNING {slot['number']}"
+            for leased in (False, True)
+        }
+        self.free_slot = [f"DELETE FROM {slots} {held} RETURNING {slot['wanted']}"]
 
     def claim_in(
         self,
@@ -468,7 +516,7 @@ def store(
         _CAUSATION.get_db_prep_value(causation_id, connection),
         _TRACE.get_db_prep_value(trace, connection), when,
     ]  # fmt: skip
-    with connection.cursor() as cursor:
+    with _storing_cursor(connection) as cursor:
         if not handlers:
             cursor.execute(sql.insert_event, params)
             return
@@ -481,20 +529,24 @@ def store(
                 event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key, number
             ]  # fmt: skip
         if sql.one_statement:
-            # One round trip: the event's INSERT rides in a WITH clause, the NOTIFY after it.
-            stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
-            if wake and _many_statements(connection):
-                stored += f"; NOTIFY {CHANNEL}"
+            # One round trip: the event's INSERT rides in a WITH clause, the wake-up after it.
+            if wake:
+                stored = f"WITH event AS ({sql.insert_event}), deliveries AS ({deliveries}) "
+                stored += f"SELECT pg_notify('{CHANNEL}', '')"
+            else:
+                stored = f"WITH event AS ({sql.insert_event}) {deliveries}"
             cursor.execute(stored, params)
         else:
             cursor.execute(sql.insert_event, params[: len(EVENT_COLUMNS)])
             cursor.execute(deliveries, params[len(EVENT_COLUMNS) :])
 
 
-def wakes_in_store(using: str) -> bool:
-    """Whether ``store(wake=True)`` sends the NOTIFY itself: PostgreSQL with client-side
-    binding (two statements in one round trip)."""
-    return _many_statements(connections[using])
+def _storing_cursor(connection: BaseDatabaseWrapper) -> Any:
+    """The cursor ``store`` writes with: on PostgreSQL (psycopg 3) one whose statements
+    the server plans once per connection (``PREPARED_STATEMENTS``), which saves it more
+    than a third of an event's cost; else Django's own."""
+    prepared = connection.vendor == "postgresql" and conf.settings.PREPARED_STATEMENTS
+    return (prepared and compat.preparing_cursor(connection)) or connection.cursor()
 
 
 def stores_in_one_statement(using: str) -> bool:
@@ -732,13 +784,38 @@ def take_slot(
     held = [_ID.get_db_prep_value(event_id, connection), handler]
     if lease is not None:
         held.append(_WHEN.get_db_prep_value(lease, connection))
-    params = [
-        most, _WHEN.get_db_prep_value(until, connection), when, *held, when, most, when, when,
-    ]  # fmt: skip
+    sql, end = _statements(connection), _WHEN.get_db_prep_value(until, connection)
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection).take_slot[lease is not None], params)
+        if sql.slot_in_steps:
+            return _take_slot_in_steps(cursor, sql, held, lease is not None, most, end, when)
+        params = [most, end, when, *held, when, most, when, when]
+        cursor.execute(sql.take_slot[lease is not None], params)
         row = cursor.fetchone()
     return None if row is None else int(row[0])
+
+
+def _take_slot_in_steps(
+    cursor: Any, sql: Statements, held: list[Any], leased: bool, most: int, until: Any, now: Any
+) -> int | None:
+    """``take_slot`` as MySQL and MariaDB can: the first number free, then its row inserted
+    or, if another has it, taken over if its lease ran out."""
+    using = cursor.db.alias
+    with transaction.atomic(using=using):
+        cursor.execute(sql.free_number[leased], [most, *held, now, most, now])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        key, number = row
+        event, handler = held[:2]
+        slot = [handler, key, number]
+        try:
+            with transaction.atomic(using=using):
+                cursor.execute(sql.insert_slot, [*slot, event, until, now, False])
+        except IntegrityError:  # another's row: taken over if its lease ran out
+            cursor.execute(sql.take_over_slot, [event, until, now, False, *slot, now])
+            if not cursor.rowcount:  # rows matched (Django's MySQL connections count those)
+                return None
+    return int(number)
 
 
 def want_slots(
@@ -763,10 +840,16 @@ def free_slot(using: str, event_id: UUID, handler: str, number: int) -> bool:
     """Free the slot ``number`` of ``handler`` that its delivery of ``event_id`` holds, in
     the current transaction; True if another delivery wanted it."""
     connection = connections[using]
-    params = [handler, number, _ID.get_db_prep_value(event_id, connection)]
+    sql, event = _statements(connection), _ID.get_db_prep_value(event_id, connection)
+    params = (
+        [handler, event, handler, number, event] if sql.slot_in_steps else [handler, number, event]
+    )
+    wanted = False
     with connection.cursor() as cursor:
-        cursor.execute(_statements(connection).free_slot, params)
-        return any(wanted for (wanted,) in cursor.fetchall())
+        for statement in sql.free_slot:
+            cursor.execute(statement, params)
+            wanted = wanted or any(row[0] for row in cursor.fetchall())
+    return wanted
 
 
 def renew_slot(using: str, event_id: UUID, handler: str, number: int, until: dt.datetime) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -425,13 +425,15 @@ def lease_expired(using: str, policy_of: Callable[[str], Policy]) -> list[tuple[
     if registry.capped():
         slots.clear_expired(using)
     died: list[tuple[Delivery, str]] = []
+    # Only the deliveries' rows, where the database can say so (MariaDB locks the events too).
+    of = ("self",) if connections[using].features.has_select_for_update_of else ()
     with transaction.atomic(using=using):
         rows = list(
             Delivery.objects.using(using)
             .leased()
             .filter(lease_until__lte=timezone.now())
             .select_related("event")
-            .select_for_update(skip_locked=True, of=("self",))
+            .select_for_update(skip_locked=True, of=of)
         )
         again = []
         for row in rows:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from .. import conf, outbox
 from ..delivery import breaker, concurrent
 from ..delivery.run import policy_of
+from ..external.failures import error_number, sqlstate
 from ..observe import logs, metrics
 from ..outbox import states
 from ..wording import plural
@@ -26,15 +27,15 @@ from .wakeup import Wakeup
 logger = logs.get_logger(__name__)
 
 # SQLSTATE classes of errors that waiting will not fix: no such database (3D),
-# refused credentials (28), no such table: not migrated (42P01).
+# refused credentials (28), no such table: not migrated (42P01); MySQL's and MariaDB's
+# error numbers of the same: 1049, 1045, 1146.
 LASTING = ("3D", "28", "42P01")
+LASTING_NUMBERS = (1049, 1045, 1146)
 
 
 def lasting(exc: DatabaseError) -> bool:
     """Whether ``exc`` is a misconfiguration rather than an outage."""
-    cause = exc.__cause__
-    sqlstate = str(getattr(cause, "sqlstate", None) or "")
-    if sqlstate.startswith(LASTING):
+    if sqlstate(exc).startswith(LASTING) or error_number(exc) in LASTING_NUMBERS:
         return True
     text = str(exc)
     return ("database" in text and "does not exist" in text) or "no such table" in text

@@ -7,7 +7,7 @@ import messagebus
 from .commands import Record
 from .events import Announced, Sent
 
-messagebus.publishes(Announced, channel="busapp_announced")
+messagebus.publishes(Announced, channel="busapp_announced", key="n")
 messagebus.publishes(Sent, channel="busapp_record")
 
 

@@ -3,8 +3,10 @@
 A transport is a small class with ``publish(channel, envelope)`` and
 ``consume(channels, receive, stopping)``: ``redis://`` URLs get Redis pub/sub,
 ``redis+stream://`` ones Redis Streams, ``amqp://`` ones RabbitMQ through kombu,
-``nats://`` ones NATS JetStream. Another broker (Kafka) is another class with the same
-methods, built from its URL, and a line in ``conf.TRANSPORTS``: the bus does not change.
+``nats://`` ones NATS JetStream, ``kafka://`` ones Apache Kafka. Another broker is
+another class with the same methods, built from its URL, and a line in
+``conf.TRANSPORTS``: the bus does not change. A transport that can tell how far its
+consumers are behind has ``lag(channels)`` too, for ``/health/`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ ACKED = Settled(Verdict.ACK)
 # A message that came in: (channel, body, its id or None if it came without one, the
 # trace context it carried or None: messagebus.tracing).
 Inbound = tuple[str, bytes, str | None, dict[str, str] | None]
+TRACE_HEADERS = ("traceparent", "tracestate")  # the W3C trace context's
 # receive(messages at hand): what to do with each.
 Receive = Callable[[list[Inbound]], list[Settled]]
 BATCH = 100  # messages a consumer takes at a time, at most
+
+
+class Lag(NamedTuple):
+    """How many messages of one partition of ``channel`` its ``group`` has not taken in."""
+
+    channel: str
+    group: str
+    partition: int
+    messages: int
 
 
 class Transport(Protocol):
@@ -115,3 +127,22 @@ def keyed(envelope: Envelope) -> dict[str, str]:
 def body(envelope: Envelope) -> bytes:
     """What goes on the wire: the message's own fields, as JSON."""
     return json.dumps(envelope.payload, separators=(",", ":")).encode()
+
+
+def headers(envelope: Envelope, id_name: str = "message_id") -> dict[str, str]:
+    """What goes with the body, as headers or fields: its id (under ``id_name``), type,
+    lineage, ordering key (``keyed``) and trace context."""
+    return {
+        id_name: str(envelope.id),
+        "type": envelope.type,
+        "correlation_id": str(envelope.correlation_id),
+        "causation_id": str(envelope.causation_id or ""),
+        **keyed(envelope),
+        **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
+    }
+
+
+def trace_of(found: Mapping[str, object]) -> dict[str, str] | None:
+    """The trace context among a message's headers, if it carried one."""
+    trace = {key: str(found[key]) for key in TRACE_HEADERS if key in found}
+    return trace or None

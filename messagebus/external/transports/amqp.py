@@ -26,7 +26,7 @@ from kombu.messaging import Consumer, Producer
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Receive, Verdict, body, keyed
+from . import BATCH, Receive, Verdict, body, keyed, trace_of
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class AmqpTransport:
             messages = [
                 (m.delivery_info.get("routing_key", ""),
                  m.body if isinstance(m.body, bytes) else m.body.encode(),
-                 m.properties.get("message_id"), _trace(m.headers))
+                 m.properties.get("message_id"), trace_of(m.headers or {}))
                 for m in taken
             ]  # fmt: skip
             for message, settled in zip(taken, receive(messages), strict=True):
@@ -151,10 +151,3 @@ def dead_letter(producer: Producer, message: Any, reason: str) -> None:
         },
         **properties,
     )
-
-
-def _trace(headers: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """The W3C trace context a message carried in its headers, if any."""
-    headers = headers or {}
-    found = {key: str(headers[key]) for key in ("traceparent", "tracestate") if key in headers}
-    return found or None

@@ -51,14 +51,13 @@ from nats.js import JetStreamContext, api
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from . import BATCH, Inbound, Receive, Settled, Verdict, body, keyed
+from . import BATCH, Inbound, Receive, Settled, Verdict, body, headers, trace_of
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TIMEOUT = 5.0  # seconds to connect, or to wait for an answer
 WAIT = 0.5  # seconds a fetch waits for the first message
-TRACE_HEADERS = ("traceparent", "tracestate")
 MESSAGE_ID = "Nats-Msg-Id"
 # Seconds a thread's connection may sit unused (its loop not running: no answer to the
 # server's pings) before the next call replaces it rather than trust it.
@@ -181,25 +180,18 @@ class NatsTransport:
         return connection, jetstream, here.streams[prefix]
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        headers = {
-            MESSAGE_ID: str(envelope.id),
-            "type": envelope.type,
-            "correlation_id": str(envelope.correlation_id),
-            "causation_id": str(envelope.causation_id or ""),
-            **keyed(envelope),
-            **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
-        }
-        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), headers))
+        found = headers(envelope, MESSAGE_ID)
+        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), found))
 
     async def _publish(
-        self, prefix: str, channel: str, payload: bytes, headers: dict[str, str]
+        self, prefix: str, channel: str, payload: bytes, found: dict[str, str]
     ) -> None:
         _, jetstream, stream = await self._connected(prefix)
         acked = await jetstream.publish(
-            f"{prefix}.{channel}", payload, timeout=TIMEOUT, stream=stream, headers=headers
+            f"{prefix}.{channel}", payload, timeout=TIMEOUT, stream=stream, headers=found
         )
         if acked.duplicate:
-            logger.info("NATS had message %s on %s already", headers[MESSAGE_ID], channel)
+            logger.info("NATS had message %s on %s already", found[MESSAGE_ID], channel)
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
@@ -329,17 +321,16 @@ async def _stream(jetstream: JetStreamContext, prefix: str) -> str:
 
 
 def _inbound(channel: str, msg: Msg) -> Inbound:
-    headers = msg.headers or {}
+    found = msg.headers or {}
     # A message without an id is known by its place in the stream: delivered again, it
     # is known as handled.
-    message_id = headers.get(MESSAGE_ID) or f"{msg.metadata.stream}/{msg.metadata.sequence.stream}"
-    trace = {key: headers[key] for key in TRACE_HEADERS if key in headers}
-    return (channel, msg.data, message_id, trace or None)
+    message_id = found.get(MESSAGE_ID) or f"{msg.metadata.stream}/{msg.metadata.sequence.stream}"
+    return (channel, msg.data, message_id, trace_of(found))
 
 
 def _dead_headers(msg: Msg, reason: str) -> dict[str, str]:
     """The message's headers, and why, where from and how large (one line each)."""
-    headers = {key: value for key, value in (msg.headers or {}).items() if key != MESSAGE_ID}
+    kept = {key: value for key, value in (msg.headers or {}).items() if key != MESSAGE_ID}
     original = (msg.headers or {}).get(MESSAGE_ID) or str(msg.metadata.sequence.stream)
     added = {
         MESSAGE_ID: f"dead:{msg.metadata.stream}/{original}",
@@ -347,7 +338,7 @@ def _dead_headers(msg: Msg, reason: str) -> dict[str, str]:
         "x-original-subject": msg.subject,
         "x-original-size": str(len(msg.data)),
     }
-    return {key: " ".join(str(value).splitlines()) for key, value in {**headers, **added}.items()}
+    return {key: " ".join(str(value).splitlines()) for key, value in {**kept, **added}.items()}
 
 
 async def _nak(taken: list[tuple[str, Msg]], delay: float) -> None:

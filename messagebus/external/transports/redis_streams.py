@@ -34,14 +34,13 @@ from redis.retry import Retry
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Receive, Verdict, body, keyed
+from . import BATCH, Inbound, Receive, Verdict, body, headers, trace_of
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT = 5.0  # seconds to connect, or to wait for an answer
 WAIT = 0.5  # seconds a read waits for the first message
 FORGET_AFTER = 3600.0  # seconds idle after which a consumer with nothing pending is removed
-TRACE_FIELDS = ("traceparent", "tracestate")
 Entry = tuple[bytes, dict[bytes, bytes]]  # (entry id, fields)
 
 
@@ -74,15 +73,7 @@ class RedisStreamTransport:
         return name
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        fields: dict[str, str | bytes] = {
-            "body": body(envelope),
-            "message_id": str(envelope.id),
-            "type": envelope.type,
-            "correlation_id": str(envelope.correlation_id),
-            "causation_id": str(envelope.causation_id or ""),
-            **keyed(envelope),
-            **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_FIELDS},
-        }
+        fields: dict[str, str | bytes] = {"body": body(envelope), **headers(envelope)}
         maxlen = conf.settings.REDIS_STREAM_MAXLEN
         self.client.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
@@ -204,15 +195,11 @@ def _inbound(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Inboun
     if data is None:
         names = ", ".join(sorted(repr(name.decode(errors="replace")) for name in fields)[:20])
         return f"no 'body' field, but {names}"
-    message_id = fields.get(b"message_id", b"").decode(errors="replace")
-    trace = {
-        key: fields[key.encode()].decode(errors="replace")
-        for key in TRACE_FIELDS
-        if key.encode() in fields
-    }
+    found = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
     # An entry without an id is known by its place in the stream: a copy of it read
     # again (taken over from a dead consumer) is known as handled.
-    return (stream, data, message_id or f"{stream}/{entry_id.decode()}", trace or None)
+    message_id = found.get("message_id") or f"{stream}/{entry_id.decode()}"
+    return (stream, data, message_id, trace_of(found))
 
 
 def _dead_letter(

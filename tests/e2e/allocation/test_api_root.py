@@ -12,6 +12,9 @@ LINKS = {
     "batch": "allocation:batch",
     "allocations": "allocation:allocations",
     "order-allocations": "allocation:order-allocations",
+    "orders": "allocation:orders",
+    "order": "allocation:order",
+    "order-confirmation": "allocation:order-confirmation",
     "add-batch": "allocation:add-batch",
     "allocate": "allocation:allocate",
     "book-order-allocations": "allocation:book-order-allocations",
@@ -43,6 +46,7 @@ def test_the_root_needs_no_sign_in_and_links_every_route(root):
 def test_the_root_gives_routes_their_parameters(root):
     assert root["batch"] == "http://testserver/api/batches/{ref}"
     assert root["book-order-allocations"] == "http://testserver/allocations/{orderid}"
+    assert root["order-confirmation"] == "http://testserver/api/orders/{orderid}/confirm"
 
 
 def test_the_root_forgets_no_named_route_of_the_api(root):

@@ -12,6 +12,9 @@ PATHS = {
     "/add_batch": {"post"},
     "/allocate": {"post"},
     "/allocations/{orderid}": {"get"},
+    "/api/orders": {"post"},
+    "/api/orders/{orderid}": {"get"},
+    "/api/orders/{orderid}/confirm": {"post"},
 }
 # The responses each operation must describe, besides its success.
 ERRORS = {
@@ -24,7 +27,11 @@ ERRORS = {
     ("/add_batch", "post"): {"400", "401", "403", "409"},
     ("/allocate", "post"): {"400", "401", "403", "409"},
     ("/allocations/{orderid}", "get"): {"401", "404"},
+    ("/api/orders", "post"): {"400", "401", "403", "409"},
+    ("/api/orders/{orderid}", "get"): {"401", "404"},
+    ("/api/orders/{orderid}/confirm", "post"): {"401", "403", "404", "409"},
 }
+BODILESS = {("/api/orders/{orderid}/confirm", "post")}  # the path says it all
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def test_each_operation_describes_its_errors(schema, path, method):
         assert responses[code]["content"]["application/json"]["schema"]
 
 
-@pytest.mark.parametrize(("path", "method"), [op for op in ERRORS if op[1] in ("post", "patch")])
+@pytest.mark.parametrize(
+    ("path", "method"), [op for op in ERRORS if op[1] in ("post", "patch") and op not in BODILESS]
+)
 def test_each_write_describes_its_json_body(schema, path, method):
     body = schema["paths"][path][method]["requestBody"]
 

@@ -151,7 +151,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         "Framework :: Django :: 6.0",
         "Framework :: Django :: 6.1",
     } <= set(meta.get_all("Classifier"))
-    extras = {"postgres", "celery", "redis", "amqp", "nats", "metrics", "tasks"}
+    extras = {"postgres", "celery", "redis", "amqp", "nats", "kafka", "metrics", "tasks"}
     assert set(meta.get_all("Provides-Extra")) == extras
     for extra, package in [
         ("postgres", "psycopg"),
@@ -159,6 +159,7 @@ def test_the_wheel_declares_its_dependencies_and_extras(wheel):
         ("redis", "redis"),
         ("amqp", "kombu"),
         ("nats", "nats-py"),
+        ("kafka", "confluent-kafka"),
         ("metrics", "prometheus-client"),
         ("tasks", "django-tasks"),
     ]:

@@ -1,26 +1,18 @@
-"""Concurrent allocations against one product, on PostgreSQL, with real threads."""
+"""Concurrent allocations against one product, on PostgreSQL or MariaDB, with real threads."""
 
 import threading
 from collections import Counter
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 import messagebus
 from allocation.commands import Allocate
 from allocation.models import AllocationView, Batch, OrderLine, Product
+from tests.conftest import server_database
 from tests.factories import BatchFactory
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(
-        settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
-        reason="needs PostgreSQL (DATABASE_URL=postgres://...): SQLite has no row locks, "
-        "it runs one writer at a time",
-    ),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [server_database, pytest.mark.django_db(transaction=True)]
 
 THREADS = 20
 

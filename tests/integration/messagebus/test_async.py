@@ -28,7 +28,7 @@ from messagebus.testing import run_due
 from tests.busapp.commands import Deposit, OpenAccount, Overdrawn
 from tests.busapp.events import Deposited, Napped, Opened, Pinged
 from tests.busapp.models import Account, Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, server_database
 from tests.subprocesses import Watched
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -442,7 +442,7 @@ def test_past_the_grace_period_async_deliveries_are_cancelled_and_handed_back(tm
     assert list(rows) == [(Delivery.Status.PENDING, None, 0, 0)] * 4  # due again, no run counted
 
 
-@postgres_only  # on SQLite its transaction holds the one write lock: the worker waits on it
+@server_database  # on SQLite its transaction holds the one write lock: the worker waits on it
 def test_a_sync_delivery_still_running_past_the_grace_period_rolls_back_with_the_process(
     tmp_path,
 ):

@@ -1,5 +1,5 @@
-"""Redis Streams and NATS JetStream, on the real servers: what they keep that pub/sub
-loses. Each test runs on both (the ``durable`` fixture); one project plays both
+"""Redis Streams, NATS JetStream and Kafka, on real servers: what they keep that pub/sub
+loses. Each test runs on each (the ``durable`` fixture); one project plays both
 services: it publishes ``Sent`` on busapp_record from its outbox, and takes
 busapp_record in (a ``Record`` command, an ``Entry`` row) in a consumer subprocess."""
 
@@ -29,7 +29,6 @@ from tests.brokers import external, wait_for
 from tests.busapp.events import Sent, Sequenced
 from tests.busapp.models import Entry
 from tests.durable import Broker
-from tests.proxy import Proxy
 
 CHANNEL = "busapp_record"
 
@@ -65,14 +64,20 @@ def body(n: int) -> bytes:
 @contextmanager
 def entries_locked() -> Iterator[None]:
     """No other connection writes the busapp's entries until the block ends (on SQLite,
-    nothing at all: BEGIN IMMEDIATE takes the one write lock)."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("LOCK TABLE busapp_entry IN EXCLUSIVE MODE")
-            else:
-                cursor.execute("DELETE FROM busapp_entry WHERE id = -1")
-        yield
+    nothing at all: BEGIN IMMEDIATE takes the one write lock; on MariaDB, a table lock
+    of the connection's, until UNLOCK TABLES)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE busapp_entry IN EXCLUSIVE MODE")
+        elif connection.vendor == "mysql":
+            cursor.execute("LOCK TABLES busapp_entry WRITE")
+        else:
+            cursor.execute("DELETE FROM busapp_entry WHERE id = -1")
+        try:
+            yield
+        finally:
+            if connection.vendor == "mysql":
+                cursor.execute("UNLOCK TABLES")
 
 
 def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Broker, consumer):
@@ -95,9 +100,9 @@ def test_a_round_trip_to_a_second_service_handles_each_message_once(durable: Bro
 
 
 def test_the_broker_dropped_mid_relay_loses_nothing(durable: Broker, consumer):
-    proxy, through_proxy = Proxy.to(durable.url)
+    proxy, through_proxy = durable.proxied()
     store_sent(200)
-    proxy.cut_after(20_000, mend_after=0.5)  # some 50 messages in: the answer is lost
+    proxy.cut_after(20_000, mend_after=durable.outage)  # some 50 messages in: answer lost
 
     relay(through_proxy, REDELIVERY_DELAY=0, MAX_DELIVERIES=1000)
 
@@ -226,14 +231,15 @@ def test_the_message_id_travels_and_a_copy_delivered_again_is_dropped_by_the_inb
 
 def test_a_message_published_twice_is_handled_once(durable: Broker, transactional_db):
     """The outbox publishes again when the broker's answer was lost: NATS drops the copy
-    (Nats-Msg-Id, within its duplicate window), Redis keeps it and the inbox drops it."""
+    (Nats-Msg-Id, within its duplicate window), Redis and Kafka keep it and the inbox
+    drops it."""
     envelope = Envelope.of(Sent(n=5))
     with external(durable.url):
         transport = transports.get()
         assert transport is not None
         transport.publish(CHANNEL, envelope)
         transport.publish(CHANNEL, envelope)
-        assert durable.kept(CHANNEL) == {"redis+stream": 2, "nats": 1}[durable.name]
+        assert durable.kept(CHANNEL) == {"redis+stream": 2, "nats": 1, "kafka": 2}[durable.name]
         stopping = threading.Event()
 
         def receive(messages: list[Inbound]) -> list[Settled]:
@@ -295,7 +301,7 @@ def test_an_ordered_message_carries_its_ordering_key_in_a_header(durable: Broker
 
 
 def test_the_consumer_waits_out_a_broker_that_goes_away(durable: Broker, consumer):
-    proxy, through_proxy = Proxy.to(durable.url)
+    proxy, through_proxy = durable.proxied()
     process = consumer(through_proxy, durable.env)
 
     proxy.cut(refuse=True)

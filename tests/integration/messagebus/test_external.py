@@ -202,7 +202,13 @@ def test_a_message_delivered_twice_is_handled_once(consumer, rabbitmq):
 
     for _ in range(2):
         rabbitmq.publish(json.dumps({"batchref": "b1", "qty": 7}), message_id="the-same-id")
-    wait_for(lambda: "Duplicate message the-same-id" in process.output)
+    # Both said: in one batch, the duplicate is told before the batch commits.
+    wait_for(
+        lambda: (
+            "Duplicate message the-same-id" in process.output
+            and "Handled message the-same-id" in process.output
+        )
+    )
 
     assert list(InboxMessage.objects.values_list("message_id", "status")) == [
         ("the-same-id", "handled")

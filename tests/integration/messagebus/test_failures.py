@@ -17,7 +17,7 @@ from messagebus.testing import run_due
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry
-from tests.conftest import postgres_only
+from tests.conftest import server_database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BUS = {"RETRY_WAIT": 0, "RETRY_WAIT_MAX": 0, "SWEEP_INTERVAL": 0}
@@ -226,7 +226,16 @@ def test_a_command_that_keeps_losing_raises_after_the_limit(messagebus_registry)
     assert not Account.objects.exists()
 
 
-@postgres_only
+# The database itself raises a lost race: PostgreSQL's SQLSTATE 40001, MariaDB's deadlock.
+LOSE_A_RACE = {
+    "postgresql": "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access' "
+    "USING ERRCODE = 'serialization_failure'; END $$",
+    "mysql": "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, "
+    "MESSAGE_TEXT = 'Deadlock found when trying to get lock'",
+}
+
+
+@server_database
 def test_a_serialization_failure_in_a_command_is_retried_and_succeeds_once(messagebus_registry):
     runs = []
 
@@ -234,12 +243,9 @@ def test_a_serialization_failure_in_a_command_is_retried_and_succeeds_once(messa
         runs.append(1)
         account = Account.objects.create(name=cmd.name)
         account.open()
-        if len(runs) == 1:  # PostgreSQL itself raises SQLSTATE 40001
+        if len(runs) == 1:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access' "
-                    "USING ERRCODE = 'serialization_failure'; END $$"
-                )
+                cursor.execute(LOSE_A_RACE[connection.vendor])
         return account.pk
 
     messagebus_registry.unregister(messagebus_registry.command_handler(OpenAccount).func)

@@ -103,6 +103,8 @@ def test_down_tells_staff_the_databases_error(admin_client, database_refuses):
 CHECK = "from messagebus.ops.health import check; print(check('default')[0])"
 
 
+# PostgreSQL: PyMySQL, MariaDB's driver here, bounds by connect_timeout the TCP connect only,
+# not the server's greeting, which a cut network never sends (mysqlclient bounds both).
 @postgres_only
 def test_down_within_seconds_when_the_database_is_cut_off_then_back():
     proxy, url = Proxy.to(database_url())

@@ -236,7 +236,7 @@ def _counts(entries) -> list[int]:
     return [amounts.count(amount) for amount in set(amounts)]
 
 
-def test_a_consumer_on_redis_streams_or_nats_settles_every_message_and_never_stops(batch, durable):
+def test_a_consumer_on_a_durable_broker_settles_every_message_and_never_stops(batch, durable):
     ran = itertools.count()
     with consuming(durable.url):
 

@@ -204,3 +204,8 @@ def test_a_command_refused_in_a_batch_leaves_the_others_handled(messagebus_deliv
 def test_what_is_published_is_an_event_on_a_named_channel(event_type, channel, reason):
     with pytest.raises(RegistrationError, match=reason):
         messagebus.publishes(event_type, channel)
+
+
+def test_a_publication_is_keyed_by_a_field_of_its_event():
+    with pytest.raises(RegistrationError, match="Announced has no field 'sku' to key it by"):
+        messagebus.publishes(Announced, "announced_by_sku", key="sku")

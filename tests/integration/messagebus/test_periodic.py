@@ -16,7 +16,7 @@ from messagebus.models import Delivery, ScheduleTick, StoredEvent
 from messagebus.processes.ticker import Ticker
 from messagebus.testing import run_due
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, server_database
 from tests.subprocesses import Watched
 
 EVERY_MINUTE = {
@@ -122,7 +122,7 @@ def test_a_schedule_whose_message_cannot_be_made_leaves_the_others_ticking(
     assert not ScheduleTick.objects.filter(name="broken").exists()
 
 
-@postgres_only
+@server_database
 def test_three_threads_ticking_at_once_send_each_tick_exactly_once(transactional_db, every_minute):
     """Three workers' tickers, each on its own connection, look at the same simulated
     moments together (a barrier each time): the tick's unique row lets one send it."""
@@ -161,7 +161,7 @@ def test_three_threads_ticking_at_once_send_each_tick_exactly_once(transactional
     not REAL_MINUTES,
     reason="takes minutes of real time: set BUSAPP_PERIODIC_MINUTES=3 (CI's services run does)",
 )
-@postgres_only
+@server_database
 def test_three_worker_processes_for_minutes_run_a_once_a_minute_schedule_once_a_minute(
     transactional_db, tmp_path
 ):

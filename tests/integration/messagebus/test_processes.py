@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
@@ -19,7 +20,7 @@ from messagebus.outbox.reference import Reference
 from tests.busapp.commands import OpenAccount
 from tests.busapp.events import Opened, Pinged
 from tests.busapp.models import Account, Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, postgres_only, server_database
 
 CRASH_AFTER_COMMIT = """
 import os
@@ -74,7 +75,7 @@ def test_a_worker_exits_cleanly_on_sigterm(transactional_db):
     assert re.search(rf"Worker [^ ]+:{worker.pid} stopped after 0 deliveries", stderr), stderr
 
 
-@postgres_only
+@server_database
 def test_two_workers_never_run_one_delivery_twice(manage, tmp_path):
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
         for n in range(200):
@@ -115,7 +116,7 @@ def test_two_workers_never_run_one_delivery_twice(manage, tmp_path):
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
-@postgres_only
+@server_database
 def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messagebus_registry):
     calls = []
 
@@ -151,7 +152,7 @@ def test_two_runners_of_one_delivery_complete_it_once(transactional_db, messageb
     assert (row.status, row.attempts) == ("done", 1)
 
 
-@postgres_only
+@server_database
 def test_a_claim_skips_rows_another_transaction_holds(transactional_db):
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}):
         for n in range(6):
@@ -260,7 +261,7 @@ def test_a_notify_wakes_a_worker_long_before_its_poll_interval(transactional_db)
     assert worker.returncode == 0
 
 
-@postgres_only
+@server_database
 def test_three_workers_drain_the_queue_though_one_is_killed_mid_batch(transactional_db):
     count = 5000
     with override_settings(MESSAGEBUS={"EXECUTOR": "worker"}), transaction.atomic():
@@ -303,7 +304,8 @@ def test_three_workers_drain_the_queue_though_one_is_killed_mid_batch(transactio
 
 
 @postgres_only
-def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactional_db):
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "unprepared"])
+def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactional_db, prepared):
     """The wake-up rides in the statement that stores an event, and PostgreSQL delivers it
     once per committed transaction, and not for a savepoint rolled back."""
     import psycopg
@@ -319,9 +321,10 @@ def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactio
     def heard() -> int:
         return len(list(listener.notifies(timeout=0.5)))
 
+    settings = {"EXECUTOR": "worker", "PREPARED_STATEMENTS": prepared}
     with (
         listener,
-        override_settings(MESSAGEBUS={"EXECUTOR": "worker"}),
+        override_settings(MESSAGEBUS=settings),
         CaptureQueriesContext(connection) as queries,
     ):
         with messagebus.UnitOfWork() as uow:
@@ -340,26 +343,29 @@ def test_a_transaction_that_stores_many_events_wakes_the_workers_once(transactio
         with transaction.atomic(), messagebus.UnitOfWork() as uow:
             uow.publish(Pinged(n=6))
         assert heard() == 1
-    # No round trip of its own: each NOTIFY is sent with the statement that stores.
-    stores = [q["sql"] for q in queries if "NOTIFY" in q["sql"]]
-    assert len(stores) == 7 and all(q.startswith("WITH event AS") for q in stores)
+    # No round trip of its own: each wake-up is sent with the statement that stores.
+    notifies = [q["sql"] for q in queries if "notify" in q["sql"].lower()]
+    assert len(notifies) == 7 and all(q.startswith("WITH event AS") for q in notifies)
 
 
 @postgres_only
-def test_with_server_side_binding_the_wake_up_is_one_notify_at_commit(
-    transactional_db, monkeypatch
-):
-    from django.test.utils import CaptureQueriesContext
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "unprepared"])
+def test_the_storing_statement_is_prepared_once_per_connection(transactional_db, prepared):
+    """PREPARED_STATEMENTS (the default): PostgreSQL plans the statement that stores an
+    event once per connection and reuses it; without it, it is planned each time."""
 
-    from messagebus.outbox import sql
+    def stored_prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                ["WITH event AS (INSERT INTO %"],
+            )
+            return cursor.fetchone()[0]
 
-    monkeypatch.setattr(sql, "_many_statements", lambda connection: False)
-    with (
-        override_settings(MESSAGEBUS={"EXECUTOR": "worker"}),
-        CaptureQueriesContext(connection) as queries,
-        messagebus.UnitOfWork() as uow,
-    ):
-        for n in range(3):
-            uow.publish(Pinged(n=n))
-    notifies = [q["sql"] for q in queries if "NOTIFY" in q["sql"]]
-    assert notifies == ["NOTIFY messagebus"]
+    connection.close()  # a connection of its own: nothing prepared yet
+    with override_settings(MESSAGEBUS={"PREPARED_STATEMENTS": prepared}):
+        for n in range(4):
+            with messagebus.UnitOfWork() as uow:
+                uow.publish(Pinged(n=n))
+        assert stored_prepared() == (1 if prepared else 0)
+    assert sorted(Delivery.objects.values_list("event__payload__n", flat=True)) == [0, 1, 2, 3]

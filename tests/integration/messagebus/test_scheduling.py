@@ -25,7 +25,7 @@ from messagebus.testing import run_due
 from tests.busapp.commands import Deposit, OpenAccount
 from tests.busapp.events import Reminded
 from tests.busapp.models import Account, Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, server_database
 from tests.subprocesses import Watched
 
 
@@ -299,7 +299,7 @@ def test_an_idle_worker_wakes_when_a_scheduled_message_falls_due(tmp_path):
     assert 0 <= ran - due < 2, f"ran {ran - due:+.3f}s from its due time"
 
 
-@postgres_only
+@server_database
 @pytest.mark.django_db(transaction=True)
 def test_a_thousand_scheduled_messages_run_once_on_time_and_the_cancelled_never(tmp_path):
     """Scheduled 2 s ahead while two workers wait, a fifth of them cancelled before they

@@ -30,7 +30,7 @@ from messagebus.task_backend.compat import (
 from messagebus.testing import run_due
 from tests.busapp import jobs
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, database_url, postgres_only
+from tests.conftest import ROOT, database_url, server_database
 
 try:  # Django 6.0 and later
     from django.tasks import default_task_backend, task, task_backends
@@ -366,7 +366,7 @@ def test_the_admin_shows_a_failing_task_dead_with_a_retry_button(admin_client, t
     assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 2
 
 
-@postgres_only
+@server_database
 def test_three_workers_run_higher_priorities_first(transactional_db):
     env = {**os.environ, "DATABASE_URL": database_url(), "BUSAPP_TASK_SLEEP": "0.05"}
     command = [

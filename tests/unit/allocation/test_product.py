@@ -4,7 +4,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from allocation.events import Allocated, Deallocated, OutOfStock
+from allocation.events import Allocated, Deallocated, OutOfStock, Released
 from allocation.exceptions import LineAlreadyAllocated, UnknownBatch
 from allocation.models import OrderLine, Product
 from tests.factories import ProductFactory
@@ -160,6 +160,32 @@ def test_a_deallocated_line_can_be_allocated_again(product: Product) -> None:
     product.deallocate(line("order1", "RETRO-CLOCK", 10))
 
     assert product.allocate(line("order1", "RETRO-CLOCK", 4)) == "batch1"
+
+
+def test_release_gives_the_line_up_for_good(product: Product) -> None:
+    batch = product.add_batch("batch1", 100)
+    product.allocate(line("order1", "RETRO-CLOCK", 10))
+    product.allocate(line("order2", "RETRO-CLOCK", 20))
+
+    taken = product.release(line("order1", "RETRO-CLOCK", 10))
+
+    assert taken is not None
+    assert (taken.orderid, taken.qty) == ("order1", 10)
+    assert batch.available_quantity == 80
+    assert product.version_number == 3
+    assert product.events[-1] == Released(orderid="order1", sku="RETRO-CLOCK", qty=10)
+    assert not any(isinstance(event, Deallocated) for event in product.events)
+
+
+def test_release_of_a_line_not_allocated_changes_nothing(product: Product) -> None:
+    product.add_batch("batch1", 100)
+    product.allocate(line("order1", "RETRO-CLOCK", 10))
+    events = list(product.events)
+
+    assert product.release(line("order2", "RETRO-CLOCK", 10)) is None
+
+    assert product.version_number == 1
+    assert product.events == events
 
 
 def test_change_batch_quantity_deallocates_the_newest_lines(product: Product) -> None:

@@ -307,7 +307,7 @@ def test_an_ordering_key_is_checked_against_its_message_and_its_handler(app_mess
         registry.register(None, proceeds_unordered, ordering_key=None, dead_head="proceed")
         registry.register(None, fine, dead_head="proceed")
         output = check_output()
-    assert output.count("messagebus.E009") == 1
+    assert output.count("messagebus.E010") == 1
     assert "Shipped has ordering_key='order', which is not a field of" in output
     assert "HINT: Name one of its fields: orderid." in output
     assert output.count("messagebus.E006") == 4

@@ -41,12 +41,15 @@ def test_the_amqp_exchange_is_a_setting():
 
 def test_each_transports_url_scheme_builds_its_transport():
     from messagebus.external import transports
+    from messagebus.external.transports.kafka import KafkaTransport
     from messagebus.external.transports.nats import NatsTransport
     from messagebus.external.transports.redis import RedisTransport
     from messagebus.external.transports.redis_streams import RedisStreamTransport
 
     built = {}
-    for url in ("redis://127.0.0.1:1/0", "redis+stream://127.0.0.1:1/3", "nats://127.0.0.1:1"):
+    urls = ("redis://127.0.0.1:1/0", "redis+stream://127.0.0.1:1/3", "nats://127.0.0.1:1",
+            "kafka://127.0.0.1:1,127.0.0.1:2")  # fmt: skip
+    for url in urls:
         assert conf.external_url(url) is None
         with override_settings(MESSAGEBUS={"EXTERNAL_URL": url}):
             built[url.split(":")[0]] = transports.get()  # it connects only when used
@@ -55,8 +58,10 @@ def test_each_transports_url_scheme_builds_its_transport():
     assert isinstance(built["redis+stream"], RedisStreamTransport)
     assert built["redis+stream"].client.connection_pool.connection_kwargs["db"] == 3
     assert isinstance(built["nats"], NatsTransport)
-    assert "redis+stream://" in conf.external_url("kafka://127.0.0.1:9092")
-    assert "nats://" in conf.external_url("kafka://127.0.0.1:9092")
+    assert isinstance(built["kafka"], KafkaTransport)
+    assert built["kafka"].servers == "127.0.0.1:1,127.0.0.1:2"
+    assert "kafka://" in conf.external_url("mqtt://127.0.0.1:1883")
+    assert "nats://" in conf.external_url("mqtt://127.0.0.1:1883")
 
 
 def test_the_brokers_settings_check_their_values(monkeypatch):
@@ -71,6 +76,14 @@ def test_the_brokers_settings_check_their_values(monkeypatch):
         assert conf.settings.REDIS_STREAM_MAXLEN == 100_000
         monkeypatch.setenv("MESSAGEBUS_NATS_CREATE_STREAM", "no")
         assert conf.settings.NATS_CREATE_STREAM is False
+        monkeypatch.setenv("MESSAGEBUS_KAFKA_OPTIONS", '{"security.protocol": "ssl"}')
+        assert conf.settings.KAFKA_OPTIONS == {"security.protocol": "ssl"}
+    assert conf.dead_topic("dead.{channel}") is None
+    for wrong in ("dead", " {channel}.dead", 7):
+        assert "holding {channel}" in conf.dead_topic(wrong)
+    assert conf.client_properties({"linger.ms": 5, "sasl.username": "u"}) is None
+    for wrong in ([], {"linger.ms": None}, {5: "x"}):
+        assert "librdkafka property names" in conf.client_properties(wrong)
 
 
 def test_a_key_left_out_of_the_settings_is_read_from_the_environment(monkeypatch):

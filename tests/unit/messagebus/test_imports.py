@@ -74,6 +74,7 @@ LAYERS = [
     ("messagebus.executors",),
     ("messagebus.external",),
     ("messagebus.task_backend",),
+    ("messagebus.sagas",),
     ("messagebus.processes",),
     ("messagebus.ops",),
 ]  # fmt: skip

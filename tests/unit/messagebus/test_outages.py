@@ -4,18 +4,34 @@ import json
 
 import pytest
 import redis
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 from django.test import override_settings
 
 from messagebus.exceptions import Reject
 from messagebus.external import transports
 from messagebus.external.failures import is_outage
 from messagebus.external.inbound import nested_deeper, storable
+from messagebus.processes.worker import lasting
 
 
 def not_migrated() -> ProgrammingError:
     error = ProgrammingError('relation "messagebus_inboxmessage" does not exist')
     error.__cause__ = type("UndefinedTable", (Exception,), {"sqlstate": "42P01"})()
+    return error
+
+
+def from_mysql(kind: type[DatabaseError], number: int, message: str) -> DatabaseError:
+    """``kind`` as Django raises it from MySQL's or MariaDB's error ``number``: the driver's
+    error (mysqlclient's, PyMySQL's) as its cause, with the number as its first argument."""
+    error = kind(number, message)
+    error.__cause__ = Exception(number, message)
     return error
 
 
@@ -27,6 +43,7 @@ def not_migrated() -> ProgrammingError:
         ConnectionRefusedError(111, "Connection refused"),
         TimeoutError("timed out"),
         not_migrated(),
+        from_mysql(ProgrammingError, 1146, "Table 'shop.messagebus_inboxmessage' doesn't exist"),
     ],
     ids=type,
 )
@@ -53,11 +70,29 @@ def test_a_transports_connection_errors_are_outages_once_it_is_built():
         IndexError("pop from empty list"),
         Reject("never"),
         redis.ResponseError("WRONGTYPE"),
+        from_mysql(DataError, 1406, "Data too long for column 'qty' at row 1"),
     ],
     ids=type,
 )
 def test_anything_else_is_the_inputs_fault(error):
     assert not is_outage(error)
+
+
+@pytest.mark.parametrize(
+    ("error", "misconfigured"),
+    [
+        (from_mysql(OperationalError, 1049, "Unknown database 'shop'"), True),
+        (from_mysql(OperationalError, 1045, "Access denied for user 'app'@'10.0.0.5'"), True),
+        (
+            from_mysql(ProgrammingError, 1146, "Table 'shop.messagebus_delivery' doesn't exist"),
+            True,
+        ),
+        (from_mysql(OperationalError, 2003, "Can't connect to MySQL server on '10.0.0.5'"), False),
+        (from_mysql(OperationalError, 2013, "Lost connection to server during query"), False),
+    ],
+)
+def test_a_worker_stops_on_mysqls_misconfigurations_and_waits_out_its_outages(error, misconfigured):
+    assert lasting(error) is misconfigured
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('messagebus', '0014_concurrency_slots'),
+        ('messagebus', '0015_processes'),
     ]
 
     operations = [
