@@ -24,13 +24,15 @@ def on_mariadb() -> bool:
 
 
 def marked(*marks: pytest.MarkDecorator):
-    """A decorator that puts every one of ``marks`` on a test."""
+    """A decorator that puts every one of ``marks`` on a test; ``.marks`` lists them, for
+    ``pytestmark`` and ``pytest.param(marks=...)``."""
 
     def mark(test):
         for each in marks:
             test = each(test)
         return test
 
+    mark.marks = list(marks)
     return mark
 
 

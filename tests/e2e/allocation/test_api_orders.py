@@ -28,7 +28,7 @@ def worker_process() -> Watched:
     return Watched(command, env=env, ready="started", what="a worker")
 
 
-@pytest.fixture(params=["inline", "worker", pytest.param("celery", marks=celery_on_postgres)])
+@pytest.fixture(params=["inline", "worker", pytest.param("celery", marks=celery_on_postgres.marks)])
 def service(request, live_server, settings) -> Iterator[tuple[ApiClient, Runner]]:
     """The API (anonymous access), its executor, and what runs deliveries due later: the
     test itself for the inline executor (as a `messagebus worker` beside it would),

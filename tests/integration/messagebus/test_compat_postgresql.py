@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from messagebus import compat
 from tests.conftest import postgres_only
 
-pytestmark = [postgres_only]
+pytestmark = postgres_only.marks
 STATEMENT = "SELECT %s::int + 1 AS pinned"
 
 
