@@ -265,6 +265,8 @@ class DeliveryAdmin(DeliveryColumns, ReadOnlyAdmin):
         "traceback_text",
         "priority",
         "queue",
+        "concurrency_key",
+        "sequence",
         "result_json",
     )
 

@@ -141,6 +141,7 @@ def _option_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
                 id="messagebus.E006",
             )
     yield from _cap_errors(handler)
+    yield from _ordering_errors(handler)
 
 
 def _cap_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
@@ -156,15 +157,44 @@ def _cap_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
         problem = f"has a concurrency_key ({key!r}) but no max_concurrency"
         hint = "Add max_concurrency=N: at most N deliveries per value of the key at once."
     elif isinstance(key, str) and key not in _fields(handler.message_type):
-        problem = (
-            f"has concurrency_key={key!r}, which is not a field of "
-            f"{handler.message_type.__qualname__}"
-        )
-        own = [name for name in _fields(handler.message_type) if name not in _fields(Message)]
-        hint = f"Name one of its fields: {', '.join(own) or 'it has none of its own'}."
+        problem, hint = _not_a_field(handler.message_type, "concurrency_key", key)
     if problem:
         yield checks.Error(f"{handler} {problem}.", hint=hint, obj=handler.func,
                            id="messagebus.E006")  # fmt: skip
+
+
+def _ordering_errors(handler: Handler) -> Iterator[checks.CheckMessage]:
+    """``ordering_key`` and ``dead_head``: an order by a field the message has, of
+    deliveries after commit, not capped as well (the message class's own key is checked
+    with the class, E010)."""
+    options = dict(handler.options)
+    key = options.get("ordering_key")
+    problem = hint = ""
+    if "dead_head" in options and key is None:
+        problem = "has a dead_head option but no ordering_key"
+        hint = "Name the field that orders its deliveries: ordering_key='...'."
+    elif key is None:
+        return
+    elif handler.in_transaction:
+        problem = "is ordered, but it runs in the transaction that records its event"
+        hint = "Drop ordering_key: it is called in that order already."
+    elif {"max_concurrency", "concurrency_key"} & set(options):
+        problem = "is ordered and capped: it runs one delivery of a key at a time already"
+        hint = "Drop max_concurrency and concurrency_key, or ordering_key."
+    elif key not in _fields(handler.message_type) and key != handler.message_type.ordering_key:
+        problem, hint = _not_a_field(handler.message_type, "ordering_key", key)
+    if problem:
+        yield checks.Error(f"{handler} {problem}.", hint=hint, obj=handler.func,
+                           id="messagebus.E006")  # fmt: skip
+
+
+def _not_a_field(cls: type[Message], option: str, name: Any) -> tuple[str, str]:
+    """Why ``option`` may not name ``name``, and the fields it may name."""
+    own = [field for field in _fields(cls) if field not in _fields(Message)]
+    return (
+        f"has {option}={name!r}, which is not a field of {cls.__qualname__}",
+        f"Name one of its fields: {', '.join(own) or 'it has none of its own'}.",
+    )
 
 
 def _fields(cls: type[Message]) -> list[str]:
@@ -222,6 +252,11 @@ def _message_errors(classes: list[type[Message]]) -> Iterator[checks.CheckMessag
                 id="messagebus.E002",
             )
         names[message_type_name(cls)].append(cls)
+        key = cls.ordering_key
+        if key is not None and (not isinstance(key, str) or key not in _fields(cls)):
+            problem, hint = _not_a_field(cls, "ordering_key", key)
+            yield checks.Error(f"{cls.__name__} {problem}.", hint=hint, obj=cls,
+                               id="messagebus.E010")  # fmt: skip
         if issubclass(cls, Command | Query) and not cls.__subclasses__() and not _handled(cls):
             kind = "command" if issubclass(cls, Command) else "query"
             yield checks.Warning(

@@ -108,12 +108,20 @@ class Delivery(models.Model):
         help_text="A task's outcome: its return value, when its call began and ended, and by "
         "which process.",
     )
-    # Read from the message as it is stored, for a handler with a concurrency_key.
+    # Read from the message as it is stored, for a handler with a concurrency_key, or
+    # with an ordering_key (never both).
     concurrency_key = models.CharField(
         max_length=KEY_LENGTH,
         blank=True,
         default="",
-        help_text="Its handler runs at most max_concurrency deliveries of one key at once.",
+        help_text="Its handler runs at most max_concurrency deliveries of one key at once; "
+        "or, ordered, one at a time in sequence.",
+    )
+    sequence = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Ordered: its place among its handler's deliveries of its key, in the order "
+        "their events committed.",
     )
 
     objects = DeliveryQuerySet.as_manager()
@@ -142,6 +150,12 @@ class Delivery(models.Model):
                 fields=["lease_until"],
                 condition=Q(status="pending", lease_until__isnull=False),
                 name="messagebus_delivery_leased",
+            ),
+            # An ordered delivery's unfinished elders: the claim's look behind it.
+            models.Index(
+                fields=["handler", "concurrency_key", "sequence"],
+                condition=Q(sequence__isnull=False, status__in=["pending", "dead"]),
+                name="messagebus_delivery_ordered",
             ),
         ]
 
@@ -294,6 +308,24 @@ class Slot(models.Model):
         return f"slot {self.number} of {self.handler}{key}"
 
 
+class KeySequence(models.Model):
+    """The last sequence number an ordered handler's deliveries of one key were given: taken
+    by an UPDATE in the transaction that stores each, so a key's events commit one after
+    another, in the order of their numbers."""
+
+    handler = models.CharField(max_length=255)
+    key = models.CharField(max_length=KEY_LENGTH, blank=True, help_text="Its ordering key.")
+    last = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "ordering key"
+        ordering = ["handler", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["handler", "key"], name="messagebus_one_sequence"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} ({self.key}): {self.last}"
 class ProcessInstance(models.Model):
     """An instance of a process manager (``messagebus.sagas``): its state between the
     messages it handles, found by the process's name and the value of its key field in

@@ -82,3 +82,19 @@ def celery_env(**extra: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         **extra,
     }
+
+
+def started_workers(
+    count: int, env: dict[str, str], *, batch: int = 5, interval: float = 0.2
+) -> list[Watched]:
+    """``count`` ``messagebus worker`` processes on the test database, each started (more
+    of their environment in ``env``)."""
+    command = [
+        sys.executable, str(ROOT / "manage.py"), "messagebus", "worker",
+        "--batch", str(batch), "--interval", str(interval),
+    ]  # fmt: skip
+    full = {**os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO", **env}
+    return [
+        Watched(command, env=full, ready="started on database", what="a worker")
+        for _ in range(count)
+    ]

@@ -46,6 +46,16 @@ class Envelope:
             key=key,
         )
 
+    @property
+    def ordering_key(self) -> str | None:
+        """The value of the field its message type orders by (``Message.ordering_key``), as
+        text: what a transport hands the broker to keep one key's messages in order (a
+        header, a subject token, a partition key). None: unordered, or the value is null."""
+        cls = message_class(self.type)
+        field = cls.ordering_key if cls is not None else None
+        value = self.payload.get(field) if field else None
+        return None if value is None else str(value)
+
     def open(self, kind: builtins.type[Message] = Message) -> Message:
         """The message inside; ``MessageDecodeError`` if it cannot be rebuilt as a ``kind``."""
         if self.message is not None:

@@ -34,6 +34,9 @@ class Message:
 
     # Overrides the stored type name ("app_label.ClassName") when set.
     type_name: ClassVar[str | None] = None
+    # The field whose value orders its deliveries: each handler of it sees the messages
+    # of one value one at a time, in the order they were committed (docs/ordering.md).
+    ordering_key: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -25,12 +25,25 @@ from ..exceptions import RetryLater
 from ..wording import describe, plural
 
 AFTER_COMMIT, IN_TRANSACTION = "after_commit", "in_transaction"  # when a handler runs
+# An ordered handler's key whose first delivery died: the rest wait for it, or go on.
+WAIT, PROCEED = "wait", "proceed"
 
 
 def lifecycle(value: Any) -> str | None:
     if value in (AFTER_COMMIT, IN_TRANSACTION):
         return None
     return f"must be {AFTER_COMMIT!r} or {IN_TRANSACTION!r}, not {value!r}"
+
+
+def unordered_or_field(value: Any) -> str | None:
+    """An ordering key: None (a handler unordered, though its message names one) or a field."""
+    return None if value is None else conf.field_name(value)
+
+
+def dead_head(value: Any) -> str | None:
+    if value in (WAIT, PROCEED):
+        return None
+    return f"must be {WAIT!r} or {PROCEED!r}, not {value!r}"
 
 
 # What a handler may override, and how to check a value:
@@ -45,6 +58,8 @@ OVERRIDABLE: dict[str, conf.Validator] = {
     "breaker": conf.breaker,
     "max_concurrency": conf.whole_number,
     "concurrency_key": conf.field_name,
+    "ordering_key": unordered_or_field,
+    "dead_head": dead_head,
 }
 
 
@@ -132,6 +147,10 @@ class Policy:
     # limit); per value of the message's field ``concurrency_key``, if it names one.
     max_concurrency: int | None = None
     concurrency_key: str | None = None
+    # Its deliveries of one value of the message's field ``ordering_key`` run one at a
+    # time, in the order their events committed; behind a dead one they WAIT, or PROCEED.
+    ordering_key: str | None = None
+    dead_head: str = WAIT
 
     @classmethod
     def of(cls, options: tuple[tuple[str, Any], ...] = ()) -> Policy:
@@ -164,6 +183,11 @@ class Policy:
         max_concurrency (each delivery takes a slot before its call, frees it with its
         end, and so runs in a transaction of its own)."""
         return self.batch and self.max_concurrency is None
+
+    @property
+    def ordered(self) -> bool:
+        """Whether its deliveries of one key run one at a time, in commit order."""
+        return self.ordering_key is not None
 
     def replace(self, **changes: Any) -> Policy:
         return dataclasses.replace(self, **changes) if changes else self

@@ -25,9 +25,10 @@ from asgiref.sync import iscoroutinefunction
 
 from ..exceptions import HandlerAlreadyRegistered, HandlerNotFound, RegistrationError
 from .messages import BASES, Command, Event, Message, Query
-from .policy import IN_TRANSACTION, OVERRIDABLE
+from .policy import IN_TRANSACTION, OVERRIDABLE, WAIT
 
 F = TypeVar("F", bound=Callable[..., Any])
+KEYED = ("ordering_key", "concurrency_key")  # the options that name a delivery's key
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,16 @@ class Handler:
         """Called inside the transaction that records its event, not delivered after."""
         return ("run", IN_TRANSACTION) in self.options
 
+    @property
+    def ordered(self) -> bool:
+        """Its deliveries of one key run one at a time, in the order their events committed."""
+        return any(option == "ordering_key" and field for option, field in self.options)
+
     def key_of(self, message: Message) -> str:
-        """Its delivery's concurrency key: the value of the field its ``concurrency_key``
-        option names, as text ("" for None, or with no such option)."""
-        for option, field in self.options:
-            if option == "concurrency_key":
+        """Its delivery's key: the value of the field its ``ordering_key`` option (or else
+        its ``concurrency_key``) names, as text ("" for None, or with no such option)."""
+        for option, field in self.options:  # never both (``manage.py check``)
+            if option in KEYED and field is not None:
                 value = getattr(message, field, None)
                 return "" if value is None else str(value)
         return ""
@@ -70,6 +76,7 @@ class Registry:
         self._processes: dict[str, tuple[type, Handler]] = {}
         self._by_name: dict[str, Handler] | None = None  # built on first use
         self._capped: tuple[tuple[str, int], ...] | None = None  # built on first use
+        self._ordered: tuple[tuple[str, bool], ...] | None = None  # built on first use
 
     def register(
         self,
@@ -90,6 +97,10 @@ class Registry:
         ``timeout`` (seconds) for an async one, ``breaker``, ``max_concurrency``
         (at most that many deliveries at once, across every process) and
         ``concurrency_key`` (a field of the message: at most that many per value),
+        ``ordering_key`` (a field of the message: its deliveries of one value one at a
+        time, in commit order; the message class's ``ordering_key`` by default, None for
+        none) and
+        ``dead_head="proceed"`` (the rest of a key go on past a dead delivery),
         and ``run="in_transaction"`` to be called inside the transaction that
         records the event instead.
         """
@@ -112,7 +123,7 @@ class Registry:
                 )
             kind = self._inline if handler.in_transaction else self._events
             kind[cls] = (*kind.get(cls, ()), handler)
-        self._by_name = self._capped = None
+        self._by_name = self._capped = self._ordered = None
         return func
 
     def register_process(self, name: str, process: type, steps: Callable[..., Any]) -> None:
@@ -136,7 +147,7 @@ class Registry:
         self._inline = {
             t: tuple(h for h in hs if h.func is not func) for t, hs in self._inline.items()
         }
-        self._by_name = self._capped = None
+        self._by_name = self._capped = self._ordered = None
 
     def command_handler(self, cls: type[Message]) -> Handler:
         handler = self._commands.get(cls)
@@ -203,6 +214,19 @@ class Registry:
             self._capped = tuple(sorted(found.items()))
         return self._capped
 
+    def ordered(self) -> tuple[tuple[str, bool], ...]:
+        """The handlers delivered after commit with an ``ordering_key``, by name: (name,
+        whether a key waits behind its dead first delivery), sorted."""
+        if self._ordered is None:
+            found = {
+                h.name: dict(h.options).get("dead_head", WAIT) == WAIT
+                for hs in self._events.values()
+                for h in hs
+                if h.ordered
+            }
+            self._ordered = tuple(sorted(found.items()))
+        return self._ordered
+
     def _steps(self) -> tuple[Handler, ...]:
         return tuple(steps for _, steps in self._processes.values())
 
@@ -216,7 +240,7 @@ class Registry:
         """Forget every handler (tests; autodiscovery does not run again)."""
         self._commands, self._queries, self._events, self._inline = {}, {}, {}, {}
         self._processes = {}
-        self._by_name = self._capped = None
+        self._by_name = self._capped = self._ordered = None
 
     @contextmanager
     def temporary(self, *funcs: Callable[..., Any]) -> Iterator[Registry]:
@@ -230,7 +254,7 @@ class Registry:
         finally:
             self._commands, self._queries, self._events, self._inline = saved
             self._processes = processes
-            self._by_name = self._capped = None
+            self._by_name = self._capped = self._ordered = None
 
 
 def _kind(cls: type[Message]) -> str:
@@ -310,6 +334,9 @@ def _inspect(
         raise RegistrationError(
             f"{name}: unknown option {', '.join(unknown)}; use {', '.join(OVERRIDABLE)}"
         )
+    ordering = getattr(message_type, "ordering_key", None)
+    if ordering and issubclass(message_type, Event) and options.get("run") != IN_TRANSACTION:
+        options = {"ordering_key": ordering, **options}  # the message's, unless overridden
     # Hashable, as policies are cached by their options: a dict value as its items.
     frozen = {k: tuple(sorted(v.items())) if isinstance(v, dict) else v for k, v in options.items()}
     return Handler(func, message_type, name, rest, tuple(sorted(frozen.items())), is_async)

@@ -280,7 +280,7 @@ def drain(using: str, *, batch: int = 100) -> int:
     until none is due, in this thread; how many calls ran."""
     ran = 0
     breaker.tick(using)
-    while claims := states.claim(using, batch):
+    while claims := states.claim(using, batch, follow=True):
         ran += run_claimed(claims)
         breaker.tick(using)
     return ran

@@ -23,6 +23,11 @@ A handler with a ``max_concurrency`` takes a slot (``outbox.slots``) before each
 call, in a statement of its own, and frees it with the done-mark or the failure:
 its deliveries never share a batch, and one that finds every slot taken is
 handed back, not run, no run counted (``capped``).
+
+An ordered handler's deliveries (``outbox.ordering``) are claimed only when their turn
+has come, at most one per key at a time; one run without a claim (just stored, a
+Celery task's) is looked at as its transaction begins, and handed back, not run, no
+run counted, while an earlier delivery of its key is unfinished (``wait_turn``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from ..exceptions import MessageDecodeError, RetryLater
 from ..handling.message_bus import bus
 from ..handling.unit_of_work import UnitOfWork
 from ..observe import logs, metrics, tracing
-from ..outbox import slots, sql, states
+from ..outbox import ordering, slots, sql, states
 from ..outbox.reference import Reference
 from . import breaker
 
@@ -176,7 +181,8 @@ def deliver(
             ran += 1
             alone += [job for job in batched if job.handler == failed.handler]
             batched = [job for job in batched if job.handler != failed.handler]
-    full: set[tuple[str, str]] = set()  # (handler, key) whose slots were all taken just now
+    # (handler, key) whose slots were all taken just now, or whose turn has not come
+    full: set[tuple[str, str]] = set()
     handed: list[Job] = []  # claimed deliveries of those, handed back untried
     while alone and not stopping():
         job = alone.pop(0)
@@ -195,12 +201,15 @@ def call(job: Job) -> bool:
     """One call of a sync handler in a transaction of its own; True if it completed.
 
     A handler with a max_concurrency: a slot taken first (committed), freed with the
-    done-mark or the failure; none free, the delivery is handed back, not run."""
+    done-mark or the failure; none free, the delivery is handed back, not run. An
+    ordered handler: handed back, not run, while an earlier delivery of its key is
+    unfinished (looked at in the transaction that marks it done)."""
     return _call(job) is True
 
 
 def _call(job: Job) -> bool | None:
-    """``call``: None if it was handed back, every slot of its handler (and key) taken."""
+    """``call``: None if it was handed back: every slot of its handler (and key) taken, or
+    not its key's turn."""
     with logs.handling(job.event, job.handler.name), job.span():
         # When it began, to time a first call's wait from its storing (if it was read).
         begun = timezone.now() if job.claim.stored is not None else None
@@ -213,6 +222,9 @@ def _call(job: Job) -> bool | None:
         started = time.perf_counter()
         try:
             with UnitOfWork(job.ref.using) as uow:
+                if job.policy.ordered and ordering.behind(job.ref):
+                    wait_turn(job)
+                    return None
                 # Its row locked for the transaction: a second runner waits, then finds it done.
                 if not states.done(job.ref, job.claim.lease):
                     logger.info("Not run: %s is done, paused, or another runner's", job)
@@ -331,6 +343,14 @@ def take_slot(job: Job) -> slots.Taken | None:
     process (the inline executor's, a Celery task's: their runner claims nothing after)."""
     most = job.policy.max_concurrency or 1
     return slots.take(job.ref, job.claim.lease, most, wakes=job.claim.key is None)
+
+
+def wait_turn(job: Job) -> None:
+    """An earlier delivery of the job's key is unfinished: the delivery is handed back, due
+    as before, no run counted, and runs once it is its key's turn."""
+    if job.claim.lease is not None:
+        states.let_go(job.ref, job.claim.lease)
+    logger.info("Not run yet: %s; an earlier delivery of its key is unfinished", job)
 
 
 def capped(job: Job) -> None:

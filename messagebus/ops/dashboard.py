@@ -29,6 +29,7 @@ from ..core.messages import Event
 from ..core.registry import registry
 from ..delivery.run import policy_of
 from ..models import Delivery, Pause, Slot, WorkerBeat
+from ..outbox import ordering
 from ..wording import first_line
 from . import health
 from .charts import bar_chart, hhmm
@@ -109,6 +110,7 @@ def report(using: str) -> dict[str, Any]:
             span,
         ),
         "dead": [_dead_group(row) for row in health.dead_by_handler(using)[:DEAD_GROUPS]],
+        "blocked": ordering.blocked(using),
         "handlers": handlers(using),
         "workers": workers,
         "last_seen": _worker(last, now) if last else None,

@@ -2,8 +2,9 @@
 ``messagebus status``, the admin's outbox dashboard.
 
 "ok" while the database answers and the outbox keeps up; "degraded" when the
-oldest due delivery has waited longer than HEALTH_MAX_LAG seconds or more than
-HEALTH_MAX_DEAD deliveries are dead; "down" when the database does not answer
+oldest due delivery has waited longer than HEALTH_MAX_LAG seconds, more than
+HEALTH_MAX_DEAD deliveries are dead, or an ordered handler's key waits behind a dead
+delivery ("key K of H blocked by delivery N"); "down" when the database does not answer
 (within HEALTH_TIMEOUT seconds for each statement, on PostgreSQL). Unless "ok", the
 answer's ``reasons`` say why. Where the EXTERNAL_URL's transport can tell how far its
 consumers are behind (Kafka), ``consumer_lag`` is each consuming group's lag on each
@@ -47,7 +48,7 @@ from ..core.policy import WAITING_FOR_HANDLER
 from ..exceptions import ConfigurationError
 from ..external import transports
 from ..models import Delivery, WorkerBeat
-from ..outbox import sql
+from ..outbox import ordering, sql
 from ..wording import first_line, plural
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def check(using: str) -> tuple[str, dict[str, Any]]:
         "lag_seconds": outbox["lag_seconds"],
         "waiting_for_a_handler": outbox["waiting_for_a_handler"], "paused": outbox["paused"],
     }  # fmt: skip
-    found = problems(public)
+    found = problems(public) + [str(key) for key in ordering.blocked(using)]
     report: dict[str, Any] = {"database": "ok", "outbox": public}
     if measures_lag():
         lag = consumer_lag()

@@ -18,7 +18,7 @@ from ..core.registry import Handler, registry
 from ..models import KEY_LENGTH, Delivery
 from ..observe import logs, tracing
 from ..wording import plural
-from . import sql
+from . import ordering, sql
 from .reference import Reference
 
 logger = logs.get_logger(__name__)
@@ -52,8 +52,8 @@ def store(
     ``wake`` (``sql.store``)."""
     if handlers is None:
         handlers = registry.event_handlers(type(event))
-    refs = _stored(event, using, [h.name for h in handlers], now, keys=_keys(event, handlers),
-                   **delivery)  # fmt: skip
+    names = [h.name for h in handlers]
+    refs = _stored(event, using, names, now, **_keys(event, handlers, using), **delivery)
     if observers:
         for observer in observers:
             observer(event, using)
@@ -75,14 +75,15 @@ def store_due(
     if it has none), or to the process manager that sends it, ``sender``: (its name, the
     instance's key), whose steps run it (``registry.register_process``). ``delivery``: as
     for ``store``."""
+    keyed: dict[str, Any] = {}
     if sender is not None:
-        names, keys = [sender[0]], [sender[1][:KEY_LENGTH]]
+        names, keyed = [sender[0]], {"keys": [sender[1][:KEY_LENGTH]]}
     elif isinstance(message, Command):
-        names, keys = [registry.command_handler(type(message)).name], None
+        names = [registry.command_handler(type(message)).name]
     else:
         handlers = registry.event_handlers(type(message))
-        names, keys = [h.name for h in handlers], _keys(message, handlers)
-    refs = _stored(message, using, names, None, due=due, keys=keys, **delivery)
+        names, keyed = [h.name for h in handlers], _keys(message, handlers, using)
+    refs = _stored(message, using, names, None, due=due, **keyed, **delivery)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("Stored %s, due at %s", message, due.isoformat())
     return refs
@@ -99,9 +100,16 @@ def _stored(
     return [Reference(using, envelope.id, name, envelope) for name in handlers]
 
 
-def _keys(message: Message, handlers: Sequence[Handler]) -> list[str]:
-    """Each handler's concurrency key for ``message``, as its delivery keeps it."""
-    return [h.key_of(message)[:KEY_LENGTH] for h in handlers]
+def _keys(message: Message, handlers: Sequence[Handler], using: str) -> dict[str, Any]:
+    """Each handler's key for ``message``, as its delivery keeps it (``keys``), and the
+    ordered handlers' next numbers for theirs (``sequences``), taken now."""
+    keys = [h.key_of(message)[:KEY_LENGTH] for h in handlers]
+    ordered = [(h.name, key) for h, key in zip(handlers, keys, strict=True) if h.ordered]
+    if not ordered:
+        return {"keys": keys}
+    numbers = dict(zip(ordered, ordering.sequences(using, ordered), strict=True))
+    numbered = [numbers.get((h.name, key)) for h, key in zip(handlers, keys, strict=True)]
+    return {"keys": keys, "sequences": numbered}
 
 
 def scheduled(now: dt.datetime) -> Q:

@@ -27,10 +27,12 @@ EVENT_COLUMNS = (
 DELIVERY_COLUMNS = (
     "event", "handler", "status", "attempts", "runs", "calls",
     "next_attempt_at", "last_error", "traceback", "created_at", "priority", "queue",
-    "concurrency_key",
+    "concurrency_key", "sequence",
 )  # fmt: skip
 SLOT_COLUMNS = ("handler", "key", "number", "event", "lease_until", "taken_at", "wanted")
-PENDING, DONE = Delivery.Status.PENDING.value, Delivery.Status.DONE.value
+LOOK_AHEAD = 4  # an ordered claim looks at up to this many times its limit of due deliveries
+PENDING, DONE, DEAD = (Delivery.Status.PENDING.value, Delivery.Status.DONE.value,
+                       Delivery.Status.DEAD.value)  # fmt: skip
 
 
 def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
@@ -200,8 +202,69 @@ class Statements:
         else:  # in one transaction: pick, lease, read
             self.claim = ["{}", lease, read.format(table, f"WHERE c.{col['id']} IN {{}} ")]
         self.pick = due + self.skip_locked
-        self._claims: dict[tuple[int, bool, int, bool], list[str]] = {}
+        self._claims: dict[tuple[int, bool, int, bool, int | None, bool], list[str]] = {}
         self._slots(connection, table, col)
+        self._ordering(table, col)
+
+    def _ordering(self, table: str, col: dict[str, str]) -> None:
+        """The claim's statements for ordered handlers (``ordering``)."""
+        h, k, n = col["handler"], col["concurrency_key"], col["sequence"]
+        self.table, self.col = table, col
+        # An ordered delivery (a row named {0}) is due only once none of its handler's
+        # deliveries of its key before it is unfinished: pending, or dead ({1} leaves out
+        # the dead ones of handlers whose keys proceed past them).
+        self.first = (
+            f"({{0}}.{n} IS NULL OR NOT EXISTS (SELECT 1 FROM {table} o WHERE "
+            f"o.{h} = {{0}}.{h} AND o.{k} = {{0}}.{k} AND o.{n} < {{0}}.{n} AND "
+            f"(o.{col['status']} = '{PENDING}' OR o.{col['status']} = '{DEAD}'{{1}})))"
+        )
+        self.proceeding = f" AND o.{h} NOT IN ({{}})"
+        # The deliveries that follow the firsts claimed of their keys (f after h), with
+        # none between (b) that is dead ({proceeding}: unless its handler goes on) or
+        # pending but leased, not due or ({b_queue}) of a queue not claimed.
+        pending, status, lease, at = (
+            PENDING,
+            col["status"],
+            col["lease_until"],
+            col["next_attempt_at"],
+        )
+        self.follow = (
+            f"SELECT f.{col['id']} FROM {table} f JOIN {table} h ON h.{h} = f.{h} "
+            f"AND h.{k} = f.{k} WHERE h.{col['id']} IN ({{firsts}}) AND f.{n} > h.{n} "
+            f"AND f.{status} = '{pending}' AND f.{lease} IS NULL AND f.{at} <= %s {{f_queue}}"
+            f"AND NOT EXISTS (SELECT 1 FROM {table} b WHERE b.{h} = f.{h} AND b.{k} = f.{k} "
+            f"AND b.{n} > h.{n} AND b.{n} < f.{n} AND (b.{status} = '{DEAD}'{{proceeding}} OR "
+            f"b.{status} = '{pending}' AND (b.{lease} IS NOT NULL OR b.{at} > %s{{b_queue}}))) "
+            f"ORDER BY f.{col['id']} LIMIT %s"
+        )
+        # A claim looks at the first %s due deliveries only (a look at every one pending
+        # would grow with the backlog, as most wait behind others of their key), takes the
+        # first ones of no more than %s keys among them, leaving the rest to the other
+        # runners, and no more than %s in all. ({} is where the filters go.)
+        self.window = (
+            f"SELECT {col['id']} FROM {table} WHERE {col['id']} IN (SELECT firsts.{col['id']} "
+            f"FROM (SELECT w.{col['id']}, w.{n}, row_number() OVER (PARTITION BY w.{n} IS NULL "
+            f"{self.order}) AS nth FROM (SELECT {col['id']}, {h}, {k}, {n}, {col['priority']}, "
+            f"{col['next_attempt_at']} {self.due_from}{self.order} LIMIT %s) AS w "
+            f"WHERE {{first}}) AS firsts WHERE firsts.{n} IS NULL OR firsts.nth <= %s) "
+            f"AND {col['status']} = '{PENDING}' AND {col['lease_until']} IS NULL "
+            f"{self.order} LIMIT %s{self.skip_locked}"
+        )
+
+    def follow_in(self, firsts: int, queues: int, proceeding: int) -> list[str]:
+        """The statements of ``follow``: after ``firsts`` deliveries, for ``queues`` queues
+        (0: any), ``proceeding`` handlers going on past a dead one."""
+        names = self.proceeding.format(_marks(range(proceeding))).replace("o.", "b.")
+        f_queue = f"AND f.{self.col['queue']} IN ({_marks(range(queues))}) " if queues else ""
+        b_queue = f" OR b.{self.col['queue']} NOT IN ({_marks(range(queues))})" if queues else ""
+        pick = self.follow.format(
+            firsts=_marks(range(firsts)), f_queue=f_queue, proceeding=names, b_queue=b_queue
+        )
+        return [self.claim[0].format(pick), *self.claim[1:]]
+
+    def _first(self, row: str, proceeding: int) -> str:
+        names = self.proceeding.format(_marks(range(proceeding))) if proceeding else ""
+        return self.first.format(row, names)
 
     def _slots(self, connection: BaseDatabaseWrapper, table: str, col: dict[str, str]) -> None:
         """The statements of the concurrency slots (``slots``), and the claim's gate."""
@@ -311,26 +374,48 @@ class Statements:
         self.free_slot = [f"DELETE FROM {slots} {held} RETURNING {slot['wanted']}"]
 
     def claim_in(
-        self, queues: int, paused: bool, capped: int = 0, in_flight: bool = False
+        self,
+        queues: int,
+        paused: bool,
+        capped: int = 0,
+        in_flight: bool = False,
+        proceeding: int | None = None,
+        window: bool = True,
     ) -> list[str]:
         """The claim's statements, for deliveries of any queue (0) or of ``queues`` queues,
         leaving out paused handlers' if ``paused`` (some handler may be: the check costs
         the claim's plan its speed, so it is left out while none is); of the ``capped``
         handlers with a max_concurrency (none: no check), none whose slots (for their
         key) are all taken, and no more than are free (``in_flight``: counting the
-        deliveries leased, not the slots taken)."""
+        deliveries leased, not the slots taken); if some handler is ordered
+        (``proceeding``: how many of those proceed past a dead delivery; None: none is
+        ordered), none with an unfinished delivery before it, and (none capped, and a
+        ``window``) of the first due ones only, the first ones of no more keys than a
+        parameter after the limit says."""
         try:
-            return self._claims[queues, paused, capped, in_flight]
+            return self._claims[queues, paused, capped, in_flight, proceeding, window]
         except KeyError:
             gate = {"names": _marks(range(capped)), "most": "WHEN %s THEN %s " * capped}
+            ordered = proceeding is not None
+            windowed = ordered and window and not capped
             where = (
                 (self.unpaused if paused else "")
                 + (self.capped[in_flight].format(**gate) if capped else "")
+                + (
+                    f"AND {self._first(self.table, proceeding or 0)} "
+                    if ordered and not windowed
+                    else ""
+                )
                 + (self.in_queues.format(_marks(range(queues))) if queues else "")
             )
-            pick = self.ranked[in_flight] if capped else self.pick
-            built = [self.claim[0].format(pick.format(where, **gate)), *self.claim[1:]]
-            self._claims[queues, paused, capped, in_flight] = built
+            if capped:
+                pick = self.ranked[in_flight].format(where, **gate)
+            elif windowed:
+                pick = self.window.format(where, first=self._first("w", proceeding or 0))
+            else:
+                pick = self.pick.format(where)
+            built = [self.claim[0].format(pick), *self.claim[1:]]
+            self._claims[queues, paused, capped, in_flight, proceeding, window] = built
             return built
 
 
@@ -412,10 +497,11 @@ def store(
     queue: str = DEFAULT_QUEUE,
     wake: bool = False,
     keys: Sequence[str] | None = None,
+    sequences: Sequence[int | None] | None = None,
 ) -> None:
     """Insert an event and one pending delivery per handler, due from ``due`` (default
     ``now``), claimed in order of ``priority`` (higher first), in ``queue``, each with
-    its concurrency key in ``keys`` (default: none). ``wake``:
+    its key in ``keys`` (default: none) and, ordered, its number in ``sequences``. ``wake``:
     NOTIFY the listening workers as the transaction commits, in the same round trip
     (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls
     back), where ``wakes_in_store``."""
@@ -435,8 +521,13 @@ def store(
             cursor.execute(sql.insert_event, params)
             return
         deliveries = sql.insert_deliveries + ", ".join([sql.delivery_values] * len(handlers))
-        for name, key in zip(handlers, keys or [""] * len(handlers), strict=True):
-            params += [event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key]
+        unkeyed = [""] * len(handlers)
+        for name, key, number in zip(
+            handlers, keys or unkeyed, sequences or [None] * len(handlers), strict=True
+        ):
+            params += [
+                event, name, PENDING, 0, 0, 0, due_at, "", "", when, priority, queue, key, number
+            ]  # fmt: skip
         if sql.one_statement:
             # One round trip: the event's INSERT rides in a WITH clause, the wake-up after it.
             if wake:
@@ -583,12 +674,16 @@ def claim(
     capped: Sequence[tuple[str, int]] = (),
     now: dt.datetime | None = None,
     in_flight: bool = False,
+    ordered: Sequence[tuple[str, bool]] = (),
+    keys: int = 0,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries (of ``queues`` only, if any; not of paused
     handlers, unless ``paused`` is False: none is; of the ``capped`` handlers, (name,
     max_concurrency), no more of one key than had slots free ``now``, or, ``in_flight``,
-    than were not leased), highest priority first, then in the order they fell due,
-    with their events.
+    than were not leased; of the ``ordered`` handlers, (name, whether a key waits behind
+    a dead delivery), none behind an unfinished one of its key, and the first ones of
+    no more than ``keys`` keys, unless some handler is capped), highest priority first,
+    then in the order they fell due, with their events.
 
     Each row: (id, handler, runs, calls, event id, type, payload, correlation id, causation id,
     trace context, when the delivery was stored, its concurrency key).
@@ -600,22 +695,58 @@ def claim(
         live = _WHEN.get_db_prep_value(now or due, connection)
         names, most = [name for name, _ in capped], [v for pair in capped for v in pair]
         gate, ranked = [*names, live, *most], [*names, *most, live]
+    proceeding = [name for name, waits in ordered if not waits]
+    head = [_WHEN.get_db_prep_value(lease, connection), _WHEN.get_db_prep_value(due, connection)]
+    sql = _statements(connection)
+    shape = (len(queues), paused, len(capped), in_flight, len(proceeding) if ordered else None)
+    if ordered and not capped:
+        # The first due ones looked at; if none of them can run (all behind others of their
+        # keys: the first ones failed, due again later), every due one.
+        windowed = [*head, *gate, *queues, limit * LOOK_AHEAD, *proceeding, keys, limit]
+        rows = _leased(connection, sql.claim_in(*shape), windowed)
+        if rows:
+            return rows
+    params = [*head, *gate, *(proceeding if ordered else []), *queues, limit, *ranked]
+    return _leased(connection, sql.claim_in(*shape, window=False), params)
+
+
+def follow(
+    using: str,
+    firsts: Sequence[int],
+    limit: int,
+    lease: dt.datetime,
+    due: dt.datetime,
+    queues: Sequence[str] = (),
+    *,
+    proceeding: Sequence[str] = (),
+) -> list[Claimed]:
+    """Lease, after the ``firsts`` of their keys (ordered deliveries just claimed under
+    ``lease``), up to ``limit`` of the deliveries that follow them in their keys, due
+    (and in ``queues``, if any) with none between that is not (leased, not due, dead,
+    of another queue), in the order they were stored, with their events (as ``claim``).
+    ``proceeding``: the handlers whose keys go on past a dead delivery."""
+    connection = connections[using]
+    sql = _statements(connection)
+    when = _WHEN.get_db_prep_value(due, connection)
     params = [
         _WHEN.get_db_prep_value(lease, connection),
-        _WHEN.get_db_prep_value(due, connection),
-        *gate,
-        *queues,
-        limit,
-        *ranked,
-    ]
-    statements = _statements(connection).claim_in(len(queues), paused, len(capped), in_flight)
+        *firsts, when, *queues, *proceeding, when, *queues, limit,
+    ]  # fmt: skip
+    return _leased(connection, sql.follow_in(len(firsts), len(queues), len(proceeding)), params)
+
+
+def _leased(
+    connection: BaseDatabaseWrapper, statements: list[str], params: list[Any]
+) -> list[Claimed]:
+    """Run a claim's statements (one; or pick, lease and read), with its params (the lease
+    first): the rows leased, with their events."""
     with connection.cursor() as cursor:
         if len(statements) == 1:
             cursor.execute(statements[0], params)
             rows = cursor.fetchall()
         else:
             pick, lease_them, read = statements
-            with transaction.atomic(using=using):
+            with transaction.atomic(using=connection.alias):
                 cursor.execute(pick, params[1:])
                 ids = [row[0] for row in cursor.fetchall()]
                 if not ids:

@@ -38,11 +38,12 @@ from ..core.policy import Dead, Policy, Postpone, Verdict
 from ..core.registry import registry
 from ..models import Delivery, DeliveryQuerySet, Pause, paused
 from ..wording import describe
-from . import slots, sql
+from . import ordering, slots, sql
 from .reference import Reference
 
 Status = Delivery.Status
 CANCELLED = "Cancelled before it ran"  # a cancelled delivery's reason, kept as its last error
+KEYS_SHARE = 8  # of a claim's limit, how many ordered keys' first deliveries it may take
 _END_RUN: dict[str, Any] = {"runs": F("runs") + 1, "calls": 0, "lease_until": None}
 
 
@@ -78,23 +79,50 @@ def claim(
     overdue: float = 0,
     queues: Sequence[str] = (),
     in_flight: bool = False,
+    follow: bool = False,
 ) -> list[Claim]:
     """Lease up to ``limit`` deliveries due ``overdue`` seconds ago (SKIP LOCKED), of
     ``queues`` only if given, highest priority first; none of a paused handler, and of a
     handler with a max_concurrency, no more of one key than it has slots free (or,
-    ``in_flight``, as the relay counts, than it has deliveries not leased)."""
+    ``in_flight``, as the relay counts, than it has deliveries not leased); of an ordered
+    handler, none behind an unfinished delivery of its key (``ordering``), and the first
+    ones of no more than ``limit // KEYS_SHARE`` keys: other runners find the rest.
+
+    ``follow`` (a runner that runs its claims one after another, in their order): after
+    the first ones of its keys, a sync ordered handler's deliveries that follow them, in
+    their keys' order, up to ``limit`` in all."""
     now = timezone.now()
     lease = now + dt.timedelta(seconds=conf.settings.CLAIM_TIMEOUT)
     due = now - dt.timedelta(seconds=overdue)
+    ordered = registry.ordered()
+    claims = _claims(using, lease, sql.claim(
+        using, limit, lease, due, queues,
+        paused=any_paused(using), capped=registry.capped(), now=now, in_flight=in_flight,
+        ordered=ordered, keys=max(1, limit // KEYS_SHARE),
+    ))  # fmt: skip
+    firsts = [c.id for c in claims if c.ref.handler in _followed(ordered)] if follow else []
+    if firsts and len(claims) < limit:
+        proceeding = [name for name, waits in ordered if not waits]
+        rows = sql.follow(using, firsts, limit - len(claims), lease, due, queues,
+                          proceeding=proceeding)  # fmt: skip
+        claims += sorted(_claims(using, lease, rows), key=lambda c: c.id)  # in their keys' order
+    return claims
+
+
+def _followed(ordered: Sequence[tuple[str, bool]]) -> set[str]:
+    """The ordered handlers whose claims may take followers: the sync ones (a claim's
+    async deliveries may run at once, each marked done as it returns)."""
+    handlers = (registry.named(name) for name, _ in ordered)
+    return {h.name for h in handlers if h is not None and not h.is_async}
+
+
+def _claims(using: str, lease: dt.datetime, rows: Sequence[sql.Claimed]) -> list[Claim]:
     return [
         Claim(Reference(using, event, handler,
                         Envelope(kind, event, corr, cause, payload, trace=trace)),
               pk, runs, lease, stored, calls, key)
         for pk, handler, runs, calls, event, kind, payload, corr, cause, trace, stored, key
-        in sql.claim(
-            using, limit, lease, due, queues,
-            paused=any_paused(using), capped=registry.capped(), now=now, in_flight=in_flight,
-        )
+        in rows
     ]  # fmt: skip
 
 
@@ -168,14 +196,18 @@ def finished(claims: Sequence[Claim], freeing: Sequence[slots.Taken] = ()) -> se
 
 def taken(refs: Sequence[Reference]) -> list[Claim]:
     """Lease these pending, unleased deliveries to this runner, for an async handler's
-    run (which holds no row lock); those another runner holds are left out."""
+    run (which holds no row lock); those another runner holds, and those behind an
+    unfinished delivery of their key (ordered), are left out."""
     if not refs:
         return []
     using = refs[0].using
     lease = fresh_lease()
     by_key = {(ref.event_id, ref.handler): ref for ref in refs}
     rows = Delivery.objects.using(using).pending().filter(_any_of(refs))
-    rows.filter(lease_until__isnull=True).exclude(paused()).update(lease_until=lease)
+    free = rows.filter(lease_until__isnull=True).exclude(paused())
+    if registry.ordered():
+        free = free.exclude(ordering.elders(ordering.proceeding()))
+    free.update(lease_until=lease)
     return [
         Claim(by_key[event, handler], pk, runs, lease, calls=calls)
         for pk, event, handler, runs, calls in rows.filter(lease_until=lease).values_list(

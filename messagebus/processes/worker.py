@@ -181,7 +181,8 @@ class Worker(Process):
             if not limit:
                 return 0
             from_thread.run(concurrent.refresh)
-        claims = states.claim(self.using, limit, queues=self.queues)
+        # One by one (no pool), an ordered key's claims may follow its first in one batch.
+        claims = states.claim(self.using, limit, queues=self.queues, follow=self._pool is None)
         if self._pool is not None:
             from_thread.run_sync(self._pool.start, claims)
             self.processed += len(claims)

@@ -77,3 +77,13 @@ class MeteredFor(messagebus.Event):
 
     n: int
     account: str
+
+
+@dataclass(frozen=True)
+class Sequenced(messagebus.Event):
+    """The ``n``-th event about ``key``: its handlers (``ORDERED``) see one key's in order."""
+
+    ordering_key = "key"
+
+    key: str
+    n: int

@@ -1,4 +1,5 @@
 import os
+import random
 import time
 
 import anyio
@@ -7,7 +8,16 @@ import messagebus
 from messagebus.handling.unit_of_work import UnitOfWork
 
 from .commands import Deposit, OpenAccount, Overdrawn, Record
-from .events import Audited, Deposited, Metered, MeteredFor, Napped, Pinged, Reminded
+from .events import (
+    Audited,
+    Deposited,
+    Metered,
+    MeteredFor,
+    Napped,
+    Pinged,
+    Reminded,
+    Sequenced,
+)  # fmt: skip
 from .models import Account, Entry
 
 
@@ -122,3 +132,41 @@ def register_capped(registry: messagebus.Registry) -> None:
 
 if os.environ.get("BUSAPP_METERED"):
     register_capped(messagebus.registry)
+
+
+DOOMED = "doomed"  # a key whose first event its handlers reject: dead at once
+
+
+def see_in_turn(event: Sequenced) -> None:
+    """Write a row (the key, n); fail at random $BUSAPP_FLAKY of the calls, and always on
+    the first event of a key that starts with DOOMED."""
+    seen(event, "in turn")
+
+
+def see_past_the_dead(event: Sequenced) -> None:
+    """As ``see_in_turn``, for a handler whose keys go on past a dead event."""
+    seen(event, "past the dead")
+
+
+def seen(event: Sequenced, note: str) -> None:
+    if event.key.startswith(DOOMED) and event.n == 0:
+        raise messagebus.Reject(f"{event.key} starts doomed")
+    if random.random() < float(os.environ.get("BUSAPP_FLAKY", "0")):
+        raise ConnectionError("a transient failure, at random")
+    Entry.objects.create(account=event.key, amount=event.n, note=note)
+
+
+# The ordered handlers (Sequenced names its ordering key), registered only where a test
+# asks (tests/integration/messagebus/test_ordering.py, and $BUSAPP_ORDERED in its worker
+# processes): elsewhere no handler is ordered, and the claims look behind no delivery.
+ORDERED = {see_in_turn: {}, see_past_the_dead: {"dead_head": "proceed"}}
+
+
+def register_ordered(registry: messagebus.Registry, *, ordered: bool = True) -> None:
+    """``ordered=False``: the same handlers, unordered (bench/bench_ordering.py's baseline)."""
+    for func, options in ORDERED.items():
+        registry.register(None, func, **(options if ordered else {"ordering_key": None}))
+
+
+if mode := os.environ.get("BUSAPP_ORDERED"):  # "unordered": the same handlers, unordered
+    register_ordered(messagebus.registry, ordered=mode != "unordered")

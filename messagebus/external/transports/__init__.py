@@ -114,6 +114,16 @@ def connection_errors() -> tuple[type[Exception], ...]:
     return tuple({error for transport in built for error in transport.connection_errors})
 
 
+ORDERING_KEY = "ordering_key"  # the header (or field) that carries a message's ordering key
+
+
+def keyed(envelope: Envelope) -> dict[str, str]:
+    """The ordering key's header, for a message whose type names one (``Envelope.ordering_key``):
+    a consumer, or a broker that partitions by key, keeps one key's messages in order."""
+    key = envelope.ordering_key
+    return {} if key is None else {ORDERING_KEY: key}
+
+
 def body(envelope: Envelope) -> bytes:
     """What goes on the wire: the message's own fields, as JSON."""
     return json.dumps(envelope.payload, separators=(",", ":")).encode()
@@ -121,12 +131,13 @@ def body(envelope: Envelope) -> bytes:
 
 def headers(envelope: Envelope, id_name: str = "message_id") -> dict[str, str]:
     """What goes with the body, as headers or fields: its id (under ``id_name``), type,
-    lineage, and trace context."""
+    lineage, ordering key (``keyed``) and trace context."""
     return {
         id_name: str(envelope.id),
         "type": envelope.type,
         "correlation_id": str(envelope.correlation_id),
         "causation_id": str(envelope.causation_id or ""),
+        **keyed(envelope),
         **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
     }
 

@@ -26,7 +26,7 @@ from kombu.messaging import Consumer, Producer
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Receive, Verdict, body, trace_of
+from . import BATCH, Receive, Verdict, body, keyed, trace_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,11 @@ class AmqpTransport:
             message_id=str(envelope.id),
             type=envelope.type,
             correlation_id=str(envelope.correlation_id),
-            headers={"causation_id": str(envelope.causation_id or ""), **(envelope.trace or {})},
+            headers={
+                "causation_id": str(envelope.causation_id or ""),
+                **keyed(envelope),
+                **(envelope.trace or {}),
+            },
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2},
             timeout=TIMEOUT,

@@ -134,7 +134,8 @@ class KafkaTransport:
             made[1].flush(TIMEOUT)
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        key = envelope.key.encode() if envelope.key is not None else None
+        found = envelope.key if envelope.key is not None else envelope.ordering_key
+        key = found.encode() if found is not None else None
         self.write([(channel, body(envelope), key, list(headers(envelope).items()))])
 
     def write(self, messages: list[tuple[str, bytes, bytes | None, list[Any]]]) -> None:

@@ -26,7 +26,7 @@ from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPaus
 from messagebus.handling import scheduling
 from messagebus.models import Delivery, InboxMessage
 from messagebus.ops import health, pauses, prometheus
-from messagebus.outbox import slots
+from messagebus.outbox import ordering, slots
 from messagebus.processes.worker import Worker
 from messagebus.wording import first_line, plural
 
@@ -284,6 +284,7 @@ class Command(BaseCommand):
         beats = list(health.workers_seen(using))
         paused = pauses.paused(using)
         capped = _capped(using)
+        blocked = ordering.blocked(using)
         last = None if beats else health.last_seen(using)
         received = dict(
             InboxMessage.objects.using(using)
@@ -314,6 +315,7 @@ class Command(BaseCommand):
                     for p in paused
                 ],
                 "capped_handlers": capped,
+                "blocked_keys": [key._asdict() for key in blocked],
                 "periodic": periodic,
                 "last_seen": last and {
                     "id": last.id, "seen_at": last.seen_at.isoformat(), "stopped": last.stopped
@@ -363,6 +365,8 @@ class Command(BaseCommand):
             if registry.named(cap["handler"]) is None:
                 at_most = "no handler of that name is registered in this process"
             self.stdout.write(f"Capped: {cap['handler']}: {at_most}; {cap['running']} running.")
+        for key in blocked:
+            self.stdout.write(f"Blocked: {key} ({key.waiting} waiting).")
         self.stdout.write(
             f"Workers seen in the last minute: {len(beats)}"
             + "".join(f"\n  {w.id}: {plural(w.processed, 'delivery', 'deliveries')}, "

@@ -4,10 +4,8 @@ that finds every slot taken waits, pending, without counting a run or holding a 
 
 import datetime as dt
 import json
-import os
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from io import StringIO
@@ -34,10 +32,12 @@ from messagebus.ops import dashboard
 from messagebus.outbox import slots, states
 from messagebus.outbox.reference import Reference
 from messagebus.testing import run_due
+from tests import subprocesses
+from tests.brokers import wait_for
 from tests.busapp.events import Metered, MeteredFor, Pinged
 from tests.busapp.handlers import register_capped
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, celery_on_postgres, database_url, postgres_only, server_database
+from tests.conftest import ROOT, celery_on_postgres, postgres_only, server_database
 from tests.subprocesses import CeleryWorker, Watched, celery_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("capped")]
@@ -406,25 +406,11 @@ def test_the_claim_reads_no_slot_while_no_handler_has_a_max_concurrency(messageb
 
 
 def started_workers(count: int, env: dict[str, str], batch: int = 5) -> list[Watched]:
-    command = [
-        sys.executable, str(ROOT / "manage.py"), "messagebus", "worker",
-        "--batch", str(batch), "--interval", "0.2",
-    ]  # fmt: skip
-    full = {
-        **os.environ, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO",
-        "BUSAPP_METERED": "1", **env,
-    }  # fmt: skip
-    return [
-        Watched(command, env=full, ready="started on database", what="a worker")
-        for _ in range(count)
-    ]
+    return subprocesses.started_workers(count, {"BUSAPP_METERED": "1", **env}, batch=batch)
 
 
 def wait_until(check, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+    wait_for(check, seconds)
 
 
 Call = tuple[int, str, float, float]  # n, account, started, ended

@@ -22,11 +22,11 @@ import messagebus
 from messagebus.core.envelope import Envelope
 from messagebus.exceptions import ConfigurationError
 from messagebus.external import consumed, inbox, transports
-from messagebus.external.transports import ACKED, Inbound, Settled
+from messagebus.external.transports import ACKED, ORDERING_KEY, Inbound, Settled
 from messagebus.models import Delivery, InboxMessage
 from messagebus.processes.worker import Worker
 from tests.brokers import external, wait_for
-from tests.busapp.events import Sent
+from tests.busapp.events import Sent, Sequenced
 from tests.busapp.models import Entry
 from tests.durable import Broker
 
@@ -287,6 +287,17 @@ def test_a_publish_from_sync_code_called_inside_async_code_goes_out(durable: Bro
         asyncio.run(inside())
         transport.publish(CHANNEL, Envelope.of(Sent(n=2)))
     assert [data for data, _ in durable.messages(CHANNEL)] == [b'{"n":1}', b'{"n":2}']
+
+
+def test_an_ordered_message_carries_its_ordering_key_in_a_header(durable: Broker, db):
+    with external(durable.url):
+        transport = transports.get()
+        assert transport is not None
+        transport.publish(CHANNEL, Envelope.of(Sequenced(key="k7", n=1)))
+        transport.publish(CHANNEL, Envelope.of(Sent(n=2)))
+    (_, ordered), (_, unordered) = durable.messages(CHANNEL)
+    assert ordered[ORDERING_KEY] == "k7"
+    assert ORDERING_KEY not in unordered
 
 
 def test_the_consumer_waits_out_a_broker_that_goes_away(durable: Broker, consumer):

@@ -15,9 +15,13 @@ from django.test import override_settings
 import messagebus
 from allocation.commands import Allocate, CreateBatch
 from allocation.models import Batch
+from messagebus.core.envelope import Envelope
+from messagebus.external import transports
+from messagebus.external.transports import ORDERING_KEY
 from messagebus.models import Delivery, InboxMessage, StoredEvent, WorkerBeat
 from messagebus.processes.worker import Worker
 from tests.brokers import external, needs_redis, read_all, wait_for
+from tests.busapp.events import Sequenced
 from tests.conftest import BROKER_URL, REDIS_URL, needs_rabbitmq
 from tests.proxy import Proxy
 
@@ -62,6 +66,16 @@ def test_allocated_is_published_to_the_messagebus_exchange_with_its_ids(
     assert message.properties["type"] == "allocation.Allocated"
     assert message.properties["correlation_id"] == str(event.correlation_id)
     assert message.properties["delivery_mode"] == 2  # persistent
+
+
+@needs_rabbitmq
+def test_an_ordered_message_carries_its_ordering_key_in_an_amqp_header(rabbitmq_queue):
+    with external(BROKER_URL):
+        transport = transports.get()
+        assert transport is not None
+        transport.publish("line_allocated", Envelope.of(Sequenced(key="k7", n=1)))
+    message = rabbitmq_queue.get(no_ack=True)
+    assert message is not None and message.headers[ORDERING_KEY] == "k7"
 
 
 @needs_rabbitmq

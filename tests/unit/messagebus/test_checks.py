@@ -273,3 +273,45 @@ def test_an_unknown_delivery_option_is_refused_at_registration():
         pytest.raises(messagebus.RegistrationError, match="unknown option retries"),
     ):
         messagebus.handler(retries=3)(handler)
+
+
+def test_an_ordering_key_is_checked_against_its_message_and_its_handler(app_messages):
+    @app_messages
+    @dataclass(frozen=True)
+    class Shipped(messagebus.Event):
+        ordering_key = "order"  # a field it lacks
+
+        orderid: str
+
+    @app_messages
+    @dataclass(frozen=True)
+    class Packed(messagebus.Event):
+        ordering_key = "orderid"
+
+        orderid: str
+
+    def misnamed(event: Packed) -> None: ...
+
+    def capped_too(event: Packed) -> None: ...
+
+    def derived(event: Packed) -> None: ...
+
+    def proceeds_unordered(event: Packed) -> None: ...
+
+    def fine(event: Packed) -> None: ...
+
+    with messagebus.registry.temporary() as registry:
+        registry.register(None, misnamed, ordering_key="order_id")
+        registry.register(None, capped_too, max_concurrency=1)
+        registry.register(None, derived, run="in_transaction", ordering_key="orderid")
+        registry.register(None, proceeds_unordered, ordering_key=None, dead_head="proceed")
+        registry.register(None, fine, dead_head="proceed")
+        output = check_output()
+    assert output.count("messagebus.E010") == 1
+    assert "Shipped has ordering_key='order', which is not a field of" in output
+    assert "HINT: Name one of its fields: orderid." in output
+    assert output.count("messagebus.E006") == 4
+    assert "misnamed has ordering_key='order_id', which is not a field of" in output
+    assert "capped_too is ordered and capped" in output
+    assert "derived is ordered, but it runs in the transaction that records its event" in output
+    assert "proceeds_unordered has a dead_head option but no ordering_key" in output
