@@ -326,6 +326,8 @@ class KeySequence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} ({self.key}): {self.last}"
+
+
 class ProcessInstance(models.Model):
     """An instance of a process manager (``messagebus.sagas``): its state between the
     messages it handles, found by the process's name and the value of its key field in
