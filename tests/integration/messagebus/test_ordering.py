@@ -33,7 +33,7 @@ from tests.brokers import wait_for
 from tests.busapp.events import Pinged, Sequenced
 from tests.busapp.handlers import DOOMED, register_ordered, see_in_turn, see_past_the_dead
 from tests.busapp.models import Entry
-from tests.conftest import ROOT, celery_on_postgres, postgres_only
+from tests.conftest import ROOT, celery_on_postgres, server_database
 from tests.subprocesses import CeleryWorker, Watched, celery_env, started_workers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ordered")]
@@ -257,7 +257,7 @@ def test_celery_workers_and_the_relay_run_each_key_in_order():
 COUNT, KEYS = 5000, 50
 
 
-@postgres_only
+@server_database
 def test_three_workers_see_each_key_in_order_each_once_through_random_failures():
     keys = [f"k{n}" for n in range(KEYS)] + [f"{DOOMED}-3"]
     shuffled = random.Random(22)
