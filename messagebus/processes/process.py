@@ -46,7 +46,24 @@ class Process:
             self.id = f"{self.role}:{self.id}"
         self.failures = 0  # outages in a row
         self.stopping = threading.Event()
+        self._signalled = False  # a SIGTERM or SIGINT is being handled
         self._beaten = float("-inf")  # due at once
+
+    def stop(self, *args: object) -> None:
+        self.stopping.set()
+
+    def on_signal(self, *args: object) -> None:
+        """SIGTERM's and SIGINT's handler: ``stop()``. A signal that arrives while the first
+        is handled (a process group signalled twice at once: a shell's ``kill 0`` and its
+        parent's) is the same request, and is dropped: handled inside the first, it would
+        wait for ever for the lock the first holds in ``stopping.set()``."""
+        if self._signalled:
+            return
+        self._signalled = True
+        try:
+            self.stop()
+        finally:
+            self._signalled = False
 
     @property
     def name(self) -> str:

@@ -241,8 +241,8 @@ class Command(BaseCommand):
             batch=batch, once=once, limit=limit, poll_interval=interval, using=using,
             concurrency=concurrency, grace=grace, queues=queues,
         )  # fmt: skip
-        signal.signal(signal.SIGTERM, worker.stop)
-        signal.signal(signal.SIGINT, worker.stop)
+        signal.signal(signal.SIGTERM, worker.on_signal)
+        signal.signal(signal.SIGINT, worker.on_signal)
         try:
             processed = worker.run()
         except SystemExit as exc:  # asked twice: exit now, whatever threads still run
@@ -258,8 +258,8 @@ class Command(BaseCommand):
         from messagebus.processes.relay import Relay  # imports Celery
 
         relay = Relay(once=once, poll_interval=interval, using=using)
-        signal.signal(signal.SIGTERM, relay.stop)
-        signal.signal(signal.SIGINT, relay.stop)
+        signal.signal(signal.SIGTERM, relay.on_signal)
+        signal.signal(signal.SIGINT, relay.on_signal)
         try:
             sent = relay.run()
         except (ConfigurationError, BrokerUnreachable) as exc:
@@ -270,8 +270,8 @@ class Command(BaseCommand):
         from messagebus.processes.consumer import Consumer
 
         consumer = Consumer(using, limit=limit)
-        signal.signal(signal.SIGTERM, consumer.stop)
-        signal.signal(signal.SIGINT, consumer.stop)
+        signal.signal(signal.SIGTERM, consumer.on_signal)
+        signal.signal(signal.SIGINT, consumer.on_signal)
         try:
             received = consumer.run()
         except ConfigurationError as exc:
