@@ -502,9 +502,8 @@ def store(
     """Insert an event and one pending delivery per handler, due from ``due`` (default
     ``now``), claimed in order of ``priority`` (higher first), in ``queue``, each with
     its key in ``keys`` (default: none) and, ordered, its number in ``sequences``. ``wake``:
-    NOTIFY the listening workers as the transaction commits, in the same round trip
-    (PostgreSQL sends one per transaction, and none if a savepoint holding it rolls
-    back), where ``wakes_in_store``."""
+    on PostgreSQL, ``pg_notify`` in the same statement wakes the listening workers as the
+    transaction commits (one per transaction, none if a savepoint holding it rolls back)."""
     connection = connections[using]
     sql = _statements(connection)
     event = _ID.get_db_prep_value(event_id, connection)
