@@ -16,7 +16,8 @@ unfinished: pending, or dead (unless its handler says ``dead_head="proceed"``).
 Claims take no other (``sql.claim``); a runner that was handed one anyway (a
 delivery just stored, a Celery task) looks before it marks it done, in the same
 transaction, and hands it back if one is (``behind``). Retrying a dead delivery
-puts it back at the head of its key.
+puts it back at the head of its key; one whose key went on without it, at its
+back (``to_the_back``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 
 from ..core.registry import registry
 from ..models import Delivery, KeySequence
@@ -50,6 +51,18 @@ def sequences(using: str, keys: Sequence[tuple[str, str]]) -> list[int]:
                 row.update(last=F("last") + 1)
         taken[handler, key] = row.values_list("last", flat=True).get()
     return [taken[pair] for pair in keys]
+
+
+def to_the_back(deliveries: QuerySet[Delivery]) -> None:
+    """Give the dead deliveries among ``deliveries`` whose handlers proceed past a dead one
+    the next numbers of their keys, in the current transaction: retried, each runs after
+    the ones that went on without it, and never beside one of them still running."""
+    dead = deliveries.filter(status=Status.DEAD, sequence__isnull=False, handler__in=proceeding())
+    for pk, handler, key in dead.order_by("sequence", "pk").values_list(
+        "pk", "handler", "concurrency_key"
+    ):
+        [number] = sequences(deliveries.db, [(handler, key)])
+        Delivery.objects.using(deliveries.db).filter(pk=pk).update(sequence=number)
 
 
 def elders(proceeding: Collection[str] = ()) -> Q:

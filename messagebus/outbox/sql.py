@@ -221,7 +221,9 @@ class Statements:
         self.proceeding = f" AND o.{h} NOT IN ({{}})"
         # The deliveries that follow the firsts claimed of their keys (f after h), with
         # none between (b) that is dead ({proceeding}: unless its handler goes on) or
-        # pending but leased, not due or ({b_queue}) of a queue not claimed.
+        # pending but leased, not due, stored after f (one retried, and put last of its
+        # key: so that the ones taken run in id order) or ({b_queue}) of a queue not
+        # claimed.
         pending, status, lease, at = (
             PENDING,
             col["status"],
@@ -234,7 +236,8 @@ class Statements:
             f"AND f.{status} = '{pending}' AND f.{lease} IS NULL AND f.{at} <= %s {{f_queue}}"
             f"AND NOT EXISTS (SELECT 1 FROM {table} b WHERE b.{h} = f.{h} AND b.{k} = f.{k} "
             f"AND b.{n} > h.{n} AND b.{n} < f.{n} AND (b.{status} = '{DEAD}'{{proceeding}} OR "
-            f"b.{status} = '{pending}' AND (b.{lease} IS NOT NULL OR b.{at} > %s{{b_queue}}))) "
+            f"b.{status} = '{pending}' AND (b.{lease} IS NOT NULL OR b.{at} > %s "
+            f"OR b.{col['id']} > f.{col['id']}{{b_queue}}))) "
             f"ORDER BY f.{col['id']} LIMIT %s"
         )
         # A claim looks at the first %s due deliveries only (a look at every one pending

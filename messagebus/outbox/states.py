@@ -305,11 +305,14 @@ def unleased(refs: Sequence[Reference], lease: dt.datetime) -> int:
 
 
 def requeued(deliveries: DeliveryQuerySet) -> int:
-    """Dead or waiting deliveries: due now, with a fresh run budget."""
-    return deliveries.retryable().update(
-        status=Status.PENDING, runs=0, calls=0, next_attempt_at=timezone.now(),
-        lease_until=None, finished_at=None,
-    )  # fmt: skip
+    """Dead or waiting deliveries: due now, with a fresh run budget; a dead one whose
+    handler's keys went on without it, last of its key."""
+    with transaction.atomic(using=deliveries.db):
+        ordering.to_the_back(deliveries)
+        return deliveries.retryable().update(
+            status=Status.PENDING, runs=0, calls=0, next_attempt_at=timezone.now(),
+            lease_until=None, finished_at=None,
+        )  # fmt: skip
 
 
 def handler_paused(using: str, handler: str, by: str = "", reason: str = "") -> bool:

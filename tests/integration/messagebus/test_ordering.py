@@ -109,9 +109,13 @@ def test_a_claim_takes_what_follows_its_firsts_up_to_one_another_runner_holds(or
     states.dead(first[0].ref, first[0].lease, "rejected")  # it dies; the key goes on
     second = states.claim("default", 3, follow=True)  # runner 2: the next and two after
     assert [c.ref.envelope.payload["n"] for c in second] == [1, 2, 3]
-    states.requeued(Delivery.objects.filter(status="dead"))  # the dead one retried
-    third = states.claim("default", 10, follow=True)  # runner 3: it, and none held after it
-    assert [c.ref.envelope.payload["n"] for c in third] == [0]
+    states.requeued(Delivery.objects.filter(status="dead"))  # the dead one retried, last
+    assert states.claim("default", 10, follow=True) == []  # not beside the ones held
+    assert len(states.finished(second)) == 3
+    third = states.claim("default", 10, follow=True)  # runner 3: the rest, not it yet
+    assert [c.ref.envelope.payload["n"] for c in third] == [4, 5]
+    assert len(states.finished(third)) == 2
+    assert [c.ref.envelope.payload["n"] for c in states.claim("default", 10)] == [0]
 
 
 def test_a_first_one_due_again_behind_the_rest_of_its_key_is_still_claimed(ordered):
