@@ -2,7 +2,8 @@
 
 ``nox -l`` lists the pairs; ``nox`` runs them all; ``nox -s "tests(django6.1-py3.13)"`` one;
 ``nox -t django6.1`` those of a Django line; ``nox -t others`` all but the default pair, which
-``make test`` runs, and mypy on Django 6.1's own types (``nox -s typecheck``).
+``make test`` runs, and mypy on Django 6.1's own types (``nox -s typecheck``); ``nox -t ci``
+the pairs CI runs beside the default one (``COVERING``), and mypy.
 Each pair installs requirements.txt's pins with Django replaced by that
 line's release and, from Django 6.0, without the django-tasks backport (the bus uses
 ``django.tasks``). The fast tier is the SQLite suite without the tests marked ``packaging``
@@ -30,6 +31,9 @@ DJANGO = {"5.2": "5.2.19", "6.0": "6.0.10", "6.1": "6.1.3"}
 PYTHONS = {"5.2": ["3.11", "3.12", "3.13"], "6.0": ["3.12", "3.13"], "6.1": ["3.12", "3.13"]}
 PAIRS = [(django, python) for django, pythons in PYTHONS.items() for python in pythons]
 DEFAULT = ("5.2", "3.11")  # make test's; the others are tagged "others"
+# With the default pair, every supported Django line and every Python at least once: the pairs
+# CI runs (tagged "ci"); the rest add combinations only, and run with ``nox -t others``.
+COVERING = [("5.2", "3.13"), ("6.0", "3.12"), ("6.1", "3.13")]
 
 # Only on the Django lines without django.tasks.
 BACKPORTS = {"django-tasks"}
@@ -84,7 +88,12 @@ def requirements(django: str) -> list[str]:
     PAIRS,
     ids=[f"django{django}-py{python}" for django, python in PAIRS],
     tags=[
-        [f"django{django}", f"py{python}", *(["others"] if (django, python) != DEFAULT else [])]
+        [
+            f"django{django}",
+            f"py{python}",
+            *(["others"] if (django, python) != DEFAULT else []),
+            *(["ci"] if (django, python) in COVERING else []),
+        ]
         for django, python in PAIRS
     ],
 )
@@ -106,7 +115,7 @@ def tests(session: nox.Session, django: str) -> None:
     )
 
 
-@nox.session(python=TYPECHECK[1], tags=["typecheck", "others"])
+@nox.session(python=TYPECHECK[1], tags=["typecheck", "others", "ci"])
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) on Django 6.1 with its stubs; the code reads django.tasks there."""
     typing = [

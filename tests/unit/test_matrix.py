@@ -66,3 +66,11 @@ def test_the_production_page_shows_the_matrix_as_run():
     assert {line: (release, pythons.strip()) for line, release, pythons in rows} == {
         line: (release, ", ".join(PYTHONS[line])) for line, release in DJANGO.items()
     }
+
+
+def test_ci_meets_every_django_line_and_every_python():
+    covering = [*noxfile_constant("COVERING"), noxfile_constant("DEFAULT")]
+    pairs = {(line, python) for line, pythons in PYTHONS.items() for python in pythons}
+    assert set(covering) <= pairs
+    assert {line for line, _ in covering} == set(DJANGO)
+    assert {python for _, python in covering} == {p for ps in PYTHONS.values() for p in ps}
