@@ -97,6 +97,10 @@ class BrokerUnreachable(MessageBusError):
     """Tasks could not be sent to the broker; their deliveries stay due for the relay."""
 
 
+class BulkAnswerError(MessageBusError):
+    """A handler's ``bulk.send`` did not answer for each message it was given, one for one."""
+
+
 class HandlerTimeout(MessageBusError):
     """An async handler ran past its timeout and was cancelled; the delivery is retried."""
 

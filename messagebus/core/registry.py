@@ -17,9 +17,9 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
 
@@ -29,6 +29,19 @@ from .policy import IN_TRANSACTION, OVERRIDABLE, WAIT
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEYED = ("ordering_key", "concurrency_key")  # the options that name a delivery's key
+
+
+class Bulk(Protocol):
+    """How a handler takes a worker's claimed deliveries of it together (a broker's
+    batched publish): each message prepared in its delivery's span, then all sent at
+    once, with an answer for each."""
+
+    def prepare(self, message: Any) -> Any:
+        """What ``send`` takes for ``message``; raising fails its delivery only."""
+
+    def send(self, prepared: list[Any]) -> list[BaseException | None]:
+        """Send them all: per item, in order, None once it is done with, or the error
+        that says why not (raising fails them all)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class Handler:
     options: tuple[tuple[str, Any], ...] = ()
     # ``async def``: awaited on an event loop, never inside a transaction.
     is_async: bool = False
+    # Takes a worker's claimed deliveries together (``delivery.bulk``), outside a transaction.
+    bulk: Bulk | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -84,6 +99,7 @@ class Registry:
         func: F,
         *,
         name: str | None = None,
+        bulk: Bulk | None = None,
         **options: Any,
     ) -> F:
         """Register ``func`` for ``message_type`` (None: its first annotation).
@@ -102,9 +118,12 @@ class Registry:
         none) and
         ``dead_head="proceed"`` (the rest of a key go on past a dead delivery),
         and ``run="in_transaction"`` to be called inside the transaction that
-        records the event instead.
+        records the event instead. ``bulk``: how a worker sends its claimed deliveries
+        of this handler together (``Bulk``); each runs through ``func`` elsewhere.
         """
         handler = _inspect(func, message_type, name, options)
+        if bulk is not None:
+            handler = replace(handler, bulk=bulk)
         cls = handler.message_type
         if issubclass(cls, Command | Query):
             ones = self._commands if issubclass(cls, Command) else self._queries

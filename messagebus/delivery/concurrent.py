@@ -23,7 +23,7 @@ from .. import conf
 from ..observe import logs, metrics
 from ..outbox import states
 from ..wording import plural
-from . import breaker
+from . import breaker, bulk
 from . import run as engine
 from .awaiting import Held, Marks, db, renew, run
 from .run import Job
@@ -262,14 +262,20 @@ def run_one(claim: states.Claim) -> bool:
 def run_claimed(
     claims: Sequence[states.Claim], *, stopping: Callable[[], bool] = lambda: False
 ) -> int:
-    """Run claimed deliveries one at a time: the sync ones batched (``run.deliver``), then
-    the async ones awaited on an event loop. How many ran; once ``stopping()``, the rest
-    are handed back."""
+    """Run claimed deliveries: those of handlers that take theirs together sent (``bulk``),
+    the other sync ones batched (``run.deliver``), then the async ones awaited on an
+    event loop, one at a time. How many ran; once ``stopping()``, the rest are handed
+    back."""
+    together: list[states.Claim] = []
     sync: list[states.Claim] = []
     later: list[states.Claim] = []
     for claim in claims:
-        (later if engine.awaited(claim.ref) else sync).append(claim)
-    ran = engine.deliver(sync, stopping=stopping)
+        if engine.awaited(claim.ref):
+            later.append(claim)
+        else:
+            (together if bulk.takes(claim) else sync).append(claim)
+    ran = bulk.deliver(together, stopping=stopping)
+    ran += engine.deliver(sync, stopping=stopping)
     if later:
         ran += run_now(later, concurrency=1, stopping=stopping).started
     return ran

@@ -61,6 +61,8 @@ logger = logs.get_logger(__name__)
 
 # The delivery whose handler is called in this context (the tasks backend reads its counts).
 current_job: ContextVar[Job | None] = ContextVar("messagebus_current_job", default=None)
+# What the calls of the batch under way returned, to keep with their done-marks (``keep``).
+_kept: ContextVar[dict[int, Any] | None] = ContextVar("messagebus_kept", default=None)
 # Told of each failed call once its failure is recorded, with the policy's verdict (the
 # tasks backend keeps each attempt's error, and signals a task that died).
 failures: list[Callable[[Job, BaseException, Verdict], None]] = []
@@ -156,7 +158,7 @@ def deliver(
     run each in its own. Once one of those finds every slot of its handler (and key)
     taken, the others of that handler and key are handed back untried, and once
     ``stopping()`` is true, the claimed ones not started. (Async handlers' deliveries:
-    ``concurrent.run_now``.)
+    ``concurrent.run_now``; those sent together: ``bulk``.)
     """
     if not claims:
         return 0
@@ -256,6 +258,17 @@ def invoke(job: Job, uow: UnitOfWork) -> Any:
         current_job.reset(token)
 
 
+def keep(value: Any) -> bool:
+    """Keep ``value`` (JSON) as what the current delivery's call returned, written with its
+    done-mark in the same statement: True if its batch will write it; False where the call
+    runs on its own (its done-mark came first, or comes later): the caller writes it."""
+    kept, job = _kept.get(), current_job.get()
+    if kept is None or job is None or not job.claim.id:
+        return False
+    kept[job.claim.id] = value
+    return True
+
+
 class _Failed(Exception):  # carries a handler's failure out of a batch's transaction
     def __init__(self, job: Job, error: Exception, span: tracing.Span) -> None:
         super().__init__(error)
@@ -275,6 +288,8 @@ def _batch(
     deadline = time.monotonic() + seconds
     completed: list[tuple[Job, float, tracing.Span]] = []
     count = 0
+    kept: dict[int, Any] = {}
+    token = _kept.set(kept)
     try:
         with UnitOfWork(using) as uow:
             ours = states.start(using, [job.claim for job in jobs])
@@ -298,7 +313,7 @@ def _batch(
                         completed.append((job, time.perf_counter() - started, span))
                 if error is not None:
                     raise _Failed(job, error, span)
-            states.batch_done(using, [job.claim.id for job, _, _ in completed], begun)
+            states.batch_done(using, [job.claim.id for job, _, _ in completed], begun, kept)
     except _Failed as failure:
         _rolled_back(completed)
         job = failure.job
@@ -309,6 +324,8 @@ def _batch(
     except BaseException:
         _rolled_back(completed)
         raise
+    finally:
+        _kept.reset(token)
     for job, taken, span in completed:  # committed
         metrics.claimed(job.claim, begun)
         tracing.finish(span, "done")

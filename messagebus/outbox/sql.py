@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -59,7 +59,7 @@ class Statements:
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
         quote = connection.ops.quote_name
         events, table = quote(StoredEvent._meta.db_table), quote(Delivery._meta.db_table)
-        names = (*DELIVERY_COLUMNS, "id", "finished_at", "lease_until")
+        names = (*DELIVERY_COLUMNS, "id", "finished_at", "lease_until", "result")
         col = {f: quote(_column(_delivery_field(f))) for f in names}
         event_columns = ", ".join(quote(_column(_event_field(f))) for f in EVENT_COLUMNS)
         self.insert_event = (
@@ -105,6 +105,11 @@ class Statements:
             for gated in (False, True)
         }
         self.done_many = f"{done} WHERE {col['id']} IN "
+        # The same, keeping what some of them returned (``{}``: a WHEN id THEN value each).
+        self.done_keeping = (
+            f"{done}, {col['result']} = CASE {col['id']} {{}}ELSE {col['result']} END "
+            f"WHERE {col['id']} IN "
+        )
         self.lazy = lazy
         lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
         self.lock = (
@@ -442,6 +447,7 @@ def _json(value: Any) -> Any:
 
 
 _WHEN = _delivery_field("created_at")
+_RESULT = _delivery_field("result")
 _built: dict[str, Statements] = {}
 
 
@@ -582,17 +588,23 @@ def done_one(
         return bool(cursor.rowcount == 1)
 
 
-def done_many(using: str, ids: Sequence[int], now: dt.datetime) -> None:
-    """Mark these deliveries (locked by this transaction) done."""
+def done_many(
+    using: str, ids: Sequence[int], now: dt.datetime, results: Mapping[int, Any] | None = None
+) -> None:
+    """Mark these deliveries (locked by this transaction) done, keeping in the same
+    statement the ``results`` (id -> a JSON value) of those that have one."""
     if not ids:
         return
     connection = connections[using]
     sql = _statements(connection)
+    head, params = sql.done_many, [DONE, _WHEN.get_db_prep_value(now, connection)]
+    kept = [(pk, results[pk]) for pk in ids if results and pk in results]
+    if kept:
+        head = sql.done_keeping.format("WHEN %s THEN %s " * len(kept))
+        for pk, value in kept:
+            params += [pk, _RESULT.get_db_prep_value(value, connection)]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"{sql.done_many}({_marks(ids)}){sql.lazy}",
-            [DONE, _WHEN.get_db_prep_value(now, connection), *ids],
-        )
+        cursor.execute(f"{head}({_marks(ids)}){sql.lazy}", [*params, *ids])
 
 
 def lock(using: str, ids: Sequence[int], lease: dt.datetime) -> set[int]:

@@ -24,7 +24,7 @@ import datetime as dt
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -168,10 +168,16 @@ def _paused_here(using: str) -> None:
     _any_paused[using] = (time.monotonic(), True)
 
 
-def batch_done(using: str, ids: Sequence[int], begun: dt.datetime | None = None) -> None:
+def batch_done(
+    using: str,
+    ids: Sequence[int],
+    begun: dt.datetime | None = None,
+    results: Mapping[int, Any] | None = None,
+) -> None:
     """Mark these deliveries, locked by ``start`` in this transaction, done, as of
-    ``begun`` (when the batch's calls began; default now)."""
-    sql.done_many(using, ids, begun or timezone.now())
+    ``begun`` (when the batch's calls began; default now), with the ``results`` (id ->
+    what its call returned, as JSON) of those that keep one."""
+    sql.done_many(using, ids, begun or timezone.now(), results)
 
 
 def finished(claims: Sequence[Claim], freeing: Sequence[slots.Taken] = ()) -> set[int]:

@@ -87,8 +87,9 @@ def process_manager(process: P) -> P:
     if not any(starting for _, _, starting in methods):
         raise RegistrationError(f"{process.name} has no method marked @messagebus.starts")
     for method, cls, starting in methods:
-        options = {} if issubclass(cls, Command) else {"max_concurrency": 1,
-                                                       "concurrency_key": process.key}  # fmt: skip
+        options: dict[str, Any] = {}
+        if not issubclass(cls, Command):  # one message of an instance at a time
+            options = {"max_concurrency": 1, "concurrency_key": process.key}
         handle = partial(_handle, process, method, starting)
         registry.register(cls, handle, name=process.name, **options)
     registry.register_process(process.name, process, partial(_step, process))

@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from ..core.serialization import from_dict
+from ..delivery import run as engine
 from ..models import Delivery
 from .compat import AnyResult, Task, TaskError, TaskResult, TaskResultStatus
 from .messages import HANDLERS, TaskEnqueued
@@ -87,9 +88,10 @@ def read(using: str, result_id: uuid.UUID) -> Row | None:
 
 
 def record(using: str, result_id: uuid.UUID, value: Any, started: dt.datetime, row: Row) -> Row:
-    """Keep what a task returned (in the transaction of its done-mark, if sync), with
-    the errors of its attempts before (``row``: as it was as this one began); the row
-    as it is once the task is done."""
+    """Keep what a task returned (in the transaction of its done-mark, if sync: in its
+    batch's done-mark itself, where it runs in one), with the errors of its attempts
+    before (``row``: as it was as this one began); the row as it is once the task is
+    done."""
     outcome = {
         "value": value,
         "started_at": started.isoformat(),
@@ -97,9 +99,9 @@ def record(using: str, result_id: uuid.UUID, value: Any, started: dt.datetime, r
         "worker": worker_id(),
         "errors": (row.result or {}).get("errors", []),
     }
-    Delivery.objects.using(using).filter(event_id=result_id, handler__in=HANDLERS).update(
-        result=outcome
-    )
+    if not engine.keep(outcome):
+        rows = Delivery.objects.using(using).filter(event_id=result_id, handler__in=HANDLERS)
+        rows.update(result=outcome)
     attempts = row.attempts if row.status == Status.DONE else row.attempts + 1
     return row._replace(status=Status.DONE, attempts=attempts, result=outcome)
 

@@ -87,3 +87,10 @@ class Sequenced(messagebus.Event):
 
     key: str
     n: int
+
+
+@dataclass(frozen=True)
+class Shipped(messagebus.Event):
+    """Sent together by a handler with a ``bulk`` (tests of the engine's bulk path)."""
+
+    n: int

@@ -182,6 +182,16 @@ def test_committed_a_worker_runs_it_successfully_with_its_return_value(transacti
     assert result.is_finished and result.attempts == 1
 
 
+def test_a_worker_s_batch_keeps_each_task_s_own_return_value(transactional_db):
+    with override_settings(MESSAGEBUS=WORKER):
+        enqueued = [jobs.get_task_id.enqueue() for _ in range(5)]
+        assert work() == 5
+    for result in enqueued:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == result.id
+        assert result.started_at <= result.finished_at and result.worker_ids
+
+
 def test_an_async_task_runs_on_the_async_path(transactional_db):
     with override_settings(MESSAGEBUS=WORKER):
         result = jobs.ameaning_of_life.enqueue()
