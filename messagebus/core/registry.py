@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -39,7 +39,7 @@ class Bulk(Protocol):
     def prepare(self, message: Any) -> Any:
         """What ``send`` takes for ``message``; raising fails its delivery only."""
 
-    def send(self, prepared: list[Any]) -> list[BaseException | None]:
+    def send(self, prepared: list[Any]) -> Sequence[BaseException | None]:
         """Send them all: per item, in order, None once it is done with, or the error
         that says why not (raising fails them all)."""
 
