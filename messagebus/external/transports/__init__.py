@@ -6,7 +6,9 @@ A transport is a small class with ``publish(channel, envelope)`` and
 ``nats://`` ones NATS JetStream, ``kafka://`` ones Apache Kafka. Another broker is
 another class with the same methods, built from its URL, and a line in
 ``conf.TRANSPORTS``: the bus does not change. A transport that can tell how far its
-consumers are behind has ``lag(channels)`` too, for ``/health/`` and ``/metrics``.
+consumers are behind has ``lag(channels)`` too, for ``/health/`` and ``/metrics``; one
+that can put many messages on the broker at once has ``publish_many(channel, envelopes)``
+(``publish_all`` calls it, or ``publish`` for each where a transport has none).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol, cast
 
 from django.utils.module_loading import import_string
@@ -44,6 +46,9 @@ ACKED = Settled(Verdict.ACK)
 # trace context it carried or None: messagebus.tracing).
 Inbound = tuple[str, bytes, str | None, dict[str, str] | None]
 TRACE_HEADERS = ("traceparent", "tracestate")  # the W3C trace context's
+# What became of each message given to publish_many, in order: None, the broker confirmed
+# it; else the exception that says why not (refused, or no confirmation came).
+Published = list[Exception | None]
 # receive(messages at hand): what to do with each.
 Receive = Callable[[list[Inbound]], list[Settled]]
 BATCH = 100  # messages a consumer takes at a time, at most
@@ -71,6 +76,51 @@ class Transport(Protocol):
         """Pass the messages on ``channels`` (channel -> the label of the app that takes
         them in) to ``receive``, as many as are at hand (up to BATCH) at a time, and
         settle each as it says, until ``stopping`` is set."""
+
+
+class BatchTransport(Transport, Protocol):
+    """A transport that can put many messages on its broker at once (every one here)."""
+
+    def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
+        """Put every envelope on ``channel``, in order, in as few round trips as the
+        broker allows, and wait for the broker's confirmation of each: None for each it
+        confirmed, the exception that says why not for each other (never None for one
+        it did not confirm). May raise instead, for all of them: one of
+        ``connection_errors`` for a broker out of reach, or what ``publish`` raises
+        for a configuration that cannot work."""
+
+
+def publish_all(transport: Transport, channel: str, envelopes: Sequence[Envelope]) -> Published:
+    """``envelopes`` on ``channel`` through ``transport``: its ``publish_many`` where it has
+    one, else ``publish_each``; None or an exception per envelope, in order. Only
+    ``publish_many`` may raise instead, for all of them (``BatchTransport``)."""
+    many = getattr(transport, "publish_many", None)
+    if many is None:
+        return publish_each(transport, channel, envelopes)
+    published: Published = many(channel, envelopes)
+    return published
+
+
+def publish_each(transport: Transport, channel: str, envelopes: Sequence[Envelope]) -> Published:
+    """``transport.publish`` of each envelope in turn: None for each it returned from, the
+    exception it raised for each other. Once one raised a connection error (the
+    transport's ``connection_errors``), the rest are not tried: each gets that error."""
+    published: Published = []
+    lost: Exception | None = None
+    for envelope in envelopes:
+        if lost is not None:
+            published.append(lost)
+            continue
+        try:
+            transport.publish(channel, envelope)
+        except transport.connection_errors as exc:
+            lost = exc
+            published.append(exc)
+        except Exception as exc:  # noqa: BLE001  (its own: refused, too large; the next may go)
+            published.append(exc)
+        else:
+            published.append(None)
+    return published
 
 
 _built: dict[str, Transport] = {}

@@ -11,28 +11,38 @@ with the reason in its headers, for an operator to read, then acknowledged: the
 consumer goes on with the next at once. A copy keeps at most
 ``MESSAGEBUS["INBOUND_MAX_BYTES"]`` of the body; the header ``x-original-size``
 says how large it was.
+
+``publish_many`` sends its messages on a channel in confirm mode of a connection of
+its own (one per thread), then waits for the broker's answers, known by delivery tag:
+a message it refuses (``basic.nack``, as a queue full with ``x-overflow:
+reject-publish`` does) gets ``amqp.exceptions.MessageNacked`` in its place, as
+``publish`` raises it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer, Producer
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Receive, Verdict, body, keyed, trace_of
+from . import BATCH, Published, Receive, Verdict, body, keyed, trace_of
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT = 5.0  # seconds to connect, or to wait for the broker's confirmation
 DEAD = Exchange("messagebus.dead", type="fanout", durable=True)
 DEAD_QUEUE = Queue("messagebus.dead", DEAD, durable=True)
+Message = tuple[bytes, dict[str, Any]]  # a body, and its properties and headers for kombu
 
 
 def exchange() -> Exchange:
@@ -56,26 +66,33 @@ class AmqpTransport:
 
     def publish(self, channel: str, envelope: Envelope) -> None:
         topic = exchange()
+        data, properties = message(envelope)
         self._producer().publish(
-            body(envelope),
+            data,
             exchange=topic,
             routing_key=channel,
             declare=[topic],
-            delivery_mode="persistent",
-            content_type="application/json",
-            content_encoding="utf-8",
-            message_id=str(envelope.id),
-            type=envelope.type,
-            correlation_id=str(envelope.correlation_id),
-            headers={
-                "causation_id": str(envelope.causation_id or ""),
-                **keyed(envelope),
-                **(envelope.trace or {}),
-            },
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2},
             timeout=TIMEOUT,
+            **properties,
         )
+
+    def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
+        """Send every envelope, then wait for the broker's answer to each (up to TIMEOUT
+        seconds for each next one): None for each acknowledged, ``MessageNacked`` for each
+        refused. A connection or channel lost meanwhile (or no answer in time) is the
+        error of each not answered yet. Raises one of ``connection_errors`` when the
+        broker cannot be reached. A connection of an earlier call found lost before any
+        answer came is replaced, and the messages sent again on the new one, once."""
+        messages = [message(envelope) for envelope in envelopes]
+        confirming: _Confirming | None = getattr(self._local, "confirming", None)
+        if confirming is not None and confirming.open and confirming.pid == os.getpid():
+            published = confirming.send(channel, messages)
+            if confirming.open or confirming.answered:
+                return published
+        confirming = self._local.confirming = _Confirming(self.url)
+        return confirming.send(channel, messages)
 
     def _producer(self) -> Producer:
         producer: Producer | None = getattr(self._local, "producer", None)
@@ -125,6 +142,105 @@ class AmqpTransport:
                         connection.heartbeat_check()
                     if at_hand:
                         settle()
+
+
+def message(envelope: Envelope) -> Message:
+    """What is published of ``envelope``: its body, and its properties and headers."""
+    return body(envelope), {
+        "delivery_mode": "persistent",
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "message_id": str(envelope.id),
+        "type": envelope.type,
+        "correlation_id": str(envelope.correlation_id),
+        "headers": {
+            "causation_id": str(envelope.causation_id or ""),
+            **keyed(envelope),
+            **(envelope.trace or {}),
+        },
+    }
+
+
+class _Confirming:
+    """A connection of one thread's for ``publish_many``: one channel in confirm mode, its
+    messages known by their delivery tags (1, 2, ... in the order sent), each acknowledged
+    or refused (``basic.nack``) by the broker, alone or with all before it (``multiple``).
+    Once anything went wrong on it, it is closed: the next call makes another, as does
+    the first call in a forked child (the socket is its parent's)."""
+
+    def __init__(self, url: str) -> None:
+        self.pid = os.getpid()
+        self.connection = Connection(url, connect_timeout=TIMEOUT)
+        try:
+            self.connection.ensure_connection(
+                max_retries=1, interval_start=0.2, reraise_as_library_errors=False
+            )  # as publish retries: raises one of its connection_errors
+            channel = self.connection.channel()
+            channel.confirm_select()
+        except BaseException:
+            self.connection.collect()
+            raise
+        channel.events["basic_ack"].add(partial(self._answer, acked=True))
+        channel.events["basic_nack"].add(partial(self._answer, acked=False))
+        self.producer = Producer(channel)
+        self.errors = self.connection.connection_errors + self.connection.channel_errors
+        self.open = True
+        self.sent = 0  # the last delivery tag given out
+        self.waiting: set[int] = set()  # tags of the last call not answered yet
+        self.answers: dict[int, bool] = {}  # tag -> acknowledged (else refused)
+
+    def close(self) -> None:
+        """Drop the connection, saying nothing more on it: it is in doubt."""
+        self.open = False
+        self.waiting.clear()
+        self.connection.collect()
+
+    @property
+    def answered(self) -> int:
+        """Messages of the last call the broker answered for."""
+        return len(self.answers)
+
+    def _answer(self, tag: int, multiple: bool, *, acked: bool) -> None:
+        for each in [t for t in self.waiting if t <= tag] if multiple else [tag]:
+            if each in self.waiting:
+                self.waiting.discard(each)
+                self.answers[each] = acked
+
+    def send(self, routing_key: str, messages: list[Message]) -> Published:
+        """Publish each, then wait for the broker's answers; each one's outcome."""
+        topic = exchange()
+        first = self.sent + 1
+        self.answers.clear()
+        failed: Exception | None = None
+        try:
+            for data, properties in messages:
+                self.producer.publish(
+                    data, exchange=topic, routing_key=routing_key, declare=[topic],
+                    timeout=TIMEOUT, **properties,
+                )  # fmt: skip
+                self.sent += 1
+                self.waiting.add(self.sent)
+            while self.waiting:
+                self.connection.drain_events(timeout=TIMEOUT)
+        except TimeoutError:
+            failed = TimeoutError(f"RabbitMQ answered nothing more within {TIMEOUT:g}s")
+        except self.errors as exc:
+            failed = exc
+        except BaseException:
+            self.close()
+            raise
+        if failed is not None:
+            self.close()
+        published: Published = []
+        for tag, (_, properties) in enumerate(messages, first):
+            answer = self.answers.get(tag)
+            if answer is None:
+                published.append(failed)  # not answered: the loop ended on a failure
+            elif answer:
+                published.append(None)
+            else:
+                published.append(MessageNacked(f"RabbitMQ refused {properties['message_id']}"))
+        return published
 
 
 def dead_letter(producer: Producer, message: Any, reason: str) -> None:

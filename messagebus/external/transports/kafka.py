@@ -8,7 +8,8 @@ from several threads share the producer, each waiting for its own report, so tha
 messages are in flight at once. The message's key is the envelope's key
 (``messagebus.publishes(..., key=...)``), hashed as Java clients do (murmur2), else
 none; its headers are ``message_id``, ``type``, ``correlation_id``, ``causation_id``
-and the W3C ``traceparent`` / ``tracestate``.
+and the W3C ``traceparent`` / ``tracestate``. ``publish_many`` produces all of its
+messages, then waits for their delivery reports together.
 
 Coming in, each consuming app is a consumer group named after its label, its topics
 created first with the broker's defaults if missing. A batch (up to BATCH messages,
@@ -27,7 +28,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import (
@@ -44,7 +46,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ign
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import MessageBusError
-from . import BATCH, Inbound, Lag, Receive, Settled, Verdict, body, headers, trace_of
+from . import BATCH, Inbound, Lag, Published, Receive, Settled, Verdict, body, headers, trace_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ UNREACHABLE = {
     KafkaError._MSG_TIMED_OUT, KafkaError._RESOLVE, KafkaError.NETWORK_EXCEPTION,
     KafkaError.REQUEST_TIMED_OUT,
 }  # fmt: skip
+Record = tuple[str, bytes, bytes | None, list[Any]]  # (topic, value, key, headers)
 
 
 class Unreachable(MessageBusError, ConnectionError):
@@ -134,13 +137,28 @@ class KafkaTransport:
             made[1].flush(TIMEOUT)
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        found = envelope.key if envelope.key is not None else envelope.ordering_key
-        key = found.encode() if found is not None else None
-        self.write([(channel, body(envelope), key, list(headers(envelope).items()))])
+        self.write([record(channel, envelope)])
 
-    def write(self, messages: list[tuple[str, bytes, bytes | None, list[Any]]]) -> None:
-        """Produce (topic, value, key, headers) each, and return once the broker wrote them
-        all; raise the first failure else (``Unreachable`` when no broker answers)."""
+    def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
+        """Produce every envelope, then wait for their delivery reports (as ``publish``
+        does, up to DELIVERY_TIMEOUT + TIMEOUT seconds in all): None for each the broker
+        wrote, the error for each other (``KafkaException``: refused, larger than
+        ``message.max.bytes`` say; ``Unreachable``: not reported written in time, or the
+        brokers went out of reach meanwhile). Raises ``Unreachable`` when the producer
+        has heard that no broker is in reach, before producing any."""
+        return self.deliver([record(channel, envelope) for envelope in envelopes])
+
+    def write(self, messages: list[Record]) -> None:
+        """Produce each, and return once the broker wrote them all; raise the first
+        failure else (``Unreachable`` when no broker answers)."""
+        for error in self.deliver(messages):
+            if error is not None:
+                raise error
+
+    def deliver(self, messages: list[Record]) -> Published:
+        """Produce each, then wait for their delivery reports: None for each written, the
+        error for each other. Raises ``Unreachable`` when the brokers are known out of
+        reach before any is produced."""
         producer, watch = self.producer()
         producer.poll(0)  # what the brokers said since the last call
         if watch.down:  # try them, without leaving a message to go out later
@@ -149,24 +167,39 @@ class KafkaTransport:
             except KafkaException as exc:
                 raise failure(exc.args[0]) from None
             watch.down = False
-        reports: list[KafkaError | None] = []
+        outcome: Published = [None] * len(messages)
+        reported = [False] * len(messages)
 
-        def reported(error: KafkaError | None, _: Message) -> None:
-            reports.append(error)
-
-        for topic, value, key, more in messages:
-            producer.produce(topic, value, key, headers=more, on_delivery=reported)
-        deadline = time.monotonic() + DELIVERY_TIMEOUT + TIMEOUT
-        while len(reports) < len(messages):
-            if watch.down or time.monotonic() > deadline:
-                raise Unreachable(f"no broker wrote the message in time ({self.servers})")
-            producer.flush(0.1)  # sends now (a poll alone waits for the next send), and polls
-        for error in reports:
+        def report(n: int, error: KafkaError | None, _: Message) -> None:
+            reported[n] = True
             if error is not None:
                 if error.fatal():
                     with self._lock:
                         self._producer = None  # unusable: the next call makes another
-                raise failure(error)
+                outcome[n] = failure(error)
+
+        deadline = time.monotonic() + DELIVERY_TIMEOUT + TIMEOUT
+        for n, (topic, value, key, more) in enumerate(messages):
+            while not reported[n]:
+                try:
+                    producer.produce(
+                        topic, value, key, headers=more, on_delivery=partial(report, n)
+                    )
+                    break
+                except BufferError:  # its queue is full: let some go first
+                    if time.monotonic() > deadline:
+                        break
+                    producer.flush(0.1)
+                except KafkaException as exc:  # refused before it went: too large, say
+                    outcome[n], reported[n] = failure(exc.args[0]), True
+        while not all(reported):
+            if watch.down or time.monotonic() > deadline:
+                lost = Unreachable(f"no broker wrote the message in time ({self.servers})")
+                return [
+                    error if done else lost for error, done in zip(outcome, reported, strict=True)
+                ]
+            producer.flush(0.1)  # sends now (a poll alone waits for the next send), and polls
+        return outcome
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
@@ -294,6 +327,14 @@ class KafkaTransport:
         except KafkaException as exc:
             raise failure(exc.args[0]) from None
         return sorted(found)
+
+
+def record(channel: str, envelope: Envelope) -> Record:
+    """What is produced of ``envelope``: topic, value, key (its own, else its ordering
+    key) and headers."""
+    found = envelope.key if envelope.key is not None else envelope.ordering_key
+    key = found.encode() if found is not None else None
+    return channel, body(envelope), key, list(headers(envelope).items())
 
 
 def _offsets(

@@ -8,7 +8,8 @@ server's defaults), or, with ``MESSAGEBUS["NATS_CREATE_STREAM"] = False``, a
 acknowledgement; the message id travels as ``Nats-Msg-Id``, so the server drops a copy
 published again within its duplicate window (an outbox delivery retried after an
 acknowledgement was lost), and ``type``, ``correlation_id``, ``causation_id`` and the
-W3C trace context as headers.
+W3C trace context as headers. ``publish_many`` sends them all at once and waits for
+each one's acknowledgement.
 
 Coming in, each channel has a durable pull consumer, ``<app label>_<channel>`` (dots
 as underscores), created if missing with explicit acks and ``NATS_ACK_WAIT``. A
@@ -36,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -51,7 +52,7 @@ from nats.js import JetStreamContext, api
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from . import BATCH, Inbound, Receive, Settled, Verdict, body, headers, trace_of
+from . import BATCH, Inbound, Published, Receive, Settled, Verdict, body, headers, trace_of
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ MESSAGE_ID = "Nats-Msg-Id"
 # server's pings) before the next call replaces it rather than trust it.
 IDLE = 60.0
 HEADROOM = 4096  # bytes of a dead letter's payload left for its headers
+Message = tuple[bytes, dict[str, str]]  # a payload and its headers
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.NoServersError,
     nats.errors.ConnectionClosedError,
@@ -180,8 +182,8 @@ class NatsTransport:
         return connection, jetstream, here.streams[prefix]
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        found = headers(envelope, MESSAGE_ID)
-        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), found))
+        payload, found = message(envelope)
+        self._run(self._publish(conf.settings.NATS_PREFIX, channel, payload, found))
 
     async def _publish(
         self, prefix: str, channel: str, payload: bytes, found: dict[str, str]
@@ -190,8 +192,43 @@ class NatsTransport:
         acked = await jetstream.publish(
             f"{prefix}.{channel}", payload, timeout=TIMEOUT, stream=stream, headers=found
         )
-        if acked.duplicate:
-            logger.info("NATS had message %s on %s already", found[MESSAGE_ID], channel)
+        _acked(acked, found, channel)
+
+    def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
+        """Send every envelope at once, then wait for the stream's acknowledgement of each
+        (up to TIMEOUT seconds): None for each acknowledged (or known already: a copy),
+        the error for each other (``nats.js.errors.APIError``: the stream refused it,
+        larger than its ``max_msg_size`` say; ``nats.errors.TimeoutError``: no answer,
+        the connection lost say). Raises one of ``connection_errors`` when the server
+        cannot be reached, and ``ConfigurationError`` as ``publish`` does."""
+        messages = [message(envelope) for envelope in envelopes]
+        published: Published = self._run(
+            self._publish_many(conf.settings.NATS_PREFIX, channel, messages)
+        )
+        return published
+
+    async def _publish_many(self, prefix: str, channel: str, messages: list[Message]) -> Published:
+        # A publish each, side by side: nats-py's publish_async leaves the acknowledgement
+        # of a message the stream refused unanswered (its reply handler raises the error).
+        _, jetstream, stream = await self._connected(prefix)
+        subject = f"{prefix}.{channel}"
+        answers = await asyncio.gather(
+            *(
+                jetstream.publish(subject, payload, timeout=TIMEOUT, stream=stream, headers=found)
+                for payload, found in messages
+            ),
+            return_exceptions=True,
+        )
+        published: Published = []
+        for answer, (_, found) in zip(answers, messages, strict=True):
+            if isinstance(answer, Exception):
+                published.append(answer)
+            elif isinstance(answer, BaseException):  # cancelled, interrupted: not an answer
+                raise answer
+            else:
+                _acked(answer, found, channel)
+                published.append(None)
+        return published
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
@@ -301,6 +338,17 @@ async def _settle(
         else:
             await msg.ack()
     await pulling.connection.flush(int(TIMEOUT))
+
+
+def message(envelope: Envelope) -> Message:
+    """What is published of ``envelope``: its payload, and its headers (its id as
+    ``Nats-Msg-Id``)."""
+    return body(envelope), headers(envelope, MESSAGE_ID)
+
+
+def _acked(acked: api.PubAck, found: dict[str, str], channel: str) -> None:
+    if acked.duplicate:
+        logger.info("NATS had message %s on %s already", found[MESSAGE_ID], channel)
 
 
 async def _stream(jetstream: JetStreamContext, prefix: str) -> str:

@@ -6,19 +6,20 @@ id stay in the outbox (and in this process's log), not on the wire. Coming
 in, a message has no id, and pub/sub never delivers one twice: each is taken
 as new. Pub/sub keeps nothing for a subscriber that is away, and has no
 acknowledgement: what is published while no consumer listens is lost, as in
-the book.
+the book. ``publish_many`` sends its ``PUBLISH`` commands in one pipeline (one round
+trip).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis
 
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Receive, body
+from . import BATCH, Inbound, Published, Receive, body
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,16 @@ class RedisTransport:
 
     def publish(self, channel: str, envelope: Envelope) -> None:
         self.client.publish(channel, body(envelope))
+
+    def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
+        """A ``PUBLISH`` of each, in one pipeline: None for each Redis took, the error it
+        answered for each other. A connection that fails meanwhile raises (one of
+        ``connection_errors``): then none is known published, though some may have been."""
+        pipe = self.client.pipeline(transaction=False)
+        for envelope in envelopes:
+            pipe.publish(channel, body(envelope))
+        answers = pipe.execute(raise_on_error=False)
+        return [answer if isinstance(answer, Exception) else None for answer in answers]
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
