@@ -95,19 +95,48 @@ def publishes(
     if key is not None and key not in {field.name for field in dataclasses.fields(event_type)}:
         raise RegistrationError(f"{event_type.__qualname__} has no field {key!r} to key it by")
 
-    def publish(event: Event) -> None:
+    publisher = Publisher(channel, key)
+    registry.register(event_type, publisher, name=f"publish:{channel}", bulk=publisher, **options)
+    publications[channel] = event_type
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Publishes events on ``channel``: each on its own (called), or a worker's claimed
+    ones together (the handler's ``bulk``: prepared one by one, then ``publish_many``)."""
+
+    channel: str
+    key: str | None  # the field whose value keys the message, if any
+
+    def __call__(self, event: Event) -> None:
         transport = transports.get()
         if transport is None:
-            logger.debug("Not published (no EXTERNAL_URL): %s on %s", event, channel)
+            logger.debug("Not published (no EXTERNAL_URL): %s on %s", event, self.channel)
             return
         carrier: dict[str, str] = {}
-        with tracing.published(channel, carrier):  # its context goes with the message
-            value = None if key is None else str(getattr(event, key))
-            transport.publish(channel, Envelope.of(event, carrier or None, value))
-        logger.info("Published %s on %s", event, channel)
+        with tracing.published(self.channel, carrier):  # its context goes with the message
+            transport.publish(self.channel, self._envelope(event, carrier))
+        logger.info("Published %s on %s", event, self.channel)
 
-    registry.register(event_type, publish, name=f"publish:{channel}", **options)
-    publications[channel] = event_type
+    def prepare(self, event: Event) -> Envelope:
+        """Its message, with the context of a span of its own."""
+        carrier: dict[str, str] = {}
+        with tracing.published(self.channel, carrier):
+            return self._envelope(event, carrier)
+
+    def send(self, envelopes: list[Envelope]) -> transports.Published:
+        transport = transports.get()
+        if transport is None:
+            logger.debug("Not published (no EXTERNAL_URL): %d on %s", len(envelopes), self.channel)
+            return [None] * len(envelopes)
+        answers = transports.publish_all(transport, self.channel, envelopes)
+        sent = sum(answer is None for answer in answers)
+        logger.info("Published %d of %d on %s", sent, len(envelopes), self.channel)
+        return answers
+
+    def _envelope(self, event: Event, carrier: dict[str, str]) -> Envelope:
+        value = None if self.key is None else str(getattr(event, self.key))
+        return Envelope.of(event, carrier or None, value)
 
 
 def consumes(channel: str) -> Callable[[Translator], Translator]:

@@ -4,6 +4,7 @@ message reported confirmed that the broker did not keep (broker away, connection
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +14,16 @@ import pytest
 import redis
 from kombu import Connection, Queue
 
+import messagebus
+from messagebus import executors
 from messagebus.core.envelope import Envelope
+from messagebus.executors.worker import WorkerExecutor
 from messagebus.external import transports
 from messagebus.external.transports import ORDERING_KEY, Published, amqp
 from messagebus.external.transports import nats as nats_transport
 from messagebus.external.transports.redis import RedisTransport
+from messagebus.models import Delivery
+from messagebus.testing import run_due
 from tests.brokers import external, needs_redis, wait_for
 from tests.busapp.events import Opened, Sent, Sequenced
 from tests.conftest import BROKER_URL, REDIS_URL, needs_rabbitmq
@@ -266,3 +272,30 @@ def test_redis_pubsub_out_of_reach_raises():
     proxy.cut(refuse=True)
     with pytest.raises(transport.connection_errors):
         transport.publish_many("test_many", envelopes(3))
+
+
+# The outbox's publishing deliveries, claimed by a worker: sent with one publish_many.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_publishes_its_claimed_events_of_a_channel_in_one_publish_many(
+    durable: Broker, monkeypatch
+):
+    with external(durable.url), executors.use(WorkerExecutor()):
+        for n in range(30):
+            messagebus.bus.handle(Sent(n=n))
+        transport = transports.get()
+        calls: list[int] = []
+        many = transport.publish_many
+
+        def counted(channel: str, sent: Any) -> Published:
+            calls.append(len(sent))
+            return many(channel, sent)
+
+        monkeypatch.setattr(transport, "publish_many", counted)
+        assert run_due() == 30
+    assert calls == [30]
+    kept = durable.messages(CHANNEL)
+    assert [json.loads(data)["n"] for data, _ in kept] == list(range(30))
+    publishing = Delivery.objects.filter(handler=f"publish:{CHANNEL}")
+    assert set(publishing.values_list("status", flat=True)) == {"done"}
