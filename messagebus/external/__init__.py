@@ -22,6 +22,7 @@ translator turns a message's JSON body into a command, which the bus handles.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from django.apps import apps
 from ..core.envelope import Envelope
 from ..core.messages import Command, Event
 from ..core.registry import registry
+from ..delivery import run
 from ..exceptions import RegistrationError
 from ..observe import logs, tracing
 from . import transports
@@ -103,11 +105,18 @@ def publishes(
         carrier: dict[str, str] = {}
         with tracing.published(channel, carrier):  # its context goes with the message
             value = None if key is None else str(getattr(event, key))
-            transport.publish(channel, Envelope.of(event, carrier or None, value))
+            transport.publish(channel, Envelope.of(event, carrier or None, value, _stored()))
         logger.info("Published %s on %s", event, channel)
 
     registry.register(event_type, publish, name=f"publish:{channel}", **options)
     publications[channel] = event_type
+
+
+def _stored() -> dt.datetime | None:
+    """When the event being published was stored, if its delivery was read with it (a
+    worker's is; one run right after its commit is not: it was stored just now)."""
+    job = run.current_job.get()
+    return job.claim.stored if job is not None else None
 
 
 def consumes(channel: str) -> Callable[[Translator], Translator]:

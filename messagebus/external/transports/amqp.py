@@ -1,6 +1,9 @@
 """RabbitMQ through kombu: one durable topic exchange (MESSAGEBUS["AMQP_EXCHANGE"]), the
 channel as routing key.
 
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` the headers are a CloudEvent's
+attributes instead, ``cloudEvents:<name>`` (binary content mode, ``cloudevents.AMQP``).
+
 Messages are persistent and confirmed by the broker before ``publish``
 returns; the message id, type and correlation id travel as AMQP properties,
 the causation id as a header. Coming in, each consuming app has a durable
@@ -26,7 +29,8 @@ from kombu.messaging import Consumer, Producer
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Receive, Verdict, body, keyed, trace_of
+from ..cloudevents import AMQP
+from . import BATCH, Receive, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class AmqpTransport:
     def publish(self, channel: str, envelope: Envelope) -> None:
         topic = exchange()
         self._producer().publish(
-            body(envelope),
+            body(envelope, AMQP),
             exchange=topic,
             routing_key=channel,
             declare=[topic],
@@ -67,11 +71,7 @@ class AmqpTransport:
             message_id=str(envelope.id),
             type=envelope.type,
             correlation_id=str(envelope.correlation_id),
-            headers={
-                "causation_id": str(envelope.causation_id or ""),
-                **keyed(envelope),
-                **(envelope.trace or {}),
-            },
+            headers=headers(envelope, AMQP),
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2},
             timeout=TIMEOUT,
@@ -99,9 +99,10 @@ class AmqpTransport:
             taken = at_hand[:]
             del at_hand[:]
             messages = [
-                (m.delivery_info.get("routing_key", ""),
-                 m.body if isinstance(m.body, bytes) else m.body.encode(),
-                 m.properties.get("message_id"), trace_of(m.headers or {}))
+                received(m.delivery_info.get("routing_key", ""),
+                         m.body if isinstance(m.body, bytes) else m.body.encode(),
+                         {**(m.headers or {}), "content-type": m.content_type or ""}, AMQP,
+                         m.properties.get("message_id"))
                 for m in taken
             ]  # fmt: skip
             for message, settled in zip(taken, receive(messages), strict=True):

@@ -25,6 +25,10 @@ first call (again in a forked child), and runs that loop for the length of each 
 calls nothing runs on that connection: it is not reconnected in the background, and
 one lost, or unused for ``IDLE`` seconds, is replaced on the next call. ``close()``
 (``transports.reset()``, and at exit) closes every thread's connection and loop.
+
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` the headers but ``Nats-Msg-Id``
+are a CloudEvent's attributes instead, ``ce-<name>``, percent-encoded (binary content
+mode, ``cloudevents.NATS``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from nats.js import JetStreamContext, api
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from . import BATCH, Inbound, Receive, Settled, Verdict, body, headers, trace_of
+from ..cloudevents import NATS
+from . import BATCH, Inbound, Receive, Settled, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +185,8 @@ class NatsTransport:
         return connection, jetstream, here.streams[prefix]
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        found = headers(envelope, MESSAGE_ID)
-        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope), found))
+        found = headers(envelope, NATS, MESSAGE_ID)
+        self._run(self._publish(conf.settings.NATS_PREFIX, channel, body(envelope, NATS), found))
 
     async def _publish(
         self, prefix: str, channel: str, payload: bytes, found: dict[str, str]
@@ -325,7 +330,7 @@ def _inbound(channel: str, msg: Msg) -> Inbound:
     # A message without an id is known by its place in the stream: delivered again, it
     # is known as handled.
     message_id = found.get(MESSAGE_ID) or f"{msg.metadata.stream}/{msg.metadata.sequence.stream}"
-    return (channel, msg.data, message_id, trace_of(found))
+    return received(channel, msg.data, found, NATS, message_id)
 
 
 def _dead_headers(msg: Msg, reason: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Redis pub/sub, as the book's services use it: plain channel names, JSON bodies.
 
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` a message is instead a whole
+CloudEvent (structured content mode, ``cloudevents.REDIS``), whose id is the inbox's key.
+
 Pub/sub carries a body and nothing else, so the body is the event's fields,
 exactly what the book's clients read; the message id, type and correlation
 id stay in the outbox (and in this process's log), not on the wire. Coming
@@ -18,7 +21,8 @@ from collections.abc import Mapping
 import redis
 
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Receive, body
+from ..cloudevents import REDIS
+from . import BATCH, Inbound, Receive, body, received
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ class RedisTransport:
         )
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        self.client.publish(channel, body(envelope))
+        self.client.publish(channel, body(envelope, REDIS))
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
@@ -57,7 +61,8 @@ class RedisTransport:
                     if message is None:
                         break
                     if message["type"] == "message":
-                        at_hand.append((message["channel"].decode(), message["data"], None, None))
+                        channel = message["channel"].decode()
+                        at_hand.append(received(channel, message["data"], {}, REDIS, None))
                         wait = 0.0
                 if at_hand:
                     receive(at_hand)  # pub/sub has nothing to acknowledge

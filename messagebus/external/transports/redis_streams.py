@@ -16,6 +16,10 @@ reconnects, and any consumer of the group takes over another's once it was idle
 ``MESSAGEBUS["REDIS_STREAM_CLAIM_IDLE"]`` seconds (``XAUTOCLAIM``). A dead message,
 or an entry with no ``body`` field, is copied to ``<stream>.dead`` with the reason
 (``x-reason``) and acknowledged in one ``MULTI``: the group goes on at once.
+
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` an entry's ``body`` is instead a
+whole CloudEvent (structured content mode, ``cloudevents.REDIS``), its only other field
+``content-type``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from redis.retry import Retry
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Receive, Verdict, body, headers, trace_of
+from ..cloudevents import REDIS
+from . import BATCH, Inbound, Receive, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ class RedisStreamTransport:
         return name
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        fields: dict[str, str | bytes] = {"body": body(envelope), **headers(envelope)}
+        fields: dict[str, str | bytes] = {"body": body(envelope, REDIS), **headers(envelope, REDIS)}
         maxlen = conf.settings.REDIS_STREAM_MAXLEN
         self.client.xadd(channel, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
@@ -199,7 +204,7 @@ def _inbound(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Inboun
     # An entry without an id is known by its place in the stream: a copy of it read
     # again (taken over from a dead consumer) is known as handled.
     message_id = found.get("message_id") or f"{stream}/{entry_id.decode()}"
-    return (stream, data, message_id, trace_of(found))
+    return received(stream, data, found, REDIS, message_id)
 
 
 def _dead_letter(
