@@ -75,6 +75,7 @@ import messagebus  # noqa: E402
 from bench import external_streams  # noqa: E402
 from messagebus import external  # noqa: E402
 from messagebus.external import inbox, transports  # noqa: E402
+from messagebus.external.cloudevents import REDIS  # noqa: E402
 from messagebus.external.transports import amqp  # noqa: E402
 from messagebus.models import Delivery, InboxMessage  # noqa: E402
 from messagebus.processes.consumer import Consumer as BusConsumer  # noqa: E402
@@ -274,7 +275,7 @@ def redis_pubsub(count: int, rounds: int) -> None:
         for start in range(0, count, per_call):
             pipe = client.pipeline(transaction=False)
             for envelope in messages[start : start + per_call]:
-                pipe.publish(external_streams.OUT, transports.body(envelope))
+                pipe.publish(external_streams.OUT, transports.body(envelope, REDIS))
             pipe.execute()
         elapsed = time.perf_counter() - begin
         received("plain batch publish", count)

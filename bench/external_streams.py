@@ -26,6 +26,7 @@ from django.test.utils import override_settings
 import messagebus
 from messagebus.core.envelope import Envelope
 from messagebus.external import transports
+from messagebus.external.cloudevents import KAFKA, NATS, REDIS
 from messagebus.external.transports import nats as nats_transport
 from messagebus.models import Delivery, InboxMessage
 from messagebus.processes.consumer import Consumer
@@ -190,7 +191,7 @@ class RedisStreams(Broker):
         client = redis.Redis.from_url(REDIS_URL)
         begin = time.perf_counter()
         for envelope in messages:
-            client.xadd(OUT, {"body": transports.body(envelope), **fields(envelope)})
+            client.xadd(OUT, {"body": transports.body(envelope, REDIS), **fields(envelope)})
         elapsed = time.perf_counter() - begin
         self.arrived("plain publish", count)
         return elapsed
@@ -202,7 +203,7 @@ class RedisStreams(Broker):
         for start in range(0, count, PER_CALL):
             pipe = client.pipeline(transaction=False)
             for envelope in messages[start : start + PER_CALL]:
-                pipe.xadd(OUT, {"body": transports.body(envelope), **fields(envelope)})
+                pipe.xadd(OUT, {"body": transports.body(envelope, REDIS), **fields(envelope)})
             pipe.execute()
         elapsed = time.perf_counter() - begin
         self.arrived("plain batch publish", count)
@@ -273,7 +274,7 @@ class JetStream(Broker):
             for envelope in messages:
                 ids = fields(envelope)
                 headers = {nats_transport.MESSAGE_ID: ids.pop("message_id"), **ids}
-                data = transports.body(envelope)
+                data = transports.body(envelope, NATS)
                 await self.js.publish(subject, data, stream=self.stream, headers=headers)
             return time.perf_counter() - begin
 
@@ -292,7 +293,7 @@ class JetStream(Broker):
                 for envelope in messages[start : start + PER_CALL]:
                     ids = fields(envelope)
                     headers = {nats_transport.MESSAGE_ID: ids.pop("message_id"), **ids}
-                    data = transports.body(envelope)
+                    data = transports.body(envelope, NATS)
                     acks.append(await self.js.publish_async(
                         subject, data, stream=self.stream, headers=headers
                     ))  # fmt: skip
@@ -400,7 +401,7 @@ class Kafka(Broker):
         begin = time.perf_counter()
         for envelope in messages:
             headers = {**fields(envelope), **(envelope.trace or {})}
-            producer.produce(OUT, transports.body(envelope), str(envelope.payload["n"]),
+            producer.produce(OUT, transports.body(envelope, KAFKA), str(envelope.payload["n"]),
                              headers=headers)  # fmt: skip
             producer.flush(10)  # its delivery report: written
         elapsed = time.perf_counter() - begin
@@ -416,7 +417,7 @@ class Kafka(Broker):
         for start in range(0, count, PER_CALL):
             for envelope in messages[start : start + PER_CALL]:
                 headers = {**fields(envelope), **(envelope.trace or {})}
-                producer.produce(OUT, transports.body(envelope), str(envelope.payload["n"]),
+                producer.produce(OUT, transports.body(envelope, KAFKA), str(envelope.payload["n"]),
                                  headers=headers)  # fmt: skip
             producer.flush(10)  # their delivery reports: written
         elapsed = time.perf_counter() - begin

@@ -255,6 +255,20 @@ def external_url(value: Any) -> str | None:
     return f"must be a URL of {schemes} (or empty), not {value!r}"
 
 
+def external_format(value: Any) -> str | None:
+    if value in FORMATS:
+        return None
+    return f"must be {' or '.join(repr(name) for name in FORMATS)}, not {value!r}"
+
+
+def uri_reference(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isprintable() and " " not in value:
+        return None if value else "must not be empty"
+    return f"must be a URI reference such as '/shop' (no spaces), or None, not {value!r}"
+
+
 def exchange_name(value: Any) -> str | None:
     if isinstance(value, str) and value.strip() and len(value) <= 255:
         return None
@@ -311,6 +325,8 @@ TRANSPORTS = {
     "nats": "messagebus.external.transports.nats.NatsTransport",
     "kafka": "messagebus.external.transports.kafka.KafkaTransport",
 }
+# MESSAGEBUS["EXTERNAL_FORMAT"]: how messages to and from other services are written.
+FORMATS = ("envelope", "cloudevents")
 DEAD_AT_ONCE = [
     "django.db.IntegrityError",
     "django.core.exceptions.ValidationError",
@@ -387,6 +403,14 @@ class Settings:
         "broker for messages to other services (None: publish nothing)",
         parse=_text_or_none,
     )
+    EXTERNAL_FORMAT = Setting[str](
+        "envelope", external_format, 'messages to and from other services: "envelope" (the '
+        'body holds the fields, the ids beside it) or "cloudevents" (CloudEvents 1.0)',
+    )  # fmt: skip
+    EXTERNAL_SOURCE = Setting[str | None](
+        None, uri_reference, 'CloudEvents: the source of the events published (None: "/" and '
+        'the top package of the settings module, such as "/mysite")', parse=_text_or_none,
+    )  # fmt: skip
     INBOUND_MAX_BYTES = Setting[int](
         1_048_576, whole_number, "bytes: a larger inbound message is dead-lettered, not decoded"
     )

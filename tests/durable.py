@@ -56,9 +56,12 @@ class Broker:
     def env(self) -> dict[str, str]:
         return {f"MESSAGEBUS_{key}": str(value) for key, value in self.settings.items()}
 
-    def publish(self, channel: str, body: bytes, message_id: str | None = None) -> None:
+    def publish(
+        self, channel: str, body: bytes, message_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """``body`` on ``channel`` as another service might put it there, with or without
-        a message id."""
+        a message id, and ``headers`` (fields of a stream's entry) beside it."""
         raise NotImplementedError
 
     def proxied(self) -> tuple[Proxy, str]:
@@ -97,9 +100,12 @@ class RedisStreams(Broker):
         self.client = redis.Redis.from_url(redis_url)
         self.settings = dict(QUICK)
 
-    def publish(self, channel: str, body: bytes, message_id: str | None = None) -> None:
+    def publish(
+        self, channel: str, body: bytes, message_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         ids = {"message_id": message_id} if message_id else {}
-        self.client.xadd(channel, {"body": body, **ids})
+        self.client.xadd(channel, {"body": body, **ids, **(headers or {})})
 
     def dead(self, channel: str) -> list[tuple[bytes, dict[str, str]]]:
         return self.messages(dead_stream(channel))
@@ -151,8 +157,12 @@ class JetStream(Broker):
 
         return asyncio.run(connected())
 
-    def publish(self, channel: str, body: bytes, message_id: str | None = None) -> None:
-        headers = {nats_transport.MESSAGE_ID: message_id} if message_id else None
+    def publish(
+        self, channel: str, body: bytes, message_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        ids = {nats_transport.MESSAGE_ID: message_id} if message_id else {}
+        headers = {**ids, **(headers or {})} or None
 
         async def publish(js: Any) -> None:
             try:
@@ -252,10 +262,12 @@ class Kafka(Broker):
         return self.proxy, self.url
 
     def publish(
-        self, channel: str, body: bytes, message_id: str | None = None, key: str | None = None
-    ) -> None:
-        ids = [(kafka_transport.MESSAGE_ID, message_id.encode())] if message_id else None
-        self.producer.produce(channel, body, key, headers=ids)
+        self, channel: str, body: bytes, message_id: str | None = None,
+        headers: dict[str, str] | None = None, key: str | None = None,
+    ) -> None:  # fmt: skip
+        ids = {kafka_transport.MESSAGE_ID: message_id} if message_id else {}
+        found = [(name, value.encode()) for name, value in {**ids, **(headers or {})}.items()]
+        self.producer.produce(channel, body, key, headers=found or None)
         assert self.producer.flush(10) == 0
 
     def dead(self, channel: str) -> list[tuple[bytes, dict[str, str]]]:

@@ -7,7 +7,7 @@ from typing import IO, Any
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
-from messagebus.external.inbound import MAX_NESTING, nested_deeper
+from messagebus.external.limits import MAX_NESTING, nested_deeper
 
 # The API's bodies are flat objects: JSON nested deeper than the limit every door of
 # the service applies (the inbound consumer's too) is refused before it is decoded.

@@ -7,6 +7,7 @@ each of them opens one with ``open()`` to get the message back.
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +30,16 @@ class Envelope:
     trace: dict[str, str] | None = field(default=None, compare=False, repr=False)
     # Its key on a broker that partitions (Kafka): messages with one key keep their order.
     key: str | None = field(default=None, compare=False, repr=False)
+    # When its message was stored, where known: what a CloudEvent sends as its time.
+    stored: dt.datetime | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
-        cls, message: Message, trace: dict[str, str] | None = None, key: str | None = None
+        cls,
+        message: Message,
+        trace: dict[str, str] | None = None,
+        key: str | None = None,
+        stored: dt.datetime | None = None,
     ) -> Envelope:
         return cls(
             type=message_type_name(type(message)),
@@ -44,6 +51,7 @@ class Envelope:
             message=message,
             trace=trace,
             key=key,
+            stored=stored,
         )
 
     @property

@@ -67,11 +67,14 @@ def _send(handler: Handler, jobs: list[engine.Job], begun: dt.datetime) -> None:
     for job in jobs:
         span = job.span()
         with logs.handling(job.event, handler.name), span:
+            token = engine.current_job.set(job)  # its claim, for prepare (when stored)
             try:
                 prepared.append(handler.bulk.prepare(job.event))
             except Exception as exc:  # noqa: BLE001  (a handler may raise anything)
                 engine.failed(job, exc, begun)
                 continue
+            finally:
+                engine.current_job.reset(token)
             span.hold()
         ready.append((job, span))
     if not ready:

@@ -22,6 +22,7 @@ translator turns a message's JSON body into a command, which the bus handles.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from django.apps import apps
 from ..core.envelope import Envelope
 from ..core.messages import Command, Event
 from ..core.registry import registry
+from ..delivery import run
 from ..exceptions import RegistrationError
 from ..observe import logs, tracing
 from . import transports
@@ -136,7 +138,14 @@ class Publisher:
 
     def _envelope(self, event: Event, carrier: dict[str, str]) -> Envelope:
         value = None if self.key is None else str(getattr(event, self.key))
-        return Envelope.of(event, carrier or None, value)
+        return Envelope.of(event, carrier or None, value, _stored())
+
+
+def _stored() -> dt.datetime | None:
+    """When the event being published was stored, if its delivery was read with it (a
+    worker's is; one run right after its commit is not: it was stored just now)."""
+    job = run.current_job.get()
+    return job.claim.stored if job is not None else None
 
 
 def consumes(channel: str) -> Callable[[Translator], Translator]:

@@ -1,29 +1,28 @@
 """What an inbound message's bytes must be before they become a command.
 
-Checked in this order, each before the next could be fooled: its size
-(``MESSAGEBUS["INBOUND_MAX_BYTES"]``), its nesting (read from the bytes, so
-that decoding never recurses past ``MAX_NESTING``), JSON, an object, the
-translator's command (whose own checks run as it is built), each field's type.
-Whatever fails is ``Malformed``, with the reason.
+Checked in this order, each before the next could be fooled: what its
+transport found wrong with the format it came in (``transports.Unreadable``: a
+CloudEvent without its id), its size (``MESSAGEBUS["INBOUND_MAX_BYTES"]``), its
+nesting (read from the bytes, so that decoding never recurses past
+``MAX_NESTING``), JSON, an object, the translator's command (whose own checks
+run as it is built), each field's type. Whatever fails is ``Malformed``, with
+the reason.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from .. import conf, external
 from ..core.messages import Command
 from ..core.serialization import to_dict
 from ..exceptions import MessageBusError, MessageEncodeError
+from .limits import MAX_NESTING, nested_deeper
+from .transports import Unreadable
 
-MAX_NESTING = 100  # arrays and objects within each other; as the API's JSON parser
 KEPT_BYTES = 1024  # of a message too large to keep whole: its first bytes
 REASON_LENGTH = 1000  # characters of a reason kept (the inbox, a dead letter's header)
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 class Malformed(MessageBusError, ValueError):
@@ -35,6 +34,8 @@ def translated(channel: str, body: bytes) -> Command:
     subscription = external.subscriptions.get(channel)
     if subscription is None:
         raise Malformed(f"no app takes in messages on {channel!r}")
+    if isinstance(body, Unreadable):
+        raise Malformed(body.reason)
     limit = conf.settings.INBOUND_MAX_BYTES
     if len(body) > limit:
         raise Malformed(
@@ -59,22 +60,6 @@ def translated(channel: str, body: bytes) -> Command:
     except MessageEncodeError as exc:
         raise Malformed(f"wrong type: {exc}") from None
     return command
-
-
-def nested_deeper(body: bytes, limit: int) -> bool:
-    """Whether the JSON in ``body`` nests arrays and objects more than ``limit`` deep,
-    read from the bytes (brackets within strings do not count), without recursion."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
-    for bracket in _BRACKET.finditer(_STRING.sub(b"", body)):
-        if bracket.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
 
 
 def text(body: bytes) -> str:

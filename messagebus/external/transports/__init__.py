@@ -24,6 +24,8 @@ from django.utils.module_loading import import_string
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
+from .. import cloudevents
+from ..cloudevents import Binding
 
 
 class Verdict(enum.Enum):
@@ -174,25 +176,79 @@ def keyed(envelope: Envelope) -> dict[str, str]:
     return {} if key is None else {ORDERING_KEY: key}
 
 
-def body(envelope: Envelope) -> bytes:
-    """What goes on the wire: the message's own fields, as JSON."""
+def in_cloudevents() -> bool:
+    """Whether messages go out and come in as CloudEvents (MESSAGEBUS["EXTERNAL_FORMAT"]);
+    ``ConfigurationError`` for a format there is none of."""
+    chosen = conf.settings.EXTERNAL_FORMAT
+    problem = conf.external_format(chosen)
+    if problem is not None:
+        raise ConfigurationError(f"MESSAGEBUS['EXTERNAL_FORMAT'] {problem}")
+    return chosen == "cloudevents"
+
+
+def body(envelope: Envelope, binding: Binding) -> bytes:
+    """What goes on the wire: the message's own fields, as JSON (a CloudEvent's data); as
+    a CloudEvent of a binding in structured content mode (Redis), the whole event."""
+    if in_cloudevents() and binding.structured:
+        return cloudevents.structured(envelope)
     return json.dumps(envelope.payload, separators=(",", ":")).encode()
 
 
-def headers(envelope: Envelope, id_name: str = "message_id") -> dict[str, str]:
-    """What goes with the body, as headers or fields: its id (under ``id_name``), type,
-    lineage, ordering key (``keyed``) and trace context."""
-    return {
-        id_name: str(envelope.id),
+def headers(envelope: Envelope, binding: Binding, id_name: str | None = None) -> dict[str, str]:
+    """What goes with the body, as headers or fields. In the envelope format: its id (under
+    ``id_name``, else ``message_id``), type, lineage, ordering key (``keyed``) and trace
+    context, but for those the protocol carries as properties of its own
+    (``binding.properties``). As a CloudEvent: its attributes, as ``binding`` names them,
+    and its id under ``id_name`` too, where the protocol reads it there (NATS)."""
+    if in_cloudevents():
+        named = {id_name: str(envelope.id)} if id_name else {}
+        return {**named, **cloudevents.headers(envelope, binding)}
+    found = {
+        id_name or "message_id": str(envelope.id),
         "type": envelope.type,
         "correlation_id": str(envelope.correlation_id),
         "causation_id": str(envelope.causation_id or ""),
         **keyed(envelope),
         **{key: value for key, value in (envelope.trace or {}).items() if key in TRACE_HEADERS},
     }
+    return {key: value for key, value in found.items() if key not in binding.properties}
 
 
 def trace_of(found: Mapping[str, object]) -> dict[str, str] | None:
     """The trace context among a message's headers, if it carried one."""
     trace = {key: str(found[key]) for key in TRACE_HEADERS if key in found}
     return trace or None
+
+
+class Unreadable(bytes):
+    """The bytes of a message that did not come in the format it had to (a CloudEvent
+    without its id): the inbox skips it with ``reason``, as any malformed message."""
+
+    reason: str
+
+    def __new__(cls, raw: bytes, reason: str) -> Unreadable:
+        made = super().__new__(cls, raw)
+        made.reason = reason
+        return made
+
+
+def received(
+    channel: str, raw: bytes, found: Mapping[str, object], binding: Binding,
+    message_id: str | None,
+) -> Inbound:  # fmt: skip
+    """What ``receive`` takes of a message that came in on ``channel``: ``raw``, its body,
+    and ``found``, its headers or fields (the protocol's content type among them as
+    ``content-type``), read as the format says. In the envelope format: ``raw``,
+    ``message_id`` (the id the transport found, or knows it by) and the trace context
+    among ``found``. As a CloudEvent: its data, id and trace context; one that is no
+    CloudEvent is ``Unreadable``, under ``message_id``."""
+    trace = trace_of(found)
+    if not in_cloudevents():
+        return (channel, raw, message_id, trace)
+    try:
+        event = cloudevents.read(raw, found, binding)
+    except cloudevents.NotACloudEvent as exc:
+        return (channel, Unreadable(raw, str(exc)), message_id, trace)
+    if event is None:  # a body no JSON object: the inbox says why
+        return (channel, raw, message_id, trace)
+    return (channel, event.data, event.id, event.trace or trace)

@@ -1,6 +1,9 @@
 """RabbitMQ through kombu: one durable topic exchange (MESSAGEBUS["AMQP_EXCHANGE"]), the
 channel as routing key.
 
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` the headers are a CloudEvent's
+attributes instead, ``cloudEvents:<name>`` (binary content mode, ``cloudevents.AMQP``).
+
 Messages are persistent and confirmed by the broker before ``publish``
 returns; the message id, type and correlation id travel as AMQP properties,
 the causation id as a header. Coming in, each consuming app has a durable
@@ -35,7 +38,8 @@ from kombu.messaging import Consumer, Producer
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Published, Receive, Verdict, body, keyed, trace_of
+from ..cloudevents import AMQP
+from . import BATCH, Published, Receive, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +120,10 @@ class AmqpTransport:
             taken = at_hand[:]
             del at_hand[:]
             messages = [
-                (m.delivery_info.get("routing_key", ""),
-                 m.body if isinstance(m.body, bytes) else m.body.encode(),
-                 m.properties.get("message_id"), trace_of(m.headers or {}))
+                received(m.delivery_info.get("routing_key", ""),
+                         m.body if isinstance(m.body, bytes) else m.body.encode(),
+                         {**(m.headers or {}), "content-type": m.content_type or ""}, AMQP,
+                         m.properties.get("message_id"))
                 for m in taken
             ]  # fmt: skip
             for message, settled in zip(taken, receive(messages), strict=True):
@@ -146,18 +151,14 @@ class AmqpTransport:
 
 def message(envelope: Envelope) -> Message:
     """What is published of ``envelope``: its body, and its properties and headers."""
-    return body(envelope), {
+    return body(envelope, AMQP), {
         "delivery_mode": "persistent",
         "content_type": "application/json",
         "content_encoding": "utf-8",
         "message_id": str(envelope.id),
         "type": envelope.type,
         "correlation_id": str(envelope.correlation_id),
-        "headers": {
-            "causation_id": str(envelope.causation_id or ""),
-            **keyed(envelope),
-            **(envelope.trace or {}),
-        },
+        "headers": headers(envelope, AMQP),
     }
 
 

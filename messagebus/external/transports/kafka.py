@@ -19,6 +19,10 @@ then are the offsets after it committed. A consumer that dies before that leaves
 uncommitted: the group's next owner of the partition reads them again, and the inbox
 drops what it had handled. ``lag(channels)`` is each group's lag per partition, for
 ``/health/`` and ``/metrics``.
+
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` the headers are a CloudEvent's
+attributes instead, ``ce_<name>`` and ``content-type`` (binary content mode,
+``cloudevents.KAFKA``); its ``partitionkey`` is the key.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ign
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import MessageBusError
-from . import BATCH, Inbound, Lag, Published, Receive, Settled, Verdict, body, headers, trace_of
+from ..cloudevents import KAFKA
+from . import BATCH, Inbound, Lag, Published, Receive, Settled, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +339,7 @@ def record(channel: str, envelope: Envelope) -> Record:
     key) and headers."""
     found = envelope.key if envelope.key is not None else envelope.ordering_key
     key = found.encode() if found is not None else None
-    return channel, body(envelope), key, list(headers(envelope).items())
+    return channel, body(envelope, KAFKA), key, list(headers(envelope, KAFKA).items())
 
 
 def _offsets(
@@ -368,7 +373,7 @@ def _inbound(message: Message) -> Inbound:
     topic, partition, offset = _place(message)
     # A message without an id is known by its place: read again, it is known as handled.
     message_id = found.get(MESSAGE_ID) or f"{topic}/{partition}/{offset}"
-    return (topic, _value(message), message_id, trace_of(found))
+    return received(topic, _value(message), found, KAFKA, message_id)
 
 
 def _dead_headers(message: Message, outcome: Settled) -> list[tuple[str, bytes]]:

@@ -26,6 +26,10 @@ first call (again in a forked child), and runs that loop for the length of each 
 calls nothing runs on that connection: it is not reconnected in the background, and
 one lost, or unused for ``IDLE`` seconds, is replaced on the next call. ``close()``
 (``transports.reset()``, and at exit) closes every thread's connection and loop.
+
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` the headers but ``Nats-Msg-Id``
+are a CloudEvent's attributes instead, ``ce-<name>``, percent-encoded (binary content
+mode, ``cloudevents.NATS``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from nats.js import JetStreamContext, api
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from . import BATCH, Inbound, Published, Receive, Settled, Verdict, body, headers, trace_of
+from ..cloudevents import NATS
+from . import BATCH, Inbound, Published, Receive, Settled, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +348,7 @@ async def _settle(
 def message(envelope: Envelope) -> Message:
     """What is published of ``envelope``: its payload, and its headers (its id as
     ``Nats-Msg-Id``)."""
-    return body(envelope), headers(envelope, MESSAGE_ID)
+    return body(envelope, NATS), headers(envelope, NATS, MESSAGE_ID)
 
 
 def _acked(acked: api.PubAck, found: dict[str, str], channel: str) -> None:
@@ -373,7 +378,7 @@ def _inbound(channel: str, msg: Msg) -> Inbound:
     # A message without an id is known by its place in the stream: delivered again, it
     # is known as handled.
     message_id = found.get(MESSAGE_ID) or f"{msg.metadata.stream}/{msg.metadata.sequence.stream}"
-    return (channel, msg.data, message_id, trace_of(found))
+    return received(channel, msg.data, found, NATS, message_id)
 
 
 def _dead_headers(msg: Msg, reason: str) -> dict[str, str]:

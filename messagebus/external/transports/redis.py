@@ -1,5 +1,8 @@
 """Redis pub/sub, as the book's services use it: plain channel names, JSON bodies.
 
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` a message is instead a whole
+CloudEvent (structured content mode, ``cloudevents.REDIS``), whose id is the inbox's key.
+
 Pub/sub carries a body and nothing else, so the body is the event's fields,
 exactly what the book's clients read; the message id, type and correlation
 id stay in the outbox (and in this process's log), not on the wire. Coming
@@ -19,7 +22,8 @@ from collections.abc import Mapping, Sequence
 import redis
 
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Published, Receive, body
+from ..cloudevents import REDIS
+from . import BATCH, Inbound, Published, Receive, body, received
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class RedisTransport:
         )
 
     def publish(self, channel: str, envelope: Envelope) -> None:
-        self.client.publish(channel, body(envelope))
+        self.client.publish(channel, body(envelope, REDIS))
 
     def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
         """A ``PUBLISH`` of each, in one pipeline: None for each Redis took, the error it
@@ -43,7 +47,7 @@ class RedisTransport:
         ``connection_errors``): then none is known published, though some may have been."""
         pipe = self.client.pipeline(transaction=False)
         for envelope in envelopes:
-            pipe.publish(channel, body(envelope))
+            pipe.publish(channel, body(envelope, REDIS))
         answers = pipe.execute(raise_on_error=False)
         return [answer if isinstance(answer, Exception) else None for answer in answers]
 
@@ -68,7 +72,8 @@ class RedisTransport:
                     if message is None:
                         break
                     if message["type"] == "message":
-                        at_hand.append((message["channel"].decode(), message["data"], None, None))
+                        channel = message["channel"].decode()
+                        at_hand.append(received(channel, message["data"], {}, REDIS, None))
                         wait = 0.0
                 if at_hand:
                     receive(at_hand)  # pub/sub has nothing to acknowledge

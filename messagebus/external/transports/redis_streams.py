@@ -18,6 +18,10 @@ reconnects, and any consumer of the group takes over another's once it was idle
 ``MESSAGEBUS["REDIS_STREAM_CLAIM_IDLE"]`` seconds (``XAUTOCLAIM``). A dead message,
 or an entry with no ``body`` field, is copied to ``<stream>.dead`` with the reason
 (``x-reason``) and acknowledged in one ``MULTI``: the group goes on at once.
+
+With ``MESSAGEBUS["EXTERNAL_FORMAT"] = "cloudevents"`` an entry's ``body`` is instead a
+whole CloudEvent (structured content mode, ``cloudevents.REDIS``), its only other field
+``content-type``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from redis.retry import Retry
 
 from ... import conf
 from ...core.envelope import Envelope
-from . import BATCH, Inbound, Published, Receive, Verdict, body, headers, trace_of
+from ..cloudevents import REDIS
+from . import BATCH, Inbound, Published, Receive, Verdict, body, headers, received
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +209,7 @@ class RedisStreamTransport:
 
 def entry(envelope: Envelope) -> dict[str, str | bytes]:
     """What is published of ``envelope``: the entry's fields, its body and headers."""
-    return {"body": body(envelope), **headers(envelope)}
+    return {"body": body(envelope, REDIS), **headers(envelope, REDIS)}
 
 
 def _inbound(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Inbound | str:
@@ -217,7 +222,7 @@ def _inbound(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Inboun
     # An entry without an id is known by its place in the stream: a copy of it read
     # again (taken over from a dead consumer) is known as handled.
     message_id = found.get("message_id") or f"{stream}/{entry_id.decode()}"
-    return (stream, data, message_id, trace_of(found))
+    return received(stream, data, found, REDIS, message_id)
 
 
 def _dead_letter(

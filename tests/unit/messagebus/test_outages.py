@@ -17,7 +17,8 @@ from django.test import override_settings
 from messagebus.exceptions import Reject
 from messagebus.external import transports
 from messagebus.external.failures import is_outage
-from messagebus.external.inbound import nested_deeper, storable
+from messagebus.external.inbound import storable
+from messagebus.external.limits import nested_deeper
 from messagebus.processes.worker import lasting
 
 
