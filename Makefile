@@ -61,6 +61,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_celery.py
 	$(BIN)/python bench/bench_external.py
+	$(BIN)/python bench/bench_external_latency.py
 	$(BIN)/python bench/bench_async.py
 	$(BIN)/python bench/bench_tracing.py
 	$(BIN)/python bench/bench_serialization.py

@@ -291,22 +291,27 @@ def redis_pubsub(count: int, rounds: int) -> None:
             subscriber.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["amqp", "redis", "redis+stream", "nats", "kafka"])
-    args = parser.parse_args()
-    brokers = {
+def available() -> dict[str, bool]:
+    """Each broker measured here -> whether this run has it (Kafka: KAFKA_URL, or tansu
+    for a broker of the run's own)."""
+    return {
         "amqp": URL.startswith("amqp"),
         "redis": bool(external_streams.REDIS_URL),
         "redis+stream": bool(external_streams.REDIS_URL),
         "nats": bool(external_streams.NATS_URL),
         "kafka": bool(external_streams.KAFKA_URL or external_streams.tansu_binary()),
     }
-    brokers = {name: there for name, there in brokers.items() if args.only in (None, name)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=list(available()))
+    args = parser.parse_args()
+    brokers = {name: there for name, there in available().items() if args.only in (None, name)}
     if not any(brokers.values()):
         print("bench_external: skipped; set CELERY_BROKER_URL=amqp://..., REDIS_URL, NATS_URL "
               "or KAFKA_URL")  # fmt: skip
