@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT = 5.0  # seconds to connect, or to wait for an answer
 WAIT = 0.5  # seconds a read waits for the first message
+TURN = 0.05  # seconds it waits instead with several groups: the others' are read in turn
 FORGET_AFTER = 3600.0  # seconds idle after which a consumer with nothing pending is removed
 Entry = tuple[bytes, dict[bytes, bytes]]  # (entry id, fields)
 
@@ -118,12 +119,13 @@ class RedisStreamTransport:
                 for stream, group in channels.items():
                     self._claim(stream, group, idle, receive)
             found = False  # in this round: the last group waits only if none had any
+            block = int((WAIT if len(groups) == 1 else TURN) * 1000)
             for n, (group, streams) in enumerate(groups.items()):
                 wait = n == len(groups) - 1 and not found
                 try:
                     read: Any = self.client.xreadgroup(
                         group, self.consumer, dict.fromkeys(streams, ">"),
-                        count=BATCH, block=int(WAIT * 1000) if wait else None,
+                        count=BATCH, block=block if wait else None,
                     )  # fmt: skip
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
