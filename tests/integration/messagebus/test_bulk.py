@@ -112,22 +112,18 @@ def test_one_that_cannot_be_prepared_fails_and_the_others_are_sent(shipper):
     assert row.status == "pending" and "cannot encode 1" in row.last_error
 
 
-def test_a_send_that_raises_fails_them_all_none_done(shipper):
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("down", "broker down"), ("short", "answered 2 of 3 sent")],
+    ids=["a send that raises", "answers not one for one"],
+)
+def test_a_send_that_fails_as_a_whole_fails_them_all_none_done(shipper, fault, reason):
     stored(*range(3))
-    shipper.down = True
+    setattr(shipper, fault, True)
     run_claimed()
     rows = Delivery.objects.all()
     assert {row.status for row in rows} == {"pending"}
-    assert all("broker down" in row.last_error for row in rows)
-
-
-def test_answers_not_one_for_one_fail_them_all(shipper):
-    stored(*range(3))
-    shipper.short = True
-    run_claimed()
-    rows = Delivery.objects.all()
-    assert {row.status for row in rows} == {"pending"}
-    assert all("answered 2 of 3 sent" in row.last_error for row in rows)
+    assert all(reason in row.last_error for row in rows)
 
 
 def test_its_last_run_refused_is_dead_by_its_policy(shipper):
