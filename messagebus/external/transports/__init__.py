@@ -24,8 +24,10 @@ from django.utils.module_loading import import_string
 from ... import conf
 from ...core.envelope import Envelope
 from ...exceptions import ConfigurationError
-from .. import cloudevents
-from ..cloudevents import Binding
+from ..cloudevents import Binding, NotACloudEvent
+from ..cloudevents import headers as event_headers
+from ..cloudevents import read as read_event
+from ..cloudevents import structured as structured_event
 
 
 class Verdict(enum.Enum):
@@ -190,7 +192,7 @@ def body(envelope: Envelope, binding: Binding) -> bytes:
     """What goes on the wire: the message's own fields, as JSON (a CloudEvent's data); as
     a CloudEvent of a binding in structured content mode (Redis), the whole event."""
     if in_cloudevents() and binding.structured:
-        return cloudevents.structured(envelope)
+        return structured_event(envelope)
     return json.dumps(envelope.payload, separators=(",", ":")).encode()
 
 
@@ -202,7 +204,7 @@ def headers(envelope: Envelope, binding: Binding, id_name: str | None = None) ->
     and its id under ``id_name`` too, where the protocol reads it there (NATS)."""
     if in_cloudevents():
         named = {id_name: str(envelope.id)} if id_name else {}
-        return {**named, **cloudevents.headers(envelope, binding)}
+        return {**named, **event_headers(envelope, binding)}
     found = {
         id_name or "message_id": str(envelope.id),
         "type": envelope.type,
@@ -246,8 +248,8 @@ def received(
     if not in_cloudevents():
         return (channel, raw, message_id, trace)
     try:
-        event = cloudevents.read(raw, found, binding)
-    except cloudevents.NotACloudEvent as exc:
+        event = read_event(raw, found, binding)
+    except NotACloudEvent as exc:
         return (channel, Unreadable(raw, str(exc)), message_id, trace)
     if event is None:  # a body no JSON object: the inbox says why
         return (channel, raw, message_id, trace)
