@@ -5,7 +5,8 @@
 
 On a throwaway test database (PostgreSQL; SQLite is skipped), ``--count``
 no-op tasks (``tests.busapp.jobs.noop``) are enqueued, each in a transaction
-of its own as a request would, then run, by:
+of its own as a request would (the two backends' in alternating blocks, so the
+database's background work falls on both alike), then run, by:
 
 - outbox: ``messagebus.task_backend.OutboxBackend`` (worker executor: the
   enqueue stores an event and its delivery in one prepared statement, which
@@ -54,6 +55,7 @@ WORKERS = {
     "outbox": ["messagebus", "worker", "--once"],
     "django-tasks-db": ["db_worker", "--batch", "--no-startup-delay", "--backend", "db"],
 }
+BACKENDS = {"outbox": "default", "django-tasks-db": "db"}
 
 
 def load() -> str:
@@ -103,14 +105,30 @@ def check(name: str, count: int) -> None:
         raise SystemExit(f"{name}: {done} of {count} tasks ran")
 
 
-def case(name: str, count: int, idle: float) -> tuple[float, float]:
-    """(seconds to enqueue, seconds to run) ``count`` tasks."""
+BLOCKS = 10
+"""Each round enqueues a backend's tasks in this many blocks, alternating with the
+other's (ABBA), so a checkpoint or a slow fsync falls on both alike."""
+
+
+def enqueue_both(count: int) -> dict[str, float]:
+    """Seconds each backend took to enqueue ``count`` tasks, in interleaved blocks."""
+    taken = dict.fromkeys(WORKERS, 0.0)
+    names = list(WORKERS)
+    for block in range(BLOCKS):
+        size = count // BLOCKS + (block < count % BLOCKS)
+        for name in names if block % 2 == 0 else reversed(names):
+            taken[name] += enqueue(BACKENDS[name], size)
+    return taken
+
+
+def case(count: int, idle: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Per backend, (seconds to enqueue, seconds to run) ``count`` tasks."""
     reset()
-    backend = {"outbox": "default", "django-tasks-db": "db"}[name]
-    enqueued = enqueue(backend, count)
-    ran = max(manage(WORKERS[name]) - idle, 1e-9)
-    check(name, count)
-    return enqueued, ran
+    enqueued = enqueue_both(count)
+    ran = {name: max(manage(WORKERS[name]) - idle[name], 1e-9) for name in WORKERS}
+    for name in WORKERS:
+        check(name, count)
+    return {name: (enqueued[name], ran[name]) for name in WORKERS}
 
 
 def main() -> None:
@@ -130,8 +148,7 @@ def main() -> None:
         idle = {name: startup(name) for name in WORKERS}
         rates: dict[str, list[tuple[float, float, float]]] = {}
         for r in range(args.rounds):
-            for name in WORKERS:
-                enqueued, ran = case(name, count, idle[name])
+            for name, (enqueued, ran) in case(count, idle).items():
                 total = count / (enqueued + ran)
                 rates.setdefault(name, []).append((enqueued / count, count / ran, total))
                 print(
