@@ -12,6 +12,11 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
 
 
+def listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
 def describe(error: BaseException) -> str:
     """``module.Class: message``, as a delivery keeps its last error."""
     return f"{type(error).__module__}.{type(error).__qualname__}: {error}"

@@ -25,10 +25,10 @@ from messagebus.delivery.run import policy_of
 from messagebus.exceptions import BrokerUnreachable, ConfigurationError, NotPausable
 from messagebus.handling import scheduling
 from messagebus.models import Delivery, InboxMessage
-from messagebus.ops import health, pauses, prometheus
+from messagebus.ops import health, pauses, prometheus, retention
 from messagebus.outbox import ordering, slots
 from messagebus.processes.worker import Worker
-from messagebus.wording import first_line, plural
+from messagebus.wording import first_line, listed, plural
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,11 @@ class Command(BaseCommand):
         resume = action("resume", "Start a paused handler's deliveries again.")
         resume.add_argument("handler", help="The event handler (dotted name).")
 
-        prune = action("prune", "Delete finished deliveries and their events.")
+        prune = action(
+            "prune",
+            "Delete what ended over --days ago: finished deliveries and their events, "
+            "periodic ticks, inbox records, ended process manager instances, heartbeats.",
+        )
         prune.add_argument(
             "--days", type=positive_int, default=30, help="Older than this (default 30)."
         )
@@ -469,18 +473,19 @@ class Command(BaseCommand):
 
     def handle_prune(self, using: str, *, days: int, dry_run: bool, **options: Any) -> None:
         cutoff = timezone.now() - timedelta(days=days)
-        ticks = scheduling.old_ticks(using, cutoff)
         if dry_run:
             deliveries, events = outbox.prunable(using, cutoff)
-            ticked = ticks.count()
             verb = "Would delete"
         else:
             deliveries, events = outbox.prune(using, cutoff)
-            ticked, _ = ticks.delete()
             verb = "Deleted"
         self.stdout.write(
             f"{verb} {plural(deliveries, 'delivery', 'deliveries')} and "
             f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
-        if ticked:
-            self.stdout.write(f"{verb} {plural(ticked, 'periodic tick')} of before then.")
+        counted = [
+            (record, record.rows.count() if dry_run else retention.delete(using, record))
+            for record in retention.kept(using, cutoff)
+        ]
+        if ended := [record.describe(count) for record, count in counted if count]:
+            self.stdout.write(f"{verb} {listed(ended)} from before then.")

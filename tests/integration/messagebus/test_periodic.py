@@ -201,8 +201,8 @@ def test_prune_deletes_old_ticks_but_each_schedules_last(db, capsys):
             ScheduleTick.objects.create(name=name, tick_at=long_ago + dt.timedelta(minutes=minute))
     ScheduleTick.objects.create(name="a", tick_at=timezone.now())
     call_command("messagebus", "prune", "--dry-run")
-    assert "Would delete 3 periodic ticks of before then." in capsys.readouterr().out
+    assert "Would delete 3 periodic ticks from before then." in capsys.readouterr().out
     call_command("messagebus", "prune")
-    assert "Deleted 3 periodic ticks of before then." in capsys.readouterr().out
+    assert "Deleted 3 periodic ticks from before then." in capsys.readouterr().out
     left = sorted(ScheduleTick.objects.values_list("name", flat=True))
     assert left == ["a", "b"]  # a's newest, and b's only one (it dates b's next tick)
