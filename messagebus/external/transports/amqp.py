@@ -34,6 +34,7 @@ from typing import Any
 from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Consumer, Producer
 
 from ... import conf
@@ -71,16 +72,23 @@ class AmqpTransport:
     def publish(self, channel: str, envelope: Envelope) -> None:
         topic = exchange()
         data, properties = message(envelope)
-        self._producer().publish(
-            data,
-            exchange=topic,
-            routing_key=channel,
-            declare=[topic],
-            retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0.2},
-            timeout=TIMEOUT,
-            **properties,
-        )
+        try:
+            self._producer().publish(
+                data,
+                exchange=topic,
+                routing_key=channel,
+                declare=[topic],
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.2},
+                timeout=TIMEOUT,
+                **properties,
+            )
+        except KombuOperationalError as exc:
+            # Its retry wraps the connection's error in kombu's own: raised as it came,
+            # one of connection_errors, as every transport raises a broker out of reach.
+            if isinstance(exc.__cause__, self.connection_errors):
+                raise exc.__cause__ from None
+            raise
 
     def publish_many(self, channel: str, envelopes: Sequence[Envelope]) -> Published:
         """Send every envelope, then wait for the broker's answer to each (up to TIMEOUT

@@ -210,6 +210,8 @@ def test_rabbitmq_out_of_reach_raises_and_the_next_call_goes_out(bound):
     proxy.cut(refuse=True)
     with pytest.raises(transport.connection_errors):
         transport.publish_many(key, envelopes(3))
+    with pytest.raises(transport.connection_errors):  # not kombu's wrapping of it
+        transport.publish(key, envelopes(1)[0])
     proxy.mend()
     assert transport.publish_many(key, envelopes(2, start=3)) == [None, None]
     assert [data for data, _ in drained(queue)] == [b'{"n":3}', b'{"n":4}']
