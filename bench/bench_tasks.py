@@ -17,6 +17,9 @@ database's background work falls on both alike), then run, by:
 - immediate: django.tasks' ``ImmediateBackend``, which runs each task as it is
   enqueued, in the caller, storing nothing.
 
+Each round also enqueues as many into a transaction already open (rolled back
+after): what a task adds to a request's transaction, the commit aside.
+
 A worker's time is its wall time less the start-up of the same command on an
 empty queue (median of three). Every task must end SUCCESSFUL (checked in the
 tables). Rates are medians over the rounds; ratios are of the medians, the
@@ -32,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +47,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django.test.utils import setup_databases, teardown_databases  # noqa: E402
 from django_tasks_db.models import DBTaskResult  # noqa: E402
 
@@ -79,6 +83,15 @@ def enqueue(backend: str, count: int) -> float:
     return time.perf_counter() - started
 
 
+def enqueue_within(backend: str, count: int) -> float:
+    """Seconds to enqueue ``count`` tasks in a transaction already open, as a view that
+    writes too would: what each adds to it (rolled back: the queue is left as it was)."""
+    with transaction.atomic():
+        taken = enqueue(backend, count)
+        transaction.set_rollback(True)
+    return taken
+
+
 def manage(command: list[str]) -> float:
     env = {**os.environ, "DATABASE_URL": database_url()}
     started = time.perf_counter()
@@ -110,25 +123,27 @@ BLOCKS = 10
 other's (ABBA), so a checkpoint or a slow fsync falls on both alike."""
 
 
-def enqueue_both(count: int) -> dict[str, float]:
-    """Seconds each backend took to enqueue ``count`` tasks, in interleaved blocks."""
+def enqueue_both(count: int, how: Callable[[str, int], float] = enqueue) -> dict[str, float]:
+    """Seconds each backend took to enqueue ``count`` tasks ``how``, in interleaved blocks."""
     taken = dict.fromkeys(WORKERS, 0.0)
     names = list(WORKERS)
     for block in range(BLOCKS):
         size = count // BLOCKS + (block < count % BLOCKS)
         for name in names if block % 2 == 0 else reversed(names):
-            taken[name] += enqueue(BACKENDS[name], size)
+            taken[name] += how(BACKENDS[name], size)
     return taken
 
 
-def case(count: int, idle: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """Per backend, (seconds to enqueue, seconds to run) ``count`` tasks."""
+def case(count: int, idle: dict[str, float]) -> dict[str, tuple[float, float, float]]:
+    """Per backend, (seconds to enqueue, seconds to run, seconds to enqueue within a
+    transaction open) ``count`` tasks."""
     reset()
     enqueued = enqueue_both(count)
+    within = enqueue_both(count, enqueue_within)
     ran = {name: max(manage(WORKERS[name]) - idle[name], 1e-9) for name in WORKERS}
     for name in WORKERS:
         check(name, count)
-    return {name: (enqueued[name], ran[name]) for name in WORKERS}
+    return {name: (enqueued[name], ran[name], within[name]) for name in WORKERS}
 
 
 def main() -> None:
@@ -146,30 +161,35 @@ def main() -> None:
         count = args.count
         print(f"{count} no-op tasks, enqueued one per transaction, then run ({load()})")
         idle = {name: startup(name) for name in WORKERS}
-        rates: dict[str, list[tuple[float, float, float]]] = {}
+        rates: dict[str, list[tuple[float, float, float, float]]] = {}
         for r in range(args.rounds):
-            for name, (enqueued, ran) in case(count, idle).items():
+            for name, (enqueued, ran, within) in case(count, idle).items():
                 total = count / (enqueued + ran)
-                rates.setdefault(name, []).append((enqueued / count, count / ran, total))
+                rates.setdefault(name, []).append(
+                    (enqueued / count, count / ran, total, within / count)
+                )
                 print(
                     f"  round {r + 1} {name:<16} enqueue {enqueued / count * 1e6:6.0f} us/task"
+                    f" ({within / count * 1e6:4.0f} within)"
                     f"  run {count / ran:7.0f} tasks/s  both {total:7.0f} tasks/s"
                 )
             immediate = count / enqueue("immediate", count)
-            rates.setdefault("immediate", []).append((0.0, 0.0, immediate))
+            rates.setdefault("immediate", []).append((0.0, 0.0, immediate, 0.0))
             print(f"  round {r + 1} {'immediate':<16} enqueue and run in the caller "
                   f"{immediate:7.0f} tasks/s")  # fmt: skip
         med = {
-            name: tuple(statistics.median(row[i] for row in rows) for i in range(3))
+            name: tuple(statistics.median(row[i] for row in rows) for i in range(4))
             for name, rows in rates.items()
         }
         outbox, db, immediate = med["outbox"], med["django-tasks-db"], med["immediate"]
         print("medians:")
-        print(f"  {'backend':<16} {'enqueue us/task':>16} {'run tasks/s':>12} {'both tasks/s':>13}")
-        for name, (cost, run, total) in med.items():
+        print(f"  {'backend':<16} {'enqueue us/task':>16} {'within':>7} {'run tasks/s':>12} "
+              f"{'both tasks/s':>13}")  # fmt: skip
+        for name, (cost, run, total, inside) in med.items():
             enq = f"{cost * 1e6:.0f}" if cost else "-"
+            within = f"{inside * 1e6:.0f}" if inside else "-"
             ran = f"{run:.0f}" if run else "-"
-            print(f"  {name:<16} {enq:>16} {ran:>12} {total:>13.0f}")
+            print(f"  {name:<16} {enq:>16} {within:>7} {ran:>12} {total:>13.0f}")
         print(f"  outbox / django-tasks-db, throughput (both)  {outbox[2] / db[2]:.2f}x "
               "(target >= 3x)")  # fmt: skip
         print(f"  outbox / django-tasks-db, run                {outbox[1] / db[1]:.2f}x")
@@ -177,6 +197,8 @@ def main() -> None:
               "(target <= 1.2x)")  # fmt: skip
         print(f"  outbox / django-tasks-db, enqueues a second  {db[0] / outbox[0]:.2f}x "
               "(target >= 1.2x)")  # fmt: skip
+        print(f"  outbox / django-tasks-db, enqueues a second within a transaction open "
+              f"{db[3] / outbox[3]:.2f}x")  # fmt: skip
         print(f"  outbox / immediate, throughput (both)        {outbox[2] / immediate[2]:.2f}x")
         print(f"({load()}: other work on the machine skews the figures)")
     finally:
