@@ -5,7 +5,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from asgiref.sync import SyncToAsync
+from django.db import connection, connections
 from kombu import Connection, Queue
 
 from messagebus.external.transports import amqp
@@ -136,3 +137,12 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped:
         reporter.write_line(f"REQUIRE_SERVICES=1 but {len(skipped)} tests were skipped", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture
+def anyio_backend():
+    """The async tests' event loop: asyncio's. After each, the connections that Django's
+    async ORM opened in asgiref's executor thread are closed, as a request's end closes
+    them: else one outlives the tests and the test database cannot be dropped."""
+    yield "asyncio"
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()

@@ -43,11 +43,6 @@ NAP = 0.2  # seconds each handler awaits, once the others it waits for have star
 MEET_WITHIN = 30.0  # seconds a handler waits for the others to start
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class Timeline:
     """When each handler's calls started and ended. Each call waits until every handler
     named in ``meet`` has started once: they overlap by meeting, not by a clock."""

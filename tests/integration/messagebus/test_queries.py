@@ -22,11 +22,6 @@ from tests.busapp.models import Account
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Balance(messagebus.Query):
     owner: str
