@@ -103,18 +103,27 @@ def publish_bus(count: int) -> float:
     return elapsed
 
 
+def plain_bodies(count: int) -> list[bytes]:
+    return [json.dumps({"n": n}, separators=(",", ":")).encode() for n in range(count)]
+
+
+def send_plain(producer: Producer, data: bytes) -> None:
+    """A message as a plain kombu client publishes it: persistent, JSON, with an id."""
+    producer.publish(
+        data, exchange=amqp.exchange(), routing_key="busapp_announced",
+        declare=[amqp.exchange()], delivery_mode="persistent",
+        content_type="application/json", content_encoding="utf-8",
+        message_id=str(uuid.uuid4()),
+    )  # fmt: skip
+
+
 def publish_plain(count: int) -> float:
-    bodies = [json.dumps({"n": n}, separators=(",", ":")).encode() for n in range(count)]
+    bodies = plain_bodies(count)
     with Connection(URL, transport_options={"confirm_publish": True}) as connection:
         producer = Producer(connection)
         begin = time.perf_counter()
         for data in bodies:
-            producer.publish(
-                data, exchange=amqp.exchange(), routing_key="busapp_announced",
-                declare=[amqp.exchange()], delivery_mode="persistent",
-                content_type="application/json", content_encoding="utf-8",
-                message_id=str(uuid.uuid4()),
-            )  # fmt: skip
+            send_plain(producer, data)
         elapsed = time.perf_counter() - begin
     arrived("plain publish", count)
     return elapsed
@@ -123,7 +132,7 @@ def publish_plain(count: int) -> float:
 def publish_plain_batch(count: int) -> float:
     """A plain kombu loop on a channel in confirm mode: PER_CALL messages sent, then their
     acknowledgements awaited, and so on."""
-    bodies = [json.dumps({"n": n}, separators=(",", ":")).encode() for n in range(count)]
+    bodies = plain_bodies(count)
     per_call = external_streams.PER_CALL
     with Connection(URL) as connection:
         channel = connection.channel()
@@ -136,12 +145,7 @@ def publish_plain_batch(count: int) -> float:
         begin = time.perf_counter()
         for start in range(0, count, per_call):
             for data in bodies[start : start + per_call]:
-                producer.publish(
-                    data, exchange=amqp.exchange(), routing_key="busapp_announced",
-                    declare=[amqp.exchange()], delivery_mode="persistent",
-                    content_type="application/json", content_encoding="utf-8",
-                    message_id=str(uuid.uuid4()),
-                )  # fmt: skip
+                send_plain(producer, data)
             sent = min(start + per_call, count)
             while len(acked) < sent:
                 connection.drain_events(timeout=10)

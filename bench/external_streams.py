@@ -394,34 +394,27 @@ class Kafka(Broker):
             raise RuntimeError(f"{label}: {kept} messages arrived, expected {count}")
 
     def publish_plain(self, count: int) -> float:
-        messages = envelopes(count)
-        producer = Producer(self.config(**{"enable.idempotence": True, "acks": "all",
-                                           "linger.ms": 0}))  # fmt: skip
-        producer.list_topics(timeout=10)  # connected, as the transport is by then
-        begin = time.perf_counter()
-        for envelope in messages:
-            headers = {**fields(envelope), **(envelope.trace or {})}
-            producer.produce(OUT, transports.body(envelope, KAFKA), str(envelope.payload["n"]),
-                             headers=headers)  # fmt: skip
-            producer.flush(10)  # its delivery report: written
-        elapsed = time.perf_counter() - begin
-        self.arrived("plain publish", count)
-        return elapsed
+        return self.produce_plain(count, 1, "plain publish")
 
     def publish_plain_batch(self, count: int) -> float:
+        return self.produce_plain(count, PER_CALL, "plain batch publish")
+
+    def produce_plain(self, count: int, per_call: int, label: str) -> float:
+        """A plain producer's loop: ``per_call`` messages produced, then their delivery
+        reports awaited (written), and so on."""
         messages = envelopes(count)
         producer = Producer(self.config(**{"enable.idempotence": True, "acks": "all",
                                            "linger.ms": 0}))  # fmt: skip
         producer.list_topics(timeout=10)  # connected, as the transport is by then
         begin = time.perf_counter()
-        for start in range(0, count, PER_CALL):
-            for envelope in messages[start : start + PER_CALL]:
+        for start in range(0, count, per_call):
+            for envelope in messages[start : start + per_call]:
                 headers = {**fields(envelope), **(envelope.trace or {})}
                 producer.produce(OUT, transports.body(envelope, KAFKA), str(envelope.payload["n"]),
                                  headers=headers)  # fmt: skip
             producer.flush(10)  # their delivery reports: written
         elapsed = time.perf_counter() - begin
-        self.arrived("plain batch publish", count)
+        self.arrived(label, count)
         return elapsed
 
     def fill(self, count: int) -> None:

@@ -17,11 +17,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 
 from ..handling import scheduling
-from ..models import InboxMessage, ProcessEntry, ProcessInstance, WorkerBeat
+from ..models import InboxMessage, ProcessInstance, WorkerBeat
 from ..wording import plural
 
 ENDED = [ProcessInstance.Status.FINISHED, ProcessInstance.Status.COMPENSATED]
@@ -37,6 +36,11 @@ class Kept:
 
     def describe(self, count: int) -> str:
         return plural(count, self.noun, self.nouns)
+
+    def delete(self) -> int:
+        """Delete the rows (with what cascades from them: a process's history): how many."""
+        _, deleted = self.rows.delete()
+        return deleted.get(self.rows.model._meta.label, 0)
 
 
 def kept(using: str, before: dt.datetime) -> list[Kept]:
@@ -60,13 +64,3 @@ def kept(using: str, before: dt.datetime) -> list[Kept]:
             WorkerBeat.objects.using(using).filter(seen_at__lt=before),
         ),
     ]
-
-
-def delete(using: str, record: Kept) -> int:
-    """Delete ``record``'s rows (a process's history first, in the same transaction):
-    how many of them."""
-    with transaction.atomic(using=using):
-        if record.rows.model is ProcessInstance:
-            ProcessEntry.objects.using(using).filter(process__in=record.rows).delete()
-        _, deleted = record.rows.delete()
-    return deleted.get(record.rows.model._meta.label, 0)

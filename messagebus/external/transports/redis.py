@@ -48,8 +48,7 @@ class RedisTransport:
         pipe = self.client.pipeline(transaction=False)
         for envelope in envelopes:
             pipe.publish(channel, body(envelope, REDIS))
-        answers = pipe.execute(raise_on_error=False)
-        return [answer if isinstance(answer, Exception) else None for answer in answers]
+        return executed(pipe)
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event
@@ -79,3 +78,10 @@ class RedisTransport:
                     receive(at_hand)  # pub/sub has nothing to acknowledge
         finally:
             pubsub.close()
+
+
+def executed(pipe: redis.client.Pipeline) -> Published:
+    """Run ``pipe``'s commands (not in a MULTI): None for each Redis carried out, the
+    error it answered for each other."""
+    answers = pipe.execute(raise_on_error=False)
+    return [answer if isinstance(answer, Exception) else None for answer in answers]

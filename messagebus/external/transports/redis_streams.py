@@ -42,6 +42,7 @@ from ... import conf
 from ...core.envelope import Envelope
 from ..cloudevents import REDIS
 from . import BATCH, Inbound, Published, Receive, Verdict, body, headers, received
+from .redis import executed
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ class RedisStreamTransport:
         pipe = self.client.pipeline(transaction=False)
         for envelope in envelopes:
             pipe.xadd(channel, entry(envelope), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        answers = pipe.execute(raise_on_error=False)
-        return [answer if isinstance(answer, Exception) else None for answer in answers]
+        return executed(pipe)
 
     def consume(
         self, channels: Mapping[str, str], receive: Receive, stopping: threading.Event

@@ -484,7 +484,7 @@ class Command(BaseCommand):
             f"{plural(events, 'event')} finished over {plural(days, 'day')} ago."
         )
         counted = [
-            (record, record.rows.count() if dry_run else retention.delete(using, record))
+            (record, record.rows.count() if dry_run else record.delete())
             for record in retention.kept(using, cutoff)
         ]
         if ended := [record.describe(count) for record, count in counted if count]:

@@ -127,24 +127,23 @@ def test_a_message_larger_than_the_stream_takes_is_refused_in_its_place(jetstrea
         await js.add_stream(name=jetstream.stream, subjects=subjects, max_msg_size=1024)
 
     jetstream._run(limited)
-    large = Envelope.of(Opened(name="x" * 2000))
-    sent = [*envelopes(2), large, *envelopes(2, start=2)]
-    published = built(jetstream.url).publish_many(CHANNEL, sent)
-
-    assert [outcome is None for outcome in published] == [True, True, False, True, True]
-    assert "message size exceeds maximum" in str(published[2])
-    kept = [data for data, _ in jetstream.messages(CHANNEL)]
-    assert kept == [fields_json(envelope) for envelope in sent if envelope is not large]
+    refused_in_its_place(jetstream, size=2000, reason="message size exceeds maximum")
 
 
 def test_a_message_too_large_for_kafka_is_refused_in_its_place(kafka: Kafka, db):
-    large = Envelope.of(Opened(name="x" * 2_000_000))  # over message.max.bytes (1 MB)
+    # over message.max.bytes (1 MB)
+    refused_in_its_place(kafka, size=2_000_000, reason="MSG_SIZE_TOO_LARGE")
+
+
+def refused_in_its_place(broker: Broker, size: int, reason: str) -> None:
+    """A message of ``size`` bytes between four others: refused for ``reason``, alone."""
+    large = Envelope.of(Opened(name="x" * size))
     sent = [*envelopes(2), large, *envelopes(2, start=2)]
-    published = built(kafka.url).publish_many(CHANNEL, sent)
+    published = built(broker.url).publish_many(CHANNEL, sent)
 
     assert [outcome is None for outcome in published] == [True, True, False, True, True]
-    assert "MSG_SIZE_TOO_LARGE" in str(published[2])
-    kept = [data for data, _ in kafka.messages(CHANNEL)]
+    assert reason in str(published[2])
+    kept = [data for data, _ in broker.messages(CHANNEL)]
     assert kept == [fields_json(envelope) for envelope in sent if envelope is not large]
 
 
